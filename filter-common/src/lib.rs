@@ -1,0 +1,277 @@
+//! Types shared by the hookwall XDP program and its userspace controller.
+//!
+//! Everything the kernel and userspace must agree on lives here: map names, key and value
+//! layouts, the counter indices, the settings flags and the geometry of the coarse index.
+#![no_std]
+
+/// Names of the maps in the eBPF object; they are also the file names of their pins.
+pub mod map_names {
+    /// IPv4 allowlist, `LpmTrie<[u8; 4], u8>`: the authority for every IPv4 prefix.
+    pub const V4_TRIE: &str = "HW_V4_TRIE";
+    /// IPv6 allowlist, `LpmTrie<[u8; 16], u8>`.
+    pub const V6_TRIE: &str = "HW_V6_TRIE";
+    /// IPv4 coarse index, `Array<u64>` (mmap-able); see [`crate::index`].
+    pub const V4_INDEX: &str = "HW_V4_INDEX";
+    /// IPv6 coarse index, `Array<u64>` (mmap-able).
+    pub const V6_INDEX: &str = "HW_V6_INDEX";
+    /// Protected destination ports, a bitmap `Array<u64>` of [`crate::PORT_WORDS`] words.
+    pub const PORTS: &str = "HW_PORTS";
+    /// One [`crate::Settings`] at index 0.
+    pub const SETTINGS: &str = "HW_SETTINGS";
+    /// Per-CPU [`crate::CounterValue`]s indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "HW_COUNTERS";
+    /// One [`crate::Meta`] at index 0: facts about what is loaded, for `hookwall status`.
+    pub const META: &str = "HW_META";
+}
+
+/// Name of the XDP program in the object (and of its function).
+pub const PROGRAM_NAME: &str = "hookwall";
+/// Name of the floor program used by the benchmark.
+pub const FLOOR_PROGRAM_NAME: &str = "hookwall_floor";
+
+/// Largest number of prefixes per family the tries accept.
+pub const MAX_PREFIXES: u32 = 1 << 20;
+
+/// Number of `u64` words in the protected-ports bitmap (65536 bits).
+pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// Geometry of the coarse index that fronts each LPM trie.
+///
+/// Each family's address space is cut into blocks by the top [`index::V4_BLOCK_BITS`] (or
+/// [`index::V6_BLOCK_BITS`]) bits of the address. Each block has two bits: *full* (every address in
+/// the block is allowed, so no trie lookup is needed) and *partial* (some longer prefix lies inside
+/// the block: ask the trie). A source whose block has neither bit is not allowed, which is the
+/// common case for attack traffic and costs one array load. A word holds [`index::BLOCKS_PER_WORD`]
+/// blocks: full bits in the low half, partial bits in the high half, so a block's two bits are
+/// always written together.
+pub mod index {
+    /// IPv4 blocks are /24s.
+    pub const V4_BLOCK_BITS: u32 = 24;
+    /// IPv6 blocks are /24s of the 128-bit space (the RIR allocation level).
+    pub const V6_BLOCK_BITS: u32 = 24;
+    /// Blocks per `u64` word.
+    pub const BLOCKS_PER_WORD: u32 = 32;
+    /// log2 of [`BLOCKS_PER_WORD`].
+    pub const BLOCKS_PER_WORD_SHIFT: u32 = 5;
+    /// Words in the IPv4 index.
+    pub const V4_WORDS: u32 = 1 << (V4_BLOCK_BITS - BLOCKS_PER_WORD_SHIFT);
+    /// Words in the IPv6 index.
+    pub const V6_WORDS: u32 = 1 << (V6_BLOCK_BITS - BLOCKS_PER_WORD_SHIFT);
+
+    /// Word index and bit position of the block that holds `top` (the address's top 32 bits,
+    /// host order) for an index of `block_bits`-bit blocks.
+    #[inline(always)]
+    #[must_use]
+    pub const fn locate(top: u32, block_bits: u32) -> (u32, u32) {
+        let block = top >> (32 - block_bits);
+        (
+            block >> BLOCKS_PER_WORD_SHIFT,
+            block & (BLOCKS_PER_WORD - 1),
+        )
+    }
+
+    /// The full bit of block position `bit` in a word.
+    #[inline(always)]
+    #[must_use]
+    pub const fn full_bit(bit: u32) -> u64 {
+        1 << bit
+    }
+
+    /// The partial bit of block position `bit` in a word.
+    #[inline(always)]
+    #[must_use]
+    pub const fn partial_bit(bit: u32) -> u64 {
+        1 << (bit + BLOCKS_PER_WORD)
+    }
+}
+
+/// Filter settings, written by userspace, read by the program on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Bit set of `FLAG_*`.
+    pub flags: u32,
+    /// Padding to 8 bytes; always 0.
+    pub _reserved: u32,
+}
+
+impl Settings {
+    /// Drop what is not allowed (otherwise count it as `monitor` and pass it).
+    pub const FLAG_ENFORCE: u32 = 1;
+    /// Judge non-first fragments by their source (they carry no port).
+    pub const FLAG_STRICT_FRAGMENTS: u32 = 2;
+}
+
+/// Facts about the loaded program, kept in a pinned map so `hookwall status` can read them after
+/// the daemon is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// SHA-256 of the eBPF object the running program was loaded from; tells `run` whether the
+    /// pinned program is the one it carries or must be replaced.
+    pub object_sha256: [u8; 32],
+    /// Unix time (seconds) at which the allowlist in the maps was applied.
+    pub applied_at: u64,
+    /// Prefixes in the IPv4 trie.
+    pub v4_prefixes: u32,
+    /// Prefixes in the IPv6 trie.
+    pub v6_prefixes: u32,
+}
+
+/// One counter cell: packets and bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes of those packets (whole frame, from the Ethernet header on).
+    pub bytes: u64,
+}
+
+/// What the program did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Passed on to the stack.
+    Pass,
+    /// Dropped (enforce mode).
+    Drop,
+    /// Would have been dropped; passed because the filter is in monitor mode.
+    Monitor,
+}
+
+impl Verdict {
+    /// The `verdict` label value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Drop => "drop",
+            Self::Monitor => "monitor",
+        }
+    }
+}
+
+/// Why the program decided as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The source is inside an allowed prefix.
+    Allowed,
+    /// The source is outside every allowed prefix.
+    NotAllowed,
+    /// Not a TCP or UDP packet to a protected port (or not IP at all).
+    Unprotected,
+    /// A fragment that cannot be judged by its port.
+    Fragment,
+    /// Headers truncated or invalid where they had to be read.
+    Malformed,
+}
+
+impl Reason {
+    /// The `reason` label value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::NotAllowed => "not_allowed",
+            Self::Unprotected => "unprotected",
+            Self::Fragment => "fragment",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// Index of each counter in the per-CPU counters array: one per (verdict, reason) the program
+/// can produce.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Source allowed, packet passed.
+    PassAllowed = 0,
+    /// Not judged: not TCP/UDP to a protected port.
+    PassUnprotected = 1,
+    /// A non-first fragment passed (strict fragments off).
+    PassFragment = 2,
+    /// Dropped: source not allowed.
+    DropNotAllowed = 3,
+    /// Dropped: an unjudgeable fragment from a source not allowed.
+    DropFragment = 4,
+    /// Dropped: malformed headers.
+    DropMalformed = 5,
+    /// Monitor mode: would have dropped, source not allowed.
+    MonitorNotAllowed = 6,
+    /// Monitor mode: would have dropped, fragment.
+    MonitorFragment = 7,
+    /// Monitor mode: would have dropped, malformed.
+    MonitorMalformed = 8,
+}
+
+impl Counter {
+    /// Number of counters; the size of the counters map.
+    pub const COUNT: u32 = 9;
+
+    /// Every counter, in index order.
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::PassAllowed,
+        Self::PassUnprotected,
+        Self::PassFragment,
+        Self::DropNotAllowed,
+        Self::DropFragment,
+        Self::DropMalformed,
+        Self::MonitorNotAllowed,
+        Self::MonitorFragment,
+        Self::MonitorMalformed,
+    ];
+
+    /// The counter for a packet that is not passed outright: dropped when enforcing, counted as
+    /// monitor otherwise.
+    #[inline(always)]
+    #[must_use]
+    pub const fn refused(reason: Reason, enforce: bool) -> Self {
+        match (reason, enforce) {
+            (Reason::Fragment, true) => Self::DropFragment,
+            (Reason::Fragment, false) => Self::MonitorFragment,
+            (Reason::Malformed, true) => Self::DropMalformed,
+            (Reason::Malformed, false) => Self::MonitorMalformed,
+            (_, true) => Self::DropNotAllowed,
+            (_, false) => Self::MonitorNotAllowed,
+        }
+    }
+
+    /// The verdict this counter records.
+    #[must_use]
+    pub const fn verdict(self) -> Verdict {
+        match self {
+            Self::PassAllowed | Self::PassUnprotected | Self::PassFragment => Verdict::Pass,
+            Self::DropNotAllowed | Self::DropFragment | Self::DropMalformed => Verdict::Drop,
+            Self::MonitorNotAllowed | Self::MonitorFragment | Self::MonitorMalformed => {
+                Verdict::Monitor
+            }
+        }
+    }
+
+    /// The reason this counter records.
+    #[must_use]
+    pub const fn reason(self) -> Reason {
+        match self {
+            Self::PassAllowed => Reason::Allowed,
+            Self::PassUnprotected => Reason::Unprotected,
+            Self::PassFragment | Self::DropFragment | Self::MonitorFragment => Reason::Fragment,
+            Self::DropNotAllowed | Self::MonitorNotAllowed => Reason::NotAllowed,
+            Self::DropMalformed | Self::MonitorMalformed => Reason::Malformed,
+        }
+    }
+
+    /// The XDP action for this counter: only the drop counters drop.
+    #[must_use]
+    pub const fn drops(self) -> bool {
+        matches!(self.verdict(), Verdict::Drop)
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] plain integers and byte arrays with no padding holes.
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for super::CounterValue {}
+}

@@ -1,0 +1,352 @@
+//! hookwall's XDP program: drops every packet bound for a protected port whose source is not on
+//! the allowlist, and counts every verdict.
+//!
+//! The walk: Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 (with options) or IPv6 (with
+//! up to [`MAX_EXT_HEADERS`] extension headers), then the TCP or UDP destination port. Only a
+//! packet to a protected port has its source looked up; everything else passes untouched.
+//! Every exit goes through [`finish`], which counts the verdict.
+//!
+//! Fragments (RFC 1858): a first fragment is judged by its port like any packet, and one too
+//! short to show its port is judged as if the port were protected, so a tiny first fragment
+//! cannot slip a protected port past the filter. Non-first fragments carry no port: they pass,
+//! unless strict fragments are on, then they are judged by their source alone.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use filter_common::{
+    Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, Reason, Settings, index,
+};
+
+/// `BPF_F_MMAPABLE`: userspace updates the coarse indexes with plain atomic stores.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+#[map(name = "HW_V4_TRIE")]
+static V4_TRIE: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
+#[map(name = "HW_V6_TRIE")]
+static V6_TRIE: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
+#[map(name = "HW_V4_INDEX")]
+static V4_INDEX: Array<u64> = Array::pinned(index::V4_WORDS, BPF_F_MMAPABLE);
+#[map(name = "HW_V6_INDEX")]
+static V6_INDEX: Array<u64> = Array::pinned(index::V6_WORDS, BPF_F_MMAPABLE);
+#[map(name = "HW_PORTS")]
+static PORTS: Array<u64> = Array::pinned(PORT_WORDS, 0);
+#[map(name = "HW_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+#[map(name = "HW_COUNTERS")]
+static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
+// Written by userspace only; declared here so it is created and pinned with the rest.
+#[map(name = "HW_META")]
+static META: Array<Meta> = Array::pinned(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_HLEN: usize = 4;
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MH: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+
+/// Extension headers walked before giving up on an IPv6 packet as malformed.
+const MAX_EXT_HEADERS: usize = 8;
+/// Bound on any header offset, so the verifier can see every packet access stays in range.
+const MAX_L4_OFFSET: usize = 1024;
+
+#[xdp]
+pub fn hookwall(ctx: XdpContext) -> u32 {
+    // An array lookup at index 0 cannot fail; fail closed if it ever did.
+    let flags = SETTINGS.get(0).map_or(
+        Settings::FLAG_ENFORCE | Settings::FLAG_STRICT_FRAGMENTS,
+        |s| s.flags,
+    );
+    let enforce = flags & Settings::FLAG_ENFORCE != 0;
+    let strict_fragments = flags & Settings::FLAG_STRICT_FRAGMENTS != 0;
+    let counter = match classify(&ctx, strict_fragments) {
+        Ok(Judged::Pass(counter)) => counter,
+        Ok(Judged::Refuse(reason)) | Err(reason) => Counter::refused(reason, enforce),
+    };
+    finish(&ctx, counter)
+}
+
+/// The single exit: count the packet and turn the counter into an XDP action.
+#[inline(always)]
+fn finish(ctx: &XdpContext, counter: Counter) -> u32 {
+    if let Some(cell) = COUNTERS.get_ptr_mut(counter as u32) {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        // SAFETY: a per-CPU array cell is only touched by this CPU, and XDP does not nest.
+        unsafe {
+            (*cell).packets += 1;
+            (*cell).bytes += len;
+        }
+    }
+    if counter.drops() { XDP_DROP } else { XDP_PASS }
+}
+
+/// What the walk decided, before the mode turns refusals into drop or monitor.
+enum Judged {
+    Pass(Counter),
+    Refuse(Reason),
+}
+
+/// Returns a pointer to a `T` at `offset` in the packet, or `Malformed` if the packet ends first.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Reason> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if offset > MAX_L4_OFFSET || start + offset + core::mem::size_of::<T>() > end {
+        return Err(Reason::Malformed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// Reads a `T` (a plain byte array or integer) at `offset`.
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Reason> {
+    // SAFETY: ptr_at checked the whole T lies inside the packet; unaligned read because headers
+    // sit at arbitrary offsets.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Reason> {
+    read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
+}
+
+/// Where the transport header starts and how the IP layer fragmented the packet.
+struct L3 {
+    /// Offset of the TCP/UDP header, when the protocol is one of those.
+    l4: Option<usize>,
+    /// Set for a non-first fragment: no transport header follows.
+    later_fragment: bool,
+    /// Set for a first fragment with more to come.
+    first_fragment: bool,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext, strict_fragments: bool) -> Result<Judged, Reason> {
+    let mut ether_type = read_be16(ctx, 12)?;
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        ether_type = read_be16(ctx, offset + 2)?;
+        offset += VLAN_HLEN;
+    }
+    match ether_type {
+        ETH_P_IP => {
+            let (src, l3) = parse_ipv4(ctx, offset)?;
+            judge(ctx, &l3, strict_fragments, || v4_allowed(src))
+        }
+        ETH_P_IPV6 => {
+            let (src, l3) = parse_ipv6(ctx, offset)?;
+            judge(ctx, &l3, strict_fragments, || v6_allowed(&src))
+        }
+        // A third VLAN tag: a frame the host would not take apart either.
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Malformed),
+        _ => Ok(Judged::Pass(Counter::PassUnprotected)),
+    }
+}
+
+/// Applies the port and fragment policy to a parsed IP packet.
+#[inline(always)]
+fn judge(
+    ctx: &XdpContext,
+    l3: &L3,
+    strict_fragments: bool,
+    allowed: impl Fn() -> bool,
+) -> Result<Judged, Reason> {
+    let Some(l4) = l3.l4 else {
+        return Ok(Judged::Pass(Counter::PassUnprotected));
+    };
+    if l3.later_fragment {
+        if !strict_fragments {
+            return Ok(Judged::Pass(Counter::PassFragment));
+        }
+        return Ok(by_source(allowed(), Reason::Fragment));
+    }
+    match read_be16(ctx, l4 + 2) {
+        Ok(port) if port_protected(port) => Ok(by_source(allowed(), Reason::NotAllowed)),
+        Ok(_) => Ok(Judged::Pass(Counter::PassUnprotected)),
+        // RFC 1858: a first fragment too short to show its port is judged as protected.
+        Err(_) if l3.first_fragment => Ok(by_source(allowed(), Reason::Fragment)),
+        Err(reason) => Err(reason),
+    }
+}
+
+#[inline(always)]
+fn by_source(allowed: bool, refusal: Reason) -> Judged {
+    if allowed {
+        Judged::Pass(Counter::PassAllowed)
+    } else {
+        Judged::Refuse(refusal)
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<([u8; 4], L3), Reason> {
+    let ver_ihl: u8 = read(ctx, offset)?;
+    if ver_ihl >> 4 != 4 {
+        return Err(Reason::Malformed);
+    }
+    let header_len = usize::from(ver_ihl & 0x0f) * 4;
+    if header_len < 20 {
+        return Err(Reason::Malformed);
+    }
+    // The whole header, options included, must be there.
+    let _: [u8; 20] = read(ctx, offset)?;
+    ptr_at::<u8>(ctx, offset + header_len - 1)?;
+    let frag = read_be16(ctx, offset + 6)?;
+    let protocol: u8 = read(ctx, offset + 9)?;
+    let src: [u8; 4] = read(ctx, offset + 12)?;
+    let fragment_offset = frag & 0x1fff;
+    let more_fragments = frag & 0x2000 != 0;
+    let l4 = match protocol {
+        IPPROTO_TCP | IPPROTO_UDP => Some(offset + header_len),
+        _ => None,
+    };
+    Ok((
+        src,
+        L3 {
+            l4,
+            later_fragment: fragment_offset != 0,
+            first_fragment: fragment_offset == 0 && more_fragments,
+        },
+    ))
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<([u8; 16], L3), Reason> {
+    let version: u8 = read(ctx, offset)?;
+    if version >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    let _: [u8; 40] = read(ctx, offset)?;
+    let src: [u8; 16] = read(ctx, offset + 8)?;
+    let mut next: u8 = read(ctx, offset + 6)?;
+    let mut at = offset + 40;
+    let mut l3 = L3 {
+        l4: None,
+        later_fragment: false,
+        first_fragment: false,
+    };
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => {
+                l3.l4 = Some(at);
+                return Ok((src, l3));
+            }
+            IPPROTO_FRAGMENT => {
+                let hdr: [u8; 8] = read(ctx, at)?;
+                let frag = u16::from_be_bytes([hdr[2], hdr[3]]);
+                if frag >> 3 != 0 {
+                    // What follows is the middle of the payload, not a header; as for IPv4, the
+                    // protocol alone says whether the fragment may belong to a judged packet.
+                    l3.later_fragment = true;
+                    if matches!(hdr[0], IPPROTO_TCP | IPPROTO_UDP) {
+                        l3.l4 = Some(at);
+                    }
+                    return Ok((src, l3));
+                }
+                l3.first_fragment = frag & 1 != 0;
+                next = hdr[0];
+                at += 8;
+            }
+            IPPROTO_AH => {
+                let hdr: [u8; 2] = read(ctx, at)?;
+                next = hdr[0];
+                at += (usize::from(hdr[1]) + 2) * 4;
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
+            | IPPROTO_SHIM6 => {
+                let hdr: [u8; 2] = read(ctx, at)?;
+                next = hdr[0];
+                at += (usize::from(hdr[1]) + 1) * 8;
+            }
+            // ICMPv6, ESP, no next header, anything else: not TCP or UDP.
+            _ => return Ok((src, l3)),
+        }
+        if at > MAX_L4_OFFSET {
+            return Err(Reason::Malformed);
+        }
+    }
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            l3.l4 = Some(at);
+            Ok((src, l3))
+        }
+        // Still inside extension headers after the bound: too many to judge, refuse.
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
+        | IPPROTO_MH | IPPROTO_HIP | IPPROTO_SHIM6 => Err(Reason::Malformed),
+        _ => Ok((src, l3)),
+    }
+}
+
+/// Whether a later fragment of this packet would reach a protected port is unknowable; a packet
+/// whose transport header we found is judged by its destination port.
+#[inline(always)]
+fn port_protected(port: u16) -> bool {
+    match PORTS.get(u32::from(port) >> 6) {
+        Some(word) => word & (1u64 << (port & 63)) != 0,
+        None => true,
+    }
+}
+
+#[inline(always)]
+fn v4_allowed(src: [u8; 4]) -> bool {
+    let top = u32::from_be_bytes(src);
+    let (word, bit) = index::locate(top, index::V4_BLOCK_BITS);
+    let Some(&w) = V4_INDEX.get(word) else {
+        return false;
+    };
+    if w & index::full_bit(bit) != 0 {
+        return true;
+    }
+    if w & index::partial_bit(bit) == 0 {
+        return false;
+    }
+    V4_TRIE.get(&Key::new(32, src)).is_some()
+}
+
+#[inline(always)]
+fn v6_allowed(src: &[u8; 16]) -> bool {
+    let top = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+    let (word, bit) = index::locate(top, index::V6_BLOCK_BITS);
+    let Some(&w) = V6_INDEX.get(word) else {
+        return false;
+    };
+    if w & index::full_bit(bit) != 0 {
+        return true;
+    }
+    if w & index::partial_bit(bit) == 0 {
+        return false;
+    }
+    V6_TRIE.get(&Key::new(128, *src)).is_some()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

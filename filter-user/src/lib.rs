@@ -1,0 +1,17 @@
+//! hookwall: guards a payment-callback endpoint, from the kernel up.
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, loading and validation with file/line errors.
+//! - [`presets`]: the built-in provider address lists, with the source of each entry.
+//! - [`allowlist`]: turns presets, CIDRs and files into the normalised, merged prefix sets.
+//! - [`filter`]: loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
+//! - [`status`]: reads the pinned maps, with or without a running daemon.
+//! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
+//! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
+pub mod allowlist;
+pub mod config;
+pub mod daemon;
+pub mod filter;
+pub mod metrics;
+pub mod presets;
+pub mod status;

@@ -1,0 +1,4 @@
+//! The `hookwall` command line.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

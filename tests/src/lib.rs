@@ -1,0 +1,1 @@
+//! Support for hookwall end-to-end tests.
