@@ -1,1 +1,1084 @@
-//! TODO
+//! Loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
+//!
+//! Everything lives under the configured pin path, so the filter outlives the daemon:
+//!
+//! ```text
+//! {pin_path}/prog                  the program
+//! {pin_path}/maps/HW_*             every map (see filter_common::map_names)
+//! {pin_path}/links/{mode}-{iface}  one bpf_link per interface; the pin keeps it attached
+//! ```
+//!
+//! The daemon never holds a link's file descriptor after pinning it, so unpinning (`hookwall
+//! detach`) is what removes the program from an interface.
+//!
+//! Allowlist updates never open a gap: [`Filter::apply`] first writes the union of the old and
+//! new state (trie inserts, index words `old | new`, ports `old | new`), then removes what the new
+//! state lacks. A prefix present before and after is present at every instant in between.
+
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    fs,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use filter_common::{
+    Counter, CounterValue, Meta, PORT_WORDS, PROGRAM_NAME, Settings, index, map_names,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+use crate::config::AttachMode;
+
+/// The compiled XDP filter, built by `build.rs` from the `filter-ebpf` crate.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-filter"));
+
+/// A program that drops at once: the floor the filter benchmark measures against.
+#[doc(hidden)]
+pub static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-floor"));
+
+/// `BPF_FS_MAGIC` from linux/magic.h: the statfs type of a bpffs mount.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What went wrong while driving the filter. Each variant says what was being done and with what.
+#[derive(Debug, Error)]
+pub enum FilterError {
+    /// The eBPF object could not be loaded into the kernel (verifier, maps, pins).
+    #[error("loading the XDP program (pins under {pin_path}): {source}")]
+    Load {
+        pin_path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Attaching to an interface failed.
+    #[error("attaching the XDP program to interface {interface} in {mode} mode: {source}; {hint}")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        hint: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A map operation failed.
+    #[error("{op} in map {map}: {source}")]
+    Map {
+        map: &'static str,
+        op: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A bpffs or filesystem operation on the pins failed.
+    #[error("{op} {path}: {source}")]
+    Pin {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The pinned maps were made by an incompatible hookwall.
+    #[error(
+        "the pinned maps under {pin_path} do not match this hookwall's program ({detail}); \
+         run `hookwall detach` to remove the old filter, then start again"
+    )]
+    Incompatible { pin_path: PathBuf, detail: String },
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(
+    e: E,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// SHA-256 of [`EBPF_OBJECT`]: identifies the program version in the pinned META map.
+#[must_use]
+pub fn object_sha256() -> [u8; 32] {
+    Sha256::digest(EBPF_OBJECT).into()
+}
+
+/// The layout of the pins under a pin path.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    /// Pins rooted at `root` (the config's `filter.pin_path`).
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The pin path itself.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of the map pins.
+    #[must_use]
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    /// Pin of one map.
+    #[must_use]
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// Pin of the program.
+    #[must_use]
+    pub fn prog(&self) -> PathBuf {
+        self.root.join("prog")
+    }
+
+    /// Directory of the link pins.
+    #[must_use]
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// Pin of the link on `interface` in `mode`.
+    #[must_use]
+    pub fn link(&self, mode: LinkMode, interface: &str) -> PathBuf {
+        self.links_dir().join(format!("{}-{interface}", mode.as_str()))
+    }
+
+    /// Every link pin present: (mode, interface, path).
+    pub fn links(&self) -> io::Result<Vec<(LinkMode, String, PathBuf)>> {
+        let dir = self.links_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut links = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((mode, iface)) = name.split_once('-')
+                && let Some(mode) = LinkMode::parse(mode)
+            {
+                links.push((mode, iface.to_owned(), entry.path()));
+            }
+        }
+        links.sort();
+        Ok(links)
+    }
+
+    /// Whether a hookwall program is pinned here.
+    #[must_use]
+    pub fn has_program(&self) -> bool {
+        self.prog().exists()
+    }
+}
+
+/// The XDP mode a link was made in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LinkMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE).
+    Native,
+    /// In the generic network stack path (XDP_FLAGS_SKB_MODE).
+    Generic,
+}
+
+impl LinkMode {
+    /// The name used in pins, status and logs.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+
+    const fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+
+    fn satisfies(self, wanted: AttachMode) -> bool {
+        match wanted {
+            AttachMode::Auto => true,
+            AttachMode::Native => self == Self::Native,
+            AttachMode::Generic => self == Self::Generic,
+        }
+    }
+}
+
+/// What the kernel maps should hold: the filter's whole desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Merged IPv4 prefixes.
+    pub v4: Vec<Ipv4Net>,
+    /// Merged IPv6 prefixes.
+    pub v6: Vec<Ipv6Net>,
+    /// Protected destination ports.
+    pub ports: Vec<u16>,
+    /// Mode flags.
+    pub settings: Settings,
+}
+
+/// What one [`Filter::apply`] changed and how long it took.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyReport {
+    /// Prefixes inserted into the tries.
+    pub inserted: usize,
+    /// Prefixes removed from the tries.
+    pub removed: usize,
+    /// Index and port words written.
+    pub words_written: usize,
+    /// Wall time of the whole update.
+    pub elapsed: Duration,
+}
+
+/// How `run` came to hold the filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Nothing was pinned: a new program was loaded.
+    Fresh,
+    /// The pinned program is this hookwall's: adopted as it is.
+    Adopted,
+    /// A different program was pinned: replaced atomically on every link.
+    Replaced,
+}
+
+/// The loaded filter: its maps, the program and a mirror of the trie contents.
+pub struct Filter {
+    pins: Pins,
+    ebpf: Ebpf,
+    origin: Origin,
+    v4_trie: LpmTrie<MapData, [u8; 4], u8>,
+    v6_trie: LpmTrie<MapData, [u8; 16], u8>,
+    v4_index: MapData,
+    v6_index: MapData,
+    ports: Array<MapData, u64>,
+    settings: Array<MapData, Settings>,
+    counters: PerCpuArray<MapData, CounterValue>,
+    meta: Array<MapData, Meta>,
+    /// The pinned program, when it was adopted rather than loaded by this process.
+    adopted: Option<Xdp>,
+    /// What the tries hold now; the daemon is their only writer.
+    v4: BTreeSet<Ipv4Net>,
+    v6: BTreeSet<Ipv6Net>,
+}
+
+impl Filter {
+    /// Loads the filter, or re-adopts the one pinned under `pins`, without attaching anything
+    /// new. A pinned program of another version is replaced on every existing link atomically.
+    pub fn open(pins: Pins) -> Result<Self, FilterError> {
+        ensure_bpffs(pins.root())?;
+        for dir in [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()] {
+            fs::create_dir_all(&dir).map_err(|e| FilterError::Pin {
+                op: "creating pin directory",
+                path: dir.clone(),
+                source: boxed(e),
+            })?;
+        }
+        let load_err = |source| FilterError::Load {
+            pin_path: pins.root().to_path_buf(),
+            source,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps_dir())
+            .load(EBPF_OBJECT)
+            .map_err(|e| match e {
+                aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }) => {
+                    FilterError::Incompatible {
+                        pin_path: pins.root().to_path_buf(),
+                        detail: e.to_string(),
+                    }
+                }
+                e => load_err(boxed(e)),
+            })?;
+
+        let meta: Array<MapData, Meta> = take_map(&mut ebpf, map_names::META)?;
+        let pinned_meta = meta.get(&0, 0).map_err(|e| map_err(map_names::META, "reading", e))?;
+        let ours = object_sha256();
+        let origin = if !pins.has_program() {
+            Origin::Fresh
+        } else if pinned_meta.object_sha256 == ours {
+            Origin::Adopted
+        } else {
+            Origin::Replaced
+        };
+
+        let mut adopted = None;
+        if origin == Origin::Adopted {
+            adopted = Some(
+                Xdp::from_pin(pins.prog(), aya_obj::programs::XdpAttachType::Interface)
+                    .map_err(|e| load_err(boxed(e)))?,
+            );
+        } else {
+            let prog = xdp_program(&mut ebpf)?;
+            prog.load().map_err(|e| load_err(boxed(e)))?;
+            if origin == Origin::Replaced {
+                replace_on_links(prog, &pins)?;
+                fs::remove_file(pins.prog()).map_err(|e| FilterError::Pin {
+                    op: "unpinning the replaced program",
+                    path: pins.prog(),
+                    source: boxed(e),
+                })?;
+            }
+            prog.pin(pins.prog()).map_err(|e| FilterError::Pin {
+                op: "pinning the program at",
+                path: pins.prog(),
+                source: boxed(e),
+            })?;
+        }
+
+        let mut filter = Self {
+            v4_trie: take_map(&mut ebpf, map_names::V4_TRIE)?,
+            v6_trie: take_map(&mut ebpf, map_names::V6_TRIE)?,
+            v4_index: take_map_data(&mut ebpf, map_names::V4_INDEX)?,
+            v6_index: take_map_data(&mut ebpf, map_names::V6_INDEX)?,
+            ports: take_map(&mut ebpf, map_names::PORTS)?,
+            settings: take_map(&mut ebpf, map_names::SETTINGS)?,
+            counters: take_map(&mut ebpf, map_names::COUNTERS)?,
+            meta,
+            adopted,
+            pins,
+            ebpf,
+            origin,
+            v4: BTreeSet::new(),
+            v6: BTreeSet::new(),
+        };
+        filter.write_meta(|m| m.object_sha256 = ours)?;
+        filter.sync_mirror()?;
+        Ok(filter)
+    }
+
+    /// How this filter came to be held.
+    #[must_use]
+    pub const fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The pins this filter lives under.
+    #[must_use]
+    pub const fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// The program in force (loaded here or adopted from its pin), e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> Option<&Xdp> {
+        if let Some(prog) = &self.adopted {
+            return Some(prog);
+        }
+        self.ebpf.program(PROGRAM_NAME)?.try_into().ok()
+    }
+
+    /// Prefixes now in the kernel's tries: (IPv4, IPv6).
+    #[must_use]
+    pub fn prefix_counts(&self) -> (usize, usize) {
+        (self.v4.len(), self.v6.len())
+    }
+
+    /// Reads the tries back into the mirror: the kernel is the truth after a restart.
+    fn sync_mirror(&mut self) -> Result<(), FilterError> {
+        let mut v4 = BTreeSet::new();
+        for key in self.v4_trie.keys() {
+            let key = key.map_err(|e| map_err(map_names::V4_TRIE, "listing keys", e))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key_len(&key))
+                .map_err(|e| map_err(map_names::V4_TRIE, "decoding a key", e))?;
+            v4.insert(net);
+        }
+        let mut v6 = BTreeSet::new();
+        for key in self.v6_trie.keys() {
+            let key = key.map_err(|e| map_err(map_names::V6_TRIE, "listing keys", e))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key_len(&key))
+                .map_err(|e| map_err(map_names::V6_TRIE, "decoding a key", e))?;
+            v6.insert(net);
+        }
+        self.v4 = v4;
+        self.v6 = v6;
+        Ok(())
+    }
+
+    /// Brings the maps to `desired` in two phases, so nothing kept is ever missing.
+    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyReport, FilterError> {
+        let started = Instant::now();
+        let mut report = ApplyReport::default();
+        let new_v4: BTreeSet<Ipv4Net> = desired.v4.iter().map(Ipv4Net::trunc).collect();
+        let new_v6: BTreeSet<Ipv6Net> = desired.v6.iter().map(Ipv6Net::trunc).collect();
+        let v4_words = index_words(
+            new_v4.iter().map(|n| (u32::from(n.network()), n.prefix_len())),
+            index::V4_BLOCK_BITS,
+            index::V4_WORDS,
+        );
+        let v6_words = index_words(
+            new_v6.iter().map(|n| (v6_top(n.network()), n.prefix_len())),
+            index::V6_BLOCK_BITS,
+            index::V6_WORDS,
+        );
+        let new_ports = port_words(&desired.ports);
+
+        // Phase 1: add. After it, the kernel holds old ∪ new.
+        for net in new_v4.difference(&self.v4) {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            self.v4_trie
+                .insert(&key, &1, 0)
+                .map_err(|e| map_err(map_names::V4_TRIE, &format!("inserting {net}"), e))?;
+            report.inserted += 1;
+        }
+        for net in new_v6.difference(&self.v6) {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            self.v6_trie
+                .insert(&key, &1, 0)
+                .map_err(|e| map_err(map_names::V6_TRIE, &format!("inserting {net}"), e))?;
+            report.inserted += 1;
+        }
+        self.v4.extend(new_v4.iter().copied());
+        self.v6.extend(new_v6.iter().copied());
+        report.words_written += update_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
+        report.words_written += update_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
+        report.words_written += self.update_ports(&new_ports, Phase::Add)?;
+        self.settings
+            .set(0, &desired.settings, 0)
+            .map_err(|e| map_err(map_names::SETTINGS, "writing the mode", e))?;
+
+        // Phase 2: remove what the new state lacks.
+        report.words_written += self.update_ports(&new_ports, Phase::Remove)?;
+        report.words_written += prune_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
+        report.words_written += prune_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
+        let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
+        for net in gone_v4 {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            self.v4_trie
+                .remove(&key)
+                .map_err(|e| map_err(map_names::V4_TRIE, &format!("removing {net}"), e))?;
+            self.v4.remove(&net);
+            report.removed += 1;
+        }
+        let gone_v6: Vec<Ipv6Net> = self.v6.difference(&new_v6).copied().collect();
+        for net in gone_v6 {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            self.v6_trie
+                .remove(&key)
+                .map_err(|e| map_err(map_names::V6_TRIE, &format!("removing {net}"), e))?;
+            self.v6.remove(&net);
+            report.removed += 1;
+        }
+
+        let (v4_count, v6_count) = self.prefix_counts();
+        self.write_meta(|m| {
+            m.applied_at = unix_now();
+            m.v4_prefixes = u32::try_from(v4_count).unwrap_or(u32::MAX);
+            m.v6_prefixes = u32::try_from(v6_count).unwrap_or(u32::MAX);
+        })?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    fn update_ports(&mut self, new: &[u64], phase: Phase) -> Result<usize, FilterError> {
+        let mut written = 0;
+        for (i, &want) in (0u32..).zip(new) {
+            let cur = self
+                .ports
+                .get(&i, 0)
+                .map_err(|e| map_err(map_names::PORTS, "reading", e))?;
+            let next = match phase {
+                Phase::Add => cur | want,
+                Phase::Remove => want,
+            };
+            if next != cur {
+                self.ports
+                    .set(i, &next, 0)
+                    .map_err(|e| map_err(map_names::PORTS, "writing", e))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    fn write_meta(&mut self, change: impl FnOnce(&mut Meta)) -> Result<(), FilterError> {
+        let mut meta = self
+            .meta
+            .get(&0, 0)
+            .map_err(|e| map_err(map_names::META, "reading", e))?;
+        change(&mut meta);
+        self.meta
+            .set(0, &meta, 0)
+            .map_err(|e| map_err(map_names::META, "writing", e))
+    }
+
+    /// Makes the program attached on exactly `interfaces`, each pinned. Interfaces already
+    /// holding a hookwall link keep it (no gap); interfaces no longer listed are detached.
+    /// Returns the mode each interface ended up in.
+    pub fn attach(
+        &mut self,
+        interfaces: &[String],
+        wanted: AttachMode,
+    ) -> Result<Vec<(String, LinkMode)>, FilterError> {
+        let existing = self.pins.links().map_err(|e| FilterError::Pin {
+            op: "listing link pins in",
+            path: self.pins.links_dir(),
+            source: boxed(e),
+        })?;
+        let mut result = Vec::new();
+        for iface in interfaces {
+            if let Some((mode, _, _)) = existing.iter().find(|(_, i, _)| i == iface) {
+                if !mode.satisfies(wanted) {
+                    // Native and generic XDP cannot coexist on one interface, so switching
+                    // would leave it unfiltered for a moment: that takes an explicit detach.
+                    tracing::warn!(
+                        interface = %iface,
+                        attached = mode.as_str(),
+                        "filter.attach asks for another mode than the one attached; keeping the \
+                         attached one (run `hookwall detach`, then `hookwall run`, to switch)"
+                    );
+                }
+                result.push((iface.clone(), *mode));
+                continue;
+            }
+            let mode = self.attach_one(iface, wanted)?;
+            result.push((iface.clone(), mode));
+        }
+        for (_, iface, path) in existing {
+            if !interfaces.contains(&iface) {
+                fs::remove_file(&path).map_err(|e| FilterError::Pin {
+                    op: "unpinning (detaching) link",
+                    path,
+                    source: boxed(e),
+                })?;
+                tracing::info!(interface = %iface, "detached: no longer in filter.interfaces");
+            }
+        }
+        Ok(result)
+    }
+
+    fn attach_one(&mut self, iface: &str, wanted: AttachMode) -> Result<LinkMode, FilterError> {
+        let candidates: &[LinkMode] = match wanted {
+            AttachMode::Auto => &[LinkMode::Native, LinkMode::Generic],
+            AttachMode::Native => &[LinkMode::Native],
+            AttachMode::Generic => &[LinkMode::Generic],
+        };
+        let prog = self.loaded_or_pinned_program()?;
+        let cname = CString::new(iface).map_err(|e| FilterError::Attach {
+            interface: iface.to_owned(),
+            mode: "any",
+            hint: "interface names cannot contain NUL bytes".into(),
+            source: boxed(e),
+        })?;
+        let mut last_err = None;
+        for &mode in candidates {
+            match prog.attach(cname.as_c_str(), mode.xdp_mode()) {
+                Ok(id) => {
+                    let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
+                    let fd_link = FdLink::try_from(link).map_err(|e| attach_err(iface, mode, e))?;
+                    let path = self.pins.link(mode, iface);
+                    // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
+                    fd_link.pin(&path).map_err(|e| FilterError::Pin {
+                        op: "pinning the link at",
+                        path,
+                        source: boxed(e),
+                    })?;
+                    tracing::info!(interface = iface, mode = mode.as_str(), "attached");
+                    return Ok(mode);
+                }
+                Err(e) => {
+                    if candidates.len() > 1 {
+                        tracing::info!(interface = iface, mode = mode.as_str(), error = %e,
+                            "attach failed, trying the next mode");
+                    }
+                    last_err = Some(attach_err(iface, mode, e));
+                }
+            }
+        }
+        Err(last_err.expect("at least one candidate mode"))
+    }
+
+    /// The program to attach: the adopted pinned one, or the one this process loaded.
+    fn loaded_or_pinned_program(&mut self) -> Result<&mut Xdp, FilterError> {
+        match self.adopted.as_mut() {
+            Some(prog) => Ok(prog),
+            None => xdp_program(&mut self.ebpf),
+        }
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<[CounterValue; Counter::COUNT as usize], FilterError> {
+        read_counters(&self.counters)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Add,
+    Remove,
+}
+
+fn attach_err(iface: &str, mode: LinkMode, e: impl std::error::Error + Send + Sync + 'static) -> FilterError {
+    let text = e.to_string();
+    let hint = if text.contains("UnknownInterface") || text.contains("unknown network interface") {
+        format!("no interface named {iface} exists here; check filter.interfaces (`ip link`)")
+    } else if text.contains("File exists") || text.contains("EEXIST") || text.contains("busy") {
+        format!(
+            "another XDP program is already attached to {iface}; remove it (`ip link set dev \
+             {iface} xdp off`) or choose another interface"
+        )
+    } else if mode == LinkMode::Native {
+        "the driver may not support native XDP: try filter.attach = \"generic\" (or \"auto\")"
+            .to_owned()
+    } else {
+        "check that the interface is up and that this process has CAP_NET_ADMIN and CAP_BPF"
+            .to_owned()
+    };
+    FilterError::Attach {
+        interface: iface.to_owned(),
+        mode: mode.as_str(),
+        hint,
+        source: boxed(e),
+    }
+}
+
+fn map_err(
+    map: &'static str,
+    op: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> FilterError {
+    FilterError::Map {
+        map,
+        op: op.to_owned(),
+        source: boxed(e),
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, FilterError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or_else(|| FilterError::Incompatible {
+            pin_path: PathBuf::new(),
+            detail: format!("program {PROGRAM_NAME} missing from the object"),
+        })?
+        .try_into()
+        .map_err(|e| FilterError::Load {
+            pin_path: PathBuf::new(),
+            source: boxed(e),
+        })
+}
+
+fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, FilterError> {
+    match ebpf.take_map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        _ => Err(FilterError::Map {
+            map: name,
+            op: "taking".into(),
+            source: "map missing from the object or not an array".into(),
+        }),
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FilterError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| FilterError::Map {
+        map: name,
+        op: "taking".into(),
+        source: "map missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| map_err(name, "opening", e))
+}
+
+/// Replaces the program on every pinned link with `prog`, atomically per link.
+fn replace_on_links(prog: &mut Xdp, pins: &Pins) -> Result<(), FilterError> {
+    let links = pins.links().map_err(|e| FilterError::Pin {
+        op: "listing link pins in",
+        path: pins.links_dir(),
+        source: boxed(e),
+    })?;
+    for (mode, iface, path) in links {
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| FilterError::Pin {
+            op: "opening pinned link",
+            path: path.clone(),
+            source: boxed(e),
+        })?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| attach_err(&iface, mode, e))?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|e| attach_err(&iface, mode, e))?;
+        // The pin still names the same link, which now runs the new program; our fd can go.
+        drop(prog.take_link(id));
+        tracing::info!(interface = %iface, mode = mode.as_str(), "replaced the program in place");
+    }
+    Ok(())
+}
+
+/// The canonical bpffs mount point.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Makes sure `path` will be on a bpffs: if its closest existing ancestor is not on one, mounts
+/// bpffs at /sys/fs/bpf when that is the ancestor (the usual, empty mount point), otherwise at
+/// `path` itself. Serialised and re-checked so that concurrent callers never stack two mounts
+/// (a second mount would hide the first one's pins).
+fn ensure_bpffs(path: &Path) -> Result<(), FilterError> {
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MOUNTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut probe = path;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    if is_bpffs(probe) {
+        return Ok(());
+    }
+    let target = if probe == Path::new(BPFFS_ROOT) {
+        probe.to_path_buf()
+    } else {
+        fs::create_dir_all(path).map_err(|e| FilterError::Pin {
+            op: "creating pin path",
+            path: path.to_path_buf(),
+            source: boxed(e),
+        })?;
+        path.to_path_buf()
+    };
+    let c_target =
+        CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| FilterError::Pin {
+            op: "mounting bpffs at",
+            path: target.clone(),
+            source: boxed(e),
+        })?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(FilterError::Pin {
+            op: "mounting bpffs at",
+            path: target,
+            source: boxed(io::Error::last_os_error()),
+        });
+    }
+    tracing::info!(path = %target.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &raw mut st) == 0 && i64::from(st.f_type) == BPF_FS_MAGIC
+    }
+}
+
+fn key_len<K: aya::Pod>(key: &Key<K>) -> u8 {
+    u8::try_from(key.prefix_len()).unwrap_or(u8::MAX)
+}
+
+fn v6_top(addr: Ipv6Addr) -> u32 {
+    let o = addr.octets();
+    u32::from_be_bytes([o[0], o[1], o[2], o[3]])
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The coarse index words for a set of prefixes given as (top 32 bits, length): full bits for
+/// every block a short prefix covers, a partial bit for the block of each long one.
+#[must_use]
+pub fn index_words(
+    prefixes: impl Iterator<Item = (u32, u8)>,
+    block_bits: u32,
+    words: u32,
+) -> Vec<u64> {
+    let mut out = vec![0u64; words as usize];
+    for (top, len) in prefixes {
+        let len = u32::from(len);
+        if len <= block_bits {
+            let first = u64::from(top >> (32 - block_bits)) & !((1u64 << (block_bits - len)) - 1);
+            let count = 1u64 << (block_bits - len);
+            let mut block = first;
+            while block < first + count {
+                let (word, bit) = (
+                    (block >> index::BLOCKS_PER_WORD_SHIFT) as usize,
+                    (block & u64::from(index::BLOCKS_PER_WORD - 1)) as u32,
+                );
+                if bit == 0 && first + count - block >= u64::from(index::BLOCKS_PER_WORD) {
+                    out[word] |= u64::from(u32::MAX);
+                    block += u64::from(index::BLOCKS_PER_WORD);
+                } else {
+                    out[word] |= index::full_bit(bit);
+                    block += 1;
+                }
+            }
+        } else {
+            let (word, bit) = index::locate(top, block_bits);
+            out[word as usize] |= index::partial_bit(bit);
+        }
+    }
+    out
+}
+
+/// The protected-ports bitmap.
+#[must_use]
+pub fn port_words(ports: &[u16]) -> Vec<u64> {
+    let mut out = vec![0u64; PORT_WORDS as usize];
+    for &p in ports {
+        out[usize::from(p >> 6)] |= 1 << (p & 63);
+    }
+    out
+}
+
+/// A writable shared mapping of an mmap-able array map of `u64`s.
+struct IndexMmap {
+    ptr: *mut AtomicU64,
+    len: usize,
+}
+
+impl IndexMmap {
+    fn map(data: &MapData, name: &'static str) -> Result<Self, FilterError> {
+        let info = data.info().map_err(|e| map_err(name, "reading info", e))?;
+        let len = info.max_entries() as usize;
+        let bytes = len * std::mem::size_of::<u64>();
+        // SAFETY: a fresh shared mapping of the map's fd, sized to the map's value area.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(map_err(name, "mmap", io::Error::last_os_error()));
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping holds `len` aligned u64s for as long as self lives; the kernel
+        // reads them concurrently, hence atomics.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for IndexMmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len * std::mem::size_of::<u64>());
+        }
+    }
+}
+
+/// Phase 1 for an index: every word becomes `old | new`.
+fn update_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize, FilterError> {
+    let mmap = IndexMmap::map(data, name)?;
+    let mut written = 0;
+    for (cell, &want) in mmap.words().iter().zip(new) {
+        let cur = cell.load(Ordering::Relaxed);
+        if cur | want != cur {
+            cell.store(cur | want, Ordering::Release);
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Phase 2 for an index: every word becomes exactly `new`.
+fn prune_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize, FilterError> {
+    let mmap = IndexMmap::map(data, name)?;
+    let mut written = 0;
+    for (cell, &want) in mmap.words().iter().zip(new) {
+        if cell.load(Ordering::Relaxed) != want {
+            cell.store(want, Ordering::Release);
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Sums a per-CPU counters map.
+pub fn read_counters(
+    map: &PerCpuArray<MapData, CounterValue>,
+) -> Result<[CounterValue; Counter::COUNT as usize], FilterError> {
+    let mut out = [CounterValue::default(); Counter::COUNT as usize];
+    for counter in Counter::ALL {
+        let values = map
+            .get(&(counter as u32), 0)
+            .map_err(|e| map_err(map_names::COUNTERS, "reading", e))?;
+        let cell = &mut out[counter as usize];
+        for v in values.iter() {
+            cell.packets += v.packets;
+            cell.bytes += v.bytes;
+        }
+    }
+    Ok(out)
+}
+
+/// What `hookwall detach` removed.
+#[derive(Debug, Default)]
+pub struct DetachReport {
+    /// Interfaces the program was removed from, with the mode it ran in.
+    pub links: Vec<(String, LinkMode)>,
+    /// Pins removed (program and maps).
+    pub pins_removed: usize,
+}
+
+/// Removes the program from every interface and every pin under `pins`. Safe to run twice.
+pub fn detach(pins: &Pins) -> Result<DetachReport, FilterError> {
+    let mut report = DetachReport::default();
+    let pin_err = |op, path: &Path, e: io::Error| FilterError::Pin {
+        op,
+        path: path.to_path_buf(),
+        source: boxed(e),
+    };
+    for (mode, iface, path) in pins.links().map_err(|e| pin_err("listing", &pins.links_dir(), e))? {
+        fs::remove_file(&path).map_err(|e| pin_err("unpinning link", &path, e))?;
+        report.links.push((iface, mode));
+    }
+    let prog = pins.prog();
+    if prog.exists() {
+        fs::remove_file(&prog).map_err(|e| pin_err("unpinning program", &prog, e))?;
+        report.pins_removed += 1;
+    }
+    let maps_dir = pins.maps_dir();
+    if let Ok(entries) = fs::read_dir(&maps_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("HW_"))
+            {
+                fs::remove_file(&path).map_err(|e| pin_err("unpinning map", &path, e))?;
+                report.pins_removed += 1;
+            }
+        }
+    }
+    // Remove the directories we made; leave anything else someone put there.
+    for dir in [pins.links_dir(), maps_dir, pins.root().to_path_buf()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "left in place"),
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(words: &[u64]) -> Vec<(usize, u32, bool)> {
+        let mut out = Vec::new();
+        for (w, &v) in words.iter().enumerate() {
+            for b in 0..32 {
+                if v & index::full_bit(b) != 0 {
+                    out.push((w, b, true));
+                }
+                if v & index::partial_bit(b) != 0 {
+                    out.push((w, b, false));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_slash_24_sets_one_full_bit() {
+        let top = u32::from(Ipv4Addr::new(203, 0, 113, 0));
+        let words = index_words([(top, 24)].into_iter(), 24, index::V4_WORDS);
+        let (w, b) = index::locate(top, 24);
+        assert_eq!(bits(&words), vec![(w as usize, b, true)]);
+    }
+
+    #[test]
+    fn a_long_prefix_sets_the_partial_bit_of_its_block() {
+        let top = u32::from(Ipv4Addr::new(198, 51, 100, 7));
+        let words = index_words([(top, 32)].into_iter(), 24, index::V4_WORDS);
+        let (w, b) = index::locate(top, 24);
+        assert_eq!(bits(&words), vec![(w as usize, b, false)]);
+    }
+
+    #[test]
+    fn a_slash_16_sets_256_full_bits_in_whole_words() {
+        let top = u32::from(Ipv4Addr::new(10, 1, 0, 0));
+        let words = index_words([(top, 16)].into_iter(), 24, index::V4_WORDS);
+        let set = bits(&words);
+        assert_eq!(set.len(), 256);
+        assert!(set.iter().all(|&(_, _, full)| full));
+        for block in 0..256u32 {
+            let (w, b) = index::locate(top | (block << 8), 24);
+            assert!(set.contains(&(w as usize, b, true)), "block {block}");
+        }
+    }
+
+    #[test]
+    fn slash_zero_covers_everything() {
+        let words = index_words([(0, 0)].into_iter(), 24, index::V4_WORDS);
+        assert!(words.iter().all(|&w| w == u64::from(u32::MAX)));
+    }
+
+    #[test]
+    fn an_unaligned_short_prefix_inside_a_word() {
+        // A /26-aligned run: a /27 is below block size, a /22 spans 4 blocks of one word.
+        let top = u32::from(Ipv4Addr::new(192, 0, 4, 0));
+        let words = index_words([(top, 22)].into_iter(), 24, index::V4_WORDS);
+        let set = bits(&words);
+        assert_eq!(set.len(), 4);
+    }
+
+    #[test]
+    fn port_bitmap() {
+        let words = port_words(&[0, 63, 64, 443, 65535]);
+        assert_eq!(words[0], 1 | (1 << 63));
+        assert_eq!(words[1], 1);
+        assert_eq!(words[443 / 64], 1 << (443 % 64));
+        assert_eq!(words[1023], 1 << 63);
+    }
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        let pins = Pins::new("/sys/fs/bpf/x");
+        let path = pins.link(LinkMode::Generic, "eth0.100-a");
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (mode, iface) = name.split_once('-').unwrap();
+        assert_eq!(LinkMode::parse(mode), Some(LinkMode::Generic));
+        assert_eq!(iface, "eth0.100-a");
+    }
+}

@@ -1,1 +1,153 @@
-//! Support for hookwall end-to-end tests.
+//! Support for hookwall's end-to-end tests and benchmarks.
+//!
+//! - [`TestFilter`]: the real XDP program loaded under a unique pin path, driven with
+//!   BPF_PROG_TEST_RUN, removed (unpinned) on drop.
+//! - [`frames`]: builds Ethernet frames byte by byte, including broken ones.
+//! - [`model`]: a plain-Rust reference classifier the kernel must agree with.
+//! - [`netns`]: network namespaces and veth pairs that remove themselves on drop.
+//! - [`daemon`]: runs the `hookwall` binary and stops it by PID.
+pub mod daemon;
+pub mod frames;
+pub mod model;
+pub mod netns;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use filter_common::{Counter, CounterValue, Settings};
+use hookwall::filter::{Desired, Filter, Pins, detach};
+
+/// `XDP_DROP` and `XDP_PASS` as BPF_PROG_TEST_RUN reports them.
+pub const XDP_DROP: u32 = 1;
+/// See [`XDP_DROP`].
+pub const XDP_PASS: u32 = 2;
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test in this run (or any concurrent run) uses: `{prefix}{pid}x{n}`.
+#[must_use]
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The hookwall XDP program loaded under its own pin path and never attached anywhere.
+pub struct TestFilter {
+    filter: Option<Filter>,
+    pins: Pins,
+}
+
+impl TestFilter {
+    /// Loads the program under a fresh pin path and applies `desired`.
+    ///
+    /// # Panics
+    /// If the program cannot be loaded (not root, verifier rejection) or the maps not written.
+    #[must_use]
+    pub fn new(desired: &Desired) -> Self {
+        let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-test-")));
+        let mut filter = Filter::open(pins.clone())
+            .unwrap_or_else(|e| panic!("loading the XDP program under {}: {e:?}", pins.root().display()));
+        filter
+            .apply(desired)
+            .unwrap_or_else(|e| panic!("applying {desired:?}: {e}"));
+        Self {
+            filter: Some(filter),
+            pins,
+        }
+    }
+
+    /// The underlying filter.
+    ///
+    /// # Panics
+    /// Never: the filter is only taken on drop.
+    pub fn filter(&mut self) -> &mut Filter {
+        self.filter.as_mut().expect("filter present until drop")
+    }
+
+    /// Runs `frame` through the program once; returns the XDP action.
+    ///
+    /// # Panics
+    /// If BPF_PROG_TEST_RUN fails.
+    #[must_use]
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.run_repeat(frame, 1).0
+    }
+
+    /// Runs `frame` `repeat` times; returns the action and the kernel's mean ns per run.
+    ///
+    /// # Panics
+    /// If BPF_PROG_TEST_RUN fails.
+    #[must_use]
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> (u32, f64) {
+        let prog = self.filter().program().expect("program loaded");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let result = prog
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len()));
+        let nanos = result.duration.as_secs_f64() * 1e9;
+        (result.return_value, nanos)
+    }
+
+    /// Summed counters now.
+    ///
+    /// # Panics
+    /// If the counters map cannot be read.
+    #[must_use]
+    pub fn counters(&mut self) -> [CounterValue; Counter::COUNT as usize] {
+        self.filter().counters().expect("reading counters")
+    }
+
+    /// Runs one frame and returns the action and the single counter that moved.
+    ///
+    /// # Panics
+    /// If not exactly one counter moved, by one packet and by the frame's length in bytes.
+    #[must_use]
+    pub fn judge(&mut self, frame: &[u8]) -> (u32, Counter) {
+        let before = self.counters();
+        let action = self.run(frame);
+        let after = self.counters();
+        let moved: Vec<Counter> = Counter::ALL
+            .into_iter()
+            .filter(|&c| after[c as usize] != before[c as usize])
+            .collect();
+        assert_eq!(moved.len(), 1, "exactly one counter must move, moved: {moved:?}");
+        let c = moved[0];
+        assert_eq!(after[c as usize].packets - before[c as usize].packets, 1);
+        assert_eq!(
+            after[c as usize].bytes - before[c as usize].bytes,
+            frame.len() as u64,
+            "bytes counted for {c:?}"
+        );
+        (action, c)
+    }
+}
+
+impl Drop for TestFilter {
+    fn drop(&mut self) {
+        drop(self.filter.take());
+        if let Err(e) = detach(&self.pins) {
+            eprintln!("cleaning up {}: {e}", self.pins.root().display());
+        }
+    }
+}
+
+/// Settings for enforce mode, optionally with strict fragments.
+#[must_use]
+pub fn settings(enforce: bool, strict_fragments: bool) -> Settings {
+    let mut flags = 0;
+    if enforce {
+        flags |= Settings::FLAG_ENFORCE;
+    }
+    if strict_fragments {
+        flags |= Settings::FLAG_STRICT_FRAGMENTS;
+    }
+    Settings {
+        flags,
+        _reserved: 0,
+    }
+}
