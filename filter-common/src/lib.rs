@@ -116,6 +116,10 @@ pub struct Meta {
     pub v4_prefixes: u32,
     /// Prefixes in the IPv6 trie.
     pub v6_prefixes: u32,
+    /// PID of the `hookwall run` that holds the filter now (0: none since the last detach).
+    pub daemon_pid: u32,
+    /// Padding to 8 bytes; always 0.
+    pub _reserved: u32,
 }
 
 /// One counter cell: packets and bytes.

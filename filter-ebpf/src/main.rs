@@ -6,10 +6,18 @@
 //! packet to a protected port has its source looked up; everything else passes untouched.
 //! Every exit goes through [`finish`], which counts the verdict.
 //!
+//! The ports must lie inside the IP packet's own length (IPv4 total length, IPv6 payload length),
+//! never in Ethernet padding after it.
+//!
 //! Fragments (RFC 1858): a first fragment is judged by its port like any packet, and one too
 //! short to show its port is judged as if the port were protected, so a tiny first fragment
-//! cannot slip a protected port past the filter. Non-first fragments carry no port: they pass,
-//! unless strict fragments are on, then they are judged by their source alone.
+//! cannot slip a protected port past the filter. Non-first fragments (of any protocol) carry no
+//! port: they pass, unless strict fragments are on, then they are judged by their source alone.
+//!
+//! Headers that must be read to find the port but are truncated or invalid (IPv4 version or IHL,
+//! a length field shorter than the headers, a third VLAN tag, more than [`MAX_EXT_HEADERS`]
+//! extension headers, a header chain past [`MAX_L4_OFFSET`] bytes) are refused as malformed,
+//! whatever the port: the program cannot tell that such a packet is not for a protected port.
 #![no_std]
 #![no_main]
 
@@ -132,6 +140,8 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Reason> {
 struct L3 {
     /// Offset of the TCP/UDP header, when the protocol is one of those.
     l4: Option<usize>,
+    /// Offset just past the IP packet, by its own length field.
+    end: usize,
     /// Set for a non-first fragment: no transport header follows.
     later_fragment: bool,
     /// Set for a first fragment with more to come.
@@ -172,16 +182,21 @@ fn judge(
     strict_fragments: bool,
     allowed: impl Fn() -> bool,
 ) -> Result<Judged, Reason> {
-    let Some(l4) = l3.l4 else {
-        return Ok(Judged::Pass(Counter::PassUnprotected));
-    };
     if l3.later_fragment {
         if !strict_fragments {
             return Ok(Judged::Pass(Counter::PassFragment));
         }
         return Ok(by_source(allowed(), Reason::Fragment));
     }
-    match read_be16(ctx, l4 + 2) {
+    let Some(l4) = l3.l4 else {
+        return Ok(Judged::Pass(Counter::PassUnprotected));
+    };
+    let port = if l4 + 4 <= l3.end {
+        read_be16(ctx, l4 + 2)
+    } else {
+        Err(Reason::Malformed)
+    };
+    match port {
         Ok(port) if port_protected(port) => Ok(by_source(allowed(), Reason::NotAllowed)),
         Ok(_) => Ok(Judged::Pass(Counter::PassUnprotected)),
         // RFC 1858: a first fragment too short to show its port is judged as protected.
@@ -212,6 +227,10 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<([u8; 4], L3), Reason> 
     // The whole header, options included, must be there.
     let _: [u8; 20] = read(ctx, offset)?;
     ptr_at::<u8>(ctx, offset + header_len - 1)?;
+    let total_len = usize::from(read_be16(ctx, offset + 2)?);
+    if total_len < header_len {
+        return Err(Reason::Malformed);
+    }
     let frag = read_be16(ctx, offset + 6)?;
     let protocol: u8 = read(ctx, offset + 9)?;
     let src: [u8; 4] = read(ctx, offset + 12)?;
@@ -225,6 +244,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<([u8; 4], L3), Reason> 
         src,
         L3 {
             l4,
+            end: offset + total_len,
             later_fragment: fragment_offset != 0,
             first_fragment: fragment_offset == 0 && more_fragments,
         },
@@ -240,9 +260,11 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<([u8; 16], L3), Reason>
     let _: [u8; 40] = read(ctx, offset)?;
     let src: [u8; 16] = read(ctx, offset + 8)?;
     let mut next: u8 = read(ctx, offset + 6)?;
+    let payload_len = usize::from(read_be16(ctx, offset + 4)?);
     let mut at = offset + 40;
     let mut l3 = L3 {
         l4: None,
+        end: at + payload_len,
         later_fragment: false,
         first_fragment: false,
     };
@@ -256,12 +278,8 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<([u8; 16], L3), Reason>
                 let hdr: [u8; 8] = read(ctx, at)?;
                 let frag = u16::from_be_bytes([hdr[2], hdr[3]]);
                 if frag >> 3 != 0 {
-                    // What follows is the middle of the payload, not a header; as for IPv4, the
-                    // protocol alone says whether the fragment may belong to a judged packet.
+                    // What follows is the middle of the payload, not a header.
                     l3.later_fragment = true;
-                    if matches!(hdr[0], IPPROTO_TCP | IPPROTO_UDP) {
-                        l3.l4 = Some(at);
-                    }
                     return Ok((src, l3));
                 }
                 l3.first_fragment = frag & 1 != 0;

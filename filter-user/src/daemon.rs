@@ -1,1 +1,351 @@
-//! TODO
+//! `hookwall run`: load or re-adopt the filter, attach it, serve metrics, reload on SIGHUP and on
+//! config (or allowlist file) change, and stop gracefully on SIGTERM/SIGINT, leaving the filter in
+//! force.
+//!
+//! A reload is all or nothing: the new config is validated in full first; if applying it to the
+//! kernel then fails, the previous state is applied again, so an invalid or failing config never
+//! leaves the filter half-changed.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use filter_common::Settings;
+use notify::{RecursiveMode, Watcher as _};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    config::{self, AttachMode, Config, Mode},
+    filter::{Desired, Filter, Origin, Pins},
+    metrics::{self, Metrics},
+};
+
+/// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The parts of the config in force that a reload compares against or falls back to.
+struct InForce {
+    config_path: PathBuf,
+    desired: Desired,
+    interfaces: Vec<String>,
+    attach: AttachMode,
+    pin_path: PathBuf,
+    metrics_listen: SocketAddr,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl InForce {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            config_path: absolute(&config.path),
+            desired: desired(config),
+            interfaces: config.filter.interfaces.clone(),
+            attach: config.filter.attach,
+            pin_path: config.filter.pin_path.clone(),
+            metrics_listen: config.metrics.listen,
+            watched: watched_files(config),
+        }
+    }
+}
+
+/// What the kernel maps must hold for `config`.
+#[must_use]
+pub fn desired(config: &Config) -> Desired {
+    let mut flags = 0;
+    if config.filter.mode == Mode::Enforce {
+        flags |= Settings::FLAG_ENFORCE;
+    }
+    if config.filter.strict_fragments {
+        flags |= Settings::FLAG_STRICT_FRAGMENTS;
+    }
+    Desired {
+        v4: config.allowlist.v4.clone(),
+        v6: config.allowlist.v6.clone(),
+        ports: config.filter.protected_ports.clone(),
+        settings: Settings {
+            flags,
+            _reserved: 0,
+        },
+    }
+}
+
+fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    files.insert(absolute(&config.path));
+    let base = config.path.parent().unwrap_or(Path::new("."));
+    for f in &config.allow.files {
+        files.insert(absolute(&base.join(f)));
+    }
+    files
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+/// If the config is invalid at start, or the filter cannot be loaded, attached or fed.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = config::load(config_path)?;
+    let pins = Pins::new(&config.filter.pin_path);
+    let mut filter = Filter::open(pins.clone())?;
+    match filter.origin() {
+        Origin::Fresh => tracing::info!(pin_path = %pins.root().display(), "loaded a new filter"),
+        Origin::Adopted => tracing::info!(
+            pin_path = %pins.root().display(),
+            "re-adopted the pinned filter; it never stopped enforcing"
+        ),
+        Origin::Replaced => tracing::info!(
+            pin_path = %pins.root().display(),
+            "replaced the pinned program with this version's, atomically on every interface"
+        ),
+    }
+    let mut in_force = InForce::from_config(&config);
+    drop(config);
+    let started = bring_up(&mut filter, &in_force);
+    let (report, attached) = match started {
+        Ok(done) => done,
+        Err(e) if filter.origin() == Origin::Fresh => {
+            // Nothing was in force before this start: leave nothing behind either.
+            drop(filter);
+            if let Err(cleanup) = crate::filter::detach(&pins) {
+                tracing::error!("removing the half-started filter failed: {cleanup}");
+            }
+            return Err(e);
+        }
+        // An adopted filter was protecting before this start; it stays as it was.
+        Err(e) => return Err(e),
+    };
+    let (v4, v6) = filter.prefix_counts();
+    tracing::info!(
+        ipv4_prefixes = v4,
+        ipv6_prefixes = v6,
+        interfaces = ?attached,
+        elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+        "filter in force"
+    );
+
+    let metrics = Metrics::new(&pins);
+    metrics.set_prefixes(v4, v6);
+    metrics.mark_loaded();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_task = {
+        let mut stop = stop_rx.clone();
+        let listen = in_force.metrics_listen;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            metrics::serve(listen, metrics, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
+    let mut watcher = FileWatcher::new(reload_tx.clone())?;
+    watcher.watch(&in_force.watched);
+
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut metrics_task = metrics_task;
+    let outcome: anyhow::Result<()> = loop {
+        let trigger = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            Some(t) = reload_rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while reload_rx.try_recv().is_ok() {}
+                t
+            }
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            result = &mut metrics_task => {
+                break match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("metrics task failed: {e}")),
+                };
+            }
+        };
+        match reload(&mut filter, &mut in_force, &metrics, trigger) {
+            Reloaded::Yes | Reloaded::Refused => watcher.watch(&in_force.watched),
+            Reloaded::Detached => break Ok(()),
+        }
+    };
+    let _ = stop_tx.send(true);
+    if !metrics_task.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+    }
+    tracing::info!("stopped; the filter stays in force (`hookwall detach` removes it)");
+    outcome
+}
+
+/// Writes the maps, then attaches: a newly attached interface starts with the full allowlist.
+fn bring_up(
+    filter: &mut Filter,
+    in_force: &InForce,
+) -> anyhow::Result<(
+    crate::filter::ApplyReport,
+    Vec<(String, crate::filter::LinkMode)>,
+)> {
+    let report = filter
+        .apply(&in_force.desired)
+        .context("writing the allowlist to the kernel maps")?;
+    let attached = filter
+        .attach(&in_force.interfaces, in_force.attach)
+        .context("attaching the filter")?;
+    filter
+        .set_daemon_pid(std::process::id())
+        .context("recording the daemon PID in the pinned META map")?;
+    Ok((report, attached))
+}
+
+enum Reloaded {
+    Yes,
+    Refused,
+    Detached,
+}
+
+fn reload(
+    filter: &mut Filter,
+    in_force: &mut InForce,
+    metrics: &Metrics,
+    trigger: &str,
+) -> Reloaded {
+    tracing::info!(trigger, "reloading");
+    if !filter.pins().has_program() {
+        tracing::warn!("the pinned filter was removed (`hookwall detach`); stopping");
+        return Reloaded::Detached;
+    }
+    let config = match config::load(&in_force.config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            tracing::error!("config refused; the previous config stays in force");
+            metrics.record_reload(false);
+            return Reloaded::Refused;
+        }
+    };
+    if config.filter.pin_path != in_force.pin_path {
+        tracing::error!(
+            "filter.pin_path changed; a running daemon cannot move its pins: restart hookwall \
+             (the previous config stays in force)"
+        );
+        metrics.record_reload(false);
+        return Reloaded::Refused;
+    }
+    if config.metrics.listen != in_force.metrics_listen {
+        tracing::warn!("metrics.listen changed; it takes effect when hookwall restarts");
+    }
+    let next = InForce::from_config(&config);
+    drop(config);
+    let applied = filter
+        .apply(&next.desired)
+        .map_err(anyhow::Error::from)
+        .and_then(|report| {
+            filter
+                .attach(&next.interfaces, next.attach)
+                .map(|_| report)
+                .map_err(anyhow::Error::from)
+        });
+    match applied {
+        Ok(report) => {
+            let (v4, v6) = filter.prefix_counts();
+            metrics.set_prefixes(v4, v6);
+            metrics.record_reload(true);
+            tracing::info!(
+                ipv4_prefixes = v4,
+                ipv6_prefixes = v6,
+                inserted = report.inserted,
+                removed = report.removed,
+                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+                "reloaded"
+            );
+            *in_force = InForce {
+                metrics_listen: in_force.metrics_listen,
+                ..next
+            };
+            Reloaded::Yes
+        }
+        Err(e) => {
+            tracing::error!("applying the new config failed: {e:#}; restoring the previous one");
+            let restored = filter
+                .attach(&in_force.interfaces, in_force.attach)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| filter.apply(&in_force.desired).map_err(anyhow::Error::from));
+            if let Err(e) = restored {
+                tracing::error!("restoring the previous config failed too: {e:#}");
+            }
+            let (v4, v6) = filter.prefix_counts();
+            metrics.set_prefixes(v4, v6);
+            metrics.record_reload(false);
+            Reloaded::Refused
+        }
+    }
+}
+
+/// Watches the directories of the config file and the allowlist files; editors replace files by
+/// rename, so watching the file itself would miss the change.
+struct FileWatcher {
+    watcher: notify::RecommendedWatcher,
+    dirs: BTreeSet<PathBuf>,
+    files: std::sync::Arc<std::sync::Mutex<BTreeSet<PathBuf>>>,
+}
+
+impl FileWatcher {
+    fn new(tx: mpsc::Sender<&'static str>) -> anyhow::Result<Self> {
+        let files = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::<PathBuf>::new()));
+        let filter_files = files.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let files = filter_files
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if event.paths.iter().any(|p| files.contains(p)) {
+                // A full channel already holds a pending reload; dropping this one loses nothing.
+                let _ = tx.try_send("file change");
+            }
+        })
+        .context("starting the config file watcher (inotify)")?;
+        Ok(Self {
+            watcher,
+            dirs: BTreeSet::new(),
+            files,
+        })
+    }
+
+    fn watch(&mut self, files: &BTreeSet<PathBuf>) {
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        for gone in self.dirs.difference(&dirs) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for new in dirs.difference(&self.dirs) {
+            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %new.display(), error = %e, "cannot watch for changes; SIGHUP still reloads");
+            }
+        }
+        self.dirs = dirs;
+        *self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = files.clone();
+    }
+}

@@ -18,8 +18,7 @@
 use std::{
     collections::BTreeSet,
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -158,7 +157,8 @@ impl Pins {
     /// Pin of the link on `interface` in `mode`.
     #[must_use]
     pub fn link(&self, mode: LinkMode, interface: &str) -> PathBuf {
-        self.links_dir().join(format!("{}-{interface}", mode.as_str()))
+        self.links_dir()
+            .join(format!("{}-{interface}", mode.as_str()))
     }
 
     /// Every link pin present: (mode, interface, path).
@@ -320,7 +320,9 @@ impl Filter {
             })?;
 
         let meta: Array<MapData, Meta> = take_map(&mut ebpf, map_names::META)?;
-        let pinned_meta = meta.get(&0, 0).map_err(|e| map_err(map_names::META, "reading", e))?;
+        let pinned_meta = meta
+            .get(&0, 0)
+            .map_err(|e| map_err(map_names::META, "reading", e))?;
         let ours = object_sha256();
         let origin = if !pins.has_program() {
             Origin::Fresh
@@ -429,7 +431,9 @@ impl Filter {
         let new_v4: BTreeSet<Ipv4Net> = desired.v4.iter().map(Ipv4Net::trunc).collect();
         let new_v6: BTreeSet<Ipv6Net> = desired.v6.iter().map(Ipv6Net::trunc).collect();
         let v4_words = index_words(
-            new_v4.iter().map(|n| (u32::from(n.network()), n.prefix_len())),
+            new_v4
+                .iter()
+                .map(|n| (u32::from(n.network()), n.prefix_len())),
             index::V4_BLOCK_BITS,
             index::V4_WORDS,
         );
@@ -623,6 +627,31 @@ impl Filter {
         }
     }
 
+    /// Benchmark hook: marks every index block "partial", so each lookup walks the LPM trie as
+    /// a plain-trie filter would. Verdicts stay correct; only the fast path is gone until the
+    /// next [`Filter::apply`] with a changed set rewrites the words.
+    #[doc(hidden)]
+    pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
+        for (data, name) in [
+            (&self.v4_index, map_names::V4_INDEX),
+            (&self.v6_index, map_names::V6_INDEX),
+        ] {
+            let mmap = IndexMmap::map(data, name)?;
+            for cell in mmap.words() {
+                cell.store(
+                    u64::from(u32::MAX) << index::BLOCKS_PER_WORD,
+                    Ordering::Release,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records which daemon holds the filter, for `hookwall status`.
+    pub fn set_daemon_pid(&mut self, pid: u32) -> Result<(), FilterError> {
+        self.write_meta(|m| m.daemon_pid = pid)
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<[CounterValue; Counter::COUNT as usize], FilterError> {
         read_counters(&self.counters)
@@ -635,7 +664,11 @@ enum Phase {
     Remove,
 }
 
-fn attach_err(iface: &str, mode: LinkMode, e: impl std::error::Error + Send + Sync + 'static) -> FilterError {
+fn attach_err(
+    iface: &str,
+    mode: LinkMode,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> FilterError {
     let text = e.to_string();
     let hint = if text.contains("UnknownInterface") || text.contains("unknown network interface") {
         format!("no interface named {iface} exists here; check filter.interfaces (`ip link`)")
@@ -720,8 +753,8 @@ fn replace_on_links(prog: &mut Xdp, pins: &Pins) -> Result<(), FilterError> {
             path: path.clone(),
             source: boxed(e),
         })?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| attach_err(&iface, mode, e))?;
+        let link =
+            XdpLink::try_from(FdLink::from(pinned)).map_err(|e| attach_err(&iface, mode, e))?;
         let id = prog
             .attach_to_link(link)
             .map_err(|e| attach_err(&iface, mode, e))?;
@@ -741,13 +774,26 @@ const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// (a second mount would hide the first one's pins).
 fn ensure_bpffs(path: &Path) -> Result<(), FilterError> {
     static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = MOUNTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut probe = path;
     while !probe.exists() {
         probe = probe.parent().unwrap_or(Path::new("/"));
     }
     if is_bpffs(probe) {
         return Ok(());
+    }
+    if in_private_mount_namespace() {
+        return Err(FilterError::Pin {
+            op: "refusing to mount a private bpffs for",
+            path: path.to_path_buf(),
+            source: "this process runs in its own mount namespace (e.g. under `ip netns exec`), \
+                     where pins would vanish with it and the filter with them: run hookwall in \
+                     the host's mount namespace (`nsenter --net=/run/netns/NAME hookwall ...`), \
+                     or mount bpffs at /sys/fs/bpf first"
+                .into(),
+        });
     }
     let target = if probe == Path::new(BPFFS_ROOT) {
         probe.to_path_buf()
@@ -786,11 +832,28 @@ fn ensure_bpffs(path: &Path) -> Result<(), FilterError> {
     Ok(())
 }
 
+/// Whether this process's mount namespace differs from init's, where a bpffs we mount would
+/// not be seen by anyone else and would disappear with us.
+fn in_private_mount_namespace() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(ours), Ok(init)) => ours != init,
+        // Cannot tell (e.g. /proc/1 hidden): do not block a start on a guess.
+        _ => false,
+    }
+}
+
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
     // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL-terminated.
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is narrower than i64 on some targets"
+    )]
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &raw mut st) == 0 && i64::from(st.f_type) == BPF_FS_MAGIC
@@ -967,7 +1030,10 @@ pub fn detach(pins: &Pins) -> Result<DetachReport, FilterError> {
         path: path.to_path_buf(),
         source: boxed(e),
     };
-    for (mode, iface, path) in pins.links().map_err(|e| pin_err("listing", &pins.links_dir(), e))? {
+    for (mode, iface, path) in pins
+        .links()
+        .map_err(|e| pin_err("listing", &pins.links_dir(), e))?
+    {
         fs::remove_file(&path).map_err(|e| pin_err("unpinning link", &path, e))?;
         report.links.push((iface, mode));
     }

@@ -1,1 +1,230 @@
-//! TODO
+//! The Prometheus registry and the `/metrics` listener (on `metrics.listen`, never on the public
+//! listener).
+//!
+//! Kernel counters are not copied into the registry: a collector reads the pinned per-CPU
+//! counters map at each scrape, so the numbers are the kernel's own and survive daemon restarts.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64},
+    },
+};
+
+use anyhow::Context as _;
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use aya::maps::{Map, MapData, PerCpuArray};
+use filter_common::{Counter, CounterValue, map_names};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter as PromCounter},
+        family::Family,
+        gauge::Gauge,
+    },
+    registry::Registry,
+};
+
+use crate::filter::{Pins, read_counters};
+
+/// Labels of `hookwall_config_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// Labels of `hookwall_allowlist_prefixes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+}
+
+/// The daemon's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// `hookwall_config_reloads_total{result}`.
+    pub reloads: Family<ReloadLabels, PromCounter>,
+    /// `hookwall_allowlist_prefixes{family}`.
+    pub prefixes: Family<FamilyLabels, Gauge<i64, AtomicI64>>,
+    /// `hookwall_config_last_reload_success_timestamp_seconds`.
+    pub last_reload_success: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    /// A registry with every metric of SPEC.md; kernel counters come from the maps under `pins`.
+    #[must_use]
+    pub fn new(pins: &Pins) -> Self {
+        let mut registry = Registry::with_prefix("hookwall");
+        let reloads = Family::<ReloadLabels, PromCounter>::default();
+        let prefixes = Family::<FamilyLabels, Gauge<i64, AtomicI64>>::default();
+        let last_reload_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads tried, by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "allowlist_prefixes",
+            "Prefixes in the kernel maps now, by family",
+            prefixes.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time at which the config in force was loaded",
+            last_reload_success.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
+        registry.register_collector(Box::new(XdpCollector {
+            counters_pin: pins.map(map_names::COUNTERS),
+        }));
+        Self {
+            registry: Arc::new(registry),
+            reloads,
+            prefixes,
+            last_reload_success,
+        }
+    }
+
+    /// Records the prefix counts now in the kernel.
+    pub fn set_prefixes(&self, v4: usize, v6: usize) {
+        for (family, n) in [("ipv4", v4), ("ipv6", v6)] {
+            self.prefixes
+                .get_or_create(&FamilyLabels { family })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Records that the config in force was loaded now (at start), without counting a reload.
+    pub fn mark_loaded(&self) {
+        self.last_reload_success.set(unix_now_f64());
+    }
+
+    /// Records one reload attempt.
+    pub fn record_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        if success {
+            self.mark_loaded();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    ///
+    /// # Errors
+    /// Only if formatting fails, which the text encoder does not do in practice.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Reads the kernel's per-CPU verdict counters at scrape time.
+#[derive(Debug)]
+struct XdpCollector {
+    counters_pin: PathBuf,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+    reason: &'static str,
+}
+
+impl XdpCollector {
+    fn read(&self) -> Option<[CounterValue; Counter::COUNT as usize]> {
+        let data = MapData::from_pin(&self.counters_pin).ok()?;
+        let map: PerCpuArray<MapData, CounterValue> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).ok()?;
+        read_counters(&map).ok()
+    }
+}
+
+impl Collector for XdpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // No pinned filter (detached): export nothing rather than zeros that look like a filter.
+        let Some(values) = self.read() else {
+            return Ok(());
+        };
+        type Pick = fn(&CounterValue) -> u64;
+        let series: [(&str, &str, Pick); 2] = [
+            (
+                "xdp_packets",
+                "Packets judged by the XDP filter, by verdict and reason",
+                |v| v.packets,
+            ),
+            (
+                "xdp_bytes",
+                "Bytes of the packets judged by the XDP filter",
+                |v| v.bytes,
+            ),
+        ];
+        for (name, help, pick) in series {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for counter in Counter::ALL {
+                let labels = VerdictLabels {
+                    verdict: counter.verdict().as_str(),
+                    reason: counter.reason().as_str(),
+                };
+                let metric = ConstCounter::new(pick(&values[counter as usize]));
+                metric.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` on `listen` until `shutdown` completes.
+///
+/// # Errors
+/// If the listener cannot be bound or serving fails.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {listen} (metrics.listen)"))?;
+    tracing::info!(%listen, "serving /metrics");
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .with_context(|| format!("serving metrics on {listen}"))
+}
+
+async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
+    match metrics.render() {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

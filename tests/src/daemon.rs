@@ -1,1 +1,913 @@
-//! TODO
+//! Runs the `hookwall` binary (the daemon and its subcommands) for the end-to-end tests, and
+//! reads its metrics.
+//!
+//! - [`Daemon`]: `hookwall run -c FILE` inside a network namespace, its output in a log file,
+//!   ready once `/metrics` answers; killed by its own PID on drop (never by name).
+//! - [`hookwall`] / [`hookwall_in`]: one-shot subcommands (`status`, `detach`, `check`).
+//! - [`PinsGuard`]: a unique pin path under /sys/fs/bpf, detached and removed on drop.
+//! - [`ConfigSpec`]: writes the TOML the tests run with.
+//! - [`metrics`], [`metric_value`]: a raw HTTP/1.1 scrape and a Prometheus text parser.
+//!
+//! Processes are put into a test namespace like `ip netns exec` does (network namespace, and a
+//! /sys that shows its interfaces), but with the host's bpffs kept at /sys/fs/bpf: see
+//! [`NsEntry`]. Under plain `ip netns exec` the daemon would pin into a private bpffs that
+//! disappears with the process, and nobody else could see its pins.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File},
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    netns::{NetNs, run_in},
+    unique_name,
+};
+
+/// The `hookwall` binary: `$HOOKWALL_BIN`, else `target/<profile>/hookwall` next to the test
+/// executable's `deps/` directory.
+///
+/// # Panics
+/// If it does not exist (build it first: `cargo build -p hookwall --bins`).
+#[must_use]
+pub fn hookwall_bin() -> PathBuf {
+    let path = std::env::var_os("HOOKWALL_BIN").map_or_else(
+        || {
+            let exe = std::env::current_exe().expect("path of the test executable");
+            // target/debug/deps/e2e_filter-HASH -> target/debug/hookwall
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|dir| dir.join("hookwall"))
+                .expect("test executable lives in target/<profile>/deps")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "hookwall binary not found at {} (set HOOKWALL_BIN or run `cargo build -p hookwall --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A `hookwall ARGS` command in the test's own namespaces.
+#[must_use]
+pub fn hookwall_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(hookwall_bin());
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("HOOKWALL_LOG");
+    cmd
+}
+
+/// Runs `hookwall ARGS` to completion in the test's own namespaces (for `status`, `detach`,
+/// which only read and remove pins).
+///
+/// # Panics
+/// If the binary cannot be run.
+#[must_use]
+pub fn hookwall(args: &[&str]) -> Output {
+    hookwall_command(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running hookwall {}: {e}", args.join(" ")))
+}
+
+/// Runs `hookwall ARGS` to completion inside `ns` (see [`NsEntry`]); for `check` and `run`,
+/// which look at interfaces.
+///
+/// # Panics
+/// If the binary cannot be run.
+#[must_use]
+pub fn hookwall_in(ns: &NetNs, args: &[&str]) -> Output {
+    let mut cmd = hookwall_command(args);
+    let entry = NsEntry::new(ns);
+    entry.apply(&mut cmd);
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running hookwall {} in {}: {e}", args.join(" "), ns.name()))
+}
+
+/// How a child process is put "inside" a test namespace: it enters the network namespace, and
+/// in a private mount namespace gets a /sys that describes that network namespace (as
+/// `ip netns exec` does, so /sys/class/net lists the namespace's interfaces) with the host's
+/// bpffs bind-mounted back at /sys/fs/bpf (which `ip netns exec` loses: pins made there would
+/// live in a private bpffs that vanishes with the process). Keep it alive until the command is
+/// spawned.
+pub struct NsEntry {
+    netns: File,
+}
+
+impl NsEntry {
+    /// Prepares entering `ns`.
+    ///
+    /// # Panics
+    /// If the namespace cannot be opened.
+    #[must_use]
+    pub fn new(ns: &NetNs) -> Self {
+        Self {
+            netns: open_path(&ns.path()),
+        }
+    }
+
+    /// Makes `cmd`'s process enter the namespace before exec.
+    pub fn apply(&self, cmd: &mut Command) {
+        let netns = self.netns.as_raw_fd();
+        // SAFETY: between fork and exec the closure only makes system calls (setns, unshare,
+        // mount, open, close) on an fd that `self` keeps open until the command is spawned and on
+        // C strings it owns or builds on the stack; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || enter_in_child(netns));
+        }
+    }
+}
+
+/// The child's side of [`NsEntry`]: async-signal-safe (system calls and stack buffers only).
+///
+/// # Safety
+/// Only to be called between fork and exec.
+unsafe fn enter_in_child(netns: libc::c_int) -> io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls with valid NUL-terminated strings and a stack buffer.
+    unsafe {
+        // If the test process dies without running its guards, the daemon goes too. (The
+        // signal comes when the spawning *thread* exits: spawn from the test's own thread.)
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+        check(libc::setns(netns, libc::CLONE_NEWNET))?;
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        // Nothing mounted from here on propagates back to the host.
+        check(libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
+        // The host's bpffs, as seen in this (new) mount namespace, before /sys is covered.
+        let bpffs = libc::open(
+            c"/sys/fs/bpf".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if bpffs < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        check(libc::mount(
+            c"sysfs".as_ptr(),
+            c"/sys".as_ptr(),
+            c"sysfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        ))?;
+        let mut path = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        path[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (bpffs.unsigned_abs(), 0);
+        loop {
+            digits[len] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            path[prefix.len() + i] = digits[len - 1 - i];
+        }
+        check(libc::mount(
+            path.as_ptr().cast(),
+            c"/sys/fs/bpf".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))?;
+        libc::close(bpffs);
+    }
+    Ok(())
+}
+
+fn open_path(path: &Path) -> File {
+    File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+/// Both output streams of a finished command, for messages.
+#[must_use]
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Removes ANSI escape sequences (colours) from a log.
+#[must_use]
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 10 ms until it holds.
+///
+/// # Panics
+/// After `timeout`, with `what()` in the message.
+pub fn poll_until(
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    what: impl FnOnce() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {}",
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+static LOGS: AtomicU32 = AtomicU32::new(0);
+
+/// A `hookwall run` process in a network namespace. Killed (SIGKILL, by PID) on drop if still
+/// running; its log is printed when the test is failing.
+pub struct Daemon {
+    child: Child,
+    exited: Option<ExitStatus>,
+    log: PathBuf,
+    netns: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Daemon {
+    /// Spawns `hookwall run -c config` in `ns`, output to a log file in `dir`, and returns at
+    /// once. `metrics` is the config's `metrics.listen` (an address inside `ns`).
+    ///
+    /// # Panics
+    /// If it cannot be spawned.
+    #[must_use]
+    pub fn spawn(ns: &NetNs, config: &Path, metrics: SocketAddr, dir: &Path) -> Self {
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            LOGS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = out.try_clone().expect("dup of the log file");
+        let entry = NsEntry::new(ns);
+        let config = config.to_str().expect("UTF-8 config path");
+        let mut cmd = hookwall_command(&["run", "-c", config]);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        entry.apply(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning hookwall run -c {config}: {e}"));
+        drop(entry);
+        Self {
+            child,
+            exited: None,
+            log,
+            netns: ns.path(),
+            metrics,
+        }
+    }
+
+    /// [`Daemon::spawn`], then waits until it serves `/metrics` (the filter is attached and fed
+    /// by then).
+    ///
+    /// # Panics
+    /// If it exits or does not answer within 15 s; the message has its log.
+    #[must_use]
+    pub fn start(ns: &NetNs, config: &Path, metrics: SocketAddr, dir: &Path) -> Self {
+        let mut daemon = Self::spawn(ns, config, metrics, dir);
+        daemon.wait_ready(Duration::from_secs(15));
+        daemon
+    }
+
+    /// Waits until `/metrics` answers.
+    ///
+    /// # Panics
+    /// If the daemon exits first or `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "hookwall run exited ({status}) before serving metrics; log:\n{}",
+                    self.log()
+                );
+            }
+            match scrape(&self.netns, self.metrics) {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "hookwall run did not serve metrics on {} within {timeout:?} ({e}); log:\n{}",
+                    self.metrics,
+                    self.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's PID.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon wrote so far (stdout and stderr), without colours.
+    #[must_use]
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).map_or_else(
+            |e| format!("(cannot read {}: {e})", self.log.display()),
+            |text| strip_ansi(&text),
+        )
+    }
+
+    /// The exit status if the daemon has exited (reaped).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("waitpid on the daemon");
+        }
+        self.exited
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if self.exited.is_some() {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.pid()).expect("PID fits pid_t");
+        // SAFETY: signals only the child we spawned and have not reaped (its PID is still ours).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
+    }
+
+    /// Sends SIGHUP (reload).
+    ///
+    /// # Panics
+    /// If the daemon has exited.
+    pub fn hup(&mut self) {
+        assert!(
+            self.try_wait().is_none(),
+            "daemon exited before SIGHUP; log:\n{}",
+            self.log()
+        );
+        self.signal(libc::SIGHUP);
+    }
+
+    /// SIGKILL, then reaps it.
+    ///
+    /// # Panics
+    /// If it does not die within 5 s.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(5))
+            .expect("the daemon dies within 5 s of SIGKILL")
+    }
+
+    /// SIGTERM, then waits for a graceful exit.
+    ///
+    /// # Panics
+    /// If it has not exited within 10 s.
+    pub fn term(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait_exit(Duration::from_secs(10)) {
+            Some(status) => status,
+            None => panic!(
+                "daemon still running 10 s after SIGTERM; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// A scrape of `/metrics`.
+    ///
+    /// # Panics
+    /// If it fails; the message has the daemon's log.
+    #[must_use]
+    pub fn metrics(&self) -> String {
+        scrape(&self.netns, self.metrics).unwrap_or_else(|e| {
+            panic!(
+                "scraping http://{}/metrics: {e}; daemon log:\n{}",
+                self.metrics,
+                self.log()
+            )
+        })
+    }
+
+    /// One series' value in a fresh scrape (see [`metric_value`]).
+    ///
+    /// # Panics
+    /// If the scrape fails or the series is missing or ambiguous.
+    #[must_use]
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// `hookwall_config_reloads_total{result}`.
+    #[must_use]
+    pub fn reloads(&self, result: &str) -> f64 {
+        self.metric("hookwall_config_reloads_total", &[("result", result)])
+    }
+
+    /// Polls until `name{labels}` satisfies `cond`; returns the value.
+    ///
+    /// # Panics
+    /// After `timeout`, with the last value and the daemon's log.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        cond: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name, labels);
+            if cond(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {v} after {timeout:?}, still not as expected; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- hookwall run log ({}) ----\n{}---- end of log ----",
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.1 from inside the network namespace at `netns`; the body
+/// of a 200 answer.
+///
+/// # Errors
+/// If the connection fails or the answer is not a 200.
+pub fn scrape(netns: &Path, addr: SocketAddr) -> io::Result<String> {
+    run_in(netns, move || http_get(addr, "/metrics"))
+}
+
+/// [`scrape`] from a [`NetNs`].
+///
+/// # Panics
+/// If the scrape fails.
+#[must_use]
+pub fn metrics(ns: &NetNs, addr: SocketAddr) -> String {
+    scrape(&ns.path(), addr)
+        .unwrap_or_else(|e| panic!("scraping http://{addr}/metrics in {}: {e}", ns.name()))
+}
+
+/// A plain HTTP/1.1 GET (in the calling thread's namespace); the body of a 200 answer.
+///
+/// # Errors
+/// If the connection fails or the answer is not a 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no header end in {text:?}"),
+        )
+    })?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(io::Error::other(format!("GET {path}: {status}")));
+    }
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        dechunk(body)
+    } else {
+        Ok(body.to_owned())
+    }
+}
+
+fn dechunk(mut body: &str) -> io::Result<String> {
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {what}"));
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").ok_or_else(|| bad("no size line"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad("bad size"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).ok_or_else(|| bad("short chunk"))?;
+        out.push_str(chunk);
+        body = rest.get(size + 2..).ok_or_else(|| bad("missing CRLF"))?;
+    }
+}
+
+/// One sample line of the Prometheus/OpenMetrics text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name (with any `_total` suffix as exposed).
+    pub name: String,
+    /// Labels in order of appearance.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+/// Every sample in an exposition (comments skipped).
+///
+/// # Panics
+/// On a line that is not a valid sample.
+#[must_use]
+pub fn parse_samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| parse_sample(line).unwrap_or_else(|| panic!("not a metric sample: {line:?}")))
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = line[..name_end].to_owned();
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => break i,
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '"' => break,
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                c => value.push(c),
+                            },
+                            c => value.push(c),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                c => key.push(c),
+            }
+        };
+        rest = &inner[end + 1..];
+    }
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// The value of the one series named `name` whose labels include all of `labels`, if any.
+///
+/// # Panics
+/// If several series match (the labels are ambiguous).
+#[must_use]
+pub fn find_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matches: Vec<Sample> = parse_samples(text)
+        .into_iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .collect();
+    assert!(
+        matches.len() <= 1,
+        "{name}{labels:?} matches several series: {matches:?}"
+    );
+    matches.first().map(|s| s.value)
+}
+
+/// The value of the one series named `name` whose labels include all of `labels`.
+///
+/// # Panics
+/// If there is no such series (the message lists the metric names present) or several.
+#[must_use]
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    find_metric(text, name, labels).unwrap_or_else(|| {
+        let mut names: Vec<String> = parse_samples(text).into_iter().map(|s| s.name).collect();
+        names.dedup();
+        panic!("no series {name}{labels:?} in the scrape; names present: {names:?}\n{text}")
+    })
+}
+
+/// A unique pin path `/sys/fs/bpf/hw-e2e-{pid}x{n}` that is detached (`hookwall detach`) and
+/// removed on drop, whatever the test did.
+#[derive(Debug)]
+pub struct PinsGuard {
+    path: PathBuf,
+}
+
+impl PinsGuard {
+    /// A fresh pin path; nothing is created.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            path: PathBuf::from("/sys/fs/bpf").join(unique_name("hw-e2e-")),
+        }
+    }
+
+    /// The pin path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pin path as a string.
+    ///
+    /// # Panics
+    /// Never: it is ASCII.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().expect("ASCII pin path")
+    }
+}
+
+impl Default for PinsGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        if !self.path.exists() {
+            return;
+        }
+        let out = hookwall_command(&["detach", "--pin-path", self.as_str()]).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "hookwall detach --pin-path {}: {}",
+                self.path.display(),
+                output_text(&o)
+            ),
+            Err(e) => eprintln!("hookwall detach --pin-path {}: {e}", self.path.display()),
+        }
+        if self.path.exists()
+            && let Err(e) = fs::remove_dir_all(&self.path)
+        {
+            eprintln!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// The config a test runs with; [`ConfigSpec::render`] writes the TOML.
+#[derive(Debug, Clone)]
+pub struct ConfigSpec {
+    /// `filter.interfaces`.
+    pub interfaces: Vec<String>,
+    /// `filter.mode`: `enforce` or `monitor`.
+    pub mode: String,
+    /// `filter.attach`.
+    pub attach: String,
+    /// `filter.protected_ports`.
+    pub protected_ports: Vec<u16>,
+    /// `filter.pin_path`.
+    pub pin_path: PathBuf,
+    /// `allow.cidrs` (`allow.presets` is always `[]`: the real provider addresses are never
+    /// used with sockets).
+    pub cidrs: Vec<String>,
+    /// `metrics.listen`.
+    pub metrics_listen: SocketAddr,
+    /// `server.listen`.
+    pub server_listen: String,
+    /// `store.path`.
+    pub store_path: PathBuf,
+}
+
+impl ConfigSpec {
+    /// Enforce mode on `interface`, port 8443, auto attach, metrics on 127.0.0.1:9184.
+    #[must_use]
+    pub fn new(interface: &str, pin_path: &Path, dir: &Path, cidrs: &[&str]) -> Self {
+        Self {
+            interfaces: vec![interface.to_owned()],
+            mode: "enforce".into(),
+            attach: "auto".into(),
+            protected_ports: vec![crate::netns::PROTECTED_PORT],
+            pin_path: pin_path.to_path_buf(),
+            cidrs: cidrs.iter().map(|&c| c.to_owned()).collect(),
+            metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
+            server_listen: format!("0.0.0.0:{}", crate::netns::PROTECTED_PORT),
+            store_path: dir.join("events.db"),
+        }
+    }
+
+    /// The TOML text.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let list = |items: &[String]| {
+            items
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let ports = self
+            .protected_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut s = String::new();
+        let _ = writeln!(s, "[filter]");
+        let _ = writeln!(s, "interfaces = [{}]", list(&self.interfaces));
+        let _ = writeln!(s, "mode = {:?}", self.mode);
+        let _ = writeln!(s, "attach = {:?}", self.attach);
+        let _ = writeln!(s, "protected_ports = [{ports}]");
+        let _ = writeln!(s, "pin_path = {:?}", self.pin_path.display().to_string());
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[allow]");
+        let _ = writeln!(s, "presets = []");
+        let _ = writeln!(s, "cidrs = [{}]", list(&self.cidrs));
+        let _ = writeln!(s, "files = []");
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[server]");
+        let _ = writeln!(s, "listen = {:?}", self.server_listen);
+        let _ = writeln!(s, "tls = \"self-signed\"");
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[metrics]");
+        let _ = writeln!(s, "listen = {:?}", self.metrics_listen.to_string());
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[store]");
+        let _ = writeln!(s, "path = {:?}", self.store_path.display().to_string());
+        s
+    }
+
+    /// Writes the TOML to `path` atomically (see [`write_atomic`]).
+    pub fn write(&self, path: &Path) {
+        write_atomic(path, &self.render());
+    }
+}
+
+/// Replaces `path`'s content atomically: writes a temporary file beside it, then renames it
+/// over `path` (what careful editors and config management do). If `path` is a symlink, the
+/// file it points to is replaced instead and the symlink kept.
+///
+/// # Panics
+/// If writing or renaming fails.
+pub fn write_atomic(path: &Path, contents: &str) {
+    let target = match fs::read_link(path) {
+        Ok(dest) if dest.is_absolute() => dest,
+        Ok(dest) => path.parent().unwrap_or(Path::new(".")).join(dest),
+        Err(_) => path.to_path_buf(),
+    };
+    let tmp = target.with_extension("toml.tmp");
+    fs::write(&tmp, contents).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    fs::rename(&tmp, &target)
+        .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", tmp.display(), target.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_openmetrics_samples() {
+        let text = "# HELP hookwall_xdp_packets Packets.\n# TYPE hookwall_xdp_packets counter\n\
+                    hookwall_xdp_packets_total{verdict=\"pass\",reason=\"allowed\"} 12\n\
+                    hookwall_xdp_packets_total{verdict=\"drop\",reason=\"not_allowed\"} 3\n\
+                    hookwall_config_reloads_total{result=\"success\"} 0\n\
+                    hookwall_config_last_reload_success_timestamp_seconds 1.7e9\n\
+                    weird{a=\"x\\\"y,z\"} +Inf\n# EOF\n";
+        assert_eq!(
+            metric_value(
+                text,
+                "hookwall_xdp_packets_total",
+                &[("verdict", "drop"), ("reason", "not_allowed")]
+            ),
+            3.0
+        );
+        assert_eq!(
+            metric_value(
+                text,
+                "hookwall_config_reloads_total",
+                &[("result", "success")]
+            ),
+            0.0
+        );
+        assert!(
+            (metric_value(
+                text,
+                "hookwall_config_last_reload_success_timestamp_seconds",
+                &[]
+            ) - 1.7e9)
+                .abs()
+                < 1.0
+        );
+        assert_eq!(
+            metric_value(text, "weird", &[("a", "x\"y,z")]),
+            f64::INFINITY
+        );
+        assert_eq!(
+            find_metric(
+                text,
+                "hookwall_xdp_packets_total",
+                &[("verdict", "monitor")]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "matches several series")]
+    fn ambiguous_labels_panic() {
+        let text = "m{a=\"1\",b=\"x\"} 1\nm{a=\"1\",b=\"y\"} 2\n";
+        let _ = find_metric(text, "m", &[("a", "1")]);
+    }
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(),
+            "hello world"
+        );
+    }
+
+    #[test]
+    fn strips_colours() {
+        assert_eq!(
+            strip_ansi("\u{1b}[32m INFO\u{1b}[0m re-adopted"),
+            " INFO re-adopted"
+        );
+    }
+}

@@ -48,8 +48,12 @@ impl TestFilter {
     #[must_use]
     pub fn new(desired: &Desired) -> Self {
         let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-test-")));
-        let mut filter = Filter::open(pins.clone())
-            .unwrap_or_else(|e| panic!("loading the XDP program under {}: {e:?}", pins.root().display()));
+        let mut filter = Filter::open(pins.clone()).unwrap_or_else(|e| {
+            panic!(
+                "loading the XDP program under {}: {e:?}",
+                pins.root().display()
+            )
+        });
         filter
             .apply(desired)
             .unwrap_or_else(|e| panic!("applying {desired:?}: {e}"));
@@ -115,7 +119,11 @@ impl TestFilter {
             .into_iter()
             .filter(|&c| after[c as usize] != before[c as usize])
             .collect();
-        assert_eq!(moved.len(), 1, "exactly one counter must move, moved: {moved:?}");
+        assert_eq!(
+            moved.len(),
+            1,
+            "exactly one counter must move, moved: {moved:?}"
+        );
         let c = moved[0];
         assert_eq!(after[c as usize].packets - before[c as usize].packets, 1);
         assert_eq!(

@@ -1,0 +1,703 @@
+//! End-to-end tests of the filter with a real `hookwall run` daemon and real TCP traffic.
+//!
+//! Each test builds its own pair of network namespaces (`srv`, where the daemon runs and the XDP
+//! program attaches to the veth, in native mode as `attach = "auto"` gives on a veth; and `cli`,
+//! with an allowed and a refused source address of each family), its own pin path under
+//! /sys/fs/bpf and its own daemon, and removes them all when it ends, also when it fails. Tests
+//! can run in parallel.
+//!
+//! Run as root: `cargo build -p hookwall --bins && HOOKWALL_BIN=$PWD/target/debug/hookwall
+//! cargo test -p hookwall-tests --test e2e_filter`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use hookwall_tests::{
+    daemon::{
+        ConfigSpec, Daemon, PinsGuard, hookwall, hookwall_in, output_text, poll_until, write_atomic,
+    },
+    netns::{
+        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, ClientLoop, EchoServer, Lab,
+        PROTECTED_PORT, REFUSED_V4, REFUSED_V4_NET, REFUSED_V6, REFUSED_V6_NET, UNPROTECTED_PORT,
+    },
+};
+use serde_json::Value;
+
+const ALLOWED: [IpAddr; 2] = [IpAddr::V4(ALLOWED_V4), IpAddr::V6(ALLOWED_V6)];
+const REFUSED: [IpAddr; 2] = [IpAddr::V4(REFUSED_V4), IpAddr::V6(REFUSED_V6)];
+/// How long a connection from a refused source is given before it counts as dropped. SYNs are
+/// retransmitted after 1 s, so within this only the first SYN is ever sent.
+const REFUSED_TIMEOUT: Duration = Duration::from_millis(900);
+/// Connect timeout of the client loops: a dropped SYN (1 s retransmission) fails the attempt.
+const LOOP_TIMEOUT: Duration = Duration::from_millis(900);
+const PACKETS: &str = "hookwall_xdp_packets_total";
+
+/// One test's world. Fields drop in order: pins (detached) first, then the namespaces, then the
+/// directory with the config and logs. A daemon is a local declared after it, so it is killed
+/// before all of this.
+struct Env {
+    pins: PinsGuard,
+    lab: Lab,
+    spec: ConfigSpec,
+    /// The path the daemon is given (`-c`).
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A lab and a config (enforce mode, `cidrs`) in `DIR/hookwall.toml`.
+    fn new(cidrs: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hw-e2e-")
+            .tempdir()
+            .expect("temporary directory");
+        let config = dir.path().join("hookwall.toml");
+        Self::build(dir, config, cidrs)
+    }
+
+    /// Like [`Env::new`], but the daemon is given `DIR/etc/hookwall.toml`, a symlink to
+    /// `DIR/real/hookwall.toml`, which is the file rewritten. The daemon watches the directory
+    /// of the path it was given, so a rewrite of the target raises no file event: the only
+    /// reloads are the ones the test signals, and the reload counters can be asserted exactly.
+    fn with_symlinked_config(cidrs: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hw-e2e-")
+            .tempdir()
+            .expect("temporary directory");
+        for sub in ["etc", "real"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("config directory");
+        }
+        let real = dir.path().join("real/hookwall.toml");
+        std::fs::write(&real, "").expect("placeholder config");
+        let config = dir.path().join("etc/hookwall.toml");
+        std::os::unix::fs::symlink(&real, &config).expect("config symlink");
+        Self::build(dir, config, cidrs)
+    }
+
+    fn build(dir: tempfile::TempDir, config: PathBuf, cidrs: &[&str]) -> Self {
+        let lab = Lab::new();
+        let pins = PinsGuard::new();
+        let spec = ConfigSpec::new(lab.srv_if(), pins.path(), dir.path(), cidrs);
+        spec.write(&config);
+        Self {
+            pins,
+            lab,
+            spec,
+            config,
+            dir,
+        }
+    }
+
+    fn metrics_addr(&self) -> SocketAddr {
+        self.spec.metrics_listen
+    }
+
+    /// Starts `hookwall run -c CONFIG` in `srv` and waits until it serves metrics.
+    fn start(&self) -> Daemon {
+        Daemon::start(
+            &self.lab.srv,
+            &self.config,
+            self.metrics_addr(),
+            self.dir.path(),
+        )
+    }
+
+    /// Rewrites the config with these allowed prefixes (atomically, by rename).
+    fn write_cidrs(&self, cidrs: &[&str]) {
+        let mut spec = self.spec.clone();
+        spec.cidrs = cidrs.iter().map(|&c| c.to_owned()).collect();
+        spec.write(&self.config);
+    }
+
+    /// `hookwall status --json --pin-path PINS`.
+    fn status(&self) -> Value {
+        let out = hookwall(&["status", "--json", "--pin-path", self.pins.as_str()]);
+        assert!(
+            out.status.success(),
+            "hookwall status failed: {}",
+            output_text(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", output_text(&out)))
+    }
+
+    fn assert_connect(&self, srcs: &[IpAddr], port: u16) {
+        for &src in srcs {
+            self.lab.assert_connects(src, port);
+        }
+    }
+}
+
+fn labels<'a>(verdict: &'a str, reason: &'a str) -> [(&'static str, &'a str); 2] {
+    [("verdict", verdict), ("reason", reason)]
+}
+
+/// The packets of one verdict counter in `hookwall status --json`.
+fn status_packets(status: &Value, verdict: &str, reason: &str) -> u64 {
+    status["counters"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["verdict"] == verdict && c["reason"] == reason)
+        })
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no counter {verdict}/{reason} in status: {status:#}"))
+}
+
+#[test]
+fn allowed_sources_pass_refused_ones_are_dropped_on_ipv4_and_ipv6() {
+    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _protected = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
+    let _unprotected = EchoServer::start(&env.lab.srv, UNPROTECTED_PORT);
+    // Without the filter every source gets through: what is dropped later is the filter's doing.
+    env.assert_connect(&REFUSED, PROTECTED_PORT);
+
+    let daemon = env.start();
+    let xdp = env.lab.srv.xdp_on(env.lab.srv_if());
+    assert!(
+        xdp.is_some(),
+        "no XDP program on {} after start",
+        env.lab.srv_if()
+    );
+
+    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+    env.lab
+        .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
+    // Other ports are not judged: the refused sources reach them.
+    env.assert_connect(&REFUSED, UNPROTECTED_PORT);
+
+    let text = daemon.metrics();
+    let value = |verdict, reason| {
+        hookwall_tests::daemon::metric_value(&text, PACKETS, &labels(verdict, reason))
+    };
+    // At least the first SYN of each refused family.
+    assert!(value("drop", "not_allowed") >= 2.0, "drops:\n{text}");
+    // Two handshakes, requests and closes of each allowed family at least.
+    assert!(value("pass", "allowed") >= 8.0, "passes:\n{text}");
+    assert!(value("pass", "unprotected") > 0.0, "unprotected:\n{text}");
+    assert_eq!(
+        value("monitor", "not_allowed"),
+        0.0,
+        "nothing is monitored in enforce mode"
+    );
+    let family = |f| {
+        hookwall_tests::daemon::metric_value(&text, "hookwall_allowlist_prefixes", &[("family", f)])
+    };
+    assert_eq!((family("ipv4"), family("ipv6")), (1.0, 1.0));
+
+    let status = env.status();
+    assert_eq!(status["loaded"], true, "{status:#}");
+    assert_eq!(status["mode"], "enforce", "{status:#}");
+    assert_eq!(
+        status["links"],
+        serde_json::json!([{ "interface": env.lab.srv_if(), "mode": "native", "alive": true }]),
+        "attach = \"auto\" on a veth must give native XDP: {status:#}"
+    );
+    assert_eq!(status["daemon_running"], true, "{status:#}");
+    assert_eq!(status["daemon_pid"], daemon.pid(), "{status:#}");
+}
+
+#[test]
+fn fifty_reloads_never_drop_a_kept_prefix() {
+    const RELOADS: u32 = 50;
+    let env = Env::with_symlinked_config(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
+    let mut daemon = env.start();
+    let drops_before = daemon.metric(PACKETS, &labels("drop", "not_allowed"));
+    assert_eq!(drops_before, 0.0, "no refused traffic was sent");
+
+    let clients = ClientLoop::start(&env.lab.cli, &ALLOWED, PROTECTED_PORT, LOOP_TIMEOUT);
+    clients.wait_for_more(4, Duration::from_secs(5));
+    let started = Instant::now();
+    for n in 1..=RELOADS {
+        // Alternately add and remove other prefixes of each family next to the kept ones. The
+        // IPv6 ones share the kept /64's index block (the same top 24 bits), so a prune that
+        // cleared that block's bit would cut the kept prefix off; 203.0.113.0/24 and its /25
+        // flip another block between full and partial.
+        let cidrs: &[&str] = match n % 4 {
+            1 => &[
+                ALLOWED_V4_NET,
+                ALLOWED_V6_NET,
+                "203.0.113.0/24",
+                "2001:db8:ffff::/48",
+            ],
+            2 => &[ALLOWED_V4_NET, ALLOWED_V6_NET],
+            3 => &[
+                ALLOWED_V4_NET,
+                "203.0.113.128/25",
+                ALLOWED_V6_NET,
+                "2001:db8::/48",
+            ],
+            _ => &[ALLOWED_V6_NET, ALLOWED_V4_NET],
+        };
+        env.write_cidrs(cidrs);
+        daemon.hup();
+        daemon.wait_metric(
+            "hookwall_config_reloads_total",
+            &[("result", "success")],
+            Duration::from_secs(5),
+            |v| v >= f64::from(n),
+        );
+        // Every reload is interleaved with live traffic.
+        clients.wait_for_more(1, Duration::from_secs(5));
+    }
+    let reload_time = started.elapsed();
+    clients.wait_for_more(4, Duration::from_secs(5));
+    let report = clients.stop();
+
+    let text = daemon.metrics();
+    let m =
+        |name, labels: &[(&str, &str)]| hookwall_tests::daemon::metric_value(&text, name, labels);
+    assert_eq!(
+        m("hookwall_config_reloads_total", &[("result", "success")]),
+        f64::from(RELOADS)
+    );
+    assert_eq!(
+        m("hookwall_config_reloads_total", &[("result", "failure")]),
+        0.0
+    );
+    assert_eq!(
+        report.failed, 0,
+        "connections from kept prefixes failed during reloads: {:?}",
+        report.errors
+    );
+    // The strongest check: not one packet of the allowed sources was dropped, not even a
+    // retransmitted one that the client would never notice.
+    assert_eq!(
+        m(PACKETS, &labels("drop", "not_allowed")),
+        0.0,
+        "packets from kept prefixes were dropped during reloads ({} connections ok)",
+        report.ok
+    );
+    assert!(
+        report.ok >= u64::from(RELOADS),
+        "only {} connections",
+        report.ok
+    );
+    // The last config (n = 50: 50 % 4 == 2) has just the kept prefixes.
+    assert_eq!(m("hookwall_allowlist_prefixes", &[("family", "ipv4")]), 1.0);
+    assert_eq!(m("hookwall_allowlist_prefixes", &[("family", "ipv6")]), 1.0);
+    eprintln!(
+        "{RELOADS} reloads in {:.2} s; {} connections from kept prefixes, 0 failed, 0 packets dropped",
+        reload_time.as_secs_f64(),
+        report.ok
+    );
+    let status = daemon.term();
+    assert!(
+        status.success(),
+        "hookwall run after SIGTERM: {status}; log:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn editing_the_file_adds_and_removes_a_prefix_without_a_signal() {
+    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
+    let daemon = env.start();
+    env.lab
+        .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
+
+    env.write_cidrs(&[
+        ALLOWED_V4_NET,
+        ALLOWED_V6_NET,
+        REFUSED_V4_NET,
+        REFUSED_V6_NET,
+    ]);
+    let edited = Instant::now();
+    for src in REFUSED {
+        poll_until(
+            Duration::from_secs(5),
+            || {
+                env.lab
+                    .echo(src, PROTECTED_PORT, Duration::from_millis(300))
+                    .is_ok()
+            },
+            || {
+                format!(
+                    "{src} still refused 5 s after it was added to the file; log:\n{}",
+                    daemon.log()
+                )
+            },
+        );
+    }
+    let took_add = edited.elapsed();
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "success")],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    assert_eq!(daemon.reloads("success"), 1.0, "one edit, one reload");
+
+    env.write_cidrs(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let edited = Instant::now();
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "success")],
+        Duration::from_secs(5),
+        |v| v >= 2.0,
+    );
+    let took_remove = edited.elapsed();
+    env.lab
+        .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
+    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+    assert_eq!(daemon.reloads("success"), 2.0, "two edits, two reloads");
+    assert_eq!(daemon.reloads("failure"), 0.0);
+    eprintln!(
+        "file edit to effect: add {} ms, remove {} ms",
+        took_add.as_millis(),
+        took_remove.as_millis()
+    );
+}
+
+#[test]
+fn the_filter_outlives_a_killed_daemon_is_re_adopted_and_detach_removes_it() {
+    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
+    let mut first = env.start();
+    let first_pid = first.pid();
+    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+
+    let clients = ClientLoop::start(&env.lab.cli, &ALLOWED, PROTECTED_PORT, LOOP_TIMEOUT);
+    clients.wait_for_more(4, Duration::from_secs(5));
+    let killed = first.kill9();
+    assert!(!killed.success(), "SIGKILL: {killed}");
+    clients.wait_for_more(4, Duration::from_secs(5));
+    // The pinned filter still enforces with no daemon at all.
+    env.lab
+        .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
+
+    let status = env.status();
+    assert_eq!(status["loaded"], true, "{status:#}");
+    assert_eq!(status["mode"], "enforce", "{status:#}");
+    assert_eq!(
+        status["links"],
+        serde_json::json!([{ "interface": env.lab.srv_if(), "mode": "native", "alive": true }]),
+        "{status:#}"
+    );
+    assert_eq!(status["daemon_pid"], first_pid, "{status:#}");
+    assert_eq!(status["daemon_running"], false, "{status:#}");
+    assert_eq!(
+        (
+            status["ipv4_prefixes"].as_u64(),
+            status["ipv6_prefixes"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let drops_dead = status_packets(&status, "drop", "not_allowed");
+    assert!(
+        drops_dead >= 2,
+        "drops while the daemon was dead: {status:#}"
+    );
+    assert!(status_packets(&status, "pass", "allowed") > 0, "{status:#}");
+
+    let mut second = env.start();
+    let log = second.log();
+    assert!(
+        log.contains("re-adopted"),
+        "the second daemon must re-adopt the pinned filter; log:\n{log}"
+    );
+    clients.wait_for_more(4, Duration::from_secs(5));
+    let report = clients.stop();
+    assert_eq!(
+        report.failed, 0,
+        "connections from allowed sources failed across kill and restart: {:?}",
+        report.errors
+    );
+    let status = env.status();
+    assert_eq!(status["daemon_pid"], second.pid(), "{status:#}");
+    assert_eq!(status["daemon_running"], true, "{status:#}");
+    // Kernel counters survive the restart.
+    let drops = second.metric(PACKETS, &labels("drop", "not_allowed"));
+    assert!(
+        drops >= drops_dead as f64,
+        "drops went back from {drops_dead} to {drops}"
+    );
+
+    // SIGTERM: a graceful stop that leaves the filter in force.
+    let stopped = second.term();
+    assert!(
+        stopped.success(),
+        "hookwall run after SIGTERM: {stopped}; log:\n{}",
+        second.log()
+    );
+    env.lab
+        .assert_all_time_out(&[IpAddr::V4(REFUSED_V4)], PROTECTED_PORT, REFUSED_TIMEOUT);
+
+    let out = hookwall(&["detach", "--pin-path", env.pins.as_str()]);
+    assert!(
+        out.status.success(),
+        "hookwall detach: {}",
+        output_text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("detached from {}", env.lab.srv_if())),
+        "detach must name the interface: {stdout}"
+    );
+    assert_eq!(
+        env.lab.srv.xdp_on(env.lab.srv_if()),
+        None,
+        "XDP still attached after detach"
+    );
+    assert!(
+        !env.pins.path().exists(),
+        "{} still exists after detach",
+        env.pins.path().display()
+    );
+    env.assert_connect(&REFUSED, PROTECTED_PORT);
+    eprintln!(
+        "{} connections across SIGKILL and restart, 0 failed",
+        report.ok
+    );
+}
+
+/// One broken config: how to break the good one, and what the error must say.
+struct BadCase {
+    what: &'static str,
+    from: &'static str,
+    to: String,
+    line: usize,
+    key: &'static str,
+    why: String,
+}
+
+#[test]
+fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
+    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let good = env.spec.render();
+    let line_of = |needle: &str| {
+        good.lines()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no line {needle} in\n{good}"))
+            + 1
+    };
+    let cases = [
+        BadCase {
+            what: "bad CIDR",
+            from: "cidrs = ",
+            to: format!("cidrs = [\"{ALLOWED_V4_NET}\", \"198.51.100.300/24\"]"),
+            line: line_of("cidrs = "),
+            key: "allow.cidrs[1]",
+            why: "`198.51.100.300/24` is not an IP address or CIDR prefix".into(),
+        },
+        BadCase {
+            what: "unknown key",
+            from: "attach = ",
+            to: "attach = \"auto\"\nattach_mod = \"native\"".into(),
+            line: line_of("attach = ") + 1,
+            key: "filter.attach_mod",
+            why: "unknown key".into(),
+        },
+        BadCase {
+            what: "empty allowlist in enforce mode",
+            from: "cidrs = ",
+            to: "cidrs = []".into(),
+            line: line_of("[allow]"),
+            key: "allow",
+            why: "empty allowlist in enforce mode".into(),
+        },
+        BadCase {
+            what: "missing interface",
+            from: "interfaces = ",
+            to: "interfaces = [\"hw-nosuch0\"]".into(),
+            line: line_of("interfaces = "),
+            key: "filter.interfaces[0]",
+            // Checked against the namespace's own interfaces, which the message lists.
+            why: format!(
+                "no interface `hw-nosuch0` on this host (this host has: {}, lo)",
+                env.lab.srv_if()
+            ),
+        },
+        BadCase {
+            what: "unknown preset",
+            from: "presets = ",
+            to: "presets = [\"nosuchpreset\"]".into(),
+            line: line_of("presets = "),
+            key: "allow.presets[0]",
+            why: "unknown preset \"nosuchpreset\"".into(),
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let text: String = good
+            .lines()
+            .map(|l| {
+                if l.starts_with(case.from) {
+                    case.to.clone()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        assert_ne!(text, good, "{}: the case changed nothing", case.what);
+        let path = env.dir.path().join(format!("bad-{i}.toml"));
+        write_atomic(&path, &text);
+        let path_str = path.to_str().expect("UTF-8 path");
+        let expected = format!("{path_str}:{}: `{}`", case.line, case.key);
+        let what = case.what;
+
+        let check = hookwall_in(&env.lab.srv, &["check", "-c", path_str]);
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(
+            check.status.code(),
+            Some(1),
+            "check, {what}: {}",
+            output_text(&check)
+        );
+        assert!(
+            stderr.contains(&expected) && stderr.contains(&case.why),
+            "check, {what}: expected an error at `{expected}` saying `{}`, got: {}\nconfig:\n{text}",
+            case.why,
+            output_text(&check)
+        );
+
+        let mut run = Daemon::spawn(&env.lab.srv, &path, env.metrics_addr(), env.dir.path());
+        let status = run
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("run, {what}: still running 10 s with a bad config"));
+        let log = run.log();
+        assert_eq!(status.code(), Some(1), "run, {what}: {status}; log:\n{log}");
+        assert!(
+            log.contains(&expected) && log.contains(&case.why),
+            "run, {what}: expected an error at `{expected}` saying `{}`, got:\n{log}",
+            case.why
+        );
+        assert!(
+            !env.pins.path().exists(),
+            "run, {what}: created {} with a bad config",
+            env.pins.path().display()
+        );
+        assert_eq!(
+            env.lab.srv.xdp_on(env.lab.srv_if()),
+            None,
+            "run, {what}: attached XDP with a bad config"
+        );
+    }
+}
+
+#[test]
+fn a_failed_attach_at_start_leaves_nothing_behind() {
+    let mut env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    // A valid config the kernel refuses: loopback has no native XDP.
+    env.spec.interfaces = vec!["lo".into()];
+    env.spec.attach = "native".into();
+    env.spec.write(&env.config);
+    let mut run = Daemon::spawn(
+        &env.lab.srv,
+        &env.config,
+        env.metrics_addr(),
+        env.dir.path(),
+    );
+    let status = run
+        .wait_exit(Duration::from_secs(10))
+        .expect("hookwall run exits when it cannot attach");
+    let log = run.log();
+    assert_eq!(status.code(), Some(1), "{status}; log:\n{log}");
+    assert!(log.contains("interface lo in native mode"), "log:\n{log}");
+    assert!(
+        !env.pins.path().exists(),
+        "a run that attached nothing left pins under {}: {:?}; log:\n{log}",
+        env.pins.path().display(),
+        std::fs::read_dir(env.pins.path())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+}
+
+#[test]
+fn an_invalid_config_on_reload_is_refused_and_the_old_one_stays() {
+    let env = Env::with_symlinked_config(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
+    let mut daemon = env.start();
+    assert_eq!(
+        (daemon.reloads("success"), daemon.reloads("failure")),
+        (0.0, 0.0)
+    );
+
+    // If any of this were applied, the refused sources would get in and ALLOWED_V6 would not.
+    env.write_cidrs(&[
+        ALLOWED_V4_NET,
+        REFUSED_V4_NET,
+        REFUSED_V6_NET,
+        "2001:db8:zz::/64",
+    ]);
+    daemon.hup();
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "failure")],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    assert_eq!(daemon.reloads("failure"), 1.0);
+    assert_eq!(daemon.reloads("success"), 0.0);
+    let log = daemon.log();
+    let cidrs_line = env
+        .spec
+        .render()
+        .lines()
+        .position(|l| l.starts_with("cidrs = "))
+        .expect("cidrs line")
+        + 1;
+    let expected = format!("{}:{cidrs_line}: `allow.cidrs[3]`", env.config.display());
+    assert!(
+        log.contains(&expected) && log.contains("2001:db8:zz::/64"),
+        "the refused reload must be reported as `{expected}`; log:\n{log}"
+    );
+    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+    env.lab
+        .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
+    let prefixes = |f| daemon.metric("hookwall_allowlist_prefixes", &[("family", f)]);
+    assert_eq!((prefixes("ipv4"), prefixes("ipv6")), (1.0, 1.0));
+
+    // The daemon is still healthy: a good config after the bad one is applied.
+    env.write_cidrs(&[ALLOWED_V4_NET, ALLOWED_V6_NET, REFUSED_V4_NET]);
+    daemon.hup();
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "success")],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    env.lab
+        .assert_connects(IpAddr::V4(REFUSED_V4), PROTECTED_PORT);
+}
+
+#[test]
+fn monitor_mode_counts_refused_sources_and_lets_them_through() {
+    let mut env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    env.spec.mode = "monitor".into();
+    env.spec.write(&env.config);
+    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
+    let daemon = env.start();
+    assert!(
+        env.lab.srv.xdp_on(env.lab.srv_if()).is_some(),
+        "XDP attached in monitor mode too"
+    );
+
+    env.assert_connect(&REFUSED, PROTECTED_PORT);
+    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+
+    let text = daemon.metrics();
+    let value = |verdict, reason| {
+        hookwall_tests::daemon::metric_value(&text, PACKETS, &labels(verdict, reason))
+    };
+    // Handshake, request and close of both refused families.
+    assert!(value("monitor", "not_allowed") >= 8.0, "monitored:\n{text}");
+    assert!(value("pass", "allowed") >= 8.0, "passed:\n{text}");
+    assert_eq!(
+        value("drop", "not_allowed"),
+        0.0,
+        "monitor mode drops nothing"
+    );
+    let status = env.status();
+    assert_eq!(status["mode"], "monitor", "{status:#}");
+    assert!(
+        status_packets(&status, "monitor", "not_allowed") >= 8,
+        "{status:#}"
+    );
+}

@@ -1,0 +1,60 @@
+//! `cargo xtask bench`: runs one benchmark binary of `hookwall-tests`.
+use anyhow::{Context as _, Result};
+use clap::ValueEnum;
+
+use crate::{cargo, run_cmd, setup};
+
+/// The benchmarks the `bench` binary of `hookwall-tests` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchKind {
+    /// The XDP program on crafted packets (BPF_PROG_TEST_RUN; needs root).
+    Filter,
+    /// The daemon's HTTP callback endpoint.
+    Http,
+    /// Delivery of accepted callbacks.
+    Delivery,
+}
+
+impl BenchKind {
+    /// The name the bench binary takes as its first argument.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::Http => "http",
+            Self::Delivery => "delivery",
+        }
+    }
+}
+
+/// Sets up, then runs `bench <which> ARGS` in release mode (benchmarks of a debug build mislead).
+pub fn bench(which: BenchKind, args: &[String]) -> Result<()> {
+    setup::setup()?;
+    println!("==> bench {}", which.name());
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "hookwall-tests",
+        "--bin",
+        "bench",
+        "--",
+    ])
+    .arg(which.name())
+    .args(args);
+    run_cmd(&mut cmd).with_context(|| format!("running the {} benchmark", which.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names handed to the bench binary are the ones clap accepts on our command line.
+    #[test]
+    fn names_match_clap() {
+        for kind in BenchKind::value_variants() {
+            let value = kind.to_possible_value().unwrap();
+            assert_eq!(value.get_name(), kind.name());
+        }
+    }
+}
