@@ -42,6 +42,10 @@ static V6_TRIE: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
 static V4_INDEX: Array<u64> = Array::pinned(index::V4_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_V6_INDEX")]
 static V6_INDEX: Array<u64> = Array::pinned(index::V6_WORDS, BPF_F_MMAPABLE);
+#[map(name = "HW_V4_SUMMARY")]
+static V4_SUMMARY: Array<u64> = Array::pinned(index::V4_SUMMARY_WORDS, BPF_F_MMAPABLE);
+#[map(name = "HW_V6_SUMMARY")]
+static V6_SUMMARY: Array<u64> = Array::pinned(index::V6_SUMMARY_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_PORTS")]
 static PORTS: Array<u64> = Array::pinned(PORT_WORDS, 0);
 #[map(name = "HW_SETTINGS")]
@@ -326,9 +330,13 @@ fn port_protected(port: u16) -> bool {
     }
 }
 
+/// Summary, then index, then trie: each level answers "no" for most sources it sees.
 #[inline(always)]
 fn v4_allowed(src: [u8; 4]) -> bool {
     let top = u32::from_be_bytes(src);
+    if !summary_has(&V4_SUMMARY, top, index::V4_SUMMARY_BITS) {
+        return false;
+    }
     let (word, bit) = index::locate(top, index::V4_BLOCK_BITS);
     let Some(&w) = V4_INDEX.get(word) else {
         return false;
@@ -345,6 +353,13 @@ fn v4_allowed(src: [u8; 4]) -> bool {
 #[inline(always)]
 fn v6_allowed(src: &[u8; 16]) -> bool {
     let top = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+    if !summary_has(
+        &V6_SUMMARY,
+        top << index::V6_SUMMARY_SKIP_BITS,
+        index::V6_SUMMARY_BITS,
+    ) {
+        return false;
+    }
     let (word, bit) = index::locate(top, index::V6_BLOCK_BITS);
     let Some(&w) = V6_INDEX.get(word) else {
         return false;
@@ -356,6 +371,12 @@ fn v6_allowed(src: &[u8; 16]) -> bool {
         return false;
     }
     V6_TRIE.get(&Key::new(128, *src)).is_some()
+}
+
+#[inline(always)]
+fn summary_has(summary: &Array<u64>, top: u32, bits: u32) -> bool {
+    let (word, mask) = index::summary_locate(top, bits);
+    summary.get(word).is_some_and(|w| w & mask != 0)
 }
 
 #[cfg(not(test))]

@@ -279,6 +279,8 @@ pub struct Filter {
     v6_trie: LpmTrie<MapData, [u8; 16], u8>,
     v4_index: MapData,
     v6_index: MapData,
+    v4_summary: MapData,
+    v6_summary: MapData,
     ports: Array<MapData, u64>,
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, CounterValue>,
@@ -361,6 +363,8 @@ impl Filter {
             v6_trie: take_map(&mut ebpf, map_names::V6_TRIE)?,
             v4_index: take_map_data(&mut ebpf, map_names::V4_INDEX)?,
             v6_index: take_map_data(&mut ebpf, map_names::V6_INDEX)?,
+            v4_summary: take_map_data(&mut ebpf, map_names::V4_SUMMARY)?,
+            v6_summary: take_map_data(&mut ebpf, map_names::V6_SUMMARY)?,
             ports: take_map(&mut ebpf, map_names::PORTS)?,
             settings: take_map(&mut ebpf, map_names::SETTINGS)?,
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
@@ -442,6 +446,21 @@ impl Filter {
             index::V6_BLOCK_BITS,
             index::V6_WORDS,
         );
+        let v4_summary = summary_words(
+            new_v4
+                .iter()
+                .map(|n| (u32::from(n.network()), n.prefix_len())),
+            index::V4_SUMMARY_BITS,
+        );
+        let v6_summary = summary_words(
+            new_v6.iter().map(|n| {
+                let skip = index::V6_SUMMARY_SKIP_BITS;
+                // Skipping leading bits shortens every prefix by as many (a /2 covers everything).
+                let len = n.prefix_len().saturating_sub(skip as u8);
+                (v6_top(n.network()) << skip, len)
+            }),
+            index::V6_SUMMARY_BITS,
+        );
         let new_ports = port_words(&desired.ports);
 
         // Phase 1: add. After it, the kernel holds old ∪ new.
@@ -463,6 +482,8 @@ impl Filter {
         self.v6.extend(new_v6.iter().copied());
         report.words_written += update_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
         report.words_written += update_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
+        report.words_written += update_index(&self.v4_summary, map_names::V4_SUMMARY, &v4_summary)?;
+        report.words_written += update_index(&self.v6_summary, map_names::V6_SUMMARY, &v6_summary)?;
         report.words_written += self.update_ports(&new_ports, Phase::Add)?;
         self.settings
             .set(0, &desired.settings, 0)
@@ -472,6 +493,8 @@ impl Filter {
         report.words_written += self.update_ports(&new_ports, Phase::Remove)?;
         report.words_written += prune_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
         report.words_written += prune_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
+        report.words_written += prune_index(&self.v4_summary, map_names::V4_SUMMARY, &v4_summary)?;
+        report.words_written += prune_index(&self.v6_summary, map_names::V6_SUMMARY, &v6_summary)?;
         let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
         for net in gone_v4 {
             let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
@@ -627,8 +650,8 @@ impl Filter {
         }
     }
 
-    /// Benchmark hook: marks every index block "partial", so each lookup walks the LPM trie as
-    /// a plain-trie filter would. Verdicts stay correct; only the fast path is gone until the
+    /// Benchmark hook: sets every summary bit and marks every index block "partial", so each
+    /// lookup walks the LPM trie as a plain-trie filter would. Verdicts stay correct; only the fast path is gone until the
     /// next [`Filter::apply`] with a changed set rewrites the words.
     #[doc(hidden)]
     pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
@@ -911,6 +934,29 @@ pub fn index_words(
     out
 }
 
+/// A summary bitmap of `bits`-bit blocks: one bit per block any prefix touches, for prefixes
+/// given as (top 32 bits, length).
+#[must_use]
+pub fn summary_words(prefixes: impl Iterator<Item = (u32, u8)>, bits: u32) -> Vec<u64> {
+    let mut out = vec![0u64; 1 << (bits - 6)];
+    for (top, len) in prefixes {
+        let len = u32::from(len).min(bits);
+        let first = (top >> (32 - bits)) & !((1u32 << (bits - len)) - 1);
+        let count = 1u32 << (bits - len);
+        let mut block = first;
+        while block - first < count {
+            if block & 63 == 0 && count - (block - first) >= 64 {
+                out[(block >> 6) as usize] = u64::MAX;
+                block += 64;
+            } else {
+                out[(block >> 6) as usize] |= 1 << (block & 63);
+                block += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The protected-ports bitmap.
 #[must_use]
 pub fn port_words(ports: &[u16]) -> Vec<u64> {
@@ -1127,6 +1173,27 @@ mod tests {
         let words = index_words([(top, 22)].into_iter(), 24, index::V4_WORDS);
         let set = bits(&words);
         assert_eq!(set.len(), 4);
+    }
+
+    #[test]
+    fn summary_bits_cover_exactly_the_blocks_touched() {
+        let a = u32::from(Ipv4Addr::new(203, 0, 113, 7));
+        let bits = index::V4_SUMMARY_BITS;
+        let words = summary_words([(a, 32)].into_iter(), bits);
+        let (w, mask) = index::summary_locate(a, bits);
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        assert_eq!(words[w as usize], mask);
+        // A /12 touches 2^(bits - 12) blocks; /0 touches all of them.
+        let words = summary_words(
+            [(u32::from(Ipv4Addr::new(10, 0, 0, 0)), 12)].into_iter(),
+            bits,
+        );
+        assert_eq!(
+            words.iter().map(|w| w.count_ones()).sum::<u32>(),
+            1 << (bits - 12)
+        );
+        let words = summary_words([(0, 0)].into_iter(), bits);
+        assert!(words.iter().all(|&w| w == u64::MAX));
     }
 
     #[test]

@@ -12,8 +12,13 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use filter_common::FLOOR_PROGRAM_NAME;
+use hookwall::config::AttachMode;
 use hookwall::filter::{Desired, FLOOR_OBJECT};
-use hookwall_tests::{TestFilter, XDP_DROP, XDP_PASS, settings};
+use hookwall_tests::{
+    TestFilter, XDP_DROP, XDP_PASS,
+    netns::{NetNs, VethPair},
+    settings,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
@@ -21,8 +26,10 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 const SIZES: [usize; 3] = [12, 10_000, 100_000];
 /// Distinct source addresses per measured path.
 const SOURCES: usize = 4096;
-/// BPF_PROG_TEST_RUN repeats per source (the kernel times the whole loop).
-const REPEAT: u32 = 16;
+/// BPF_PROG_TEST_RUN repeats per source: 1 (every run a new, cache-cold source; the kernel's
+/// timer read is inside the figure, for the floor too) and 64 (the first run of each source is
+/// cold, the rest warm).
+const REPEATS: [u32; 2] = [1, 64];
 /// Measurement rounds; the median is reported.
 const ROUNDS: usize = 5;
 const PORT: u16 = 443;
@@ -39,14 +46,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bench_filter() -> anyhow::Result<()> {
-    let floor = Floor::load()?;
+    // BPF_PROG_TEST_RUN with repeat > 1 swaps the program into the kernel's XDP dispatcher and
+    // back (two RCU grace periods, milliseconds) unless it is already there. Attaching both
+    // programs natively to a veth pair in namespaces of our own keeps them there; no packet
+    // ever crosses that pair.
+    let (ns_a, ns_b) = (NetNs::new("hw-bench-a"), NetNs::new("hw-bench-b"));
+    let veth = VethPair::new(&ns_a, &[], &ns_b, &[]);
+    let mut floor = Floor::load()?;
+    ns_b.run(|| floor.attach(&veth.b))?;
     let mut rng = StdRng::seed_from_u64(0x686f_6f6b);
     println!(
-        "hookwall filter benchmark: BPF_PROG_TEST_RUN, {SOURCES} distinct sources x {REPEAT} repeats, median of {ROUNDS} rounds"
+        "hookwall filter benchmark: BPF_PROG_TEST_RUN, {SOURCES} distinct sources, median of \
+         {ROUNDS} rounds; ns/pkt at repeat 1 (cold) and repeat 64; floor = XDP_DROP at once"
     );
     println!(
-        "{:>8}  {:<6} {:<22} {:>9} {:>9} {:>7}",
-        "prefixes", "family", "path", "ns/pkt", "floor", "ratio"
+        "{:>8}  {:<6} {:<22} {:>8} {:>8} {:>6}   {:>8} {:>8} {:>6}",
+        "prefixes", "family", "path", "r1 ns", "floor", "ratio", "r64 ns", "floor", "ratio"
     );
     for &n in &SIZES {
         let v4 = random_v4(&mut rng, n);
@@ -58,6 +73,12 @@ fn bench_filter() -> anyhow::Result<()> {
             settings: settings(true, false),
         };
         let mut filter = TestFilter::new(&desired);
+        ns_a.run(|| {
+            filter
+                .filter()
+                .attach(std::slice::from_ref(&veth.a), AttachMode::Native)
+        })
+        .context("attaching the filter to the bench veth")?;
         let v4_set = V4Set::new(&v4);
         let v6_set = V6Set::new(&v6);
 
@@ -121,12 +142,8 @@ fn bench_filter() -> anyhow::Result<()> {
             if frames.is_empty() {
                 continue;
             }
-            let ns = median(|| per_packet(frames, expect, |f, r| filter.run_repeat(f, r)));
-            let floor_ns = median(|| per_packet(frames, XDP_DROP, |f, r| floor.run(f, r)));
-            println!(
-                "{n:>8}  {family:<6} {path:<22} {ns:>9.1} {floor_ns:>9.1} {:>7.2}",
-                ns / floor_ns
-            );
+            let row = measure(&mut filter, &floor, frames, expect);
+            println!("{n:>8}  {family:<6} {path:<22} {row}");
         }
         // The same drop path with the index bypassed: every lookup walks the LPM trie, which is
         // what a plain-trie filter does. Measured on the same program and frames.
@@ -135,13 +152,8 @@ fn bench_filter() -> anyhow::Result<()> {
             .force_trie_lookups_for_bench()
             .context("forcing trie lookups")?;
         for (family, frames) in [("ipv4", &drop4), ("ipv6", &drop6)] {
-            let ns = median(|| per_packet(frames, XDP_DROP, |f, r| filter.run_repeat(f, r)));
-            let floor_ns = median(|| per_packet(frames, XDP_DROP, |f, r| floor.run(f, r)));
-            println!(
-                "{n:>8}  {family:<6} {:<22} {ns:>9.1} {floor_ns:>9.1} {:>7.2}",
-                "drop, trie only",
-                ns / floor_ns
-            );
+            let row = measure(&mut filter, &floor, frames, XDP_DROP);
+            println!("{n:>8}  {family:<6} {:<22} {row}", "drop, trie only");
         }
         drop(filter);
         bench_reload(n, &v4, &v6, &mut rng);
@@ -186,25 +198,48 @@ fn bench_reload(n: usize, v4: &[Ipv4Net], v6: &[Ipv6Net], rng: &mut StdRng) {
     );
 }
 
+/// The filter and the floor on the same frames, at each repeat count: "ns floor ratio" columns.
+fn measure(filter: &mut TestFilter, floor: &Floor, frames: &[Vec<u8>], expect: u32) -> String {
+    let mut out = String::new();
+    for repeat in REPEATS {
+        let ns = median(|| per_packet(frames, expect, repeat, |f, r| filter.run_repeat(f, r)));
+        let floor_ns = median(|| per_packet(frames, XDP_DROP, repeat, |f, r| floor.run(f, r)));
+        out.push_str(&format!(
+            "{ns:>8.1} {floor_ns:>8.1} {:>6.2}   ",
+            ns / floor_ns
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
 fn median(mut f: impl FnMut() -> f64) -> f64 {
     let mut v: Vec<f64> = (0..ROUNDS).map(|_| f()).collect();
     v.sort_by(f64::total_cmp);
     v[ROUNDS / 2]
 }
 
-/// Mean kernel-measured ns per packet over `frames`, asserting every verdict.
+/// Mean kernel-measured ns per packet over `frames`, asserting every verdict. Samples over 100
+/// times the median are dropped: those are the test thread being preempted (microseconds), not
+/// a lookup, and one of them would otherwise outweigh thousands of packets.
 fn per_packet(
     frames: &[Vec<u8>],
     expect: u32,
+    repeat: u32,
     mut run: impl FnMut(&[u8], u32) -> (u32, f64),
 ) -> f64 {
-    let mut total = 0.0;
-    for frame in frames {
-        let (action, ns) = run(frame, REPEAT);
-        assert_eq!(action, expect, "benchmark frame got the wrong verdict");
-        total += ns;
-    }
-    total / frames.len() as f64
+    let mut samples: Vec<f64> = frames
+        .iter()
+        .map(|frame| {
+            let (action, ns) = run(frame, repeat);
+            assert_eq!(action, expect, "benchmark frame got the wrong verdict");
+            ns
+        })
+        .collect();
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    let cutoff = sorted[sorted.len() / 2].max(1.0) * 100.0;
+    samples.retain(|&ns| ns <= cutoff);
+    samples.iter().sum::<f64>() / samples.len() as f64
 }
 
 /// The floor: a program that returns XDP_DROP at once, run through the same harness.
@@ -222,6 +257,18 @@ impl Floor {
         prog.load()
             .context("loading the floor program into the kernel")?;
         Ok(Self { ebpf })
+    }
+
+    fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(FLOOR_PROGRAM_NAME)
+            .context("floor program missing")?
+            .try_into()?;
+        let name = std::ffi::CString::new(iface)?;
+        prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attaching the floor to {iface}"))?;
+        Ok(())
     }
 
     fn run(&self, frame: &[u8], repeat: u32) -> (u32, f64) {
