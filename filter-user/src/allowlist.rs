@@ -9,6 +9,7 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -30,8 +31,9 @@ pub enum Source {
     },
     /// A line of a file listed in `allow.files`.
     File {
-        /// The file, as resolved against the config file's directory.
-        path: PathBuf,
+        /// The file, as resolved against the config file's directory; shared by all its
+        /// entries (a file may hold 100,000 of them).
+        path: Arc<Path>,
         /// 1-based line of the entry in that file.
         line: usize,
     },
@@ -247,6 +249,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Entry>, ReadFileError> {
 pub fn parse_file_text(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<(usize, String)>> {
     let mut entries = Vec::new();
     let mut bad = Vec::new();
+    let shared: Arc<Path> = Arc::from(path);
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
@@ -257,7 +260,7 @@ pub fn parse_file_text(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<(usize
             Ok(net) => entries.push(Entry {
                 net,
                 source: Source::File {
-                    path: path.to_path_buf(),
+                    path: shared.clone(),
                     line,
                 },
             }),
@@ -522,7 +525,7 @@ mod tests {
         assert_eq!(
             entries[1].source,
             Source::File {
-                path: path.clone(),
+                path: Arc::from(path.as_path()),
                 line: 2
             }
         );
@@ -554,7 +557,7 @@ mod tests {
         );
         assert_eq!(Source::Config { line: 12 }.to_string(), "config line 12");
         let file = Source::File {
-            path: "/etc/x.txt".into(),
+            path: Arc::from(Path::new("/etc/x.txt")),
             line: 3,
         };
         assert_eq!(file.to_string(), "/etc/x.txt:3");

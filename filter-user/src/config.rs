@@ -2708,7 +2708,7 @@ tolerance_seconds = 300
         assert_eq!(
             last.source,
             Source::File {
-                path: dir.path().join("good.txt"),
+                path: std::sync::Arc::from(dir.path().join("good.txt").as_path()),
                 line: 2
             }
         );

@@ -7,6 +7,8 @@
 //! - [`filter`]: loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
 //! - [`status`]: reads the pinned maps, with or without a running daemon.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
+//! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
+//! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
 pub mod config;
@@ -15,3 +17,5 @@ pub mod filter;
 pub mod metrics;
 pub mod presets;
 pub mod status;
+pub mod store;
+pub mod verify;

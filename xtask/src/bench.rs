@@ -2,7 +2,7 @@
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 
-use crate::{cargo, run_cmd, setup};
+use crate::{cargo, run_cmd, setup, target_dir};
 
 /// The benchmarks the `bench` binary of `hookwall-tests` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,8 +29,15 @@ impl BenchKind {
 /// Sets up, then runs `bench <which> ARGS` in release mode (benchmarks of a debug build mislead).
 pub fn bench(which: BenchKind, args: &[String]) -> Result<()> {
     setup::setup()?;
+    // The benchmarks start real daemons: build the release binary they run.
+    run_cmd(cargo().args(["build", "--release", "-p", "hookwall", "--bins"]))
+        .context("building the release hookwall binary")?;
     println!("==> bench {}", which.name());
     let mut cmd = cargo();
+    cmd.env(
+        "HOOKWALL_BIN",
+        target_dir().join("release").join("hookwall"),
+    );
     cmd.args([
         "run",
         "--release",

@@ -98,20 +98,22 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root. xtask lives one level below it, so this holds wherever `cargo xtask` is
-/// started from; every cargo command runs here so that `rust-toolchain.toml` and
-/// `.cargo/config.toml` apply.
+/// started from; every cargo command runs here so that `.cargo/config.toml` applies.
 pub fn project_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
-/// A `cargo` command that runs in the project root.
+/// A `cargo` command that runs in the project root with the pinned userspace toolchain.
 ///
-/// This is `cargo` from PATH, i.e. the rustup proxy, on purpose: `$CARGO` (set by `cargo run`)
-/// names the 1.98.0 toolchain's own cargo, which does not understand `+nightly-...`.
+/// xtask itself is built by whatever stable rustup has (there is no rust-toolchain.toml: with
+/// RUSTUP_AUTO_INSTALL=0 one would stop `cargo xtask` before it could install anything), so the
+/// pin is applied here, through the rustup proxy (`cargo` from PATH; `$CARGO` names one
+/// toolchain's own cargo, which understands neither the override nor `+nightly-...`).
 pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(project_root());
+    cmd.current_dir(project_root())
+        .env("RUSTUP_TOOLCHAIN", setup::USER_TOOLCHAIN);
     cmd
 }
 
@@ -280,7 +282,7 @@ mod tests {
 
     #[test]
     fn project_root_is_the_workspace() {
-        assert!(project_root().join("rust-toolchain.toml").is_file());
+        assert!(project_root().join(".cargo/config.toml").is_file());
         assert!(project_root().join("xtask/Cargo.toml").is_file());
     }
 }

@@ -11,11 +11,10 @@ use crate::{capture, cargo, is_root, run_cmd, stdout_of};
 
 // The pins, in one place. They follow TOOLCHAIN.md (the recipe verified on this kind of machine,
 // kept in /work/shared/TOOLCHAIN.md): the nightly, llvm-22-dev and bpf-linker's `llvm-22` feature
-// must share one LLVM major, so move them together. `rust-toolchain.toml` and
-// `filter-user/build.rs` repeat two of them; the `pins_agree_with_the_repository` test below
-// fails if they drift apart.
+// must share one LLVM major, so move them together. `filter-user/build.rs` repeats the eBPF
+// toolchain; the `pins_agree_with_the_repository` test below fails if they drift apart.
 
-/// Userspace toolchain (aya 0.16 needs rustc >= 1.98); also pinned by `rust-toolchain.toml`.
+/// Userspace toolchain (aya 0.16 needs rustc >= 1.98); every cargo xtask runs uses it.
 pub const USER_TOOLCHAIN: &str = "1.98.0";
 /// Components of the userspace toolchain: `cargo xtask test` runs rustfmt and clippy.
 pub const USER_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
@@ -321,10 +320,13 @@ mod tests {
     #[test]
     fn pins_agree_with_the_repository() {
         let root = crate::project_root();
-        let toolchain_file = std::fs::read_to_string(root.join("rust-toolchain.toml")).unwrap();
+        let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let minor = USER_TOOLCHAIN
+            .rsplit_once('.')
+            .map_or(USER_TOOLCHAIN, |(mm, _)| mm);
         assert!(
-            toolchain_file.contains(&format!("channel = \"{USER_TOOLCHAIN}\"")),
-            "rust-toolchain.toml does not pin {USER_TOOLCHAIN}"
+            workspace.contains(&format!("rust-version = \"{minor}\"")),
+            "the workspace's rust-version is not {minor}, the toolchain xtask pins"
         );
         let build_rs = std::fs::read_to_string(root.join("filter-user/build.rs")).unwrap();
         assert!(

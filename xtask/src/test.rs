@@ -57,6 +57,7 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
         );
     }
     warn_leftover_namespaces();
+    ensure_bpffs()?;
     let mut build = cargo();
     build.args(["build", "-p", "hookwall", "--bins"]);
     run_cmd(&mut build).context("step 4/4 (tests) failed while building the hookwall binary")?;
@@ -72,6 +73,20 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
     run_cmd(&mut tests).context("step 4/4 (tests) failed")?;
     println!("==> all {STEPS} steps passed");
     Ok(())
+}
+
+/// Mounts bpffs at /sys/fs/bpf once, before any test runs: hookwall mounts it itself when
+/// needed, but tests in several processes starting at once could otherwise each mount one, and a
+/// second mount would hide the first one's pins.
+fn ensure_bpffs() -> Result<()> {
+    let fs_type = crate::stdout_of(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]))
+        .context("checking the filesystem type of /sys/fs/bpf")?;
+    if fs_type.trim() == "bpf_fs" {
+        return Ok(());
+    }
+    println!("mounting bpffs at /sys/fs/bpf (it was {})", fs_type.trim());
+    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+        .context("mounting bpffs at /sys/fs/bpf")
 }
 
 /// Prints the `[n/STEPS]` header, runs `cmd`, and on failure names the step and what to do.

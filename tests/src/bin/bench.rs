@@ -16,6 +16,7 @@ use hookwall::config::AttachMode;
 use hookwall::filter::{Desired, FLOOR_OBJECT};
 use hookwall_tests::{
     TestFilter, XDP_DROP, XDP_PASS,
+    daemon::{ConfigSpec, Daemon, PinsGuard},
     netns::{NetNs, VethPair},
     settings,
 };
@@ -37,7 +38,7 @@ const PORT: u16 = 443;
 fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
-        "filter" => bench_filter(),
+        "filter" => bench_filter(std::env::args().nth(2).as_deref() == Some("rss")),
         "http" | "delivery" => {
             bail!("`bench {which}` measures the HTTPS receiver / delivery, which do not exist yet")
         }
@@ -45,7 +46,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn bench_filter() -> anyhow::Result<()> {
+/// The filter benchmark; with `rss_only`, just the daemon memory figures.
+fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
     // BPF_PROG_TEST_RUN with repeat > 1 swaps the program into the kernel's XDP dispatcher and
     // back (two RCU grace periods, milliseconds) unless it is already there. Attaching both
     // programs natively to a veth pair in namespaces of our own keeps them there; no packet
@@ -60,10 +62,28 @@ fn bench_filter() -> anyhow::Result<()> {
          {ROUNDS} rounds; ns/pkt at repeat 1 (cold) and repeat 64; floor = XDP_DROP at once"
     );
     println!(
-        "{:>8}  {:<6} {:<22} {:>8} {:>8} {:>6}   {:>8} {:>8} {:>6}",
-        "prefixes", "family", "path", "r1 ns", "floor", "ratio", "r64 ns", "floor", "ratio"
+        "columns: hookwall, the same program with every lookup sent to the LPM trie (a plain-trie \
+         filter, same prefixes), and the floor, run back to back on each frame; ratios to the floor"
     );
-    for &n in &SIZES {
+    println!(
+        "{:>8}  {:<6} {:<21} | {:>6} {:>6} {:>6} {:>5} {:>5} | {:>6} {:>6} {:>6} {:>5} {:>5}",
+        "prefixes",
+        "family",
+        "path",
+        "r1 hw",
+        "trie",
+        "floor",
+        "hw/f",
+        "tr/f",
+        "r64 hw",
+        "trie",
+        "floor",
+        "hw/f",
+        "tr/f"
+    );
+    let veth_trie = VethPair::new(&ns_a, &[], &ns_b, &[]);
+    let sizes: &[usize] = if rss_only { &[] } else { &SIZES };
+    for &n in sizes {
         let v4 = random_v4(&mut rng, n);
         let v6 = random_v6(&mut rng, n);
         let desired = Desired {
@@ -79,6 +99,17 @@ fn bench_filter() -> anyhow::Result<()> {
                 .attach(std::slice::from_ref(&veth.a), AttachMode::Native)
         })
         .context("attaching the filter to the bench veth")?;
+        // A plain-trie filter, for the baseline column: same program and prefixes, every summary
+        // bit set and every index block "partial", so each lookup walks the trie.
+        let mut trie = TestFilter::new(&desired);
+        ns_a.run(|| {
+            trie.filter()
+                .attach(std::slice::from_ref(&veth_trie.a), AttachMode::Native)
+        })
+        .context("attaching the trie-only filter to the bench veth")?;
+        trie.filter()
+            .force_trie_lookups_for_bench()
+            .context("forcing trie lookups")?;
         let v4_set = V4Set::new(&v4);
         let v6_set = V6Set::new(&v6);
 
@@ -142,23 +173,54 @@ fn bench_filter() -> anyhow::Result<()> {
             if frames.is_empty() {
                 continue;
             }
-            let row = measure(&mut filter, &floor, frames, expect);
-            println!("{n:>8}  {family:<6} {path:<22} {row}");
+            let row = measure(&mut filter, &mut trie, &floor, frames, expect);
+            println!("{n:>8}  {family:<6} {path:<21} | {row}");
         }
-        // The same drop path with the index bypassed: every lookup walks the LPM trie, which is
-        // what a plain-trie filter does. Measured on the same program and frames.
-        filter
-            .filter()
-            .force_trie_lookups_for_bench()
-            .context("forcing trie lookups")?;
-        for (family, frames) in [("ipv4", &drop4), ("ipv6", &drop6)] {
-            let row = measure(&mut filter, &floor, frames, XDP_DROP);
-            println!("{n:>8}  {family:<6} {:<22} {row}", "drop, trie only");
-        }
-        drop(filter);
+        drop((filter, trie));
         bench_reload(n, &v4, &v6, &mut rng);
     }
+    for n in [12, 100_000] {
+        let kib = daemon_rss_kib(&ns_a, &ns_b, n, &mut rng)?;
+        println!(
+            "{n:>8}  daemon RSS: {:.1} MiB with {n} IPv4 + {n} IPv6 prefixes (from an allowlist file)",
+            kib as f64 / 1024.0
+        );
+    }
     Ok(())
+}
+
+/// Resident memory of a real `hookwall run` holding `n` prefixes per family, once it serves
+/// metrics (the allowlist applied and attached).
+fn daemon_rss_kib(ns_a: &NetNs, ns_b: &NetNs, n: usize, rng: &mut StdRng) -> anyhow::Result<u64> {
+    let veth = VethPair::new(ns_a, &[], ns_b, &[]);
+    let dir = tempfile::tempdir().context("making a temp dir")?;
+    let list = dir.path().join("allow.txt");
+    let mut text = String::new();
+    for net in random_v4(rng, n) {
+        text.push_str(&format!("{net}\n"));
+    }
+    for net in random_v6(rng, n) {
+        text.push_str(&format!("{net}\n"));
+    }
+    std::fs::write(&list, text).context("writing the allowlist file")?;
+    let pins = PinsGuard::new();
+    let spec = ConfigSpec::new(&veth.a, pins.path(), dir.path(), &[]);
+    let config = spec.render().replace(
+        "files = []",
+        &format!("files = [{:?}]", list.display().to_string()),
+    );
+    let config_path = dir.path().join("hookwall.toml");
+    std::fs::write(&config_path, config).context("writing the config")?;
+    let mut daemon = Daemon::start(ns_a, &config_path, spec.metrics_listen, dir.path());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .context("reading the daemon's /proc status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc status")?;
+    daemon.term();
+    Ok(kib)
 }
 
 /// Reload timings for `n` prefixes per family: initial load, a no-op reload, 1% changed, and a
@@ -198,48 +260,66 @@ fn bench_reload(n: usize, v4: &[Ipv4Net], v6: &[Ipv6Net], rng: &mut StdRng) {
     );
 }
 
-/// The filter and the floor on the same frames, at each repeat count: "ns floor ratio" columns.
-fn measure(filter: &mut TestFilter, floor: &Floor, frames: &[Vec<u8>], expect: u32) -> String {
-    let mut out = String::new();
+/// hookwall, the trie-only baseline and the floor on the same frames, at each repeat count.
+fn measure(
+    filter: &mut TestFilter,
+    trie: &mut TestFilter,
+    floor: &Floor,
+    frames: &[Vec<u8>],
+    expect: u32,
+) -> String {
+    let mut cols = Vec::new();
     for repeat in REPEATS {
-        let ns = median(|| per_packet(frames, expect, repeat, |f, r| filter.run_repeat(f, r)));
-        let floor_ns = median(|| per_packet(frames, XDP_DROP, repeat, |f, r| floor.run(f, r)));
-        out.push_str(&format!(
-            "{ns:>8.1} {floor_ns:>8.1} {:>6.2}   ",
-            ns / floor_ns
+        let rounds: Vec<[f64; 3]> = (0..ROUNDS)
+            .map(|_| per_packet(frames, expect, repeat, filter, trie, floor))
+            .collect();
+        let [hw, tr, fl] = [0, 1, 2].map(|i| median(rounds.iter().map(|r| r[i]).collect()));
+        cols.push(format!(
+            "{hw:>6.1} {tr:>6.1} {fl:>6.1} {:>5.2} {:>5.2}",
+            hw / fl,
+            tr / fl
         ));
     }
-    out.trim_end().to_owned()
+    cols.join(" | ")
 }
 
-fn median(mut f: impl FnMut() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..ROUNDS).map(|_| f()).collect();
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[ROUNDS / 2]
+    v[v.len() / 2]
 }
 
-/// Mean kernel-measured ns per packet over `frames`, asserting every verdict. Samples over 100
-/// times the median are dropped: those are the test thread being preempted (microseconds), not
-/// a lookup, and one of them would otherwise outweigh thousands of packets.
+/// Mean kernel-measured ns per packet of hookwall, the trie-only filter and the floor over
+/// `frames`, run back to back on each frame so that all three see the same machine state;
+/// asserts every verdict. Samples over 100 times the median are dropped: those are the thread
+/// being preempted (microseconds), not a lookup, and one would outweigh thousands of packets.
 fn per_packet(
     frames: &[Vec<u8>],
     expect: u32,
     repeat: u32,
-    mut run: impl FnMut(&[u8], u32) -> (u32, f64),
-) -> f64 {
-    let mut samples: Vec<f64> = frames
-        .iter()
-        .map(|frame| {
-            let (action, ns) = run(frame, repeat);
-            assert_eq!(action, expect, "benchmark frame got the wrong verdict");
-            ns
-        })
-        .collect();
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
-    let cutoff = sorted[sorted.len() / 2].max(1.0) * 100.0;
-    samples.retain(|&ns| ns <= cutoff);
-    samples.iter().sum::<f64>() / samples.len() as f64
+    filter: &mut TestFilter,
+    trie: &mut TestFilter,
+    floor: &Floor,
+) -> [f64; 3] {
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for frame in frames {
+        for (i, (action, ns)) in [
+            filter.run_repeat(frame, repeat),
+            trie.run_repeat(frame, repeat),
+            floor.run(frame, repeat),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let want = if i == 2 { XDP_DROP } else { expect };
+            assert_eq!(action, want, "benchmark frame got the wrong verdict");
+            samples[i].push(ns);
+        }
+    }
+    samples.map(|mut v| {
+        let cutoff = median(v.clone()).max(1.0) * 100.0;
+        v.retain(|&ns| ns <= cutoff);
+        v.iter().sum::<f64>() / v.len() as f64
+    })
 }
 
 /// The floor: a program that returns XDP_DROP at once, run through the same harness.
