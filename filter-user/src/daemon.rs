@@ -22,9 +22,11 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, AttachMode, Config, Mode},
+    config::{self, AttachMode, Config, Mode, Tls},
     filter::{Desired, Filter, Origin, Pins},
     metrics::{self, Metrics},
+    server::Server,
+    store::Store,
 };
 
 /// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
@@ -83,6 +85,14 @@ fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
     for f in &config.allow.files {
         files.insert(absolute(&base.join(f)));
     }
+    // A renewed certificate (certbot and the like replace the files) is picked up like a
+    // config change.
+    if !config.routes.is_empty()
+        && let Tls::Files { cert, key } = &config.server.tls
+    {
+        files.insert(absolute(cert));
+        files.insert(absolute(key));
+    }
     files
 }
 
@@ -95,7 +105,13 @@ fn absolute(path: &Path) -> PathBuf {
 /// # Errors
 /// If the config is invalid at start, or the filter cannot be loaded, attached or fed.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP's default action would end a daemon still starting up.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = config::load(config_path)?;
+    // Bind before touching the kernel, so a busy port fails the start with nothing attached.
+    let metrics_listener = metrics::bind(config.metrics.listen).await?;
     let pins = Pins::new(&config.filter.pin_path);
     let mut filter = Filter::open(pins.clone())?;
     match filter.origin() {
@@ -110,7 +126,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
     }
     let mut in_force = InForce::from_config(&config);
-    drop(config);
     let started = bring_up(&mut filter, &in_force);
     let (report, attached) = match started {
         Ok(done) => done,
@@ -134,18 +149,44 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "filter in force"
     );
 
-    trim_heap();
     let metrics = Metrics::new(&pins);
     metrics.set_prefixes(v4, v6);
     metrics.mark_loaded();
 
+    // The receiver starts only now, with the filter in force. Without routes there is nothing
+    // to serve: the listener would answer 404 to everything.
+    let receiver = if config.routes.is_empty() {
+        tracing::warn!("no [[route]] in the config: not serving HTTPS (the filter is in force)");
+        None
+    } else {
+        let store = Store::open(&config.store.path)
+            .with_context(|| "opening the event store (store.path)".to_owned())?;
+        let server = Server::bind(&config, store.handle(), metrics.clone()).await?;
+        Some((store, std::sync::Arc::new(server)))
+    };
+    drop(config);
+    trim_heap();
+
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics_task = {
+    let mut server_task = receiver.as_ref().map(|(_, server)| {
         let mut stop = stop_rx.clone();
-        let listen = in_force.metrics_listen;
+        let server = std::sync::Arc::clone(server);
+        tokio::spawn(async move {
+            server
+                .serve(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
+    let server = receiver
+        .as_ref()
+        .map(|(_, server)| std::sync::Arc::clone(server));
+    let mut metrics_task = {
+        let mut stop = stop_rx.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            metrics::serve(listen, metrics, async move {
+            metrics::serve(metrics_listener, metrics, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
@@ -153,13 +194,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
-    let mut watcher = FileWatcher::new(reload_tx.clone())?;
+    let mut watcher = FileWatcher::new(reload_tx)?;
     watcher.watch(&in_force.watched);
 
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut metrics_task = metrics_task;
     let outcome: anyhow::Result<()> = loop {
         let trigger = tokio::select! {
             _ = hup.recv() => "SIGHUP",
@@ -177,13 +214,41 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     Err(e) => Err(anyhow::anyhow!("metrics task failed: {e}")),
                 };
             }
+            Some(result) = async { match server_task.as_mut() {
+                Some(task) => Some(task.await),
+                None => std::future::pending().await,
+            } } => {
+                server_task = None;
+                break match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("HTTPS server task failed: {e}")),
+                };
+            }
         };
-        match reload(&mut filter, &mut in_force, &metrics, trigger) {
+        match reload(
+            &mut filter,
+            &mut in_force,
+            &metrics,
+            server.as_deref(),
+            trigger,
+        ) {
             Reloaded::Yes | Reloaded::Refused => watcher.watch(&in_force.watched),
             Reloaded::Detached => break Ok(()),
         }
     };
     let _ = stop_tx.send(true);
+    if let Some(task) = server_task {
+        // The server stops accepting at once and gives requests in flight their grace period.
+        let _ = task.await;
+    }
+    drop(server);
+    if let Some((store, server)) = receiver {
+        drop(server);
+        if let Err(e) = store.close().await {
+            tracing::error!("closing the event store: {e}");
+        }
+    }
     if !metrics_task.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
     }
@@ -232,6 +297,7 @@ fn reload(
     filter: &mut Filter,
     in_force: &mut InForce,
     metrics: &Metrics,
+    server: Option<&Server>,
     trigger: &str,
 ) -> Reloaded {
     tracing::info!(trigger, "reloading");
@@ -262,6 +328,9 @@ fn reload(
         tracing::warn!("metrics.listen changed; it takes effect when hookwall restarts");
     }
     let next = InForce::from_config(&config);
+    // The certificate and routes are read now, while the config is at hand; they are swapped in
+    // only if the filter part succeeds below.
+    let server_reload = server.map(|server| (server, config.clone()));
     drop(config);
     let applied = filter
         .apply(&next.desired)
@@ -289,6 +358,14 @@ fn reload(
                 metrics_listen: in_force.metrics_listen,
                 ..next
             };
+            if let Some((server, config)) = server_reload
+                && let Err(e) = server.reload(&config)
+            {
+                tracing::error!(
+                    "reloading the HTTPS certificate or routes failed: {e:#}; the previous ones \
+                     stay in force"
+                );
+            }
             trim_heap();
             Reloaded::Yes
         }

@@ -9,6 +9,7 @@
 //! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
 //! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
 //! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
+//! - [`server`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then answer.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod daemon;
 pub mod filter;
 pub mod metrics;
 pub mod presets;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod verify;

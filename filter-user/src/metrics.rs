@@ -24,6 +24,7 @@ use prometheus_client::{
         counter::{ConstCounter, Counter as PromCounter},
         family::Family,
         gauge::Gauge,
+        histogram::Histogram,
     },
     registry::Registry,
 };
@@ -44,6 +45,33 @@ pub struct FamilyLabels {
     pub family: &'static str,
 }
 
+/// Labels of `hookwall_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route's configured path, or `none` when no route matched (never the request's path:
+    /// that would let any client create series).
+    pub route: String,
+    /// What became of the request (see `server::Outcome`).
+    pub outcome: &'static str,
+}
+
+/// Labels of `hookwall_http_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// As in [`HttpLabels::route`].
+    pub route: String,
+}
+
+/// Buckets of `hookwall_http_request_duration_seconds`: 0.5 ms to 10 s; a provider retries after
+/// a few seconds, so the interesting part is well under one.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
 /// The daemon's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -54,6 +82,11 @@ pub struct Metrics {
     pub prefixes: Family<FamilyLabels, Gauge<i64, AtomicI64>>,
     /// `hookwall_config_last_reload_success_timestamp_seconds`.
     pub last_reload_success: Gauge<f64, AtomicU64>,
+    /// `hookwall_http_requests_total{route,outcome}`.
+    pub http_requests: Family<HttpLabels, PromCounter>,
+    /// `hookwall_http_request_duration_seconds{route}`: time from the request's arrival to its
+    /// answer.
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -79,6 +112,21 @@ impl Metrics {
             "Unix time at which the config in force was loaded",
             last_reload_success.clone(),
         );
+        let http_requests = Family::<HttpLabels, PromCounter>::default();
+        let http_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "http_requests",
+            "HTTPS requests, by route and outcome",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route",
+            http_duration.clone(),
+        );
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
@@ -90,6 +138,8 @@ impl Metrics {
             reloads,
             prefixes,
             last_reload_success,
+            http_requests,
+            http_duration,
         }
     }
 
@@ -193,18 +243,28 @@ impl Collector for XdpCollector {
     }
 }
 
-/// Serves `GET /metrics` on `listen` until `shutdown` completes.
+/// Binds the metrics listener on `listen` (`metrics.listen`).
 ///
 /// # Errors
-/// If the listener cannot be bound or serving fails.
+/// If the address cannot be bound (in use, not local, no permission).
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {listen} (metrics.listen)"))
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// If serving fails.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the metrics listener on {listen} (metrics.listen)"))?;
+    let listen = listener
+        .local_addr()
+        .context("reading the metrics listener's address")?;
     tracing::info!(%listen, "serving /metrics");
     let app = Router::new()
         .route("/metrics", get(scrape))

@@ -11,6 +11,9 @@
 //!   the commit that holds it has returned. A batch is one unit: if anything in it fails, every
 //!   request in it gets the error (the receiver answers 503 and the provider retries), never a
 //!   false success.
+//! - **The file stays the file.** After each commit the writer checks that `store.path` still
+//!   names the file it has open: SQLite keeps committing into a deleted or moved file, and what
+//!   it commits there is gone at the next start, so such a batch is failed, not acknowledged.
 //! - **Duplicates.** `UNIQUE (route, event_id)`: a second delivery of the same event is answered
 //!   [`Inserted::Duplicate`] with the first row's id and is not stored again.
 //! - **Delivery (issue 4).** Each row carries its delivery state (`pending`, `delivered`, `dead`),
@@ -68,7 +71,7 @@ const MIGRATIONS: &[&str] = &[
         next_attempt_at INTEGER,                     -- unix ms; set while pending
         last_error      TEXT,
         delivered_at    INTEGER,                     -- unix ms
-        CHECK (1)
+        UNIQUE (route, event_id)
     );
     -- The delivery worker's question: which pending events are due?
     CREATE INDEX events_due ON events (next_attempt_at) WHERE state = 'pending';",
@@ -298,9 +301,8 @@ impl Store {
     }
 
     fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
-        create_file(path)?;
+        let file = create_file(path)?;
         let conn = open_writer(path, busy_timeout)?;
-        let file = FileId::of(path)?;
         let reader = Reader::open_with(path, busy_timeout)?;
         let handle = StoreHandle::spawn(path, conn, file)?;
         Ok(Self { reader, handle })
@@ -360,9 +362,10 @@ impl Store {
     }
 }
 
-/// Creates the parent directories and the database file with private permissions. SQLite gives
-/// its WAL and shared-memory files the database file's mode, so 0600 here covers all three.
-fn create_file(path: &Path) -> Result<(), StoreError> {
+/// Creates the parent directories and the database file with private permissions, and makes
+/// their directory entries durable; returns the file's identity. SQLite gives its WAL and
+/// shared-memory files the database file's mode, so 0600 here covers all three.
+fn create_file(path: &Path) -> Result<FileId, StoreError> {
     let create_err = |what, path: &Path| {
         let path = path.to_path_buf();
         move |e| StoreError::Create {
@@ -371,14 +374,17 @@ fn create_file(path: &Path) -> Result<(), StoreError> {
             source: Arc::new(e),
         }
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(create_err("the directory", dir))?;
-    }
-    fs::OpenOptions::new()
+    let dir = parent_dir(path);
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(create_err("the directory", dir))?;
+    let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -386,7 +392,27 @@ fn create_file(path: &Path) -> Result<(), StoreError> {
         .mode(0o600)
         .open(path)
         .map_err(create_err("the database file", path))?;
-    Ok(())
+    // A new file or directory survives a power cut only once the directory holding it is synced;
+    // SQLite does that for the WAL it creates, not for what we created here.
+    for parent in missing.iter().map(|d| parent_dir(d)).chain([dir]) {
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(create_err("(syncing) the directory", parent))?;
+    }
+    file.metadata()
+        .map(|meta| FileId::from_meta(&meta))
+        .map_err(create_err(
+            "(reading the identity of) the database file",
+            path,
+        ))
+}
+
+/// The directory holding `path`; `.` for a bare file name (whose parent is empty).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 /// Opens the read-write connection with the durability settings and brings the schema up to date.
@@ -409,7 +435,7 @@ fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreE
 fn enable_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(sqlite_err("switching to WAL mode", path))?;
+        .map_err(sqlite_err("switching to WAL mode in", path))?;
     if mode.eq_ignore_ascii_case("wal") {
         Ok(())
     } else {
@@ -476,15 +502,6 @@ struct FileId {
 }
 
 impl FileId {
-    fn of(path: &Path) -> Result<Self, StoreError> {
-        let meta = fs::metadata(path).map_err(|e| StoreError::Create {
-            what: "the database file",
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        })?;
-        Ok(Self::from_meta(&meta))
-    }
-
     fn from_meta(meta: &fs::Metadata) -> Self {
         Self {
             dev: meta.dev(),
@@ -814,7 +831,7 @@ impl Reader {
     fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
-            .map_err(sqlite_err("opening (read-only)", path))?;
+            .map_err(sqlite_err("opening read-only", path))?;
         conn.busy_timeout(busy_timeout)
             .map_err(sqlite_err("setting the busy timeout of", path))?;
         let found = schema_version(&conn, path)?;
@@ -952,22 +969,15 @@ impl RawEvent {
 mod tests {
     use std::{
         collections::HashSet,
-        io::{BufRead as _, BufReader, Read as _},
-        os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
-        process::{Command as Process, Stdio},
+        os::unix::fs::PermissionsExt as _,
+        pin::Pin,
         task::{Context, Poll, Waker},
-        time::Instant,
     };
 
     use rusqlite::types::Value;
-    use tokio::task::{JoinSet, unconstrained};
+    use tokio::task::{JoinSet, Unconstrained, unconstrained};
 
     use super::*;
-
-    /// Set (to a database path) in the child process of the crash test.
-    const CHILD_ENV: &str = "HOOKWALL_STORE_CRASH_CHILD";
-    /// Set (to a count) when the crash child should SIGKILL itself after that many replies.
-    const SELF_KILL_ENV: &str = "HOOKWALL_STORE_CRASH_SELF_KILL_AFTER";
 
     fn event(route: &str, event_id: &str) -> NewEvent {
         NewEvent {
@@ -1282,31 +1292,66 @@ mod tests {
         );
     }
 
+    /// Polls each future once (queueing an insert's request, or a close's command) and returns
+    /// those still waiting; `unconstrained` so tokio's cooperative budget cannot make a poll
+    /// return before it has sent.
+    fn poll_once<F: Future + Unpin>(futures: Vec<Unconstrained<F>>) -> Vec<Unconstrained<F>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        futures
+            .into_iter()
+            .filter_map(|mut f| match Pin::new(&mut f).poll(&mut cx) {
+                Poll::Ready(_) => None,
+                Poll::Pending => Some(f),
+            })
+            .collect()
+    }
+
+    /// An insert that has sent its request and waits for the answer.
+    type QueuedInsert = Unconstrained<Pin<Box<dyn Future<Output = Result<Inserted, StoreError>>>>>;
+
+    /// Starts `n` inserts and polls each once, so that all their requests are queued.
+    fn queue_inserts(handle: &StoreHandle, prefix: &str, n: usize) -> Vec<QueuedInsert> {
+        let inserts: Vec<QueuedInsert> = (0..n)
+            .map(|i| {
+                let (handle, event_id) = (handle.clone(), format!("{prefix}{i}"));
+                let insert: Pin<Box<dyn Future<Output = _>>> =
+                    Box::pin(async move { handle.insert(event("/r", &event_id)).await });
+                unconstrained(insert)
+            })
+            .collect();
+        let waiting = poll_once(inserts);
+        assert_eq!(
+            waiting.len(),
+            n,
+            "the writer is held up: nothing can have answered"
+        );
+        waiting
+    }
+
     #[tokio::test]
-    async fn close_commits_what_is_queued_and_refuses_the_rest() {
+    async fn close_commits_everything_queued_and_refuses_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = db_path(&dir);
-        let store = Store::open(&path).expect("open");
+        // A busy timeout longer than the test: the writer waits on the lock below until released.
+        let store = Store::open_with(&path, Duration::from_secs(60)).expect("open");
         let handle = store.handle();
-        // Polling an insert once queues its request; `unconstrained` so tokio's cooperative budget
-        // cannot make a poll return early before it has sent.
-        let mut inserts: Vec<_> = (0..100)
-            .map(|i| Box::pin(unconstrained(handle.insert(event("/r", &format!("q{i}"))))))
-            .collect();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut early = Vec::new();
-        inserts.retain_mut(|insert| match insert.as_mut().poll(&mut cx) {
-            Poll::Ready(result) => {
-                early.push(result);
-                false
-            }
-            Poll::Pending => true,
-        });
-        store.close().await.expect("close");
-        for insert in inserts {
-            early.push(insert.await);
+        let locker = Connection::open(&path).expect("second connection");
+        locker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+
+        let before = queue_inserts(&handle, "before", 50);
+        // Let the writer take its first batch and stall on the lock, leaving the rest queued.
+        std::thread::sleep(Duration::from_millis(300));
+        let close = poll_once(vec![unconstrained(Box::pin(store.close()))]);
+        assert_eq!(close.len(), 1, "close waits for the writer");
+        // Sent after the close, but queued before the writer reads it: still committed.
+        let after = queue_inserts(&handle, "after", 50);
+        locker.execute_batch("ROLLBACK").expect("unlock");
+
+        for close in close {
+            close.await.expect("close");
         }
-        for result in early {
+        for insert in before.into_iter().chain(after) {
+            let result = insert.await;
             assert!(matches!(result, Ok(Inserted::New { .. })), "{result:?}");
         }
         let late = handle.insert(event("/r", "late")).await;
@@ -1342,144 +1387,8 @@ mod tests {
         assert_eq!(store.count().expect("count"), 50);
     }
 
-    /// The child half of the crash tests: inserts from many tasks, printing each event after its
-    /// insert returned, until killed (or 20 s pass, so an orphan does not run for ever). With
-    /// [`SELF_KILL_ENV`] = N, the task that prints the Nth acknowledgement SIGKILLs the process
-    /// itself at once, leaving no time between that reply and the kill.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "child process of the kill_*_loses_nothing tests, which run it"]
-    async fn crash_child() {
-        let Some(path) = std::env::var_os(CHILD_ENV) else {
-            return;
-        };
-        let self_kill_after: Option<usize> = std::env::var(SELF_KILL_ENV)
-            .ok()
-            .map(|n| n.parse().expect("child: a number"));
-        let store = Store::open(PathBuf::from(path)).expect("child: open");
-        let acks = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut tasks = JoinSet::new();
-        for task in 0..16 {
-            let handle = store.handle();
-            let acks = Arc::clone(&acks);
-            tasks.spawn(async move {
-                for n in 0.. {
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                    // The pid keeps ids unique across the rounds of one test.
-                    let event_id = format!("k{}-{task}-{n}", std::process::id());
-                    let inserted = handle.insert(event("/r", &event_id)).await;
-                    println!("ACK {event_id} {}", inserted.expect("child: insert").id());
-                    let acked = acks.fetch_add(1, Ordering::SeqCst) + 1;
-                    if self_kill_after.is_some_and(|n| acked >= n as u64) {
-                        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-                        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-                    }
-                }
-            });
-        }
-        tasks.join_all().await;
-    }
-
-    /// Parses a child's `ACK <event id> <row id>` line.
-    fn parse_ack(line: &str) -> Option<(String, i64)> {
-        // libtest may print "test <name> ... " in front of the first line.
-        let (_, ack) = line.split_once("ACK ")?;
-        let mut words = ack.split(' ');
-        let event_id = words.next()?.to_owned();
-        let id = words.next()?.parse().ok()?;
-        Some((event_id, id))
-    }
-
-    /// Runs [`crash_child`] on a store at `path` until it has acknowledged `kill_after` events,
-    /// SIGKILLed by the parent (`self_kill` false) or by itself; returns every acknowledgement.
-    fn crash_child_acks(path: &Path, kill_after: usize, self_kill: bool) -> Vec<(String, i64)> {
-        let exe = std::env::current_exe().expect("test executable");
-        let mut child = Process::new(exe);
-        child
-            .args(["store::tests::crash_child", "--exact", "--ignored"])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if self_kill {
-            child.env(SELF_KILL_ENV, kill_after.to_string());
-        }
-        let mut child = child.spawn().expect("spawn child");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-
-        let mut acked = Vec::new();
-        while acked.len() < kill_after {
-            let Some(line) = lines.next() else { break };
-            acked.extend(parse_ack(&line.expect("read child stdout")));
-        }
-        // SIGKILL, mid-stream: other inserts are queued or committing right now.
-        child.kill().expect("kill child");
-        // What the child printed before it died is still in the pipe.
-        acked.extend(lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)));
-        let status = child.wait().expect("wait child");
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut stderr)
-            .expect("read child stderr");
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "child: {status}; {stderr}"
-        );
-        assert!(
-            acked.len() >= kill_after,
-            "only {} acks; child said: {stderr}",
-            acked.len()
-        );
-        acked
-    }
-
-    /// Reopens the store after a kill and checks every acknowledged event is there.
-    fn assert_acks_stored(path: &Path, acked: &[(String, i64)]) {
-        let store = Store::open(path).expect("reopen after the kill");
-        for (event_id, id) in acked {
-            let stored = store.find("/r", event_id).expect("find");
-            assert_eq!(
-                stored.map(|e| e.id),
-                Some(*id),
-                "acknowledged {event_id} lost"
-            );
-        }
-        let count = store.count().expect("count");
-        eprintln!(
-            "crash test: {} acknowledged, {count} stored after SIGKILL",
-            acked.len()
-        );
-        assert!(count >= acked.len() as u64);
-    }
-
-    #[test]
-    fn kill_after_acknowledgement_loses_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = db_path(&dir);
-        let acked = crash_child_acks(&path, 300, false);
-        assert_acks_stored(&path, &acked);
-    }
-
-    // The parent's kill lands some time after the reply it read; a reply sent before its commit
-    // reached the file could slip through that gap. Killing in the replied task itself closes
-    // it. Several rounds on one file, because one kill catches a reply sent just before its
-    // commit only most of the time (4 runs in 5 when tried), and to recover from kill after kill.
-    #[test]
-    fn kill_at_the_moment_of_acknowledgement_loses_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = db_path(&dir);
-        let mut acked = Vec::new();
-        for _ in 0..5 {
-            acked.extend(crash_child_acks(&path, 300, true));
-            assert_acks_stored(&path, &acked);
-        }
-    }
+    // The SIGKILL crash tests live in tests/tests/store_crash.rs: they run a child binary
+    // (tests/src/bin/store_crash_child.rs) that inserts and acknowledges until it is killed.
 
     #[test]
     fn unix_ms_saturates_and_goes_negative_before_1970() {

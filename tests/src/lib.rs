@@ -6,8 +6,10 @@
 //! - [`model`]: a plain-Rust reference classifier the kernel must agree with.
 //! - [`netns`]: network namespaces and veth pairs that remove themselves on drop.
 //! - [`daemon`]: runs the `hookwall` binary and stops it by PID.
+//! - [`https`]: a rustls client bound to a source address, a test CA, signed requests.
 pub mod daemon;
 pub mod frames;
+pub mod https;
 pub mod model;
 pub mod netns;
 
@@ -23,6 +25,19 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A store event for route `route` with id `event_id`, as the store tests insert them.
+#[must_use]
+pub fn store_event(route: &str, event_id: &str) -> hookwall::store::NewEvent {
+    hookwall::store::NewEvent {
+        route: route.to_owned(),
+        event_id: event_id.to_owned(),
+        kind: "test".to_owned(),
+        received_at_ms: 1_700_000_000_000,
+        body: format!("{{\"id\":\"{event_id}\"}}").into_bytes(),
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+    }
+}
 
 /// A name no other test in this run (or any concurrent run) uses: `{prefix}{pid}x{n}`.
 #[must_use]

@@ -1,0 +1,849 @@
+//! The HTTPS receiver: TLS (rustls, TLS 1.2 and 1.3, ALPN h2 and http/1.1) on `server.listen`,
+//! one handler for every `[[route]]`, an audit line and metrics for every request.
+//!
+//! What a request goes through, in order (each refusal has its own outcome label and status):
+//! 1. client address: the socket peer, or, when the peer is a trusted proxy, the right-most
+//!    `X-Forwarded-For` hop that is not itself a trusted proxy ([`client_addr`]);
+//! 2. per-client rate limit (429 with `Retry-After`) and the cap on requests in flight (503);
+//! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
+//!    `{path}/{token}`;
+//! 4. `mpesa` routes: the client address must be on the allowlist (403), also in monitor mode;
+//! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
+//!    (415);
+//! 6. the body, up to [`BODY_LIMIT`] (413) within [`BODY_TIMEOUT`] (408);
+//! 7. [`Verifier::verify`] (401, 400; a wrong `mpesa` token gets the same 404 as an unknown path);
+//! 8. the store: the answer leaves only after the event is committed ([`Inserted::New`]) or found
+//!    ([`Inserted::Duplicate`]); both get the provider's success answer; a store error gets 503,
+//!    never a false success.
+//!
+//! The certificate and the routes can be swapped while serving ([`Server::reload`]), without
+//! closing a connection. A graceful stop closes the listener, lets requests in flight finish and
+//! waits for their connections (at most [`SHUTDOWN_GRACE`]).
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use ipnet::IpNet;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
+use sha2::{Digest as _, Sha256};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    allowlist::Allowlist,
+    config::{Config, RouteConfig, Tls, VerifyKind},
+    metrics::{HttpLabels, Metrics, RouteLabels},
+    store::{Inserted, NewEvent, StoreHandle, unix_ms},
+    verify::{self, Refusal, Verifier},
+};
+
+/// Largest request body accepted (413 above it). Provider callbacks are a few KiB.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// Time a client has to send the whole body once the headers arrived (408 after it).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers (HTTP/1.1; the connection is closed after it).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open connections at most; connections beyond it are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Requests being handled at most; more get 503 (outcome `overloaded`).
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Requests per second each client address may make on average (429 beyond it)...
+pub const RATE_PER_SECOND: u32 = 200;
+/// ...with bursts of this many.
+pub const RATE_BURST: u32 = 400;
+/// How long a graceful stop waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// What became of a request: the `outcome` label of `hookwall_http_requests_total` and the
+/// audit line's `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified and newly stored: 200.
+    Accepted,
+    /// Verified, already stored (a retry or replay): 200, not stored again.
+    Duplicate,
+    /// No route has this path (or an `mpesa` token is wrong): 404.
+    NotFound,
+    /// Not POST: 405.
+    MethodNotAllowed,
+    /// Not the content type the provider sends: 415.
+    UnsupportedMediaType,
+    /// An `mpesa` route called from an address not on the allowlist: 403.
+    ForbiddenPeer,
+    /// Body larger than [`BODY_LIMIT`]: 413.
+    TooLarge,
+    /// Body not received within [`BODY_TIMEOUT`]: 408.
+    Timeout,
+    /// The verifier refused the callback: 401 or 400 (the reason says why).
+    Refused,
+    /// The body could not be read: 400.
+    BadRequest,
+    /// Client over its rate: 429.
+    RateLimited,
+    /// Too many requests in flight: 503.
+    Overloaded,
+    /// The store failed: 503, the provider retries.
+    StoreError,
+}
+
+impl Outcome {
+    /// Every outcome, to pre-register metric series.
+    pub const ALL: [Outcome; 13] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::UnsupportedMediaType,
+        Outcome::ForbiddenPeer,
+        Outcome::TooLarge,
+        Outcome::Timeout,
+        Outcome::Refused,
+        Outcome::BadRequest,
+        Outcome::RateLimited,
+        Outcome::Overloaded,
+        Outcome::StoreError,
+    ];
+
+    /// The stable label.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::NotFound => "not_found",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::UnsupportedMediaType => "unsupported_media_type",
+            Outcome::ForbiddenPeer => "forbidden_peer",
+            Outcome::TooLarge => "too_large",
+            Outcome::Timeout => "timeout",
+            Outcome::Refused => "refused",
+            Outcome::BadRequest => "bad_request",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Overloaded => "overloaded",
+            Outcome::StoreError => "store_error",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// Builds the rustls config for `tls`: TLS 1.3 and 1.2, ALPN h2 then http/1.1. For
+/// [`Tls::SelfSigned`], `self_signed` is the certificate made at start (kept across reloads).
+fn tls_config(
+    tls: &Tls,
+    self_signed: &(Vec<CertificateDer<'static>>, Vec<u8>),
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (certs, key) = match tls {
+        Tls::Files { cert, key } => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .with_context(|| {
+                    format!(
+                        "reading the certificate chain {} (server.tls_cert)",
+                        cert.display()
+                    )
+                })?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "{} (server.tls_cert) holds no PEM certificate",
+                cert.display()
+            );
+            let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+                format!("reading the private key {} (server.tls_key)", key.display())
+            })?;
+            (certs, key)
+        }
+        Tls::SelfSigned => (
+            self_signed.0.clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self_signed.1.clone())),
+        ),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and the private key do not make a usable pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A self-signed certificate for `localhost` and the listen address: DER chain and PKCS#8 key.
+fn make_self_signed(listen: SocketAddr) -> anyhow::Result<(Vec<CertificateDer<'static>>, Vec<u8>)> {
+    let mut names = vec!["localhost".to_owned()];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    let made = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
+    Ok((
+        vec![made.cert.der().clone()],
+        made.signing_key.serialize_der(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------------------
+
+/// One route with its verifier.
+struct Route {
+    path: String,
+    verify: VerifyKind,
+    verifier: Verifier,
+}
+
+/// What a config says about requests: routes, the allowlist (for `mpesa`), trusted proxies.
+struct Routing {
+    routes: Vec<Route>,
+    allowlist: Allowlist,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Routing {
+    fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r: &RouteConfig| {
+                Ok(Route {
+                    path: r.path.clone(),
+                    verify: r.verify,
+                    verifier: Verifier::from_route(r)?,
+                })
+            })
+            .collect::<Result<Vec<_>, verify::VerifyConfigError>>()?;
+        Ok(Self {
+            routes,
+            allowlist: config.allowlist.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        })
+    }
+
+    /// The route for `path`, and for `mpesa` routes the token segment (if any).
+    fn find<'a>(&self, path: &'a str) -> Option<(&Route, Option<&'a str>)> {
+        for route in &self.routes {
+            if path == route.path {
+                return Some((route, None));
+            }
+            if route.verify == VerifyKind::Mpesa
+                && let Some(rest) = path.strip_prefix(route.path.as_str())
+                && let Some(token) = rest.strip_prefix('/')
+                && !token.is_empty()
+                && !token.contains('/')
+            {
+                return Some((route, Some(token)));
+            }
+        }
+        None
+    }
+}
+
+/// The client's address: `peer` (IPv4-mapped IPv6 as IPv4) unless `peer` is a trusted proxy;
+/// then `X-Forwarded-For` is walked from the right, through trusted hops only. A header from an
+/// untrusted peer is never read; an unparsable hop ends the walk at the last trusted address.
+#[must_use]
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    client
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------------------
+
+/// State shared by every connection.
+struct App {
+    routing: ArcSwap<Routing>,
+    store: StoreHandle,
+    metrics: Metrics,
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    in_flight: Semaphore,
+}
+
+/// The socket peer of a request's connection (inserted by the connection's service).
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// A bound HTTPS server; [`Server::serve`] runs it, [`Server::reload`] swaps its certificate
+/// and routes.
+pub struct Server {
+    listener: std::sync::Mutex<Option<TcpListener>>,
+    listen: SocketAddr,
+    tls: ArcSwap<rustls::ServerConfig>,
+    self_signed: (Vec<CertificateDer<'static>>, Vec<u8>),
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Builds the TLS config and the routes from `config` and binds `server.listen`.
+    ///
+    /// # Errors
+    /// If a certificate, key or route secret cannot be read, or the address cannot be bound.
+    pub async fn bind(
+        config: &Config,
+        store: StoreHandle,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let listen = config.server.listen;
+        let self_signed = if config.server.tls == Tls::SelfSigned {
+            tracing::warn!(
+                "!!! server.tls = \"self-signed\": serving HTTPS with a certificate generated now, \
+                 which no provider will trust. For a first run only: set server.tls_cert and \
+                 server.tls_key before giving this URL to a provider !!!"
+            );
+            make_self_signed(listen)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let tls = tls_config(&config.server.tls, &self_signed)?;
+        let routing = Routing::from_config(config)?;
+        for route in &routing.routes {
+            for outcome in Outcome::ALL {
+                let _ = metrics.http_requests.get_or_create(&HttpLabels {
+                    route: route.path.clone(),
+                    outcome: outcome.as_str(),
+                });
+            }
+        }
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the HTTPS listener on {listen} (server.listen)"))?;
+        let quota = Quota::per_second(NonZeroU32::new(RATE_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(RATE_BURST).unwrap_or(NonZeroU32::MIN));
+        Ok(Self {
+            listener: std::sync::Mutex::new(Some(listener)),
+            listen,
+            tls: ArcSwap::new(tls),
+            self_signed,
+            app: Arc::new(App {
+                routing: ArcSwap::from_pointee(routing),
+                store,
+                metrics,
+                limiter: RateLimiter::keyed(quota),
+                in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            }),
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(self.listen)
+    }
+
+    /// Re-reads the certificate (PEM files; a self-signed one is kept) and the routes from
+    /// `config` and swaps them in for new connections and requests. On any error the old ones
+    /// stay in force.
+    ///
+    /// # Errors
+    /// If the certificate, key or a route secret cannot be read.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        if config.server.listen != self.listen {
+            tracing::warn!("server.listen changed; it takes effect when hookwall restarts");
+        }
+        let tls = if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
+            // Switching to self-signed while running: make one now.
+            tls_config(&config.server.tls, &make_self_signed(self.listen)?)?
+        } else {
+            tls_config(&config.server.tls, &self.self_signed)?
+        };
+        let routing = Routing::from_config(config)?;
+        self.tls.store(tls);
+        self.app.routing.store(Arc::new(routing));
+        tracing::info!("HTTPS certificate and routes reloaded");
+        Ok(())
+    }
+
+    /// Accepts connections until `shutdown` completes, then stops accepting, lets requests in
+    /// flight finish (at most [`SHUTDOWN_GRACE`]) and returns.
+    ///
+    /// # Errors
+    /// If called twice.
+    pub async fn serve(&self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .context("the HTTPS server is already serving")?;
+        tracing::info!(listen = %self.listen, "serving HTTPS");
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&self.app));
+        let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        let builder = Arc::new(builder);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting an HTTPS connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tracing::debug!(%peer, "connection cap reached; closing a new connection");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(self.tls.load_full());
+            let watcher = graceful.watcher();
+            let router = router.clone();
+            let builder = Arc::clone(&builder);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let service =
+                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(Peer(peer));
+                        let mut router = router.clone();
+                        async move {
+                            tower_service::Service::call(&mut router, req.map(Body::new)).await
+                        }
+                    });
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("HTTPS listener closed; finishing requests in flight");
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One request
+// ---------------------------------------------------------------------------------------------
+
+/// What the audit line and metrics record about one request, filled in as it is handled.
+struct Audit {
+    route: Option<String>,
+    outcome: Outcome,
+    reason: &'static str,
+    event_id: Option<String>,
+    body_sha256: Option<String>,
+}
+
+async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = Instant::now();
+    let time = SystemTime::now();
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+    let routing = app.routing.load_full();
+    let client = client_addr(peer.ip(), req.headers(), &routing.trusted_proxies);
+    let mut audit = Audit {
+        route: None,
+        outcome: Outcome::NotFound,
+        reason: "",
+        event_id: None,
+        body_sha256: None,
+    };
+    let response = process(&app, &routing, client, time, req, &mut audit).await;
+    let elapsed = started.elapsed();
+    let route = audit.route.clone().unwrap_or_else(|| "none".to_owned());
+    app.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            outcome: audit.outcome.as_str(),
+        })
+        .inc();
+    app.metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed.as_secs_f64());
+    let line = serde_json::json!({
+        "time": rfc3339(time),
+        "peer": peer.to_string(),
+        "client": client.to_string(),
+        "route": audit.route,
+        "outcome": audit.outcome.as_str(),
+        "status": response.status().as_u16(),
+        "reason": audit.reason,
+        "event_id": audit.event_id,
+        "body_sha256": audit.body_sha256,
+        "latency_ms": elapsed.as_secs_f64() * 1e3,
+    });
+    tracing::info!(target: "audit", "{line}");
+    response
+}
+
+/// A bare answer: status and a short body that names no route.
+fn answer(status: StatusCode) -> Response {
+    (status, status.canonical_reason().unwrap_or("")).into_response()
+}
+
+fn json_answer(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether the provider of `kind` sends JSON (then anything else is refused with 415).
+fn wants_json(kind: VerifyKind) -> bool {
+    matches!(
+        kind,
+        VerifyKind::Mpesa | VerifyKind::StandardWebhooks | VerifyKind::Stripe | VerifyKind::Github
+    )
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Headers kept with a stored event: ids and descriptions, never a signature or a secret.
+const KEPT_HEADERS: [&str; 6] = [
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "x-github-event",
+    "x-github-delivery",
+];
+
+async fn process(
+    app: &App,
+    routing: &Routing,
+    client: IpAddr,
+    time: SystemTime,
+    req: Request,
+    audit: &mut Audit,
+) -> Response {
+    if let Err(not_until) = app.limiter.check_key(&client) {
+        audit.outcome = Outcome::RateLimited;
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut response = answer(StatusCode::TOO_MANY_REQUESTS);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        return response;
+    }
+    let Ok(_in_flight) = app.in_flight.try_acquire() else {
+        audit.outcome = Outcome::Overloaded;
+        return answer(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let (parts, body) = req.into_parts();
+    let Some((route, token)) = routing.find(parts.uri.path()) else {
+        audit.outcome = Outcome::NotFound;
+        return answer(StatusCode::NOT_FOUND);
+    };
+    audit.route = Some(route.path.clone());
+    if route.verify == VerifyKind::Mpesa && !routing.allowlist.contains(client) {
+        audit.outcome = Outcome::ForbiddenPeer;
+        audit.reason = "peer_not_allowed";
+        return answer(StatusCode::FORBIDDEN);
+    }
+    if parts.method != Method::POST {
+        audit.outcome = Outcome::MethodNotAllowed;
+        let mut response = answer(StatusCode::METHOD_NOT_ALLOWED);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    if wants_json(route.verify) && !is_json(&parts.headers) {
+        audit.outcome = Outcome::UnsupportedMediaType;
+        return answer(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        audit.outcome = Outcome::TooLarge;
+        audit.reason = "content_length";
+        return answer(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+            Err(_) => {
+                audit.outcome = Outcome::Timeout;
+                audit.reason = "body_timeout";
+                return answer(StatusCode::REQUEST_TIMEOUT);
+            }
+            Ok(Err(e)) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_large {
+                    audit.outcome = Outcome::TooLarge;
+                    audit.reason = "body";
+                    return answer(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+                audit.outcome = Outcome::BadRequest;
+                audit.reason = "body_read";
+                return answer(StatusCode::BAD_REQUEST);
+            }
+            Ok(Ok(body)) => body,
+        };
+    audit.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
+    let verified = match route.verifier.verify(&verify::Request {
+        path_token: token,
+        headers: &parts.headers,
+        body: &body,
+        now: time,
+    }) {
+        Ok(verified) => verified,
+        Err(refusal) => {
+            audit.outcome = Outcome::Refused;
+            audit.reason = refusal.reason();
+            return answer(refusal_status(&refusal));
+        }
+    };
+    audit.event_id = Some(verified.event_id.clone());
+    let headers = KEPT_HEADERS
+        .iter()
+        .filter_map(|&name| {
+            let value = parts.headers.get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect();
+    let event = NewEvent {
+        route: route.path.clone(),
+        event_id: verified.event_id,
+        kind: verified.kind.as_str().to_owned(),
+        received_at_ms: unix_ms(time),
+        body: body.to_vec(),
+        headers,
+    };
+    match app.store.insert(event).await {
+        Ok(inserted) => {
+            audit.outcome = match inserted {
+                Inserted::New { .. } => Outcome::Accepted,
+                Inserted::Duplicate { .. } => Outcome::Duplicate,
+            };
+            if route.verify == VerifyKind::Mpesa {
+                json_answer(StatusCode::OK, verify::mpesa_accept_body())
+            } else {
+                json_answer(StatusCode::OK, r#"{"received":true}"#)
+            }
+        }
+        Err(e) => {
+            tracing::error!(route = %route.path, error = %e, "storing an event failed; answering 503");
+            audit.outcome = Outcome::StoreError;
+            audit.reason = "store";
+            answer(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
+
+/// The status of a verifier's refusal. A wrong or missing `mpesa` token gets 404, the answer
+/// to an unknown path, so that probing does not reveal which paths are routes.
+fn refusal_status(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::MissingToken | Refusal::BadToken => StatusCode::NOT_FOUND,
+        Refusal::BadBody { .. } | Refusal::NoEventId { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
+    }
+}
+
+/// `t` as RFC 3339 UTC with milliseconds, e.g. `2026-08-18T09:30:00.123Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let ms = unix_ms(t).max(0);
+    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = String::with_capacity(24);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn untrusted_peer_header_changes_nothing() {
+        let peer: IpAddr = "198.51.100.20".parse().unwrap();
+        let headers = xff(&["192.0.2.10"]);
+        assert_eq!(client_addr(peer, &headers, &[]), peer);
+        assert_eq!(
+            client_addr(peer, &headers, &nets(&["203.0.113.0/24"])),
+            peer
+        );
+    }
+
+    #[test]
+    fn walks_trusted_hops_from_the_right() {
+        let trusted = nets(&["203.0.113.0/24"]);
+        let peer: IpAddr = "203.0.113.1".parse().unwrap();
+        // The left-most entry is whatever the client claimed; only the hop the trusted proxy
+        // saw counts.
+        let headers = xff(&["192.0.2.99, 198.51.100.7", "203.0.113.2"]);
+        assert_eq!(
+            client_addr(peer, &headers, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // All hops trusted: the left-most one.
+        let headers = xff(&["203.0.113.9"]);
+        assert_eq!(
+            client_addr(peer, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // Garbage stops the walk at the last trusted address.
+        let headers = xff(&["192.0.2.5, nonsense"]);
+        assert_eq!(client_addr(peer, &headers, &trusted), peer);
+        // No header: the peer.
+        assert_eq!(client_addr(peer, &HeaderMap::new(), &trusted), peer);
+    }
+
+    #[test]
+    fn mapped_peers_are_ipv4() {
+        let peer: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
+        assert_eq!(
+            client_addr(peer, &HeaderMap::new(), &[]),
+            "192.0.2.10".parse::<IpAddr>().unwrap()
+        );
+        let trusted = nets(&["203.0.113.0/24"]);
+        let peer: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
+        assert_eq!(
+            client_addr(peer, &xff(&["::ffff:192.0.2.7"]), &trusted),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_614_265_330_123);
+        assert_eq!(rfc3339(t), "2021-02-25T15:02:10.123Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+    }
+}

@@ -1,0 +1,404 @@
+//! A real HTTPS client for the receiver's end-to-end tests: rustls over a blocking socket bound
+//! to a chosen source address, a test CA (rcgen) whose leaf certificates the daemon serves, the
+//! config text for `[server]` with those files and `[[route]]`s, and the signatures providers
+//! compute.
+//!
+//! The client speaks HTTP/1.1 with `Connection: close`, one request per connection, written by
+//! hand so that tests control every byte (methods, headers, oversized bodies).
+
+use std::{
+    fmt::Write as _,
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::{
+    ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned,
+    pki_types::ServerName,
+};
+use sha2::Sha256;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::daemon::ConfigSpec;
+
+/// A certificate authority made for one test; the client trusts only it.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    /// A fresh CA.
+    ///
+    /// # Panics
+    /// If rcgen fails.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hookwall test CA");
+        let key = KeyPair::generate().expect("CA key");
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    /// Issues a leaf for `names` (DNS names or IP addresses) and writes `cert.pem` (leaf, then
+    /// the CA) and `key.pem` into `dir`, replacing them atomically; returns their paths.
+    ///
+    /// # Panics
+    /// If rcgen or a write fails.
+    pub fn issue(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
+        let params = CertificateParams::new(names).expect("leaf params");
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        for (path, text) in [
+            (&cert_path, format!("{}{}", cert.pem(), self.issuer.pem())),
+            (&key_path, key.serialize_pem()),
+        ] {
+            let tmp = path.with_extension("pem.tmp");
+            std::fs::write(&tmp, text).expect("writing a PEM file");
+            std::fs::rename(&tmp, path).expect("renaming a PEM file");
+        }
+        (cert_path, key_path)
+    }
+
+    /// A client config that trusts this CA only, offering `alpn` and `versions`.
+    ///
+    /// # Panics
+    /// If rustls refuses the versions.
+    #[must_use]
+    pub fn client(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).expect("CA as a root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// [`TestCa::client`] with TLS 1.3 and 1.2 and ALPN http/1.1.
+    #[must_use]
+    pub fn http1_client(&self) -> Arc<ClientConfig> {
+        self.client(
+            &[b"http/1.1"],
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        )
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header called `name` (lowercase).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    #[must_use]
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn connect(src: IpAddr, dst: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&dst.into(), Duration::from_secs(2))?;
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(15)))?;
+    Ok(stream)
+}
+
+fn tls(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
+    let tcp = connect(src, dst)?;
+    let conn = ClientConnection::new(Arc::clone(config), ServerName::IpAddress(dst.ip().into()))
+        .map_err(io::Error::other)?;
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// A TLS handshake from `src` to `dst`: the negotiated ALPN protocol and TLS version.
+///
+/// # Errors
+/// If the connection or the handshake fails (e.g. an untrusted certificate).
+pub fn handshake(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> io::Result<(Option<Vec<u8>>, Option<ProtocolVersion>)> {
+    let stream = tls(src, dst, config)?;
+    Ok((
+        stream.conn.alpn_protocol().map(<[u8]>::to_vec),
+        stream.conn.protocol_version(),
+    ))
+}
+
+/// One request over a fresh TLS connection from `src` to `dst` (in the calling thread's
+/// namespace). `Host`, `Content-Length` and `Connection: close` are added.
+///
+/// # Errors
+/// If the connection, the handshake or the exchange fails, or the answer is not HTTP.
+pub fn request(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Reply> {
+    let mut stream = tls(src, dst, config)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {dst}\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        head,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    // A server may answer (413) and close before reading all of a large body.
+    if let Err(e) = stream.write_all(body).and_then(|()| stream.flush())
+        && !matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    {
+        return Err(e);
+    }
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e)
+            if !raw.is_empty()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) => {}
+        Err(e) => return Err(e),
+    }
+    parse_reply(&raw)
+}
+
+/// A POST whose head declares a `Content-Length` of `declared` bytes and whose body is never
+/// sent: the answer a server gives on the head alone (413 for an oversized body). Sending the
+/// body instead would race the server's close against the answer.
+///
+/// # Errors
+/// As [`request`].
+pub fn post_declared(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+    declared: usize,
+) -> io::Result<Reply> {
+    let mut stream = tls(src, dst, config)?;
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {dst}\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    let _ = write!(head, "Content-Length: {declared}\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    // Read until the whole answer is in (the connection may stay open, waiting for the body).
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if !raw.is_empty() && e.kind() != io::ErrorKind::Interrupted => break,
+            Err(e) => return Err(e),
+        }
+        if let Ok(reply) = parse_reply(&raw)
+            && reply
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|len| reply.body.len() >= len)
+        {
+            return Ok(reply);
+        }
+    }
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> io::Result<Reply> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if let Some(len) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body.truncate(len);
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The config of `spec` with `[server]` serving `cert`/`key`, `trusted_proxies`, and `routes`
+/// (TOML `[[route]]` tables) appended.
+#[must_use]
+pub fn render_config(
+    spec: &ConfigSpec,
+    cert: &Path,
+    key: &Path,
+    trusted_proxies: &[&str],
+    routes: &str,
+) -> String {
+    let trusted = trusted_proxies
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let server = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\ntrusted_proxies = [{trusted}]",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let text = spec.render().replace("tls = \"self-signed\"", &server);
+    format!("{text}\n{routes}")
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// A Standard Webhooks `webhook-signature` value (`v1,BASE64`) for `secret` (`whsec_...`).
+///
+/// # Panics
+/// If the secret is not `whsec_` and base64.
+#[must_use]
+pub fn standard_webhooks_signature(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_ secret"))
+        .expect("base64 secret");
+    let ts = timestamp.to_string();
+    let mac = hmac(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac)
+    )
+}
+
+/// A GitHub `X-Hub-Signature-256` value (`sha256=HEX`).
+#[must_use]
+pub fn github_signature(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hex::encode(hmac(secret, &[body])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signs_the_published_vectors() {
+        assert_eq!(
+            standard_webhooks_signature(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(
+            github_signature(b"It's a Secret to Everybody", b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+
+    #[test]
+    fn parses_replies() {
+        let r = parse_reply(
+            b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\ncontent-length: 3\r\n\r\nabcdef",
+        )
+        .unwrap();
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("POST"));
+        assert_eq!(r.text(), "abc");
+    }
+}

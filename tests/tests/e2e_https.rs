@@ -1,0 +1,445 @@
+//! End-to-end tests of the HTTPS receiver: a real `hookwall run` in the server namespace serving
+//! a certificate from a CA the test made, and a real rustls client in the client namespace,
+//! over the veth (through the XDP filter).
+//!
+//! Run as root: `cargo build -p hookwall --bins && HOOKWALL_BIN=$PWD/target/debug/hookwall
+//! cargo test -p hookwall-tests --test e2e_https`.
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use hookwall::store::Reader;
+use hookwall_tests::{
+    daemon::{ConfigSpec, Daemon, PinsGuard, poll_until, write_atomic},
+    https::{
+        Reply, TestCa, github_signature, handshake, post_declared, render_config, request,
+        standard_webhooks_signature,
+    },
+    netns::{
+        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, PROTECTED_PORT, REFUSED_V4,
+        srv_addr,
+    },
+};
+use rustls::ClientConfig;
+
+const MPESA: &str = "/mpesa/c2b/confirmation";
+const TOKEN: &str = "tok3n-Zq8vX2pL9mW4rT7yK1sB6nD0fH5jG";
+const SW: &str = "/hooks/sw";
+const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const GH: &str = "/hooks/github";
+const GH_SECRET: &str = "It's a Secret to Everybody";
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+const C2B_CONFIRMATION: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/daraja/c2b_confirmation.json"
+));
+const STK_SUCCESS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/daraja/stk_success.json"
+));
+const ACCEPTED: &str = r#"{"ResultCode":0,"ResultDesc":"Accepted"}"#;
+
+/// One test's world; fields drop in order (pins detached, namespaces removed, files removed).
+/// A daemon is a local declared after it, so it is killed first.
+struct Env {
+    /// Held for its drop: detaches and removes the pins.
+    _pins: PinsGuard,
+    lab: Lab,
+    spec: ConfigSpec,
+    ca: TestCa,
+    client: Arc<ClientConfig>,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(mode: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hw-https-")
+            .tempdir()
+            .expect("temporary directory");
+        let lab = Lab::new();
+        let pins = PinsGuard::new();
+        let mut spec = ConfigSpec::new(
+            lab.srv_if(),
+            pins.path(),
+            dir.path(),
+            &[ALLOWED_V4_NET, ALLOWED_V6_NET],
+        );
+        spec.mode = mode.to_owned();
+        spec.server_listen = format!("[::]:{PROTECTED_PORT}");
+        let ca = TestCa::new();
+        let client = ca.http1_client();
+        let env = Self {
+            config: dir.path().join("hookwall.toml"),
+            _pins: pins,
+            lab,
+            spec,
+            ca,
+            client,
+            dir,
+        };
+        env.write_config();
+        env
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path();
+        let (cert, key) = self.ca.issue(d, &["192.0.2.1", "2001:db8:1::1"]);
+        for (name, secret) in [("token", TOKEN), ("sw", SW_SECRET), ("gh", GH_SECRET)] {
+            std::fs::write(d.join(name), secret).expect("secret file");
+        }
+        let routes = format!(
+            "[[route]]\npath = {MPESA:?}\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
+             [[route]]\npath = \"/mpesa/stk/result\"\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
+             [[route]]\npath = {SW:?}\nverify = \"standard-webhooks\"\nsecrets = [{{ file = {:?} }}]\n\n\
+             [[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n",
+            d.join("token").display().to_string(),
+            d.join("token").display().to_string(),
+            d.join("sw").display().to_string(),
+            d.join("gh").display().to_string(),
+        );
+        write_atomic(
+            &self.config,
+            &render_config(&self.spec, &cert, &key, &[], &routes),
+        );
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(
+            &self.lab.srv,
+            &self.config,
+            self.spec.metrics_listen,
+            self.dir.path(),
+        )
+    }
+
+    /// A request from `src` in the client namespace.
+    fn send(
+        &self,
+        src: IpAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let dst = srv_addr(src, PROTECTED_PORT);
+        let client = Arc::clone(&self.client);
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_vec());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        self.lab.cli.run(move || {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            request(src, dst, &client, &method, &path, &headers, &body)
+                .unwrap_or_else(|e| panic!("{method} {path} from {src}: {e}"))
+        })
+    }
+
+    fn post(&self, src: IpAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        self.send(src, "POST", path, headers, body)
+    }
+
+    fn store(&self) -> Reader {
+        Reader::open(&self.spec.store_path).expect("opening the store read-only")
+    }
+}
+
+fn v4() -> IpAddr {
+    IpAddr::V4(ALLOWED_V4)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+fn assert_reply(reply: &Reply, status: u16, what: &str, daemon: &Daemon) {
+    assert_eq!(
+        reply.status,
+        status,
+        "{what}: got {} {:?}; log:\n{}",
+        reply.status,
+        reply.text(),
+        daemon.log()
+    );
+}
+
+fn requests(daemon: &Daemon, route: &str, outcome: &str) -> f64 {
+    daemon.metric(
+        "hookwall_http_requests_total",
+        &[("route", route), ("outcome", outcome)],
+    )
+}
+
+#[test]
+fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
+    let env = Env::new("enforce");
+    let mut daemon = env.start();
+    let path = format!("{MPESA}/{TOKEN}");
+
+    let r = env.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 200, "C2B confirmation", &daemon);
+    assert_eq!(r.text(), ACCEPTED);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // Daraja retries: the same TransID again gets the same answer and is not stored twice.
+    let r = env.post(IpAddr::V6(ALLOWED_V6), &path, &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 200, "replayed C2B confirmation (IPv6)", &daemon);
+    assert_eq!(r.text(), ACCEPTED);
+    let r = env.post(
+        v4(),
+        &format!("/mpesa/stk/result/{TOKEN}"),
+        &[JSON],
+        STK_SUCCESS,
+    );
+    assert_reply(&r, 200, "STK result", &daemon);
+
+    // Refusals: wrong and missing token look like unknown paths.
+    let r = env.post(
+        v4(),
+        &format!("{MPESA}/wrong-token"),
+        &[JSON],
+        C2B_CONFIRMATION,
+    );
+    assert_reply(&r, 404, "wrong token", &daemon);
+    let r = env.post(v4(), MPESA, &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 404, "no token", &daemon);
+    let r = env.post(v4(), "/nowhere", &[JSON], b"{}");
+    assert_reply(&r, 404, "unknown path", &daemon);
+    assert!(
+        !r.text().contains("mpesa"),
+        "404 gives no hint: {}",
+        r.text()
+    );
+    let r = env.send(v4(), "GET", &path, &[], b"");
+    assert_reply(&r, 405, "GET", &daemon);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = env.post(
+        v4(),
+        &path,
+        &[("Content-Type", "text/plain")],
+        C2B_CONFIRMATION,
+    );
+    assert_reply(&r, 415, "text/plain", &daemon);
+    let r = {
+        let (src, dst, client, path) = (
+            v4(),
+            srv_addr(v4(), PROTECTED_PORT),
+            Arc::clone(&env.client),
+            path.clone(),
+        );
+        env.lab.cli.run(move || {
+            post_declared(src, dst, &client, &path, &[JSON], 1024 * 1024 + 1)
+                .unwrap_or_else(|e| panic!("oversized POST: {e}"))
+        })
+    };
+    assert_reply(&r, 413, "oversized body", &daemon);
+    let r = env.post(v4(), &path, &[JSON], br#"{"hello":"world"}"#);
+    assert_reply(&r, 400, "not a Daraja body", &daemon);
+
+    assert_eq!(requests(&daemon, MPESA, "accepted"), 1.0);
+    assert_eq!(requests(&daemon, MPESA, "duplicate"), 1.0);
+    assert_eq!(requests(&daemon, MPESA, "refused"), 3.0);
+    assert_eq!(requests(&daemon, "none", "not_found"), 1.0);
+    assert_eq!(requests(&daemon, MPESA, "method_not_allowed"), 1.0);
+    assert_eq!(requests(&daemon, MPESA, "unsupported_media_type"), 1.0);
+    assert_eq!(requests(&daemon, MPESA, "too_large"), 1.0);
+    assert!(
+        daemon
+            .metrics()
+            .contains("hookwall_http_request_duration_seconds_bucket"),
+        "duration histogram exported"
+    );
+
+    let status = daemon.term();
+    assert!(
+        status.success(),
+        "graceful stop: {status}; log:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains(TOKEN),
+        "the token never appears in the log:\n{log}"
+    );
+    assert!(
+        log.contains(r#""outcome":"duplicate""#) && log.contains(r#""event_id":"RKTQDM7W6S""#),
+        "audit lines in the log:\n{log}"
+    );
+    let store = env.store();
+    assert_eq!(store.count().expect("count"), 2, "C2B once, STK once");
+    let event = store
+        .find(MPESA, "RKTQDM7W6S")
+        .expect("find")
+        .expect("the C2B confirmation is stored");
+    assert_eq!(event.body, C2B_CONFIRMATION);
+}
+
+#[test]
+fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
+    let env = Env::new("enforce");
+    let daemon = env.start();
+    let body = br#"{"test": 2432232314}"#;
+    let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    let ts = now().to_string();
+    let sig = standard_webhooks_signature(SW_SECRET, id, now(), body);
+    let headers = [
+        JSON,
+        ("webhook-id", id),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", sig.as_str()),
+    ];
+    let r = env.post(v4(), SW, &headers, body);
+    assert_reply(&r, 200, "fresh Standard Webhooks signature", &daemon);
+    let r = env.post(v4(), SW, &headers, body);
+    assert_reply(&r, 200, "replayed webhook-id", &daemon);
+    let r = env.post(v4(), SW, &headers, br#"{"test": 2432232315}"#);
+    assert_reply(&r, 401, "tampered body", &daemon);
+    // The published vector is genuine but five years old: outside the tolerance.
+    let old = [
+        JSON,
+        ("webhook-id", id),
+        ("webhook-timestamp", "1614265330"),
+        (
+            "webhook-signature",
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        ),
+    ];
+    let r = env.post(v4(), SW, &old, body);
+    assert_reply(&r, 401, "published vector, stale timestamp", &daemon);
+
+    let gh_body = b"Hello, World!";
+    let gh_sig = github_signature(GH_SECRET.as_bytes(), gh_body);
+    assert_eq!(
+        gh_sig,
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    );
+    let gh_headers = [
+        JSON,
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        ("X-Hub-Signature-256", gh_sig.as_str()),
+    ];
+    let r = env.post(IpAddr::V6(ALLOWED_V6), GH, &gh_headers, gh_body);
+    assert_reply(&r, 200, "GitHub published vector", &daemon);
+    let r = env.post(v4(), GH, &gh_headers, b"Hello, World?");
+    assert_reply(&r, 401, "GitHub tampered body", &daemon);
+
+    assert_eq!(requests(&daemon, SW, "accepted"), 1.0);
+    assert_eq!(requests(&daemon, SW, "duplicate"), 1.0);
+    assert_eq!(requests(&daemon, SW, "refused"), 2.0);
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    let log = daemon.log();
+    assert!(log.contains(r#""reason":"timestamp_too_old""#), "{log}");
+    assert!(log.contains(r#""reason":"bad_signature""#), "{log}");
+    for secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", GH_SECRET, &sig] {
+        assert!(!log.contains(secret), "no secret or signature in the log");
+    }
+    drop(daemon);
+    assert_eq!(env.store().count().expect("count"), 2);
+}
+
+#[test]
+fn refused_peer_gets_403_on_mpesa_routes_and_forwarded_headers_change_nothing() {
+    // Monitor mode: the kernel lets the refused source through, so the userspace check is what
+    // answers.
+    let env = Env::new("monitor");
+    let daemon = env.start();
+    let path = format!("{MPESA}/{TOKEN}");
+    let refused = IpAddr::V4(REFUSED_V4);
+    let r = env.post(refused, &path, &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 403, "refused peer", &daemon);
+    // An untrusted peer claiming an allowed address is judged by its socket address.
+    let spoof = [JSON, ("X-Forwarded-For", "192.0.2.10")];
+    let r = env.post(refused, &path, &spoof, C2B_CONFIRMATION);
+    assert_reply(
+        &r,
+        403,
+        "refused peer with spoofed X-Forwarded-For",
+        &daemon,
+    );
+    // And an allowed peer claiming a refused address is still allowed.
+    let spoof = [JSON, ("X-Forwarded-For", "198.51.100.20")];
+    let r = env.post(v4(), &path, &spoof, C2B_CONFIRMATION);
+    assert_reply(&r, 200, "allowed peer with a forwarded header", &daemon);
+    assert_eq!(requests(&daemon, MPESA, "forbidden_peer"), 2.0);
+    let log = daemon.log();
+    assert!(
+        log.contains(r#""client":"198.51.100.20","event_id":null"#)
+            || log.contains(r#""client":"198.51.100.20""#),
+        "audit shows the socket address as the client:\n{log}"
+    );
+    drop(daemon);
+    assert_eq!(env.store().count().expect("count"), 1);
+}
+
+#[test]
+fn tls_versions_alpn_and_certificate_reload_on_sighup() {
+    let env = Env::new("enforce");
+    let mut daemon = env.start();
+    let dst = srv_addr(v4(), PROTECTED_PORT);
+    let src = v4();
+    let check = |config: Arc<ClientConfig>| env.lab.cli.run(move || handshake(src, dst, &config));
+    let (alpn, version) = check(
+        env.ca
+            .client(&[b"h2", b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .expect("TLS 1.3 handshake");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+    let (alpn, version) = check(env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS12]))
+        .expect("TLS 1.2 handshake");
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
+
+    // A certificate from another CA replaces the files; SIGHUP swaps it in.
+    let new_ca = TestCa::new();
+    new_ca.issue(env.dir.path(), &["192.0.2.1", "2001:db8:1::1"]);
+    daemon.hup();
+    let new_client = new_ca.http1_client();
+    poll_until(
+        Duration::from_secs(10),
+        || check(Arc::clone(&new_client)).is_ok(),
+        || format!("the new certificate is not served; log:\n{}", daemon.log()),
+    );
+    assert!(
+        check(Arc::clone(&env.client)).is_err(),
+        "the old certificate is no longer served"
+    );
+    let status = daemon.term();
+    assert!(status.success(), "graceful stop: {status}");
+}
+
+#[test]
+fn an_acknowledged_event_survives_sigkill() {
+    let env = Env::new("enforce");
+    let mut daemon = env.start();
+    let path = format!("{MPESA}/{TOKEN}");
+    let r = env.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 200, "C2B confirmation", &daemon);
+    daemon.kill9();
+    let event = env
+        .store()
+        .find(MPESA, "RKTQDM7W6S")
+        .expect("reading the store after SIGKILL")
+        .expect("the acknowledged event is in the store");
+    assert_eq!(event.body, C2B_CONFIRMATION);
+
+    let daemon = env.start();
+    let r = env.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 200, "the retry after the restart", &daemon);
+    assert_eq!(requests(&daemon, MPESA, "duplicate"), 1.0);
+    drop(daemon);
+    assert_eq!(env.store().count().expect("count"), 1);
+}
