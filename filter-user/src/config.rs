@@ -22,6 +22,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -54,6 +55,28 @@ const DEFAULT_STORE_PATH: &str = "/var/lib/hookwall/events.db";
 const DEFAULT_TOLERANCE_SECONDS: u64 = 300;
 /// Upper bound for `route.tolerance_seconds`: a wider window is a replay window, not a tolerance.
 const MAX_TOLERANCE_SECONDS: i64 = 3600;
+/// `server.limits.rate_per_second` default: requests per second each client address may make on
+/// average (429 beyond it).
+pub const DEFAULT_RATE_PER_SECOND: u32 = 200;
+/// `server.limits.rate_burst` default: requests a client may make at once before the rate applies.
+pub const DEFAULT_RATE_BURST: u32 = 400;
+/// `server.limits.max_connections` default: open connections at most (more are closed at once).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// `server.limits.max_in_flight` default: requests being handled at most (more get 503).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// `server.limits.body_limit_bytes` default: provider callbacks are a few KiB (413 above it).
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// `server.limits.header_timeout_ms` default: time to send a request's headers (408 after it).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.limits.body_timeout_ms` default: time to send the body once the headers arrived (408).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for the rates and counts in `[server.limits]`.
+const MAX_LIMIT_COUNT: i64 = 1_000_000;
+/// Upper bound for `server.limits.body_limit_bytes`: 64 MiB; no provider sends callbacks that big.
+const MAX_BODY_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+/// Bounds for `server.limits.*_timeout_ms`: shorter fails honest clients on a slow network,
+/// longer lets slow clients hold sockets.
+const TIMEOUT_MS_RANGE: (i64, i64) = (100, 300_000);
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const MAX_INTERFACE_NAME: usize = 15;
 
@@ -194,6 +217,48 @@ pub struct ServerConfig {
     pub tls: Tls,
     /// Peers whose `X-Forwarded-For` is believed. Default: none.
     pub trusted_proxies: Vec<IpNet>,
+    /// `[server.limits]`: abuse limits. Defaults: [`Limits::default`].
+    pub limits: Limits,
+}
+
+/// `[server.limits]`, resolved: the receiver's abuse limits, each with its own outcome label.
+/// Read at start; a reload keeps the ones in force (they take effect at the next restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `rate_per_second`: requests per second per client address on average (429 with
+    /// `Retry-After` beyond it). Default: [`DEFAULT_RATE_PER_SECOND`].
+    pub rate_per_second: u32,
+    /// `rate_burst`: requests a client may make at once. Default: [`DEFAULT_RATE_BURST`].
+    pub rate_burst: u32,
+    /// `max_connections`: open connections at most; more are closed at once, unanswered.
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `max_in_flight`: requests being handled at most; more get 503 (outcome `overloaded`).
+    /// Default: [`DEFAULT_MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
+    /// `body_limit_bytes`: largest body accepted (413 above it, declared or sent).
+    /// Default: [`DEFAULT_BODY_LIMIT_BYTES`].
+    pub body_limit_bytes: usize,
+    /// `header_timeout_ms`: time to send a request's headers (HTTP/1.1; 408 if part of a request
+    /// arrived, a silent close if the connection sat idle). Default: [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// `body_timeout_ms`: time to send the whole body once the headers arrived (408).
+    /// Default: [`DEFAULT_BODY_TIMEOUT`].
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate_per_second: DEFAULT_RATE_PER_SECOND,
+            rate_burst: DEFAULT_RATE_BURST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
 }
 
 /// `[store]`, resolved.
@@ -711,6 +776,19 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     tls: Option<String>,
     trusted_proxies: Vec<String>,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLimits {
+    rate_per_second: Option<i64>,
+    rate_burst: Option<i64>,
+    max_connections: Option<i64>,
+    max_in_flight: Option<i64>,
+    body_limit_bytes: Option<i64>,
+    header_timeout_ms: Option<i64>,
+    body_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1019,6 +1097,7 @@ fn known_keys(table: &[Seg]) -> &'static [&'static str] {
         ["filter"] => serde_names::<RawFilter>(),
         ["allow"] => serde_names::<RawAllow>(),
         ["server"] => serde_names::<RawServer>(),
+        ["server", "limits"] => serde_names::<RawLimits>(),
         ["store"] => serde_names::<RawStore>(),
         ["metrics"] => serde_names::<RawMetrics>(),
         ["route"] => serde_names::<RawRoute>(),
@@ -1441,10 +1520,103 @@ impl Checker<'_> {
                 }
             }
         }
+        let limits = self.limits(raw.limits);
         Some(ServerConfig {
             listen: listen?,
             tls: tls?,
             trusted_proxies,
+            limits: limits?,
+        })
+    }
+
+    /// One `[server.limits]` integer: `default` if unset, else within `min..=max`.
+    fn limit(
+        &mut self,
+        name: &str,
+        raw: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
+        let Some(value) = raw else {
+            return Some(default);
+        };
+        if (min..=max).contains(&value) {
+            return Some(value);
+        }
+        self.error(
+            &KeyPath::of("server.limits").key(name),
+            format!("{value} is out of range: use {min} to {max} (default {default})"),
+        );
+        None
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Option<Limits> {
+        let d = Limits::default();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let ms = |t: Duration| i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
+        let (t_min, t_max) = TIMEOUT_MS_RANGE;
+        let rate = self.limit(
+            "rate_per_second",
+            raw.rate_per_second,
+            i64::from(d.rate_per_second),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let burst = self.limit(
+            "rate_burst",
+            raw.rate_burst,
+            i64::from(d.rate_burst),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let connections = self.limit(
+            "max_connections",
+            raw.max_connections,
+            count(d.max_connections),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let in_flight = self.limit(
+            "max_in_flight",
+            raw.max_in_flight,
+            count(d.max_in_flight),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let body = self.limit(
+            "body_limit_bytes",
+            raw.body_limit_bytes,
+            count(d.body_limit_bytes),
+            1,
+            MAX_BODY_LIMIT_BYTES,
+        );
+        let header = self.limit(
+            "header_timeout_ms",
+            raw.header_timeout_ms,
+            ms(d.header_timeout),
+            t_min,
+            t_max,
+        );
+        let body_timeout = self.limit(
+            "body_timeout_ms",
+            raw.body_timeout_ms,
+            ms(d.body_timeout),
+            t_min,
+            t_max,
+        );
+        // Every value is within bounds that fit u32 and usize.
+        let as_u32 = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        let as_usize = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
+        let as_ms = |v: i64| Duration::from_millis(v.unsigned_abs());
+        Some(Limits {
+            rate_per_second: as_u32(rate?),
+            rate_burst: as_u32(burst?),
+            max_connections: as_usize(connections?),
+            max_in_flight: as_usize(in_flight?),
+            body_limit_bytes: as_usize(body?),
+            header_timeout: as_ms(header?),
+            body_timeout: as_ms(body_timeout?),
         })
     }
 
@@ -1976,6 +2148,22 @@ impl Config {
                 proxies.join(", ")
             },
         );
+        let l = &server.limits;
+        row(
+            out,
+            "limits",
+            format_args!(
+                "{}/s per client (burst {}), {} connections, {} in flight, body {} bytes, \
+                 headers {} ms, body {} ms",
+                l.rate_per_second,
+                l.rate_burst,
+                l.max_connections,
+                l.max_in_flight,
+                l.body_limit_bytes,
+                l.header_timeout.as_millis(),
+                l.body_timeout.as_millis()
+            ),
+        );
         section(out, "[store]");
         row(out, "path", self.store.path.display());
         section(out, "[metrics]");
@@ -2132,6 +2320,7 @@ mod tests {
                     key: "/etc/hookwall/tls/privkey.pem".into(),
                 },
                 trusted_proxies: Vec::new(),
+                limits: Limits::default(),
             }
         );
         assert_eq!(config.store.path, Path::new("/var/lib/hookwall/events.db"));
@@ -2360,6 +2549,120 @@ tolerance_seconds = 300
             .map(ToString::to_string)
             .collect();
         assert_eq!(proxies, ["10.0.0.0/8", "::1/128"]);
+    }
+
+    #[test]
+    fn server_limits_default_to_the_documented_values() {
+        let limits = parse_ok("").server.limits;
+        assert_eq!(
+            limits,
+            Limits {
+                rate_per_second: 200,
+                rate_burst: 400,
+                max_connections: 4096,
+                max_in_flight: 1024,
+                body_limit_bytes: 1024 * 1024,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(10),
+            }
+        );
+        // An empty table changes nothing.
+        assert_eq!(
+            parse_ok(&lines(&["[server.limits]"])).server.limits,
+            Limits::default()
+        );
+    }
+
+    #[test]
+    fn server_limits_are_read() {
+        let config = parse_ok(&lines(&[
+            "[server]",
+            "listen = \"0.0.0.0:443\"",
+            "",
+            "[server.limits]",
+            "rate_per_second = 2",
+            "rate_burst = 3",
+            "max_connections = 10",
+            "max_in_flight = 4",
+            "body_limit_bytes = 1000",
+            "header_timeout_ms = 500",
+            "body_timeout_ms = 750",
+        ]));
+        assert_eq!(
+            config.server.limits,
+            Limits {
+                rate_per_second: 2,
+                rate_burst: 3,
+                max_connections: 10,
+                max_in_flight: 4,
+                body_limit_bytes: 1000,
+                header_timeout: Duration::from_millis(500),
+                body_timeout: Duration::from_millis(750),
+            }
+        );
+        // The inline form is the same table.
+        let config = parse_ok(&lines(&["[server]", "limits = { rate_burst = 7 }"]));
+        assert_eq!(config.server.limits.rate_burst, 7);
+        assert_eq!(config.server.limits.rate_per_second, 200);
+        assert!(config.render_check().contains("200/s per client (burst 7)"));
+    }
+
+    #[test]
+    fn server_limits_out_of_range_are_each_reported_at_their_line() {
+        let text = lines(&[
+            "[server.limits]",
+            "rate_per_second = 0",
+            "rate_burst = -1",
+            "max_connections = 0",
+            "max_in_flight = 1000001",
+            "body_limit_bytes = 0",
+            "header_timeout_ms = 0",
+            "body_timeout_ms = 300001",
+        ]);
+        let errors = parse_err(&text);
+        let found: Vec<(Option<&str>, Option<usize>)> =
+            errors.iter().map(|e| (e.key.as_deref(), e.line)).collect();
+        assert_eq!(
+            found,
+            [
+                (Some("server.limits.rate_per_second"), Some(2)),
+                (Some("server.limits.rate_burst"), Some(3)),
+                (Some("server.limits.max_connections"), Some(4)),
+                (Some("server.limits.max_in_flight"), Some(5)),
+                (Some("server.limits.body_limit_bytes"), Some(6)),
+                (Some("server.limits.header_timeout_ms"), Some(7)),
+                (Some("server.limits.body_timeout_ms"), Some(8)),
+            ],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        assert_contains(
+            &errors[0],
+            "0 is out of range: use 1 to 1000000 (default 200)",
+        );
+        assert_contains(&errors[5], "use 100 to 300000 (default 10000)");
+        let error = single_error(
+            &lines(&["[server.limits]", "body_limit_bytes = 67108865"]),
+            "server.limits.body_limit_bytes",
+            2,
+        );
+        assert_contains(&error, "use 1 to 67108864 (default 1048576)");
+    }
+
+    #[test]
+    fn server_limits_unknown_keys_and_wrong_types() {
+        let error = single_error(
+            &lines(&["[server.limits]", "rate_per_secnd = 5"]),
+            "server.limits.rate_per_secnd",
+            2,
+        );
+        assert_contains(&error, "did you mean `rate_per_second`?");
+        let error = single_error(
+            &lines(&["[server.limits]", "body_timeout_ms = \"5s\""]),
+            "server.limits.body_timeout_ms",
+            2,
+        );
+        assert_contains(&error, "fix the value's type");
     }
 
     // --- syntax and type errors ---

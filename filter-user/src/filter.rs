@@ -655,16 +655,16 @@ impl Filter {
     /// next [`Filter::apply`] with a changed set rewrites the words.
     #[doc(hidden)]
     pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
-        for (data, name) in [
-            (&self.v4_index, map_names::V4_INDEX),
-            (&self.v6_index, map_names::V6_INDEX),
+        let all_partial = u64::from(u32::MAX) << index::BLOCKS_PER_WORD;
+        for (data, name, word) in [
+            (&self.v4_index, map_names::V4_INDEX, all_partial),
+            (&self.v6_index, map_names::V6_INDEX, all_partial),
+            (&self.v4_summary, map_names::V4_SUMMARY, u64::MAX),
+            (&self.v6_summary, map_names::V6_SUMMARY, u64::MAX),
         ] {
             let mmap = IndexMmap::map(data, name)?;
             for cell in mmap.words() {
-                cell.store(
-                    u64::from(u32::MAX) << index::BLOCKS_PER_WORD,
-                    Ordering::Release,
-                );
+                cell.store(word, Ordering::Release);
             }
         }
         Ok(())

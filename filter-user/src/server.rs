@@ -5,12 +5,14 @@
 //! 1. client address: the socket peer, or, when the peer is a trusted proxy, the right-most
 //!    `X-Forwarded-For` hop that is not itself a trusted proxy ([`client_addr`]);
 //! 2. per-client rate limit (429 with `Retry-After`) and the cap on requests in flight (503);
+//!    the limits are `[server.limits]` ([`Limits`]), read at start.
 //! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
 //!    `{path}/{token}`;
 //! 4. `mpesa` routes: the client address must be on the allowlist (403), also in monitor mode;
 //! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
 //!    (415);
-//! 6. the body, up to [`BODY_LIMIT`] (413) within [`BODY_TIMEOUT`] (408);
+//! 6. the body, up to `server.limits.body_limit_bytes` (413) within
+//!    `server.limits.body_timeout_ms` (408);
 //! 7. [`Verifier::verify`] (401, 400; a wrong `mpesa` token gets the same 404 as an unknown path);
 //! 8. the store: the answer leaves only after the event is committed ([`Inserted::New`]) or found
 //!    ([`Inserted::Duplicate`]); both get the provider's success answer; a store error gets 503,
@@ -24,7 +26,9 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
+    pin::Pin,
     sync::Arc,
+    task::Poll,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -45,33 +49,26 @@ use hyper_util::{
 use ipnet::IpNet;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
 use sha2::{Digest as _, Sha256};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpListener,
+    sync::Semaphore,
+};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
     allowlist::Allowlist,
-    config::{Config, RouteConfig, Tls, VerifyKind},
+    config::{Config, Limits, RouteConfig, Tls, VerifyKind},
     metrics::{HttpLabels, Metrics, RouteLabels},
     store::{Inserted, NewEvent, StoreHandle, unix_ms},
     verify::{self, Refusal, Verifier},
 };
 
-/// Largest request body accepted (413 above it). Provider callbacks are a few KiB.
-pub const BODY_LIMIT: usize = 1024 * 1024;
-/// Time a client has to send the whole body once the headers arrived (408 after it).
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's headers (HTTP/1.1; the connection is closed after it).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+// The abuse limits (rate, connections, requests in flight, body size, header and body timeouts)
+// are `[server.limits]`: see [`Limits`], whose defaults are defined in `config`.
+
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Open connections at most; connections beyond it are closed at once.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Requests being handled at most; more get 503 (outcome `overloaded`).
-pub const MAX_IN_FLIGHT: usize = 1024;
-/// Requests per second each client address may make on average (429 beyond it)...
-pub const RATE_PER_SECOND: u32 = 200;
-/// ...with bursts of this many.
-pub const RATE_BURST: u32 = 400;
 /// How long a graceful stop waits for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -91,9 +88,10 @@ pub enum Outcome {
     UnsupportedMediaType,
     /// An `mpesa` route called from an address not on the allowlist: 403.
     ForbiddenPeer,
-    /// Body larger than [`BODY_LIMIT`]: 413.
+    /// Body larger than `server.limits.body_limit_bytes`: 413.
     TooLarge,
-    /// Body not received within [`BODY_TIMEOUT`]: 408.
+    /// Body not received within `server.limits.body_timeout_ms`, or part of a request's
+    /// headers not completed within `server.limits.header_timeout_ms` (route `none`): 408.
     Timeout,
     /// The verifier refused the callback: 401 or 400 (the reason says why).
     Refused,
@@ -101,7 +99,8 @@ pub enum Outcome {
     BadRequest,
     /// Client over its rate: 429.
     RateLimited,
-    /// Too many requests in flight: 503.
+    /// Too many requests in flight (`server.limits.max_in_flight`): 503 with `Retry-After: 1`,
+    /// at once, not queued.
     Overloaded,
     /// The store failed: 503, the provider retries.
     StoreError,
@@ -303,6 +302,8 @@ struct App {
     metrics: Metrics,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     in_flight: Semaphore,
+    /// The limits in force (read at start).
+    limits: Limits,
 }
 
 /// The socket peer of a request's connection (inserted by the connection's service).
@@ -353,8 +354,10 @@ impl Server {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {listen} (server.listen)"))?;
-        let quota = Quota::per_second(NonZeroU32::new(RATE_PER_SECOND).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(RATE_BURST).unwrap_or(NonZeroU32::MIN));
+        let limits = config.server.limits;
+        let quota =
+            Quota::per_second(NonZeroU32::new(limits.rate_per_second).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN));
         Ok(Self {
             listener: std::sync::Mutex::new(Some(listener)),
             listen,
@@ -365,7 +368,8 @@ impl Server {
                 store,
                 metrics,
                 limiter: RateLimiter::keyed(quota),
-                in_flight: Semaphore::new(MAX_IN_FLIGHT),
+                in_flight: Semaphore::new(limits.max_in_flight),
+                limits,
             }),
         })
     }
@@ -390,6 +394,9 @@ impl Server {
     pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
         if config.server.listen != self.listen {
             tracing::warn!("server.listen changed; it takes effect when hookwall restarts");
+        }
+        if config.server.limits != self.app.limits {
+            tracing::warn!("server.limits changed; they take effect when hookwall restarts");
         }
         let tls = if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
             // Switching to self-signed while running: make one now.
@@ -421,13 +428,17 @@ impl Server {
             .fallback(handle)
             .with_state(Arc::clone(&self.app));
         let graceful = GracefulShutdown::new();
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limits = self.app.limits;
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
-        let builder = Arc::new(builder);
+            .header_read_timeout(limits.header_timeout);
+        // The protocol is the one ALPN chose (h2, else HTTP/1.1), so that no connection waits in
+        // protocol detection, which has no timeout: the header timeout applies from the first
+        // byte after the handshake.
+        let builders = Arc::new((builder.clone().http1_only(), builder.http2_only()));
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -451,7 +462,8 @@ impl Server {
             let acceptor = TlsAcceptor::from(self.tls.load_full());
             let watcher = graceful.watcher();
             let router = router.clone();
-            let builder = Arc::clone(&builder);
+            let builders = Arc::clone(&builders);
+            let app = Arc::clone(&self.app);
             tokio::spawn(async move {
                 let _permit = permit;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -474,9 +486,19 @@ impl Server {
                             tower_service::Service::call(&mut router, req.map(Body::new)).await
                         }
                     });
-                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    &builders.1
+                } else {
+                    &builders.0
+                };
+                let io = Tracked::new(tls);
+                let conn = builder.serve_connection(TokioIo::new(io.clone()), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+                    if is_header_timeout(&*e) {
+                        answer_header_timeout(&app, peer, io).await;
+                    } else {
+                        tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+                    }
                 }
             });
         }
@@ -490,6 +512,163 @@ impl Server {
         }
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow headers: 408
+// ---------------------------------------------------------------------------------------------
+
+/// A connection's stream, shared with hyper, that remembers whether the client has sent bytes
+/// since the last answer: when hyper gives up on a request's headers
+/// (`server.limits.header_timeout_ms`) it closes the connection without a word, so the stream
+/// is taken back to answer 408 first, if part of a request arrived. A keep-alive connection that
+/// merely sat idle is closed silently (an unasked-for 408 could be read as the answer to the
+/// client's next request).
+struct Tracked<T>(Arc<std::sync::Mutex<TrackedInner<T>>>);
+
+struct TrackedInner<T> {
+    io: T,
+    /// Bytes were read since the last write.
+    partial: bool,
+}
+
+impl<T> Clone for Tracked<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Tracked<T> {
+    fn new(io: T) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(TrackedInner {
+            io,
+            partial: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackedInner<T>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut inner = self.lock();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut inner.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            inner.partial = true;
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut inner = self.lock();
+        let polled = Pin::new(&mut inner.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            inner.partial = false;
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut inner = self.lock();
+        let polled = Pin::new(&mut inner.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            inner.partial = false;
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_shutdown(cx)
+    }
+}
+
+/// Whether a connection ended because hyper's header read timeout fired.
+fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// After a header timeout: 408 (outcome `timeout`, reason `header_timeout`, route `none`) if
+/// part of a request arrived, then close.
+async fn answer_header_timeout<T: AsyncWrite + Unpin>(app: &App, peer: SocketAddr, io: Tracked<T>) {
+    const ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; \
+        charset=utf-8\r\ncontent-length: 15\r\nconnection: close\r\n\r\nRequest Timeout";
+    if !io.lock().partial {
+        tracing::debug!(%peer, "idle connection closed after the header timeout");
+        return;
+    }
+    let time = SystemTime::now();
+    let mut io = io;
+    let written = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(ANSWER).await?;
+        io.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::debug!(%peer, "could not write 408 after the header timeout");
+    }
+    app.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: "none".to_owned(),
+            outcome: Outcome::Timeout.as_str(),
+        })
+        .inc();
+    let client = peer.ip().to_canonical();
+    let line = serde_json::json!({
+        "time": rfc3339(time),
+        "peer": peer.to_string(),
+        "client": client.to_string(),
+        "route": null,
+        "outcome": Outcome::Timeout.as_str(),
+        "status": 408,
+        "reason": "header_timeout",
+        "event_id": null,
+        "body_sha256": null,
+        "latency_ms": app.limits.header_timeout.as_secs_f64() * 1e3,
+    });
+    tracing::info!(target: "audit", "{line}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -613,8 +792,15 @@ async fn process(
         return response;
     }
     let Ok(_in_flight) = app.in_flight.try_acquire() else {
+        // Deliberately not queued: a provider retries a 503, and a queue would only hold its
+        // connection open longer.
         audit.outcome = Outcome::Overloaded;
-        return answer(StatusCode::SERVICE_UNAVAILABLE);
+        audit.reason = "max_in_flight";
+        let mut response = answer(StatusCode::SERVICE_UNAVAILABLE);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
     };
     let (parts, body) = req.into_parts();
     let Some((route, token)) = routing.find(parts.uri.path()) else {
@@ -644,32 +830,37 @@ async fn process(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+    let limit = app.limits.body_limit_bytes;
+    if declared.is_some_and(|n| n > limit as u64) {
         audit.outcome = Outcome::TooLarge;
         audit.reason = "content_length";
         return answer(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
-            Err(_) => {
-                audit.outcome = Outcome::Timeout;
-                audit.reason = "body_timeout";
-                return answer(StatusCode::REQUEST_TIMEOUT);
+    let body = match tokio::time::timeout(
+        app.limits.body_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Err(_) => {
+            audit.outcome = Outcome::Timeout;
+            audit.reason = "body_timeout";
+            return answer(StatusCode::REQUEST_TIMEOUT);
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                audit.outcome = Outcome::TooLarge;
+                audit.reason = "body";
+                return answer(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            Ok(Err(e)) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                if too_large {
-                    audit.outcome = Outcome::TooLarge;
-                    audit.reason = "body";
-                    return answer(StatusCode::PAYLOAD_TOO_LARGE);
-                }
-                audit.outcome = Outcome::BadRequest;
-                audit.reason = "body_read";
-                return answer(StatusCode::BAD_REQUEST);
-            }
-            Ok(Ok(body)) => body,
-        };
+            audit.outcome = Outcome::BadRequest;
+            audit.reason = "body_read";
+            return answer(StatusCode::BAD_REQUEST);
+        }
+        Ok(Ok(body)) => body,
+    };
     audit.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
     let verified = match route.verifier.verify(&verify::Request {
         path_token: token,

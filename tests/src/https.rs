@@ -281,6 +281,66 @@ pub fn post_declared(
     parse_reply(&raw)
 }
 
+/// A request written in steps over a fresh TLS connection from `src` to `dst`: `head` (the
+/// request line and headers, ending with the blank line, written as given), then each
+/// `(pause, bytes)` in turn after its pause, then the answer is read, however long it takes (the
+/// socket's 15 s read timeout). For slow and chunked bodies and slow headers. A write the
+/// server refuses (it answered and closed) ends the writing, not the exchange.
+///
+/// # Errors
+/// As [`request`]; `UnexpectedEof` if the server closed without answering.
+pub fn exchange(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+    head: &str,
+    steps: &[(Duration, &[u8])],
+) -> io::Result<Reply> {
+    let mut stream = tls(src, dst, config)?;
+    let mut writes =
+        std::iter::once((Duration::ZERO, head.as_bytes())).chain(steps.iter().copied());
+    let refused = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    };
+    for (pause, bytes) in &mut writes {
+        std::thread::sleep(pause);
+        match stream.write_all(bytes).and_then(|()| stream.flush()) {
+            Ok(()) => {}
+            Err(e) if refused(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut raw = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if !raw.is_empty() && e.kind() != io::ErrorKind::Interrupted => break,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        if let Ok(reply) = parse_reply(&raw)
+            && reply
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|len| reply.body.len() >= len)
+        {
+            return Ok(reply);
+        }
+    }
+    if raw.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without answering",
+        ));
+    }
+    parse_reply(&raw)
+}
+
 fn parse_reply(raw: &[u8]) -> io::Result<Reply> {
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
     let split = raw

@@ -31,8 +31,9 @@ pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker feature selecting its LLVM; the default (`llvm-23`) is not packaged by Debian.
 pub const BPF_LINKER_FEATURE: &str = "llvm-22";
-/// Debian packages the tests need at run time: iproute2 gives `ip` (namespaces, veth pairs).
-pub const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// Debian packages the tests need at run time: iproute2 gives `ip` (namespaces, veth pairs),
+/// curl an independent HTTP/2 client.
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl"];
 
 /// Runs every setup step in order; the first failure stops it.
 pub fn setup() -> Result<()> {

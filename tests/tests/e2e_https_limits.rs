@@ -1,0 +1,482 @@
+//! End-to-end tests of the receiver's abuse limits (`[server.limits]`): a real `hookwall run` in
+//! the server namespace with small limits, a real rustls client in the client namespace. Each
+//! test checks the status, the `outcome` label of `hookwall_http_requests_total` and that
+//! nothing refused was stored.
+//!
+//! Run as root: `cargo build -p hookwall --bins && HOOKWALL_BIN=$PWD/target/debug/hookwall
+//! cargo test -p hookwall-tests --test e2e_https_limits`.
+
+use std::{
+    io,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use hookwall::store::Reader;
+use hookwall_tests::{
+    daemon::{ConfigSpec, Daemon, PinsGuard, write_atomic},
+    https::{Reply, TestCa, exchange, github_signature, render_config, request},
+    netns::{
+        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, PROTECTED_PORT, srv_addr,
+    },
+};
+use rustls::ClientConfig;
+
+const GH: &str = "/hooks/github";
+const GH_SECRET: &str = "It's a Secret to Everybody";
+const BODY: &[u8] = br#"{"zen":"Keep it logically awesome."}"#;
+
+/// One test's world; fields drop in order (pins detached, namespaces removed, files removed).
+/// A daemon is a local declared after it, so it is killed first.
+struct Env {
+    /// Held for its drop: detaches and removes the pins.
+    _pins: PinsGuard,
+    lab: Lab,
+    spec: ConfigSpec,
+    client: Arc<ClientConfig>,
+    config: PathBuf,
+    _ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A GitHub route and `limits` (the lines of `[server.limits]`).
+    fn new(limits: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hw-limits-")
+            .tempdir()
+            .expect("temporary directory");
+        let lab = Lab::new();
+        let pins = PinsGuard::new();
+        let mut spec = ConfigSpec::new(
+            lab.srv_if(),
+            pins.path(),
+            dir.path(),
+            &[ALLOWED_V4_NET, ALLOWED_V6_NET],
+        );
+        spec.server_listen = format!("[::]:{PROTECTED_PORT}");
+        let ca = TestCa::new();
+        let client = ca.http1_client();
+        let d = dir.path();
+        let (cert, key) = ca.issue(d, &["192.0.2.1", "2001:db8:1::1"]);
+        std::fs::write(d.join("gh"), GH_SECRET).expect("secret file");
+        let routes = format!(
+            "[[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n\n\
+             [server.limits]\n{limits}\n",
+            d.join("gh").display().to_string(),
+        );
+        let config = d.join("hookwall.toml");
+        write_atomic(&config, &render_config(&spec, &cert, &key, &[], &routes));
+        Self {
+            _pins: pins,
+            lab,
+            spec,
+            client,
+            config,
+            _ca: ca,
+            dir,
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(
+            &self.lab.srv,
+            &self.config,
+            self.spec.metrics_listen,
+            self.dir.path(),
+        )
+    }
+
+    /// A signed GitHub delivery `delivery` from `src` (accepted unless a limit refuses it).
+    fn deliver(&self, src: IpAddr, delivery: &str) -> Reply {
+        let (dst, client, delivery) = (
+            srv_addr(src, PROTECTED_PORT),
+            Arc::clone(&self.client),
+            delivery.to_owned(),
+        );
+        self.lab.cli.run(move || {
+            let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery.as_str()),
+                ("X-Hub-Signature-256", sig.as_str()),
+            ];
+            request(src, dst, &client, "POST", GH, &headers, BODY)
+                .unwrap_or_else(|e| panic!("delivery {delivery} from {src}: {e}"))
+        })
+    }
+
+    /// [`exchange`] from `src` in the background, timed.
+    fn exchange_bg(
+        &self,
+        src: IpAddr,
+        head: String,
+        steps: Vec<(Duration, Vec<u8>)>,
+    ) -> JoinHandle<(io::Result<Reply>, Duration)> {
+        let (dst, client) = (srv_addr(src, PROTECTED_PORT), Arc::clone(&self.client));
+        self.lab.cli.spawn(move || {
+            let steps: Vec<(Duration, &[u8])> =
+                steps.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+            let started = Instant::now();
+            let reply = exchange(src, dst, &client, &head, &steps);
+            (reply, started.elapsed())
+        })
+    }
+
+    /// [`Env::exchange_bg`], waited for.
+    fn exchange(
+        &self,
+        src: IpAddr,
+        head: String,
+        steps: Vec<(Duration, Vec<u8>)>,
+    ) -> (io::Result<Reply>, Duration) {
+        self.exchange_bg(src, head, steps)
+            .join()
+            .expect("the client thread")
+    }
+
+    fn stored(&self) -> u64 {
+        Reader::open(&self.spec.store_path)
+            .expect("opening the store read-only")
+            .count()
+            .expect("count")
+    }
+}
+
+/// The head of a signed GitHub POST (up to and including the blank line) with `framing`
+/// (`Content-Length: N` or `Transfer-Encoding: chunked`).
+fn gh_head(framing: &str, delivery: &str) -> String {
+    let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+    format!(
+        "POST {GH} HTTP/1.1\r\nHost: 192.0.2.1\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {sig}\r\n\
+         {framing}\r\nConnection: close\r\n\r\n"
+    )
+}
+
+fn v4() -> IpAddr {
+    IpAddr::V4(ALLOWED_V4)
+}
+
+fn assert_reply(reply: &Reply, status: u16, what: &str, daemon: &Daemon) {
+    assert_eq!(
+        reply.status,
+        status,
+        "{what}: got {} {:?}; log:\n{}",
+        reply.status,
+        reply.text(),
+        daemon.log()
+    );
+}
+
+fn requests(daemon: &Daemon, route: &str, outcome: &str) -> f64 {
+    daemon.metric(
+        "hookwall_http_requests_total",
+        &[("route", route), ("outcome", outcome)],
+    )
+}
+
+/// The sum of `hookwall_http_requests_total` over every route and outcome.
+fn all_requests(daemon: &Daemon) -> f64 {
+    daemon
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("hookwall_http_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_still_served() {
+    let env = Env::new("rate_per_second = 2\nrate_burst = 2");
+    let daemon = env.start();
+    // The burst of two, then 429 until a token comes back (one per 500 ms): the requests follow
+    // each other within milliseconds.
+    let r = env.deliver(v4(), "d-1");
+    assert_reply(&r, 200, "first of the burst", &daemon);
+    let r = env.deliver(v4(), "d-2");
+    assert_reply(&r, 200, "second of the burst", &daemon);
+    let mut limited = 0_u32;
+    for n in 3..=5 {
+        let r = env.deliver(v4(), &format!("d-{n}"));
+        assert_reply(&r, 429, "over the rate", &daemon);
+        let retry: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("429 without a numeric Retry-After: {:?}", r.headers));
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        limited += 1;
+    }
+    // Another client address has its own budget.
+    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "d-6");
+    assert_reply(&r, 200, "another client", &daemon);
+
+    // Rate limiting comes before routing: the refusals carry route "none".
+    assert_eq!(
+        requests(&daemon, "none", "rate_limited"),
+        f64::from(limited)
+    );
+    assert_eq!(requests(&daemon, GH, "accepted"), 3.0);
+    assert!(
+        daemon.log().contains(r#""outcome":"rate_limited""#),
+        "audit lines for 429"
+    );
+    drop(daemon);
+    assert_eq!(env.stored(), 3, "d-1, d-2 and d-6 only");
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_gets_413() {
+    let env = Env::new("body_limit_bytes = 1000");
+    let daemon = env.start();
+    // 4000 bytes sent for real, chunked, with no Content-Length to refuse it by.
+    let chunk = vec![b' '; 1000];
+    let mut body = Vec::new();
+    for _ in 0..4 {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let (r, _) = env.exchange(
+        v4(),
+        gh_head("Transfer-Encoding: chunked", "big-1"),
+        vec![(Duration::ZERO, body)],
+    );
+    let r = r.expect("an answer to the oversized chunked body");
+    assert_reply(&r, 413, "chunked body over body_limit_bytes", &daemon);
+    // A body within the limit is still accepted (the limit is not off by a lot).
+    let r = env.deliver(v4(), "small-1");
+    assert_reply(&r, 200, "a body within the limit", &daemon);
+
+    assert_eq!(requests(&daemon, GH, "too_large"), 1.0);
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    assert!(daemon.log().contains(r#""reason":"body""#), "audit reason");
+    drop(daemon);
+    assert_eq!(env.stored(), 1, "only the small delivery");
+}
+
+#[test]
+fn a_stalled_body_gets_408_after_body_timeout() {
+    let env = Env::new("body_timeout_ms = 500");
+    let daemon = env.start();
+    let declared = format!("Content-Length: {}", BODY.len());
+    // Headers, ten bytes of the body, then nothing.
+    let (r, took) = env.exchange(
+        v4(),
+        gh_head(&declared, "slow-1"),
+        vec![(Duration::ZERO, BODY[..10].to_vec())],
+    );
+    let r = r.expect("an answer to the stalled body");
+    assert_reply(&r, 408, "stalled body", &daemon);
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "408 after {took:?}, expected about 500 ms"
+    );
+    // The same delivery sent in time is accepted: only the stall was refused.
+    let r = env.deliver(v4(), "slow-1");
+    assert_reply(&r, 200, "the delivery in time", &daemon);
+
+    assert_eq!(requests(&daemon, GH, "timeout"), 1.0);
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    assert!(
+        daemon.log().contains(r#""reason":"body_timeout""#),
+        "audit reason"
+    );
+    drop(daemon);
+    assert_eq!(env.stored(), 1);
+}
+
+#[test]
+fn requests_beyond_max_in_flight_get_503_at_once() {
+    let env = Env::new("max_in_flight = 2\nbody_timeout_ms = 2000");
+    let daemon = env.start();
+    let declared = format!("Content-Length: {}", BODY.len());
+    // Two requests held in flight: headers sent, the body stalled.
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            env.exchange_bg(
+                v4(),
+                gh_head(&declared, &format!("held-{i}")),
+                vec![(Duration::ZERO, BODY[..5].to_vec())],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "third");
+    let took = started.elapsed();
+    assert_reply(&r, 503, "beyond max_in_flight", &daemon);
+    assert_eq!(r.header("retry-after"), Some("1"), "{:?}", r.headers);
+    assert!(
+        took < Duration::from_secs(1),
+        "503 at once, not queued: {took:?}"
+    );
+    for handle in held {
+        let (r, _) = handle.join().expect("a held request");
+        let r = r.expect("an answer to a held request");
+        assert_reply(&r, 408, "a held request, its body stalled", &daemon);
+    }
+    // With the slots free again, the same delivery is accepted.
+    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "third");
+    assert_reply(&r, 200, "after the held requests ended", &daemon);
+
+    // The cap is checked before routing: route "none".
+    assert_eq!(requests(&daemon, "none", "overloaded"), 1.0);
+    assert_eq!(requests(&daemon, GH, "timeout"), 2.0);
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    drop(daemon);
+    assert_eq!(env.stored(), 1, "only the delivery after the held ones");
+}
+
+#[test]
+fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() {
+    let env = Env::new("header_timeout_ms = 500");
+    let daemon = env.start();
+    // Part of a request's headers, then nothing.
+    let head =
+        format!("POST {GH} HTTP/1.1\r\nHost: 192.0.2.1\r\nContent-Type: application/json\r\n");
+    let (r, took) = env.exchange(v4(), head, Vec::new());
+    let r = r.expect("an answer to the slow headers");
+    assert_reply(&r, 408, "slow headers", &daemon);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "408 after {took:?}, expected about 500 ms"
+    );
+    // A connection that sends nothing after the handshake is closed, silently, as quickly.
+    let (r, took) = env.exchange(v4(), String::new(), Vec::new());
+    let err = r.expect_err("an idle connection gets no answer");
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "closed after {took:?}, expected about 500 ms"
+    );
+    // A request sent in time is served.
+    let r = env.deliver(v4(), "fast-1");
+    assert_reply(&r, 200, "headers in time", &daemon);
+
+    assert_eq!(requests(&daemon, "none", "timeout"), 1.0);
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    assert!(
+        daemon.log().contains(r#""reason":"header_timeout""#),
+        "audit line for the 408"
+    );
+    drop(daemon);
+    assert_eq!(env.stored(), 1);
+}
+
+#[test]
+fn connections_beyond_max_connections_are_closed_unanswered() {
+    let env = Env::new("max_connections = 2\nheader_timeout_ms = 1500");
+    let daemon = env.start();
+    // Two connections held open, idle after the handshake (closed by the header timeout).
+    let held: Vec<_> = (0..2)
+        .map(|_| env.exchange_bg(v4(), String::new(), Vec::new()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    // A third is closed at once: no handshake, no answer, nothing stored.
+    let started = Instant::now();
+    let (r, _) = env.exchange(
+        IpAddr::V6(ALLOWED_V6),
+        gh_head(&format!("Content-Length: {}", BODY.len()), "over-cap"),
+        vec![(Duration::ZERO, BODY.to_vec())],
+    );
+    assert!(r.is_err(), "a connection over the cap is not served: {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed at once, not queued: {:?}",
+        started.elapsed()
+    );
+    for handle in held {
+        let (r, _) = handle.join().expect("a held connection");
+        let err = r.expect_err("an idle connection gets no answer");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+    // With the held connections gone, a new one is served.
+    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "after-cap");
+    assert_reply(&r, 200, "after the held connections closed", &daemon);
+    // Refused connections are not requests: only the accepted one is counted.
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    assert_eq!(all_requests(&daemon), 1.0, "{}", daemon.metrics());
+    drop(daemon);
+    assert_eq!(env.stored(), 1);
+}
+
+/// `curl --http2` (ALPN h2) from 192.0.2.10 in the client namespace: `(http_version, status)`.
+/// `cargo xtask setup` installs curl; a missing curl fails the test rather than skipping it.
+fn curl_h2(env: &Env, headers: &[String], body: &[u8]) -> (String, u16) {
+    let d = env.dir.path();
+    let body_file = d.join("h2-body");
+    std::fs::write(&body_file, body).expect("body file");
+    let cacert = d.join("cert.pem").display().to_string();
+    let data = format!("@{}", body_file.display());
+    let url = format!("https://192.0.2.1:{PROTECTED_PORT}{GH}");
+    let mut args: Vec<&str> = vec![
+        "curl",
+        "-sS",
+        "--http2",
+        "--max-time",
+        "10",
+        "--cacert",
+        &cacert,
+        "--interface",
+        "192.0.2.10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        "--data-binary",
+        &data,
+    ];
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.push(&url);
+    let out = env.lab.cli.exec(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (version, code) = text.split_once(' ').unwrap_or_else(|| {
+        panic!("curl printed {text:?}; stderr: {stderr} (is curl installed? `cargo xtask setup`)")
+    });
+    (version.to_owned(), code.parse().expect("a status code"))
+}
+
+#[test]
+fn http2_chosen_by_alpn_is_served_under_the_same_limits() {
+    let env = Env::new("body_limit_bytes = 1000");
+    let daemon = env.start();
+    let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+    let headers = |delivery: &str, sig: &str| {
+        vec![
+            "Content-Type: application/json".to_owned(),
+            "X-GitHub-Event: push".to_owned(),
+            format!("X-GitHub-Delivery: {delivery}"),
+            format!("X-Hub-Signature-256: {sig}"),
+        ]
+    };
+    let (version, code) = curl_h2(&env, &headers("h2-1", &sig), BODY);
+    assert_eq!(
+        (version.as_str(), code),
+        ("2", 200),
+        "log:\n{}",
+        daemon.log()
+    );
+    let big = vec![b' '; 4000];
+    let big_sig = github_signature(GH_SECRET.as_bytes(), &big);
+    let (version, code) = curl_h2(&env, &headers("h2-big", &big_sig), &big);
+    assert_eq!(
+        (version.as_str(), code),
+        ("2", 413),
+        "log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
+    assert_eq!(requests(&daemon, GH, "too_large"), 1.0);
+    drop(daemon);
+    assert_eq!(env.stored(), 1);
+}
