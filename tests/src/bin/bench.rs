@@ -2,7 +2,7 @@
 //! measured in the same run. Method and results: BENCHMARKS.md.
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Instant,
 };
 
@@ -20,8 +20,11 @@ use hookwall_tests::{
     netns::{NetNs, VethPair},
     settings,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+#[path = "bench/http.rs"]
+mod http;
 
 /// Prefix-set sizes per family the bar names.
 const SIZES: [usize; 3] = [12, 10_000, 100_000];
@@ -39,9 +42,8 @@ fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
         "filter" => bench_filter(std::env::args().nth(2).as_deref() == Some("rss")),
-        "http" | "delivery" => {
-            bail!("`bench {which}` measures the HTTPS receiver / delivery, which do not exist yet")
-        }
+        "http" => http::bench_http(),
+        "delivery" => bail!("`bench delivery` measures delivery, which does not exist yet"),
         other => bail!("unknown benchmark {other:?}: use filter, http or delivery"),
     }
 }
@@ -110,8 +112,8 @@ fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
         trie.filter()
             .force_trie_lookups_for_bench()
             .context("forcing trie lookups")?;
-        let v4_set = V4Set::new(&v4);
-        let v6_set = V6Set::new(&v6);
+        let v4_set = PrefixSet::new(v4.iter().copied().map(IpNet::V4));
+        let v6_set = PrefixSet::new(v6.iter().copied().map(IpNet::V6));
 
         let drop4: Vec<Vec<u8>> = (0..SOURCES)
             .map(|_| {
@@ -400,57 +402,31 @@ fn random_v6(rng: &mut StdRng, n: usize) -> Vec<Ipv6Net> {
         .collect()
 }
 
-/// Membership by masking at each length present: exact, independent of the kernel's index.
-struct V4Set {
-    by_len: Vec<(u8, HashSet<u32>)>,
+/// Membership by masking the address at each prefix length present: exact, and independent of
+/// the kernel's index.
+struct PrefixSet {
+    by_len: Vec<(u8, HashSet<IpNet>)>,
 }
 
-impl V4Set {
-    fn new(nets: &[Ipv4Net]) -> Self {
-        let mut by_len: Vec<(u8, HashSet<u32>)> = Vec::new();
+impl PrefixSet {
+    fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut by_len: Vec<(u8, HashSet<IpNet>)> = Vec::new();
         for net in nets {
             match by_len.iter_mut().find(|(l, _)| *l == net.prefix_len()) {
                 Some((_, set)) => {
-                    set.insert(u32::from(net.network()));
+                    set.insert(net);
                 }
-                None => by_len.push((net.prefix_len(), HashSet::from([u32::from(net.network())]))),
+                None => by_len.push((net.prefix_len(), HashSet::from([net]))),
             }
         }
         Self { by_len }
     }
 
-    fn contains(&self, a: Ipv4Addr) -> bool {
-        self.by_len.iter().any(|(len, set)| {
-            let net = Ipv4Net::new(a, *len).expect("valid length").trunc();
-            set.contains(&u32::from(net.network()))
-        })
-    }
-}
-
-/// See [`V4Set`].
-struct V6Set {
-    by_len: Vec<(u8, HashSet<u128>)>,
-}
-
-impl V6Set {
-    fn new(nets: &[Ipv6Net]) -> Self {
-        let mut by_len: Vec<(u8, HashSet<u128>)> = Vec::new();
-        for net in nets {
-            match by_len.iter_mut().find(|(l, _)| *l == net.prefix_len()) {
-                Some((_, set)) => {
-                    set.insert(u128::from(net.network()));
-                }
-                None => by_len.push((net.prefix_len(), HashSet::from([u128::from(net.network())]))),
-            }
-        }
-        Self { by_len }
-    }
-
-    fn contains(&self, a: Ipv6Addr) -> bool {
-        self.by_len.iter().any(|(len, set)| {
-            let net = Ipv6Net::new(a, *len).expect("valid length").trunc();
-            set.contains(&u128::from(net.network()))
-        })
+    fn contains(&self, a: impl Into<IpAddr>) -> bool {
+        let a = a.into();
+        self.by_len
+            .iter()
+            .any(|(len, set)| IpNet::new(a, *len).is_ok_and(|net| set.contains(&net.trunc())))
     }
 }
 

@@ -1,0 +1,687 @@
+//! `bench http`: signed Standard Webhooks POSTs over TLS with keep-alive, against
+//! (a) hookwall's `standard-webhooks` route (verification and the durable store),
+//! (b) the same server on an unknown path (the floor: TLS, HTTP, rate limit, routing, audit line
+//!     and metrics, then 404 before the body is verified or stored; no route kind was added),
+//! (c) a FastAPI app under uvicorn (tests/bench/fastapi_receiver.py: peer check, HMAC, SQLite).
+//!
+//! All three run inside a network namespace the bench makes, on its loopback, with the same
+//! certificate, and are loaded by the same generator (below: tokio + rustls, HTTP/1.1 written by
+//! hand). Two phases per target: closed-loop maximum throughput with [`CONNS`] keep-alive
+//! connections, and open-loop latency at [`RATE`] requests per second. Method and results:
+//! BENCHMARKS.md.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use hookwall_tests::{
+    daemon::{ConfigSpec, Daemon, NsEntry, PinsGuard, hookwall_bin},
+    https::{TestCa, render_config, standard_webhooks_signature},
+    netns::{ALLOWED_V4_NET, NetNs, VethPair},
+};
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpSocket, TcpStream},
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+/// Keep-alive connections in the throughput phase, each from its own loopback address (hookwall
+/// limits each client address to 200 req/s on average, and the floor reaches about 220 req/s per
+/// address with 256 connections: 512 addresses keep every target well under that limit).
+const CONNS: usize = 512;
+/// Throughput phase: warm-up, then measured time; [`ROUNDS`] rounds per target, interleaved.
+const WARMUP: Duration = Duration::from_secs(2);
+const MEASURE: Duration = Duration::from_secs(10);
+const ROUNDS: usize = 2;
+/// Latency phase: requests per second (open loop), over this many connections, for this long
+/// after one second of warm-up.
+const RATE: u32 = 1000;
+const RATE_CONNS: usize = 32;
+const RATE_MEASURE: Duration = Duration::from_secs(10);
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const HOOKWALL_PORT: u16 = 8443;
+const FASTAPI_PORT: u16 = 8444;
+const ROUTE: &str = "/hooks/sw";
+/// No route has this path: hookwall answers 404 before reading, verifying or storing the body.
+const FLOOR_PATH: &str = "/hooks/no-such-route";
+
+/// One system under load.
+#[derive(Clone)]
+struct Target {
+    label: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+    expect: u16,
+}
+
+/// What one phase against one target measured.
+#[derive(Default)]
+struct Stats {
+    /// Answers with the expected status, in the measured window.
+    ok: u64,
+    /// Other statuses, by code.
+    other: BTreeMap<u16, u64>,
+    /// Connection or protocol errors.
+    errors: u64,
+    /// Connections opened after the first one of each worker (the server closed one).
+    reconnects: u64,
+    /// Latencies in microseconds of the measured, expected answers.
+    latencies_us: Vec<u32>,
+    /// Length of the measured window.
+    window: Duration,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Self) {
+        self.ok += other.ok;
+        for (k, v) in other.other {
+            *self.other.entry(k).or_default() += v;
+        }
+        self.errors += other.errors;
+        self.reconnects += other.reconnects;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64()
+    }
+
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize)
+            .clamp(1, self.latencies_us.len())
+            - 1;
+        f64::from(self.latencies_us[i]) / 1e3
+    }
+
+    fn anomalies(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.other.is_empty() {
+            parts.push(format!("unexpected statuses {:?}", self.other));
+        }
+        if self.errors > 0 {
+            parts.push(format!("{} errors", self.errors));
+        }
+        if self.reconnects > 0 {
+            parts.push(format!("{} reconnects", self.reconnects));
+        }
+        if parts.is_empty() {
+            "clean".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The http benchmark.
+pub fn bench_http() -> anyhow::Result<()> {
+    let target_dir = hookwall_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("the hookwall binary is not in target/<profile>/")?;
+    let venv = python_venv(&target_dir)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("hw-bench-http-")
+        .tempdir()
+        .context("making a temp dir")?;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(dir.path(), &["127.0.0.1"]);
+    let client = ca.http1_client();
+
+    // The daemon needs an interface for its XDP filter: one end of a veth that carries nothing.
+    // All traffic stays on the namespace's loopback.
+    let ns = NetNs::new("hw-bench-http-");
+    let ns_peer = NetNs::new("hw-bench-peer-");
+    let veth = VethPair::new(&ns, &[], &ns_peer, &[]);
+    let pins = PinsGuard::new();
+    let mut spec = ConfigSpec::new(&veth.a, pins.path(), dir.path(), &[ALLOWED_V4_NET]);
+    spec.server_listen = format!("127.0.0.1:{HOOKWALL_PORT}");
+    spec.protected_ports = vec![HOOKWALL_PORT];
+    std::fs::write(dir.path().join("sw"), SECRET).context("writing the secret file")?;
+    let routes = format!(
+        "[[route]]\npath = {ROUTE:?}\nverify = \"standard-webhooks\"\nsecrets = [{{ file = {:?} }}]\n",
+        dir.path().join("sw").display().to_string()
+    );
+    let config = dir.path().join("hookwall.toml");
+    std::fs::write(&config, render_config(&spec, &cert, &key, &[], &routes))
+        .context("writing the config")?;
+    let daemon = Daemon::start(&ns, &config, spec.metrics_listen, dir.path());
+    let uvicorn = Uvicorn::start(&ns, &venv, dir.path(), &cert, &key)?;
+
+    let hookwall_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, HOOKWALL_PORT));
+    let targets = [
+        Target {
+            label: "(a) hookwall",
+            addr: hookwall_addr,
+            path: ROUTE,
+            expect: 200,
+        },
+        Target {
+            label: "(b) floor",
+            addr: hookwall_addr,
+            path: FLOOR_PATH,
+            expect: 404,
+        },
+        Target {
+            label: "(c) fastapi",
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, FASTAPI_PORT)),
+            path: ROUTE,
+            expect: 200,
+        },
+    ];
+
+    println!(
+        "hookwall http benchmark: signed Standard Webhooks POSTs, TLS 1.3, HTTP/1.1 keep-alive, \
+         loopback of a bench namespace; load generator: tokio + rustls in this process"
+    );
+    println!(
+        "(a) hookwall standard-webhooks route (verify + SQLite commit); (b) the same server on an \
+         unknown path (404 before verify/store); (c) FastAPI + uvicorn --workers 2 (peer check, \
+         HMAC, SQLite commit)"
+    );
+    let (rt_ns, client2) = (ns.path(), Arc::clone(&client));
+    let result = hookwall_tests::netns::run_in(&rt_ns, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("building the load generator's runtime")?;
+        rt.block_on(run_phases(&targets, &client2))
+    });
+    let uvicorn_log = uvicorn.stop();
+    let store_rows = count_rows(&spec.store_path);
+    drop(daemon);
+    if let Err(e) = &result {
+        eprintln!("uvicorn log:\n{uvicorn_log}");
+        bail!("the http benchmark failed: {e:#}");
+    }
+    if let Some(rows) = store_rows {
+        println!("hookwall store after the run: {rows} events");
+    }
+    drop((pins, veth, ns_peer, ns, dir));
+    result
+}
+
+async fn run_phases(targets: &[Target], client: &Arc<ClientConfig>) -> anyhow::Result<()> {
+    for t in targets {
+        let status = one_request(t, client, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+            .await
+            .with_context(|| format!("a first request to {}", t.label))?;
+        ensure!(
+            status == t.expect,
+            "{}: the first request got {status}, expected {}",
+            t.label,
+            t.expect
+        );
+    }
+
+    latency_phase(&targets.iter().collect::<Vec<_>>(), client, "").await;
+
+    println!(
+        "\nthroughput: {CONNS} connections, closed loop, {}s warm-up + {}s measured, {ROUNDS} \
+         rounds interleaved",
+        WARMUP.as_secs(),
+        MEASURE.as_secs()
+    );
+    let mut rounds: Vec<Vec<Stats>> = (0..targets.len()).map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for (i, t) in targets.iter().enumerate() {
+            let mut s = closed_loop(t, client).await;
+            println!(
+                "  round {}  {:<13} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({})",
+                round + 1,
+                t.label,
+                s.rps(),
+                s.percentile_ms(0.50),
+                s.percentile_ms(0.99),
+                s.anomalies()
+            );
+            rounds[i].push(s);
+        }
+    }
+    let mean: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.iter().map(Stats::rps).sum::<f64>() / r.len() as f64)
+        .collect();
+    for (t, m) in targets.iter().zip(&mean) {
+        println!("  mean     {:<13} {m:>8.0} req/s", t.label);
+    }
+    let (a, b, c) = (mean[0], mean[1], mean[2]);
+    println!(
+        "  ratios: (a)/(c) = {:.2} (bar >= 5), (a)/(b) = {:.2} (bar >= 0.5)",
+        a / c,
+        a / b
+    );
+
+    latency_phase(
+        &[&targets[0]],
+        client,
+        ", again after the throughput phase (the store now holds every event sent so far)",
+    )
+    .await;
+
+    Ok(())
+}
+
+async fn latency_phase(targets: &[&Target], client: &Arc<ClientConfig>, note: &str) {
+    println!(
+        "\nlatency at {RATE} req/s: open loop over {RATE_CONNS} connections, latency from each \
+         request's scheduled time, 1s warm-up + {}s measured{note}",
+        RATE_MEASURE.as_secs()
+    );
+    for t in targets {
+        let mut s = open_loop(t, client).await;
+        let (p50, p99) = (s.percentile_ms(0.50), s.percentile_ms(0.99));
+        println!(
+            "  {:<13} {:>7.0} req/s  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms  ({})",
+            t.label,
+            s.rps(),
+            s.percentile_ms(0.999),
+            s.percentile_ms(1.0),
+            s.anomalies()
+        );
+    }
+}
+
+/// One keep-alive connection of the generator.
+struct Conn {
+    src: IpAddr,
+    target: Target,
+    tls: TlsConnector,
+    stream: Option<TlsStream<TcpStream>>,
+    buf: Vec<u8>,
+    opened: u64,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Conn {
+    fn new(src: IpAddr, target: &Target, client: &Arc<ClientConfig>) -> Self {
+        Self {
+            src,
+            target: target.clone(),
+            tls: TlsConnector::from(Arc::clone(client)),
+            stream: None,
+            buf: Vec::with_capacity(4096),
+            opened: 0,
+        }
+    }
+
+    async fn connect(&mut self) -> std::io::Result<()> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(self.src, 0))?;
+        let tcp = socket.connect(self.target.addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::IpAddress(self.target.addr.ip().into());
+        self.stream = Some(self.tls.connect(name, tcp).await?);
+        self.buf.clear();
+        self.opened += 1;
+        Ok(())
+    }
+
+    /// Sends one freshly signed request and reads the answer: its status.
+    async fn request(&mut self) -> std::io::Result<u16> {
+        if self.stream.is_none() {
+            self.connect().await?;
+        }
+        let result = self.exchange().await;
+        match result {
+            Ok((status, close)) => {
+                if close {
+                    self.stream = None;
+                }
+                Ok(status)
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange(&mut self) -> std::io::Result<(u16, bool)> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!("msg_bench_{}_{n}", std::process::id());
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let body = format!(
+            r#"{{"type":"invoice.paid","timestamp":"2026-11-23T12:00:00Z","data":{{"id":"in_{n}","amount":1250,"currency":"KES","customer":"cus_8d7f3a"}}}}"#
+        );
+        let sig = standard_webhooks_signature(SECRET, &id, ts, body.as_bytes());
+        let req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nwebhook-id: {id}\r\n\
+             webhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.target.path,
+            self.target.addr,
+            body.len()
+        );
+        let stream = self.stream.as_mut().ok_or_else(|| bad("not connected"))?;
+        stream.write_all(req.as_bytes()).await?;
+        stream.flush().await?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| bad("head"))?;
+                let mut lines = head.split("\r\n");
+                let status: u16 = lines
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad("status line"))?;
+                let (mut len, mut close) = (0usize, false);
+                for line in lines {
+                    if let Some((name, value)) = line.split_once(':') {
+                        let (name, value) = (name.trim(), value.trim());
+                        if name.eq_ignore_ascii_case("content-length") {
+                            len = value.parse().map_err(|_| bad("content-length"))?;
+                        } else if name.eq_ignore_ascii_case("connection") {
+                            close = value.eq_ignore_ascii_case("close");
+                        }
+                    }
+                }
+                let total = end + 4 + len;
+                while self.buf.len() < total {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(bad("closed in the body"));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                self.buf.drain(..total);
+                return Ok((status, close));
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("closed before the answer"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn source(i: usize) -> IpAddr {
+    // 127.0.1.0 onwards: one loopback address per connection.
+    let i = u32::try_from(i).unwrap_or(0);
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 0)) + i))
+}
+
+async fn one_request(t: &Target, client: &Arc<ClientConfig>, src: IpAddr) -> anyhow::Result<u16> {
+    let mut conn = Conn::new(src, t, client);
+    Ok(conn.request().await?)
+}
+
+/// [`CONNS`] connections, each sending its next request as soon as the previous is answered.
+async fn closed_loop(t: &Target, client: &Arc<ClientConfig>) -> Stats {
+    let start = Instant::now() + Duration::from_millis(200);
+    let (from, until) = (start + WARMUP, start + WARMUP + MEASURE);
+    let tasks: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let mut conn = Conn::new(source(i), t, client);
+            let expect = t.expect;
+            tokio::spawn(async move {
+                let mut s = Stats::default();
+                tokio::time::sleep_until(start.into()).await;
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
+                    let result = conn.request().await;
+                    let done = Instant::now();
+                    if sent < from {
+                        continue;
+                    }
+                    record(&mut s, result, expect, done - sent);
+                }
+                s.reconnects = conn.opened.saturating_sub(1);
+                s
+            })
+        })
+        .collect();
+    collect(tasks, MEASURE).await
+}
+
+/// [`RATE`] requests per second in all, spread over [`RATE_CONNS`] connections: connection `k`
+/// sends request `j` at `start + (k + j * RATE_CONNS) / RATE` seconds, or as soon as it is free
+/// if it is late; latency counts from the scheduled time (no coordinated omission).
+async fn open_loop(t: &Target, client: &Arc<ClientConfig>) -> Stats {
+    let start = Instant::now() + Duration::from_millis(200);
+    let warm = Duration::from_secs(1);
+    let total = warm + RATE_MEASURE;
+    let interval = Duration::from_secs(1) / RATE;
+    let per_conn = (total.as_secs_f64() * f64::from(RATE)) as usize / RATE_CONNS;
+    let tasks: Vec<_> = (0..RATE_CONNS)
+        .map(|k| {
+            let mut conn = Conn::new(source(CONNS + k), t, client);
+            let expect = t.expect;
+            tokio::spawn(async move {
+                let mut s = Stats::default();
+                // Connect before the schedule starts, as the throughput phase's warm-up does.
+                let _ = conn.connect().await;
+                for j in 0..per_conn {
+                    let slot = u32::try_from(k + j * RATE_CONNS).unwrap_or(u32::MAX);
+                    let at = start + interval * slot;
+                    tokio::time::sleep_until(at.into()).await;
+                    let result = conn.request().await;
+                    if at.duration_since(start) < warm {
+                        continue;
+                    }
+                    record(&mut s, result, expect, at.elapsed());
+                }
+                s.reconnects = conn.opened.saturating_sub(1);
+                s
+            })
+        })
+        .collect();
+    collect(tasks, RATE_MEASURE).await
+}
+
+fn record(s: &mut Stats, result: std::io::Result<u16>, expect: u16, latency: Duration) {
+    match result {
+        Ok(status) if status == expect => {
+            s.ok += 1;
+            s.latencies_us
+                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        }
+        Ok(status) => *s.other.entry(status).or_default() += 1,
+        Err(_) => s.errors += 1,
+    }
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Stats>>, window: Duration) -> Stats {
+    let mut all = Stats {
+        window,
+        ..Stats::default()
+    };
+    for task in tasks {
+        match task.await {
+            Ok(s) => all.merge(s),
+            Err(_) => all.errors += 1,
+        }
+    }
+    all
+}
+
+/// The venv with FastAPI and uvicorn: `target/bench-venv`, made with pip on first use.
+fn python_venv(target_dir: &Path) -> anyhow::Result<PathBuf> {
+    let venv = target_dir.join("bench-venv");
+    let uvicorn = venv.join("bin").join("uvicorn");
+    if !uvicorn.is_file() {
+        println!("==> making {} (fastapi, uvicorn[standard])", venv.display());
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("running python3 -m venv (is Python 3 installed?)")?;
+        ensure!(status.success(), "python3 -m venv failed: {status}");
+        let status = Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "fastapi", "uvicorn[standard]"])
+            .status()
+            .context("running pip install")?;
+        ensure!(
+            status.success(),
+            "pip install fastapi uvicorn failed: {status}"
+        );
+    }
+    let out = Command::new(venv.join("bin").join("python"))
+        .args([
+            "-c",
+            "import sys, fastapi, uvicorn; print(sys.version.split()[0], fastapi.__version__, uvicorn.__version__)",
+        ])
+        .output()
+        .context("asking the venv for versions")?;
+    println!(
+        "python, fastapi, uvicorn: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Ok(venv)
+}
+
+/// uvicorn serving tests/bench/fastapi_receiver.py in the bench namespace; stopped by its PID.
+struct Uvicorn {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Uvicorn {
+    fn start(ns: &NetNs, venv: &Path, dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let log = dir.join("uvicorn.log");
+        let out = std::fs::File::create(&log).context("creating the uvicorn log")?;
+        let err = out.try_clone().context("dup of the uvicorn log")?;
+        let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
+        let mut cmd = Command::new(venv.join("bin").join("uvicorn"));
+        cmd.arg("fastapi_receiver:app")
+            .arg("--app-dir")
+            .arg(&app_dir)
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(FASTAPI_PORT.to_string())
+            .args(["--workers", "2"])
+            .arg("--ssl-certfile")
+            .arg(cert)
+            .arg("--ssl-keyfile")
+            .arg(key)
+            .env("BENCH_SECRET", SECRET)
+            .env("BENCH_DB", dir.join("fastapi.db"))
+            .env("BENCH_ALLOW", "127.0.0.0/8")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let entry = NsEntry::new(ns);
+        entry.apply(&mut cmd);
+        let child = cmd.spawn().context("spawning uvicorn")?;
+        drop(entry);
+        let mut me = Self {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = me.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                me.child = None;
+                bail!("uvicorn exited ({status}); log:\n{}", me.read_log());
+            }
+            // Ready once both workers could be serving: the log says so per worker.
+            let ready = me
+                .read_log()
+                .matches("Application startup complete")
+                .count()
+                >= 2;
+            if ready {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("uvicorn not ready within 30 s; log:\n{}", me.read_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn read_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (uvicorn stops its workers), SIGKILL to it and its children after 10 s; returns
+    /// the log's last lines.
+    fn stop(mut self) -> String {
+        self.terminate();
+        let log = self.read_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+            return;
+        };
+        let children = child_pids(child.id());
+        // SAFETY: signals only our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for c in children {
+            if let Ok(c) = libc::pid_t::try_from(c) {
+                // SAFETY: a worker uvicorn (our child) started; it is still its child (the
+                // parent has not exited, so the PID was not reused).
+                unsafe { libc::kill(c, libc::SIGKILL) };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Uvicorn {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The direct children of `pid` (`/proc/PID/task/*/children`).
+fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Events in hookwall's store (a cross-check that (a) stored what it answered).
+fn count_rows(db: &Path) -> Option<u64> {
+    let reader = hookwall::store::Reader::open(db).ok()?;
+    reader.count().ok()
+}
