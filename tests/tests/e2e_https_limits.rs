@@ -469,10 +469,12 @@ fn http2_chosen_by_alpn_is_served_under_the_same_limits() {
     let big = vec![b' '; 4000];
     let big_sig = github_signature(GH_SECRET.as_bytes(), &big);
     let (version, code) = curl_h2(&env, &headers("h2-big", &big_sig), &big);
-    assert_eq!(
-        (version.as_str(), code),
-        ("2", 413),
-        "log:\n{}",
+    // The server answers 413 from Content-Length at once and then resets the stream, whose body
+    // it will not read. curl, still sending, sees the answer or (a race on the client side) only
+    // the reset; what the server did is asserted on its own metrics and store below.
+    assert!(
+        (version.as_str(), code) == ("2", 413) || code == 0,
+        "curl got {version} {code}; log:\n{}",
         daemon.log()
     );
     assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
