@@ -8,7 +8,7 @@
 
 use std::{
     fmt::Write as _,
-    io::{self, Read as _, Write as _},
+    io::{self, Read, Write as _},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -259,26 +259,7 @@ pub fn post_declared(
     let _ = write!(head, "Content-Length: {declared}\r\n\r\n");
     stream.write_all(head.as_bytes())?;
     stream.flush()?;
-    let mut raw = Vec::new();
-    let mut chunk = [0_u8; 4096];
-    // Read until the whole answer is in (the connection may stay open, waiting for the body).
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            Err(e) if !raw.is_empty() && e.kind() != io::ErrorKind::Interrupted => break,
-            Err(e) => return Err(e),
-        }
-        if let Ok(reply) = parse_reply(&raw)
-            && reply
-                .header("content-length")
-                .and_then(|v| v.parse::<usize>().ok())
-                .is_some_and(|len| reply.body.len() >= len)
-        {
-            return Ok(reply);
-        }
-    }
-    parse_reply(&raw)
+    read_answer(&mut stream)
 }
 
 /// A request written in steps over a fresh TLS connection from `src` to `dst`: `head` (the
@@ -313,6 +294,16 @@ pub fn exchange(
             Err(e) => return Err(e),
         }
     }
+    read_answer(&mut stream)
+}
+
+/// Reads one answer: until it is complete by its Content-Length (the connection may stay open,
+/// waiting for a body the client never sends), or until the server closes.
+///
+/// # Errors
+/// A read error before any byte of the answer; `UnexpectedEof` if the server closed without
+/// answering; `InvalidData` if what arrived is not an HTTP answer.
+fn read_answer(stream: &mut impl Read) -> io::Result<Reply> {
     let mut raw = Vec::new();
     let mut chunk = [0_u8; 4096];
     loop {
