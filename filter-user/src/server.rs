@@ -48,7 +48,6 @@ use hyper_util::{
 };
 use ipnet::IpNet;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
-use sha2::{Digest as _, Sha256};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpListener,
@@ -60,7 +59,7 @@ use crate::{
     allowlist::Allowlist,
     config::{Config, Limits, RouteConfig, Tls, VerifyKind},
     metrics::{HttpLabels, Metrics, RouteLabels},
-    store::{Inserted, NewEvent, StoreHandle, unix_ms},
+    store::{HashedBody, Inserted, NewEvent, StoreHandle, unix_ms},
     verify::{self, Refusal, Verifier},
 };
 
@@ -861,11 +860,12 @@ async fn process(
         }
         Ok(Ok(body)) => body,
     };
-    audit.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
+    let body = HashedBody::new(body.to_vec());
+    audit.body_sha256 = Some(body.sha256_hex().to_owned());
     let verified = match route.verifier.verify(&verify::Request {
         path_token: token,
         headers: &parts.headers,
-        body: &body,
+        body: body.bytes(),
         now: time,
     }) {
         Ok(verified) => verified,
@@ -888,7 +888,7 @@ async fn process(
         event_id: verified.event_id,
         kind: verified.kind.as_str().to_owned(),
         received_at_ms: unix_ms(time),
-        body: body.to_vec(),
+        body,
         headers,
     };
     match app.store.insert(event).await {

@@ -183,10 +183,39 @@ pub struct NewEvent {
     pub kind: String,
     /// When the request arrived, unix milliseconds (see [`unix_ms`]).
     pub received_at_ms: i64,
-    /// The raw body, exactly as received (the signature covers these bytes).
-    pub body: Vec<u8>,
+    /// The raw body, exactly as received (the signature covers these bytes), with its digest.
+    pub body: HashedBody,
     /// Headers worth keeping, in order. Only non-secret ones: the caller filters.
     pub headers: Vec<(String, String)>,
+}
+
+/// A request body and its SHA-256, computed once when the body is read: the receiver's audit
+/// line and the store both record the digest, and it can never disagree with the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedBody {
+    bytes: Vec<u8>,
+    sha256_hex: String,
+}
+
+impl HashedBody {
+    /// Hashes `bytes`.
+    #[must_use]
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256_hex = hex::encode(Sha256::digest(&bytes));
+        Self { bytes, sha256_hex }
+    }
+
+    /// The body.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Its SHA-256, lowercase hex.
+    #[must_use]
+    pub fn sha256_hex(&self) -> &str {
+        &self.sha256_hex
+    }
 }
 
 /// What [`StoreHandle::insert`] did.
@@ -523,8 +552,8 @@ fn check_file(path: &Path, opened: FileId) -> Result<(), StoreError> {
     })
 }
 
-/// An event ready for the writer: encoded and hashed on the caller's task, so the writer thread
-/// (the one serial point) only runs SQL.
+/// An event ready for the writer: encoded (and hashed, by [`HashedBody`]) on the caller's task, so
+/// the writer thread (the one serial point) only runs SQL.
 struct Row {
     route: String,
     event_id: String,
@@ -547,13 +576,14 @@ impl Row {
                 });
             }
         };
+        let HashedBody { bytes, sha256_hex } = event.body;
         Ok(Self {
-            body_sha256: hex::encode(Sha256::digest(&event.body)),
+            body_sha256: sha256_hex,
             route: event.route,
             event_id: event.event_id,
             kind: event.kind,
             received_at_ms: event.received_at_ms,
-            body: event.body,
+            body: bytes,
             headers_json,
         })
     }
@@ -985,7 +1015,7 @@ mod tests {
             event_id: event_id.to_owned(),
             kind: "test".to_owned(),
             received_at_ms: 1_700_000_000_000,
-            body: format!("{{\"id\":\"{event_id}\"}}").into_bytes(),
+            body: HashedBody::new(format!("{{\"id\":\"{event_id}\"}}").into_bytes()),
             headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         }
     }
@@ -1053,7 +1083,7 @@ mod tests {
         let path = db_path(&dir);
         let store = Store::open(&path).expect("open");
         let mut new = event("/hooks/stripe", "evt_1");
-        new.body = b"abc".to_vec();
+        new.body = HashedBody::new(b"abc".to_vec());
         new.headers
             .push(("webhook-id".to_owned(), "msg_1".to_owned()));
         let inserted = store.handle().insert(new.clone()).await.expect("insert");
@@ -1097,7 +1127,7 @@ mod tests {
         let handle = store.handle();
         let first = handle.insert(event("/r", "e1")).await.expect("first");
         let mut again = event("/r", "e1");
-        again.body = b"a different body".to_vec();
+        again.body = HashedBody::new(b"a different body".to_vec());
         let second = handle.insert(again).await.expect("second");
         assert!(matches!(first, Inserted::New { .. }), "{first:?}");
         assert_eq!(second, Inserted::Duplicate { id: first.id() });
@@ -1105,7 +1135,7 @@ mod tests {
         let stored = store.get(first.id()).expect("get").expect("stored");
         assert_eq!(
             stored.body,
-            event("/r", "e1").body,
+            event("/r", "e1").body.bytes(),
             "the first delivery is kept"
         );
 

@@ -34,7 +34,7 @@ pub fn store_event(route: &str, event_id: &str) -> hookwall::store::NewEvent {
         event_id: event_id.to_owned(),
         kind: "test".to_owned(),
         received_at_ms: 1_700_000_000_000,
-        body: format!("{{\"id\":\"{event_id}\"}}").into_bytes(),
+        body: hookwall::store::HashedBody::new(format!("{{\"id\":\"{event_id}\"}}").into_bytes()),
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
     }
 }
