@@ -17,10 +17,20 @@
 //! - **Duplicates.** `UNIQUE (route, event_id)`: a second delivery of the same event is answered
 //!   [`Inserted::Duplicate`] with the first row's id and is not stored again.
 //! - **Delivery (issue 4).** Each row carries its delivery state (`pending`, `delivered`, `dead`),
-//!   attempt count, next attempt time and last error, and a partial index finds due events. Only
-//!   inserting (as `pending`, due at once) and simple reads are implemented here.
+//!   attempt count, next attempt time and last error. The delivery worker reads what is due
+//!   ([`Reader::due`], a partial index on `next_attempt_at`) and reports results as [`Update`]s,
+//!   which the writer group-commits with the inserts; an update only changes a row still
+//!   `pending`, so a late result can never revive an event an operator has dealt with. Every
+//!   commit that stored a new event bumps [`StoreHandle::inserted`], which wakes the worker.
+//!   Delivered events older than `store.retention` are purged in bounded chunks (each its own
+//!   short transaction, so a large backlog never holds the write lock for long); pending and dead
+//!   events are never purged.
+//! - **Operator commands.** `hookwall queue` runs beside the daemon with its own read-write
+//!   connection ([`Admin`]): it never creates or migrates the file, waits for the writer's lock
+//!   like the writer waits for it, and does each operation in one short immediate transaction.
 //! - **Reads** go through a separate read-only connection ([`Reader`]); WAL lets them run while
-//!   the writer commits.
+//!   the writer commits. Queue depth and the oldest pending event come from an index on
+//!   `(state, received_at)`, never a table scan.
 
 use std::{
     fs,
@@ -37,10 +47,11 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-/// Most inserts committed by one transaction. Bounds the time the first request of a batch waits
-/// for the others and the size of one WAL append; at 256 the fsync is already amortised ~256 ways.
+/// Most requests (inserts, update lists, purge chunks) committed by one transaction. Bounds the
+/// time the first request of a batch waits for the others and the size of one WAL append; at 256
+/// the fsync is already amortised ~256 ways.
 pub const BATCH_CAP: usize = 256;
 
 /// Requests that may wait for the writer before `insert` itself waits (backpressure): enough for
@@ -75,6 +86,11 @@ const MIGRATIONS: &[&str] = &[
     );
     -- The delivery worker's question: which pending events are due?
     CREATE INDEX events_due ON events (next_attempt_at) WHERE state = 'pending';",
+    // Version 2: queue depth by state and the oldest pending event (metrics, `queue list`)
+    // without a table scan; and the purge's question, which delivered events are past retention,
+    // without reading every delivered row while the write lock is held.
+    "CREATE INDEX events_state ON events (state, received_at);
+    CREATE INDEX events_delivered ON events (delivered_at) WHERE state = 'delivered';",
 ];
 
 /// The schema version this build writes and reads.
@@ -92,6 +108,46 @@ const INSERT_SQL: &str = "INSERT INTO events
 /// The columns [`StoredEvent`] is read from, in the order `read_event` expects.
 const EVENT_COLUMNS: &str = "id, route, event_id, kind, received_at, body, body_sha256, headers,
     state, attempts, next_attempt_at, last_error, delivered_at";
+
+/// The columns [`EventSummary`] is read from, in the order `RawSummary::read` expects.
+const SUMMARY_COLUMNS: &str = "id, route, event_id, kind, received_at, state, attempts,
+    next_attempt_at, last_error, delivered_at";
+
+// The queue queries name their index: without `ANALYZE` statistics SQLite prefers the equality
+// match on `events_state (state)` and then sorts every pending row, where the partial index hands
+// them over in order. `INDEXED BY` pins the plan (and fails at prepare if the index were gone).
+
+/// Pending events due by `?1`, oldest due first (the `events_due` index gives this order), at
+/// most `?2`.
+fn due_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_due
+        WHERE state = 'pending' AND next_attempt_at <= ?1
+        ORDER BY next_attempt_at, id
+        LIMIT ?2"
+    )
+}
+
+/// The earliest due time among pending events (the first entry of `events_due`).
+const NEXT_DUE_SQL: &str = "SELECT next_attempt_at FROM events INDEXED BY events_due
+    WHERE state = 'pending' AND next_attempt_at IS NOT NULL
+    ORDER BY next_attempt_at LIMIT 1";
+
+/// When the oldest pending event arrived (the first `pending` entry of `events_state`).
+const OLDEST_PENDING_SQL: &str = "SELECT received_at FROM events INDEXED BY events_state
+    WHERE state = 'pending' ORDER BY received_at LIMIT 1";
+
+/// Events per state (a scan of the `events_state` index, not of the table with its bodies).
+const COUNTS_SQL: &str = "SELECT state, COUNT(*) FROM events GROUP BY state";
+
+/// Deletes at most `?2` delivered events delivered before `?1` (through `events_delivered`).
+const PURGE_SQL: &str = "DELETE FROM events WHERE id IN (
+    SELECT id FROM events INDEXED BY events_delivered
+    WHERE state = 'delivered' AND delivered_at < ?1 LIMIT ?2)";
+
+/// Most rows one purge transaction deletes: a few milliseconds of work, so inserts queued behind
+/// it (and the daemon's writer, when `hookwall queue purge` holds the lock) wait only briefly.
+pub const PURGE_CHUNK: u32 = 5_000;
 
 /// What went wrong in the store. Each variant says what was being done and with which file.
 ///
@@ -115,6 +171,12 @@ pub enum StoreError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// `hookwall queue` was pointed at a file that does not exist (it never creates one).
+    #[error(
+        "the event store {path} does not exist; check store.path in the config \
+         (the daemon creates the file when it first starts)"
+    )]
+    Missing { path: PathBuf },
     /// The database did not switch to WAL mode (some network filesystems cannot do it).
     #[error(
         "the event store {path} is in journal mode {mode:?}, not \"wal\"; \
@@ -238,7 +300,8 @@ impl Inserted {
 }
 
 /// Where an event is in its delivery to the application (issue 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EventState {
     /// Stored, not yet delivered; due at `next_attempt_at`.
     Pending,
@@ -298,6 +361,74 @@ pub struct StoredEvent {
     pub last_error: Option<String>,
     /// When the application acknowledged it, unix ms.
     pub delivered_at_ms: Option<i64>,
+}
+
+/// One delivery-state change, applied by the writer thread (group-committed with inserts). Each
+/// changes its row only while the row is still `pending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The application acknowledged the event after `attempts` attempts, at `at_ms` (unix ms).
+    Delivered { id: i64, attempts: u32, at_ms: i64 },
+    /// Attempt `attempts` failed with `error`; try again at `next_at_ms` (unix ms).
+    Retry {
+        id: i64,
+        attempts: u32,
+        next_at_ms: i64,
+        error: String,
+    },
+    /// Given up after `attempts` attempts, the last failing with `error` (dead letter).
+    Dead {
+        id: i64,
+        attempts: u32,
+        error: String,
+    },
+}
+
+/// How many events are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    /// Not yet delivered.
+    pub pending: u64,
+    /// Acknowledged by the application (until purged).
+    pub delivered: u64,
+    /// Given up on.
+    pub dead: u64,
+}
+
+/// One line of `queue list`: an event without its body and headers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventSummary {
+    /// Row id.
+    pub id: i64,
+    /// The route's configured path.
+    pub route: String,
+    /// The provider's idempotency key.
+    pub event_id: String,
+    /// What kind of callback this is.
+    pub kind: String,
+    /// When the request arrived, unix ms.
+    pub received_at_ms: i64,
+    /// Delivery state.
+    pub state: EventState,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When the next delivery attempt is due, unix ms (`None` once it is no longer pending).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Why the last delivery attempt failed.
+    pub last_error: Option<String>,
+    /// When the application acknowledged it, unix ms.
+    pub delivered_at_ms: Option<i64>,
+}
+
+/// What [`Admin::retry`] did with one id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// It was dead and is pending again, due at once.
+    Requeued,
+    /// It is not a dead letter (it is in this state); left alone.
+    NotDead(EventState),
+    /// No event has this id.
+    NotFound,
 }
 
 /// Milliseconds since the Unix epoch, saturating; negative before 1970.
@@ -589,17 +720,87 @@ impl Row {
     }
 }
 
-/// A request waiting for the writer, with where its answer goes.
-struct Pending {
+/// An insert waiting for the writer, with where its answer goes.
+struct PendingInsert {
     row: Row,
     reply: oneshot::Sender<Result<Inserted, StoreError>>,
 }
 
+/// Delivery-state changes waiting for the writer; answered with how many rows changed.
+struct PendingUpdate {
+    updates: Vec<Update>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// One chunk of a purge waiting for the writer; answered with how many rows were deleted.
+struct PendingPurge {
+    before_ms: i64,
+    limit: u32,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
 /// What the writer thread is asked to do.
 enum Command {
-    Insert(Pending),
+    Insert(PendingInsert),
+    Update(PendingUpdate),
+    Purge(PendingPurge),
     /// Stop accepting; finish what is queued; exit.
     Close,
+}
+
+/// The requests one transaction serves. Within a kind they are applied in arrival order; across
+/// kinds the order does not matter: an update names a row id its caller read after that row's
+/// insert had committed, and a purge only deletes `delivered` rows, which inserts never create.
+/// Updates go before purges so an event delivered in this batch is already `delivered` for them.
+#[derive(Default)]
+struct Batch {
+    inserts: Vec<PendingInsert>,
+    updates: Vec<PendingUpdate>,
+    purges: Vec<PendingPurge>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.inserts.len() + self.updates.len() + self.purges.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands `e` to every request and empties the batch.
+    fn fail(&mut self, e: &StoreError) {
+        // A failed reply send means the requester gave up waiting; the outcome stands either way.
+        for pending in self.inserts.drain(..) {
+            let _ = pending.reply.send(Err(e.clone()));
+        }
+        for pending in self.updates.drain(..) {
+            let _ = pending.reply.send(Err(e.clone()));
+        }
+        for pending in self.purges.drain(..) {
+            let _ = pending.reply.send(Err(e.clone()));
+        }
+    }
+
+    /// Hands each request its result and empties the batch.
+    fn answer(&mut self, done: Done) {
+        for (pending, result) in self.inserts.drain(..).zip(done.inserted) {
+            let _ = pending.reply.send(Ok(result));
+        }
+        for (pending, changed) in self.updates.drain(..).zip(done.updated) {
+            let _ = pending.reply.send(Ok(changed));
+        }
+        for (pending, deleted) in self.purges.drain(..).zip(done.purged) {
+            let _ = pending.reply.send(Ok(deleted));
+        }
+    }
+}
+
+/// What a committed batch did, request by request, in [`Batch`] order.
+struct Done {
+    inserted: Vec<Inserted>,
+    updated: Vec<u64>,
+    purged: Vec<u64>,
 }
 
 /// The async, cloneable way in to the writer thread.
@@ -620,6 +821,8 @@ pub struct StoreHandle {
 struct Shared {
     path: PathBuf,
     commits: Arc<AtomicU64>,
+    /// New events committed since the store was opened; the writer bumps it.
+    inserted: Arc<watch::Sender<u64>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -648,11 +851,13 @@ impl StoreHandle {
     fn spawn(path: &Path, conn: Connection, file: FileId) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAP);
         let commits = Arc::new(AtomicU64::new(0));
+        let inserted = Arc::new(watch::Sender::new(0));
         let writer = Writer {
             conn,
             path: path.to_path_buf(),
             file,
             commits: Arc::clone(&commits),
+            inserted: Arc::clone(&inserted),
         };
         let thread = thread::Builder::new()
             .name("hookwall-store".to_owned())
@@ -665,6 +870,7 @@ impl StoreHandle {
         let shared = Shared {
             path: path.to_path_buf(),
             commits,
+            inserted,
             writer: Mutex::new(Some(thread)),
         };
         Ok(Self {
@@ -685,10 +891,63 @@ impl StoreHandle {
     pub async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         let row = Row::encode(event)?;
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Insert(Pending { row, reply }))
+        self.request(Command::Insert(PendingInsert { row, reply }), answer)
             .await
-            .map_err(|_| self.closed())?;
+    }
+
+    /// Applies the updates in one transaction (with whatever inserts are queued), durable when
+    /// `Ok`. Only rows still `pending` change; returns how many rows changed.
+    ///
+    /// # Errors
+    /// The batch holding these updates failed (none of them is applied), or the store is closed.
+    pub async fn update(&self, updates: Vec<Update>) -> Result<u64, StoreError> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::Update(PendingUpdate { updates, reply }), answer)
+            .await
+    }
+
+    /// Deletes `delivered` events with `delivered_at < before_ms`; returns how many. Pending and
+    /// dead events are never deleted. Works in chunks of at most [`PURGE_CHUNK`] rows, each
+    /// group-committed with the inserts queued beside it, so a large purge never stalls them.
+    ///
+    /// # Errors
+    /// A chunk failed (the chunks before it stay deleted; purging again is safe), or the store
+    /// is closed.
+    pub async fn purge_delivered(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            let purge = PendingPurge {
+                before_ms,
+                limit: PURGE_CHUNK,
+                reply,
+            };
+            let deleted = self.request(Command::Purge(purge), answer).await?;
+            total += deleted;
+            if deleted < u64::from(PURGE_CHUNK) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The number of events inserted since the store was opened, bumped after every commit that
+    /// stored at least one new event (not for duplicates or updates): the delivery worker waits
+    /// on it for new work.
+    #[must_use]
+    pub fn inserted(&self) -> watch::Receiver<u64> {
+        self.shared.inserted.subscribe()
+    }
+
+    /// Sends `command` and waits for the writer's answer to it.
+    async fn request<T>(
+        &self,
+        command: Command,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.tx.send(command).await.map_err(|_| self.closed())?;
         // The writer answers every request it received, even when it is closing; a dropped
         // reply therefore means the thread died.
         answer.await.map_err(|_| StoreError::WriterStopped {
@@ -708,8 +967,8 @@ impl StoreHandle {
         &self.shared.path
     }
 
-    /// Stops accepting inserts (from every handle), commits what is already queued and waits for
-    /// the writer thread to exit.
+    /// Stops accepting requests (from every handle), commits what is already queued and waits
+    /// for the writer thread to exit.
     ///
     /// # Errors
     /// The writer thread had panicked.
@@ -740,13 +999,14 @@ struct Writer {
     path: PathBuf,
     file: FileId,
     commits: Arc<AtomicU64>,
+    inserted: Arc<watch::Sender<u64>>,
 }
 
 impl Writer {
     /// Serves batches until every handle is gone or `Close` has been received and the queue
     /// drained (after `close()` the channel still yields what was queued, then `None`).
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(BATCH_CAP);
+        let mut batch = Batch::default();
         while let Some(first) = rx.blocking_recv() {
             take(&mut rx, first, &mut batch);
             while batch.len() < BATCH_CAP {
@@ -762,31 +1022,35 @@ impl Writer {
     }
 
     /// Commits the batch and answers every request in it; empties `batch`.
-    fn write(&mut self, batch: &mut Vec<Pending>) {
+    fn write(&mut self, batch: &mut Batch) {
         let outcome = self
             .commit(batch)
             // After the commit: a file deleted at any time up to now has taken this batch with it.
-            .and_then(|inserted| check_file(&self.path, self.file).map(|()| inserted));
-        // A failed reply send means the requester gave up waiting; the outcome stands either way.
+            .and_then(|done| check_file(&self.path, self.file).map(|()| done));
         match outcome {
-            Ok(inserted) => {
-                for (pending, result) in batch.drain(..).zip(inserted) {
-                    let _ = pending.reply.send(Ok(result));
+            Ok(done) => {
+                let new = done
+                    .inserted
+                    .iter()
+                    .filter(|i| matches!(i, Inserted::New { .. }))
+                    .count() as u64;
+                if new > 0 {
+                    // Before the replies: whoever hears "stored" can already see the bump.
+                    self.inserted.send_modify(|n| *n += new);
                 }
+                batch.answer(done);
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = batch.len(), "event store batch failed");
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(e.clone()));
-                }
+                batch.fail(&e);
             }
         }
     }
 
-    /// Inserts the whole batch in one transaction. Any error abandons the transaction (rolled
+    /// Applies the whole batch in one transaction. Any error abandons the transaction (rolled
     /// back when dropped) and fails the batch: after some errors (I/O, disk full) SQLite has
     /// already rolled back, so carrying on would report rows that are not there.
-    fn commit(&mut self, batch: &[Pending]) -> Result<Vec<Inserted>, StoreError> {
+    fn commit(&mut self, batch: &Batch) -> Result<Done, StoreError> {
         let path = &self.path;
         // IMMEDIATE takes the write lock up front, so a lock held by another process shows up
         // here (after the busy timeout) rather than half-way through the batch.
@@ -795,24 +1059,95 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sqlite_err("beginning a transaction in", path))?;
         let inserted = batch
+            .inserts
             .iter()
             .map(|pending| insert_row(&tx, &pending.row))
             .collect::<Result<Vec<_>, _>>()
             .map_err(sqlite_err("inserting an event into", path))?;
+        let updated = batch
+            .updates
+            .iter()
+            .map(|pending| apply_updates(&tx, &pending.updates))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite_err("updating the delivery state of events in", path))?;
+        let purged = batch
+            .purges
+            .iter()
+            .map(|pending| purge_chunk(&tx, pending.before_ms, pending.limit))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite_err("purging delivered events from", path))?;
         tx.commit().map_err(sqlite_err("committing to", path))?;
         // Relaxed: readers only need the count, and the reply that follows orders it for them.
         self.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(inserted)
+        Ok(Done {
+            inserted,
+            updated,
+            purged,
+        })
     }
 }
 
 /// Files a received command into the batch; `Close` shuts the channel so only what is already
 /// queued is still received.
-fn take(rx: &mut mpsc::Receiver<Command>, command: Command, batch: &mut Vec<Pending>) {
+fn take(rx: &mut mpsc::Receiver<Command>, command: Command, batch: &mut Batch) {
     match command {
-        Command::Insert(pending) => batch.push(pending),
+        Command::Insert(pending) => batch.inserts.push(pending),
+        Command::Update(pending) => batch.updates.push(pending),
+        Command::Purge(pending) => batch.purges.push(pending),
         Command::Close => rx.close(),
     }
+}
+
+/// Applies delivery-state changes to rows still `pending`; returns how many rows changed.
+fn apply_updates(conn: &Connection, updates: &[Update]) -> rusqlite::Result<u64> {
+    let mut changed = 0;
+    for update in updates {
+        let rows = match update {
+            Update::Delivered {
+                id,
+                attempts,
+                at_ms,
+            } => conn
+                .prepare_cached(
+                    "UPDATE events SET state = 'delivered', attempts = ?2, delivered_at = ?3,
+                        next_attempt_at = NULL
+                    WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, attempts, at_ms])?,
+            Update::Retry {
+                id,
+                attempts,
+                next_at_ms,
+                error,
+            } => conn
+                .prepare_cached(
+                    "UPDATE events SET attempts = ?2, next_attempt_at = ?3, last_error = ?4
+                    WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, attempts, next_at_ms, error])?,
+            Update::Dead {
+                id,
+                attempts,
+                error,
+            } => conn
+                .prepare_cached(
+                    "UPDATE events SET state = 'dead', attempts = ?2, last_error = ?3,
+                        next_attempt_at = NULL
+                    WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, attempts, error])?,
+        };
+        changed += rows as u64;
+    }
+    Ok(changed)
+}
+
+/// Deletes at most `limit` delivered events delivered before `before_ms`; returns how many.
+fn purge_chunk(conn: &Connection, before_ms: i64, limit: u32) -> rusqlite::Result<u64> {
+    let deleted = conn
+        .prepare_cached(PURGE_SQL)?
+        .execute(params![before_ms, limit])?;
+    Ok(deleted as u64)
 }
 
 /// Inserts one row, or finds the row already stored under its (route, event id).
@@ -841,8 +1176,9 @@ fn insert_row(conn: &Connection, row: &Row) -> rusqlite::Result<Inserted> {
     Ok(Inserted::Duplicate { id })
 }
 
-/// A read-only connection to the store. Its methods block (a short SQLite read); from async code
-/// on a hot path, call them through `spawn_blocking`.
+/// A read-only connection to the store (or [`Admin`]'s read-write one, for reading). Its methods
+/// block (a short SQLite read); from async code on a hot path, call them through
+/// `spawn_blocking`.
 #[derive(Debug)]
 pub struct Reader {
     path: PathBuf,
@@ -864,6 +1200,11 @@ impl Reader {
             .map_err(sqlite_err("opening read-only", path))?;
         conn.busy_timeout(busy_timeout)
             .map_err(sqlite_err("setting the busy timeout of", path))?;
+        Self::with_conn(path, conn)
+    }
+
+    /// Wraps an open connection, once its schema is this build's.
+    fn with_conn(path: &Path, conn: Connection) -> Result<Self, StoreError> {
         let found = schema_version(&conn, path)?;
         if found != SCHEMA_VERSION {
             return Err(StoreError::SchemaVersion {
@@ -877,6 +1218,114 @@ impl Reader {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Pending events with `next_attempt_at <= now_ms`, oldest due first, at most `limit`.
+    ///
+    /// # Errors
+    /// The read failed or a row is malformed.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let raws = self
+            .conn()
+            .prepare_cached(&due_sql())
+            .and_then(|mut stmt| {
+                stmt.query_map(params![now_ms, limit], RawEvent::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sqlite_err("reading the due events from", &self.path))?;
+        raws.into_iter().map(|raw| raw.decode(&self.path)).collect()
+    }
+
+    /// The earliest `next_attempt_at` among pending events; `None` when nothing is pending.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.conn()
+            .prepare_cached(NEXT_DUE_SQL)
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)).optional())
+            .map_err(sqlite_err("reading the next due time from", &self.path))
+    }
+
+    /// How many events are in each state.
+    ///
+    /// # Errors
+    /// The read failed or a row has an unknown state.
+    pub fn counts(&self) -> Result<QueueCounts, StoreError> {
+        let rows: Vec<(String, i64)> = self
+            .conn()
+            .prepare_cached(COUNTS_SQL)
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(sqlite_err("counting the events by state in", &self.path))?;
+        let mut counts = QueueCounts::default();
+        for (state, n) in rows {
+            // COUNT(*) is never negative.
+            let n = u64::try_from(n).unwrap_or(0);
+            match EventState::parse(&state) {
+                Some(EventState::Pending) => counts.pending = n,
+                Some(EventState::Delivered) => counts.delivered = n,
+                Some(EventState::Dead) => counts.dead = n,
+                // The CHECK constraint makes this unreachable short of a damaged file.
+                None => {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        id: 0,
+                        detail: format!("{n} rows have the unknown state {state:?}"),
+                    });
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// When the oldest pending event arrived, unix ms; `None` when nothing is pending.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.conn()
+            .prepare_cached(OLDEST_PENDING_SQL)
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)).optional())
+            .map_err(sqlite_err(
+                "reading the oldest pending event from",
+                &self.path,
+            ))
+    }
+
+    /// Events newest first (by row id), without bodies: those in `state` (all when `None`),
+    /// with ids below `before_id` when given (the last id of the previous page), at most `limit`.
+    ///
+    /// # Errors
+    /// The read failed or a row is malformed.
+    pub fn list(
+        &self,
+        state: Option<EventState>,
+        limit: usize,
+        before_id: Option<i64>,
+    ) -> Result<Vec<EventSummary>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // NULL parameters switch a filter off, so one cached statement serves every call.
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM events
+            WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR id < ?2)
+            ORDER BY id DESC LIMIT ?3"
+        );
+        let raws = self
+            .conn()
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_map(
+                    params![state.map(EventState::as_str), before_id, limit],
+                    RawSummary::read,
+                )?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sqlite_err("listing the events in", &self.path))?;
+        raws.into_iter().map(|raw| raw.decode(&self.path)).collect()
     }
 
     /// The event with this row id.
@@ -928,6 +1377,232 @@ impl Reader {
     }
 }
 
+/// A read-write connection for `hookwall queue`, a process beside the running daemon.
+///
+/// It opens an existing store only (never creates or migrates one: that is the daemon's job, and
+/// a typo in `-c` must not leave an empty database behind), waits for the daemon's writer lock
+/// up to the same busy timeout the writer waits for it, and does each write in one immediate
+/// transaction, kept short so the daemon's inserts behind it wait only briefly.
+#[derive(Debug)]
+pub struct Admin {
+    // Reads and writes share the one connection: a CLI command does one thing at a time.
+    reader: Reader,
+}
+
+impl Admin {
+    /// Opens the store at `path` read-write. Blocking.
+    ///
+    /// # Errors
+    /// The file does not exist ([`StoreError::Missing`]), cannot be opened, or its schema is not
+    /// this build's.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path.as_ref(), BUSY_TIMEOUT)
+    }
+
+    fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
+        // SQLite would say only "unable to open database file"; say which file and where it is
+        // configured. Without SQLITE_OPEN_CREATE it still refuses a file deleted in between.
+        match path.try_exists() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(StoreError::Missing {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Create {
+                    what: "(checking the existence of) the database file",
+                    path: path.to_path_buf(),
+                    source: Arc::new(e),
+                });
+            }
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(sqlite_err("opening read-write", path))?;
+        conn.busy_timeout(busy_timeout)
+            .map_err(sqlite_err("setting the busy timeout of", path))?;
+        // The journal mode is stored in the file (the daemon set WAL); synchronous is not.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite_err("setting synchronous=FULL on", path))?;
+        Ok(Self {
+            reader: Reader::with_conn(path, conn)?,
+        })
+    }
+
+    /// The read side, on the same connection.
+    #[must_use]
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    /// Puts dead letters back in the queue: `dead` -> `pending`, attempts 0, due at `now_ms`,
+    /// last error kept (it says why it died). Returns, per id in order, what happened; ids that
+    /// are not dead are left alone. One transaction.
+    ///
+    /// # Errors
+    /// The transaction failed (nothing is changed) or a row has an unknown state.
+    pub fn retry(&self, ids: &[i64], now_ms: i64) -> Result<Vec<(i64, RetryOutcome)>, StoreError> {
+        let path = &self.reader.path;
+        let mut conn = self.reader.conn();
+        let tx = begin_immediate(&mut conn, path)?;
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?2
+                    WHERE id = ?1 AND state = 'dead'",
+                )
+                .and_then(|mut stmt| stmt.execute(params![id, now_ms]))
+                .map_err(sqlite_err("requeueing a dead event in", path))?;
+            let outcome = if changed > 0 {
+                RetryOutcome::Requeued
+            } else {
+                let state: Option<String> = tx
+                    .prepare_cached("SELECT state FROM events WHERE id = ?1")
+                    .and_then(|mut stmt| stmt.query_row(params![id], |r| r.get(0)).optional())
+                    .map_err(sqlite_err("reading the state of an event in", path))?;
+                match state {
+                    None => RetryOutcome::NotFound,
+                    Some(state) => {
+                        RetryOutcome::NotDead(EventState::parse(&state).ok_or_else(|| {
+                            StoreError::Corrupt {
+                                path: path.clone(),
+                                id,
+                                detail: format!("unknown state {state:?}"),
+                            }
+                        })?)
+                    }
+                }
+            };
+            outcomes.push((id, outcome));
+        }
+        tx.commit()
+            .map_err(sqlite_err("committing the requeue to", path))?;
+        Ok(outcomes)
+    }
+
+    /// Puts every dead letter back in the queue (as [`Admin::retry`] does); returns how many.
+    ///
+    /// # Errors
+    /// The transaction failed (nothing is changed).
+    pub fn retry_all_dead(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let path = &self.reader.path;
+        let mut conn = self.reader.conn();
+        let tx = begin_immediate(&mut conn, path)?;
+        let changed = tx
+            .execute(
+                "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?1
+                WHERE state = 'dead'",
+                params![now_ms],
+            )
+            .map_err(sqlite_err("requeueing the dead events in", path))?;
+        tx.commit()
+            .map_err(sqlite_err("committing the requeue to", path))?;
+        Ok(changed as u64)
+    }
+
+    /// Deletes `delivered` events with `delivered_at < before_ms`; returns how many. Pending and
+    /// dead events are never deleted. One transaction per [`PURGE_CHUNK`] rows, so the daemon's
+    /// writer never waits on this longer than one chunk (it gives up after its busy timeout).
+    ///
+    /// # Errors
+    /// A chunk failed (the chunks before it stay deleted; purging again is safe).
+    pub fn purge_delivered(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let path = &self.reader.path;
+        let mut total = 0;
+        loop {
+            let mut conn = self.reader.conn();
+            let tx = begin_immediate(&mut conn, path)?;
+            let deleted = purge_chunk(&tx, before_ms, PURGE_CHUNK)
+                .map_err(sqlite_err("purging delivered events from", path))?;
+            tx.commit()
+                .map_err(sqlite_err("committing the purge to", path))?;
+            total += deleted;
+            if deleted < u64::from(PURGE_CHUNK) {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Begins an immediate transaction: the write lock is taken (or waited for, up to the busy
+/// timeout) up front, not half-way through.
+fn begin_immediate<'c>(
+    conn: &'c mut Connection,
+    path: &Path,
+) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_err("beginning a transaction in", path))
+}
+
+/// A summary row as SQLite returns it, before the state is checked.
+struct RawSummary {
+    id: i64,
+    route: String,
+    event_id: String,
+    kind: String,
+    received_at_ms: i64,
+    state: String,
+    attempts: i64,
+    next_attempt_at_ms: Option<i64>,
+    last_error: Option<String>,
+    delivered_at_ms: Option<i64>,
+}
+
+impl RawSummary {
+    /// Reads the columns in [`SUMMARY_COLUMNS`] order.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            route: r.get(1)?,
+            event_id: r.get(2)?,
+            kind: r.get(3)?,
+            received_at_ms: r.get(4)?,
+            state: r.get(5)?,
+            attempts: r.get(6)?,
+            next_attempt_at_ms: r.get(7)?,
+            last_error: r.get(8)?,
+            delivered_at_ms: r.get(9)?,
+        })
+    }
+
+    fn decode(self, path: &Path) -> Result<EventSummary, StoreError> {
+        let (state, attempts) = decode_state(path, self.id, &self.state, self.attempts)?;
+        Ok(EventSummary {
+            id: self.id,
+            route: self.route,
+            event_id: self.event_id,
+            kind: self.kind,
+            received_at_ms: self.received_at_ms,
+            state,
+            attempts,
+            next_attempt_at_ms: self.next_attempt_at_ms,
+            last_error: self.last_error,
+            delivered_at_ms: self.delivered_at_ms,
+        })
+    }
+}
+
+/// Checks a row's state and attempt count.
+fn decode_state(
+    path: &Path,
+    id: i64,
+    state: &str,
+    attempts: i64,
+) -> Result<(EventState, u32), StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        id,
+        detail,
+    };
+    let parsed =
+        EventState::parse(state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
+    let attempts = u32::try_from(attempts)
+        .map_err(|_| corrupt(format!("attempts out of range: {attempts}")))?;
+    Ok((parsed, attempts))
+}
+
 /// A row as SQLite returns it, before the JSON and the state are checked.
 struct RawEvent {
     id: i64,
@@ -973,10 +1648,7 @@ impl RawEvent {
         };
         let headers = serde_json::from_str(&self.headers)
             .map_err(|e| corrupt(format!("headers are not a list of pairs: {e}")))?;
-        let state = EventState::parse(&self.state)
-            .ok_or_else(|| corrupt(format!("unknown state {:?}", self.state)))?;
-        let attempts = u32::try_from(self.attempts)
-            .map_err(|_| corrupt(format!("attempts out of range: {}", self.attempts)))?;
+        let (state, attempts) = decode_state(path, self.id, &self.state, self.attempts)?;
         Ok(StoredEvent {
             id: self.id,
             route: self.route,
@@ -1415,6 +2087,674 @@ mod tests {
         );
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.count().expect("count"), 50);
+    }
+
+    // ---- Delivery state (issue 4) ----
+
+    /// Inserts `event_ids` on route `/r` with received_at = 1000 * (index + 1); returns row ids.
+    async fn insert_at(handle: &StoreHandle, event_ids: &[&str]) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for (n, event_id) in (1_i64..).zip(event_ids) {
+            let mut new = event("/r", event_id);
+            new.received_at_ms = 1_000 * n;
+            let inserted = handle.insert(new).await.expect("insert");
+            assert!(matches!(inserted, Inserted::New { .. }), "{inserted:?}");
+            ids.push(inserted.id());
+        }
+        ids
+    }
+
+    fn state_of(reader: &Reader, id: i64) -> StoredEvent {
+        reader.get(id).expect("get").expect("row")
+    }
+
+    #[tokio::test]
+    async fn v1_file_is_migrated_to_v2_with_rows_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        {
+            // A file as the first release left it: the v1 schema, version 1, one row.
+            let raw = Connection::open(&path).expect("raw");
+            raw.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY,
+                    applied_at INTEGER NOT NULL);
+                INSERT INTO schema_version (version, applied_at) VALUES (1, 0);",
+            )
+            .expect("version table");
+            raw.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            raw.execute(
+                "INSERT INTO events (route, event_id, kind, received_at, body, body_sha256,
+                    headers, state, attempts, next_attempt_at)
+                VALUES ('/r', 'old', 'test', 5, x'6869', 'abc', '[]', 'pending', 0, 5)",
+                [],
+            )
+            .expect("v1 row");
+        }
+        let err = Admin::open(&path).expect_err("admin does not migrate");
+        assert!(
+            matches!(err, StoreError::SchemaVersion { found: 1, .. }),
+            "{err:?}"
+        );
+
+        let store = Store::open(&path).expect("open migrates");
+        let old = store.find("/r", "old").expect("find").expect("row kept");
+        assert_eq!(
+            (old.body.as_slice(), old.state, old.next_attempt_at_ms),
+            (&b"hi"[..], EventState::Pending, Some(5))
+        );
+        assert_eq!(store.reader().oldest_pending_ms().expect("oldest"), Some(5));
+        drop(store);
+        let raw = Connection::open(&path).expect("raw");
+        let versions: Vec<i64> = raw
+            .prepare("SELECT version FROM schema_version ORDER BY version")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(SCHEMA_VERSION, 2);
+        let indexes: Vec<String> = raw
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%' ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(indexes, ["events_delivered", "events_due", "events_state"]);
+    }
+
+    #[tokio::test]
+    async fn updates_change_only_pending_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let ids = insert_at(&handle, &["a", "b", "c"]).await;
+        let (a, b, c) = (ids[0], ids[1], ids[2]);
+
+        let changed = handle
+            .update(vec![
+                Update::Delivered {
+                    id: a,
+                    attempts: 1,
+                    at_ms: 10_000,
+                },
+                Update::Retry {
+                    id: b,
+                    attempts: 2,
+                    next_at_ms: 20_000,
+                    error: "HTTP 503".to_owned(),
+                },
+                Update::Dead {
+                    id: c,
+                    attempts: 3,
+                    error: "HTTP 400".to_owned(),
+                },
+                Update::Delivered {
+                    id: 999,
+                    attempts: 1,
+                    at_ms: 1,
+                },
+            ])
+            .await
+            .expect("update");
+        assert_eq!(changed, 3, "the missing id changes nothing");
+
+        let reader = store.reader();
+        let a_row = state_of(reader, a);
+        assert_eq!(
+            (
+                a_row.state,
+                a_row.attempts,
+                a_row.delivered_at_ms,
+                a_row.next_attempt_at_ms
+            ),
+            (EventState::Delivered, 1, Some(10_000), None)
+        );
+        let b_row = state_of(reader, b);
+        assert_eq!(
+            (
+                b_row.state,
+                b_row.attempts,
+                b_row.next_attempt_at_ms,
+                b_row.last_error.as_deref()
+            ),
+            (EventState::Pending, 2, Some(20_000), Some("HTTP 503"))
+        );
+        let c_row = state_of(reader, c);
+        assert_eq!(
+            (
+                c_row.state,
+                c_row.attempts,
+                c_row.next_attempt_at_ms,
+                c_row.last_error.as_deref(),
+                c_row.delivered_at_ms
+            ),
+            (EventState::Dead, 3, None, Some("HTTP 400"), None)
+        );
+
+        // Late results for rows no longer pending change nothing, in any direction.
+        let changed = handle
+            .update(vec![
+                Update::Retry {
+                    id: a,
+                    attempts: 9,
+                    next_at_ms: 1,
+                    error: "late".to_owned(),
+                },
+                Update::Delivered {
+                    id: c,
+                    attempts: 9,
+                    at_ms: 1,
+                },
+                Update::Dead {
+                    id: a,
+                    attempts: 9,
+                    error: "late".to_owned(),
+                },
+            ])
+            .await
+            .expect("late update");
+        assert_eq!(changed, 0);
+        assert_eq!(state_of(reader, a), a_row);
+        assert_eq!(state_of(reader, c), c_row);
+        assert_eq!(handle.update(Vec::new()).await.expect("empty"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_inserts_and_updates_share_commits() {
+        const N: usize = 300;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let existing: Vec<i64> = insert_concurrently(&handle, N, "old")
+            .await
+            .into_iter()
+            .map(|r| r.expect("insert").id())
+            .collect();
+        let before = store.commits();
+
+        let mut tasks = JoinSet::new();
+        for (i, id) in existing.into_iter().enumerate() {
+            let handle = handle.clone();
+            tasks.spawn(async move {
+                let delivered = Update::Delivered {
+                    id,
+                    attempts: 1,
+                    at_ms: 7,
+                };
+                let changed = handle.update(vec![delivered]).await.expect("update");
+                let inserted = handle
+                    .insert(event("/r", &format!("new-{i}")))
+                    .await
+                    .expect("insert");
+                (changed, inserted)
+            });
+        }
+        let results = tasks.join_all().await;
+        assert!(
+            results.iter().all(
+                |(changed, inserted)| *changed == 1 && matches!(inserted, Inserted::New { .. })
+            ),
+            "{results:?}"
+        );
+        let counts = store.reader().counts().expect("counts");
+        assert_eq!(
+            counts,
+            QueueCounts {
+                pending: N as u64,
+                delivered: N as u64,
+                dead: 0
+            }
+        );
+        let commits = store.commits() - before;
+        eprintln!("group commit: {N} updates + {N} inserts in {commits} commits");
+        assert!(
+            commits < N as u64,
+            "{commits} commits for {} requests: not grouped",
+            2 * N
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_batch_fails_its_updates_and_purges_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open_with(&path, Duration::from_millis(100)).expect("open");
+        let handle = store.handle();
+        let id = handle.insert(event("/r", "a")).await.expect("insert").id();
+
+        let locker = Connection::open(&path).expect("second connection");
+        locker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let delivered = Update::Delivered {
+            id,
+            attempts: 1,
+            at_ms: 1,
+        };
+        let update = handle.update(vec![delivered.clone()]).await;
+        assert!(
+            matches!(update, Err(StoreError::Sqlite { .. })),
+            "{update:?}"
+        );
+        let purge = handle.purge_delivered(i64::MAX).await;
+        assert!(matches!(purge, Err(StoreError::Sqlite { .. })), "{purge:?}");
+        locker.execute_batch("ROLLBACK").expect("unlock");
+
+        assert_eq!(state_of(store.reader(), id).state, EventState::Pending);
+        assert_eq!(handle.update(vec![delivered]).await.expect("retry"), 1);
+    }
+
+    #[tokio::test]
+    async fn inserted_is_bumped_by_new_events_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let mut inserted = handle.inserted();
+        assert!(!inserted.has_changed().expect("open"));
+
+        let id = handle.insert(event("/r", "a")).await.expect("insert").id();
+        assert!(
+            inserted.has_changed().expect("open"),
+            "bumped before insert returned"
+        );
+        assert_eq!(*inserted.borrow_and_update(), 1);
+
+        // A duplicate, an update and a purge commit without storing a new event.
+        handle.insert(event("/r", "a")).await.expect("duplicate");
+        let delivered = Update::Delivered {
+            id,
+            attempts: 1,
+            at_ms: 1,
+        };
+        assert_eq!(handle.update(vec![delivered]).await.expect("update"), 1);
+        assert_eq!(handle.purge_delivered(2).await.expect("purge"), 1);
+        assert!(!inserted.has_changed().expect("open"));
+
+        let results = insert_concurrently(&handle, 20, "more").await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(inserted.has_changed().expect("open"));
+        assert_eq!(*inserted.borrow_and_update(), 21, "counts new events");
+        // A receiver taken now starts from here.
+        assert!(!handle.inserted().has_changed().expect("open"));
+    }
+
+    #[tokio::test]
+    async fn due_is_oldest_due_first_and_limited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let reader = store.reader();
+        assert_eq!(reader.next_due_ms().expect("next"), None);
+        assert_eq!(reader.oldest_pending_ms().expect("oldest"), None);
+        assert_eq!(reader.counts().expect("counts"), QueueCounts::default());
+
+        // Received at 1000, 2000, 3000, 4000, 5000: each due at once.
+        let ids = insert_at(&handle, &["a", "b", "c", "d", "e"]).await;
+        let retry = |id, next_at_ms| Update::Retry {
+            id,
+            attempts: 1,
+            next_at_ms,
+            error: "timeout".to_owned(),
+        };
+        let changed = handle
+            .update(vec![
+                retry(ids[0], 9_000), // a: due later than the rest
+                retry(ids[3], 500),   // d: due first
+                Update::Delivered {
+                    id: ids[1],
+                    attempts: 1,
+                    at_ms: 1,
+                }, // b: not pending
+                Update::Dead {
+                    id: ids[4],
+                    attempts: 1,
+                    error: "400".to_owned(),
+                }, // e: not pending
+            ])
+            .await
+            .expect("update");
+        assert_eq!(changed, 4);
+
+        let due_ids = |now, limit| -> Vec<i64> {
+            reader
+                .due(now, limit)
+                .expect("due")
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(due_ids(10_000, 10), [ids[3], ids[2], ids[0]]);
+        assert_eq!(due_ids(10_000, 2), [ids[3], ids[2]]);
+        assert_eq!(
+            due_ids(3_000, 10),
+            [ids[3], ids[2]],
+            "c is due at exactly 3000"
+        );
+        assert_eq!(due_ids(2_999, 10), [ids[3]]);
+        assert_eq!(due_ids(499, 10), Vec::<i64>::new());
+        assert_eq!(due_ids(10_000, 0), Vec::<i64>::new());
+        let first = reader.due(10_000, 1).expect("due");
+        assert_eq!(
+            first,
+            vec![state_of(reader, ids[3])],
+            "whole events, bodies included"
+        );
+
+        assert_eq!(reader.next_due_ms().expect("next"), Some(500));
+        assert_eq!(
+            reader.oldest_pending_ms().expect("oldest"),
+            Some(1_000),
+            "a arrived first and is still pending"
+        );
+        assert_eq!(
+            reader.counts().expect("counts"),
+            QueueCounts {
+                pending: 3,
+                delivered: 1,
+                dead: 1
+            }
+        );
+    }
+
+    #[test]
+    fn queue_queries_use_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        drop(Store::open(&path).expect("open"));
+        let reader = Reader::open(&path).expect("reader");
+        let plan = |sql: &str| -> Vec<String> {
+            let sql = sql.replace("?2", "10").replace("?1", "0");
+            reader
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain")
+                .query_map([], |r| r.get::<_, String>(3))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        for (sql, index) in [
+            (due_sql().as_str(), "events_due"),
+            (NEXT_DUE_SQL, "events_due"),
+            (OLDEST_PENDING_SQL, "events_state"),
+            (COUNTS_SQL, "events_state"),
+        ] {
+            let plan = plan(sql);
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                plan.iter()
+                    .all(|step| !step.contains("TEMP B-TREE") && !step.ends_with("SCAN events")),
+                "{sql}: {plan:?}"
+            );
+        }
+        let purge = plan(PURGE_SQL);
+        assert!(
+            purge.iter().any(|step| step.contains("events_delivered")),
+            "{purge:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn list_is_newest_first_filtered_and_paged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let ids = insert_at(&handle, &["a", "b", "c", "d"]).await;
+        let dead = Update::Dead {
+            id: ids[1],
+            attempts: 4,
+            error: "HTTP 400".to_owned(),
+        };
+        handle.update(vec![dead]).await.expect("update");
+        let reader = store.reader();
+        let list = |state, limit, before| -> Vec<i64> {
+            reader
+                .list(state, limit, before)
+                .expect("list")
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(list(None, 10, None), [ids[3], ids[2], ids[1], ids[0]]);
+        assert_eq!(list(None, 2, None), [ids[3], ids[2]]);
+        assert_eq!(list(None, 2, Some(ids[2])), [ids[1], ids[0]]);
+        assert_eq!(
+            list(Some(EventState::Pending), 10, None),
+            [ids[3], ids[2], ids[0]]
+        );
+        assert_eq!(list(Some(EventState::Pending), 10, Some(ids[2])), [ids[0]]);
+        assert_eq!(
+            list(Some(EventState::Delivered), 10, None),
+            Vec::<i64>::new()
+        );
+
+        let summary = reader.list(Some(EventState::Dead), 10, None).expect("list");
+        assert_eq!(
+            summary,
+            vec![EventSummary {
+                id: ids[1],
+                route: "/r".to_owned(),
+                event_id: "b".to_owned(),
+                kind: "test".to_owned(),
+                received_at_ms: 2_000,
+                state: EventState::Dead,
+                attempts: 4,
+                next_attempt_at_ms: None,
+                last_error: Some("HTTP 400".to_owned()),
+                delivered_at_ms: None,
+            }]
+        );
+        let json = serde_json::to_value(&summary[0]).expect("json");
+        assert_eq!(json["state"], "dead");
+    }
+
+    #[test]
+    fn admin_never_creates_a_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("typo/events.db");
+        let err = Admin::open(&path).expect_err("missing file");
+        assert!(
+            matches!(&err, StoreError::Missing { path: p } if *p == path),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("store.path"), "{msg}");
+        assert!(!path.exists() && !dir.path().join("typo").exists());
+
+        // A newer schema is refused like the reader refuses it.
+        let path = db_path(&dir);
+        drop(Store::open(&path).expect("open"));
+        let raw = Connection::open(&path).expect("raw");
+        raw.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (99, 0)",
+            [],
+        )
+        .expect("bump");
+        let err = Admin::open(&path).expect_err("newer schema");
+        assert!(
+            matches!(err, StoreError::SchemaVersion { found: 99, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_retries_and_purges_beside_the_running_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open(&path).expect("open");
+        let handle = store.handle();
+        let ids = insert_at(&handle, &["dead1", "dead2", "delivered", "pending"]).await;
+        handle
+            .update(vec![
+                Update::Dead {
+                    id: ids[0],
+                    attempts: 25,
+                    error: "HTTP 400".to_owned(),
+                },
+                Update::Dead {
+                    id: ids[1],
+                    attempts: 25,
+                    error: "HTTP 422".to_owned(),
+                },
+                Update::Delivered {
+                    id: ids[2],
+                    attempts: 1,
+                    at_ms: 5_000,
+                },
+            ])
+            .await
+            .expect("update");
+
+        let admin = Admin::open(&path).expect("admin");
+        assert_eq!(
+            admin.reader().counts().expect("counts"),
+            QueueCounts {
+                pending: 1,
+                delivered: 1,
+                dead: 2
+            }
+        );
+        let outcomes = admin
+            .retry(&[ids[0], ids[2], ids[3], 999], 50_000)
+            .expect("retry");
+        assert_eq!(
+            outcomes,
+            [
+                (ids[0], RetryOutcome::Requeued),
+                (ids[2], RetryOutcome::NotDead(EventState::Delivered)),
+                (ids[3], RetryOutcome::NotDead(EventState::Pending)),
+                (999, RetryOutcome::NotFound),
+            ]
+        );
+        // The daemon's reader sees it at once: pending, due now, attempts reset, reason kept.
+        let requeued = state_of(store.reader(), ids[0]);
+        assert_eq!(
+            (
+                requeued.state,
+                requeued.attempts,
+                requeued.next_attempt_at_ms,
+                requeued.last_error.as_deref()
+            ),
+            (EventState::Pending, 0, Some(50_000), Some("HTTP 400"))
+        );
+        let due: Vec<i64> = store
+            .reader()
+            .due(50_000, 10)
+            .expect("due")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            due,
+            [ids[3], ids[0]],
+            "the pending one (due at 4000), then the requeued"
+        );
+
+        // The writer keeps committing while the admin connection is open.
+        let more = handle.insert(event("/r", "after")).await.expect("insert");
+        assert!(matches!(more, Inserted::New { .. }), "{more:?}");
+
+        assert_eq!(admin.retry_all_dead(60_000).expect("all dead"), 1);
+        assert_eq!(admin.retry_all_dead(60_000).expect("none left"), 0);
+        assert_eq!(
+            state_of(store.reader(), ids[1]).next_attempt_at_ms,
+            Some(60_000)
+        );
+
+        assert_eq!(
+            admin.purge_delivered(5_000).expect("purge"),
+            0,
+            "at the cutoff: kept"
+        );
+        assert_eq!(admin.purge_delivered(5_001).expect("purge"), 1);
+        assert_eq!(store.reader().get(ids[2]).expect("get"), None);
+        assert_eq!(
+            admin.purge_delivered(i64::MAX).expect("purge"),
+            0,
+            "only delivered"
+        );
+        assert_eq!(
+            admin.reader().counts().expect("counts"),
+            QueueCounts {
+                pending: 4,
+                delivered: 0,
+                dead: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_only_delivered_before_the_cutoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let ids = insert_at(&handle, &["early", "at", "late", "dead", "pending"]).await;
+        let delivered = |id, at_ms| Update::Delivered {
+            id,
+            attempts: 1,
+            at_ms,
+        };
+        handle
+            .update(vec![
+                delivered(ids[0], 99),
+                delivered(ids[1], 100),
+                delivered(ids[2], 101),
+                Update::Dead {
+                    id: ids[3],
+                    attempts: 1,
+                    error: "HTTP 400".to_owned(),
+                },
+            ])
+            .await
+            .expect("update");
+
+        assert_eq!(handle.purge_delivered(100).await.expect("purge"), 1);
+        let reader = store.reader();
+        assert_eq!(reader.get(ids[0]).expect("get"), None, "before the cutoff");
+        for &kept in &ids[1..] {
+            assert!(reader.get(kept).expect("get").is_some(), "{kept} kept");
+        }
+        assert_eq!(handle.purge_delivered(i64::MAX).await.expect("purge"), 2);
+        assert_eq!(
+            reader.counts().expect("counts"),
+            QueueCounts {
+                pending: 1,
+                delivered: 0,
+                dead: 1
+            },
+            "pending and dead are never purged"
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_works_in_chunks() {
+        let rows = u64::from(PURGE_CHUNK) * 2 + 7;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open(&path).expect("open");
+        {
+            let mut raw = Connection::open(&path).expect("raw");
+            let tx = raw.transaction().expect("tx");
+            for n in 0..rows {
+                tx.execute(
+                    "INSERT INTO events (route, event_id, kind, received_at, body, body_sha256,
+                        headers, state, attempts, delivered_at)
+                    VALUES ('/r', ?1, 'test', 0, x'', '', '[]', 'delivered', 1, 10)",
+                    params![format!("e{n}")],
+                )
+                .expect("row");
+            }
+            tx.commit().expect("commit");
+        }
+        let handle = store.handle();
+        let before = store.commits();
+        assert_eq!(handle.purge_delivered(11).await.expect("purge"), rows);
+        assert_eq!(store.commits() - before, 3, "two full chunks and the rest");
+        assert_eq!(store.count().expect("count"), 0);
     }
 
     // The SIGKILL crash tests live in tests/tests/store_crash.rs: they run a child binary
