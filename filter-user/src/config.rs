@@ -80,6 +80,101 @@ const TIMEOUT_MS_RANGE: (i64, i64) = (100, 300_000);
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const MAX_INTERFACE_NAME: usize = 15;
 
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+/// `store.retention` default: how long delivered events are kept before they are purged.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * DAY);
+/// `delivery.timeout` default: the time one delivery attempt may take.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `delivery.max_attempts` default: attempts before an event becomes a dead letter.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
+/// `delivery.max_age` default: age (since receipt) after which an event becomes a dead letter.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3 * DAY);
+/// `delivery.backoff_initial` default: the wait before the first retry.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// `delivery.backoff_max` default: the longest wait between two attempts.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10 * MINUTE);
+/// `delivery.concurrency` default: deliveries in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// `delivery.nats.subject` default.
+pub const DEFAULT_NATS_SUBJECT: &str = "hookwall.events";
+/// `delivery.nats.stream` default.
+pub const DEFAULT_NATS_STREAM: &str = "HOOKWALL";
+/// `delivery.nats.duplicate_window` default: the de-duplication window of the stream hookwall
+/// creates (JetStream's own default).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * MINUTE);
+/// `route.validation.timeout` default.
+pub const DEFAULT_VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds for `delivery.max_attempts`.
+const MAX_ATTEMPTS_RANGE: (i64, i64) = (1, 1000);
+/// Bounds for `delivery.concurrency`.
+const CONCURRENCY_RANGE: (i64, i64) = (1, 256);
+
+/// `store.retention`: a delivered event's row is also what makes a provider's retry of it a
+/// duplicate, so purging within the hour would deliver late retries again.
+const RETENTION: DurationRule = DurationRule {
+    default: DEFAULT_RETENTION,
+    min: Duration::from_secs(HOUR),
+    max: None,
+    why: "; a delivered event's row is what recognises a provider's retry of it as a duplicate",
+    examples: "\"30d\" or \"720h\"",
+};
+/// `delivery.timeout`: shorter fails healthy applications on a busy network, longer lets a hung
+/// application hold a delivery slot.
+const DELIVERY_TIMEOUT: DurationRule = DurationRule {
+    default: DEFAULT_DELIVERY_TIMEOUT,
+    min: Duration::from_millis(100),
+    max: Some(Duration::from_secs(5 * MINUTE)),
+    why: "",
+    examples: "\"10s\" or \"500ms\"",
+};
+/// `delivery.max_age`.
+const MAX_AGE: DurationRule = DurationRule {
+    default: DEFAULT_MAX_AGE,
+    min: Duration::from_secs(1),
+    max: None,
+    why: "",
+    examples: "\"72h\" or \"3d\"",
+};
+/// `delivery.backoff_initial` and `delivery.backoff_max` (the latter also >= the former). Short
+/// waits are allowed: tests and local applications recover in milliseconds.
+const BACKOFF_INITIAL: DurationRule = DurationRule {
+    default: DEFAULT_BACKOFF_INITIAL,
+    min: Duration::from_millis(1),
+    max: Some(Duration::from_secs(DAY)),
+    why: "",
+    examples: "\"1s\" or \"250ms\"",
+};
+/// See [`BACKOFF_INITIAL`].
+const BACKOFF_MAX: DurationRule = DurationRule {
+    default: DEFAULT_BACKOFF_MAX,
+    examples: "\"10m\" or \"1h\"",
+    ..BACKOFF_INITIAL
+};
+/// `delivery.nats.duplicate_window`.
+const DUPLICATE_WINDOW: DurationRule = DurationRule {
+    default: DEFAULT_DUPLICATE_WINDOW,
+    min: Duration::from_secs(1),
+    max: None,
+    why: "",
+    examples: "\"2m\" or \"1h\"",
+};
+/// `route.validation.timeout`: Safaricom waits about 8 s for the answer, and hookwall needs a
+/// moment after the deadline to answer for the application.
+const VALIDATION_TIMEOUT: DurationRule = DurationRule {
+    default: DEFAULT_VALIDATION_TIMEOUT,
+    min: Duration::from_millis(100),
+    max: Some(Duration::from_secs(7)),
+    why: "; Safaricom waits about 8 s for the answer, so hookwall must answer before that",
+    examples: "\"5s\" or \"2500ms\"",
+};
+/// Examples for URLs in messages.
+const DELIVERY_URL_EXAMPLE: &str = "http://127.0.0.1:8000/hookwall";
+const VALIDATION_URL_EXAMPLE: &str = "http://127.0.0.1:8000/mpesa/validate";
+const NATS_URL_EXAMPLE: &str = "nats://127.0.0.1:4222";
+
 // ---------------------------------------------------------------------------------------------
 // The resolved config
 // ---------------------------------------------------------------------------------------------
@@ -154,6 +249,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[metrics]`: the Prometheus listener.
     pub metrics: MetricsConfig,
+    /// `[delivery]`: where stored events are delivered; `None`: they are stored only.
+    pub delivery: Option<DeliveryConfig>,
     /// `[[route]]`: the webhook routes, in file order.
     pub routes: Vec<RouteConfig>,
     /// The effective allowlist built from presets, CIDRs and files.
@@ -268,6 +365,61 @@ pub struct StoreConfig {
     /// relative to the daemon's working directory (the bundled dev config keeps its store under
     /// `target/` that way).
     pub path: PathBuf,
+    /// Delivered events older than this are purged (hourly, and by `hookwall queue purge`).
+    /// Default: [`DEFAULT_RETENTION`] (30 days); at least an hour.
+    pub retention: Duration,
+}
+
+/// `[delivery]`, resolved: how stored events reach the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Where events go: `url` or `[delivery.nats]`, exactly one.
+    pub sink: Sink,
+    /// The Standard Webhooks signing key for deliveries and validation forwards ("whsec_<base64>"
+    /// or raw bytes). Always set with [`Sink::Http`] and when a route has `validation`.
+    pub secret: Option<SecretRef>,
+    /// Time one attempt may take. Default: [`DEFAULT_DELIVERY_TIMEOUT`]; 100ms to 5m.
+    pub timeout: Duration,
+    /// Attempts before the event becomes a dead letter. Default: [`DEFAULT_MAX_ATTEMPTS`];
+    /// 1 to 1000.
+    pub max_attempts: u32,
+    /// Age since receipt after which the event becomes a dead letter. Default:
+    /// [`DEFAULT_MAX_AGE`]; at least 1s.
+    pub max_age: Duration,
+    /// Wait before the first retry. Default: [`DEFAULT_BACKOFF_INITIAL`].
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts; at least `backoff_initial`. Default: [`DEFAULT_BACKOFF_MAX`].
+    pub backoff_max: Duration,
+    /// Deliveries in flight at once. Default: [`DEFAULT_CONCURRENCY`]; 1 to 256.
+    pub concurrency: usize,
+}
+
+/// Where deliveries go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// `delivery.url`: an HTTP POST per event to the application.
+    Http {
+        /// An `http` or `https` URL with a host and without credentials.
+        url: String,
+    },
+    /// `[delivery.nats]`: a JetStream publish per event.
+    Nats(NatsConfig),
+}
+
+/// `[delivery.nats]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// The server: `nats://HOST:PORT`, `tls://HOST:PORT` or `HOST:PORT`, without credentials.
+    pub url: String,
+    /// Messages are published to exactly this subject. Default: [`DEFAULT_NATS_SUBJECT`].
+    pub subject: String,
+    /// The stream, created if missing with subjects `[subject]`. Default: [`DEFAULT_NATS_STREAM`].
+    pub stream: String,
+    /// The stream's de-duplication window when hookwall creates it. Default:
+    /// [`DEFAULT_DUPLICATE_WINDOW`].
+    pub duplicate_window: Duration,
+    /// Optional auth token.
+    pub token: Option<SecretRef>,
 }
 
 /// `[metrics]`, resolved.
@@ -367,6 +519,46 @@ pub struct RouteConfig {
     pub encoding: Option<Encoding>,
     /// `hmac-sha256` and `shared-secret`: text before the value in the header (e.g. `sha256=`).
     pub prefix: Option<String>,
+    /// `mpesa` only: forward C2B validation requests to the application and answer Daraja with
+    /// its decision. Default: none (hookwall answers with acceptance itself).
+    pub validation: Option<ValidationConfig>,
+}
+
+/// A route's `validation = { url, timeout, on_failure }`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationConfig {
+    /// The application's endpoint (`http` or `https`) that decides.
+    pub url: String,
+    /// Time the application has to answer. Default: [`DEFAULT_VALIDATION_TIMEOUT`]; 100ms to 7s.
+    pub timeout: Duration,
+    /// The answer Daraja gets on timeout, error or an invalid answer. Required.
+    pub on_failure: OnFailure,
+}
+
+/// What a validation route answers when the application does not decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Accept the payment (`ResultCode` 0).
+    Accept,
+    /// Reject the payment.
+    Reject,
+}
+
+impl OnFailure {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Accept => "accept",
+            OnFailure::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for OnFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -747,6 +939,7 @@ struct RawConfig {
     store: RawStore,
     metrics: RawMetrics,
     route: Vec<RawRoute>,
+    delivery: Option<RawDelivery>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -795,6 +988,44 @@ struct RawLimits {
 #[serde(default)]
 struct RawStore {
     path: Option<PathBuf>,
+    // Durations are read untyped, so a number gets our message ("write it with a unit") instead of
+    // serde's, and does not stop the other checks.
+    retention: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a [delivery] table")]
+struct RawDelivery {
+    url: Option<String>,
+    secret: Option<toml::Value>,
+    timeout: Option<toml::Value>,
+    max_attempts: Option<i64>,
+    max_age: Option<toml::Value>,
+    backoff_initial: Option<toml::Value>,
+    backoff_max: Option<toml::Value>,
+    concurrency: Option<i64>,
+    nats: Option<RawNats>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a [delivery.nats] table")]
+struct RawNats {
+    url: Option<String>,
+    subject: Option<String>,
+    stream: Option<String>,
+    duplicate_window: Option<toml::Value>,
+    token: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    default,
+    expecting = "a table: validation = { url = \"...\", on_failure = \"accept\" }"
+)]
+struct RawValidation {
+    url: Option<String>,
+    timeout: Option<toml::Value>,
+    on_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -816,6 +1047,7 @@ struct RawRoute {
     header: Option<String>,
     encoding: Option<String>,
     prefix: Option<String>,
+    validation: Option<RawValidation>,
 }
 
 /// The only value of `server.tls`.
@@ -1101,6 +1333,9 @@ fn known_keys(table: &[Seg]) -> &'static [&'static str] {
         ["store"] => serde_names::<RawStore>(),
         ["metrics"] => serde_names::<RawMetrics>(),
         ["route"] => serde_names::<RawRoute>(),
+        ["route", "validation"] => serde_names::<RawValidation>(),
+        ["delivery"] => serde_names::<RawDelivery>(),
+        ["delivery", "nats"] => serde_names::<RawNats>(),
         _ => &[],
     }
 }
@@ -1202,7 +1437,15 @@ impl Checker<'_> {
         let filter = self.filter(raw.filter, mode, listen);
         let (allow, allowlist) = self.allow(raw.allow, mode);
         let store = self.store(raw.store);
-        let routes = self.routes(raw.route);
+        // Validation routes sign with delivery.secret: judged from the raw keys, so that a bad
+        // value elsewhere in [delivery] is not also reported as a missing secret.
+        let signing = match &raw.delivery {
+            None => SigningKey::NoDelivery,
+            Some(delivery) if delivery.secret.is_none() => SigningKey::NotSet,
+            Some(_) => SigningKey::Set,
+        };
+        let delivery = self.delivery(raw.delivery);
+        let routes = self.routes(raw.route, signing);
         if !self.errors.is_empty() {
             return None;
         }
@@ -1211,11 +1454,157 @@ impl Checker<'_> {
             filter: filter?,
             allow,
             server: server?,
-            store,
+            store: store?,
             metrics: metrics?,
+            delivery: delivery?,
             routes,
             allowlist,
         })
+    }
+
+    /// A duration key: `rule.default` if absent, else a string `humantime` reads ("30d", "10s",
+    /// "500ms") within the rule's bounds.
+    fn duration(
+        &mut self,
+        key: &KeyPath,
+        raw: Option<toml::Value>,
+        rule: &DurationRule,
+    ) -> Option<Duration> {
+        let Some(value) = raw else {
+            return Some(rule.default);
+        };
+        let examples = rule.examples;
+        let text = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(n) => {
+                self.error(
+                    key,
+                    format!(
+                        "{n} has no unit: durations are strings with one, e.g. \"{n}s\" for \
+                         seconds, or {examples}"
+                    ),
+                );
+                return None;
+            }
+            other => {
+                self.error(
+                    key,
+                    format!(
+                        "this is {}, not a duration: write a string with a unit, e.g. {examples}",
+                        type_name(&other)
+                    ),
+                );
+                return None;
+            }
+        };
+        let duration = match humantime::parse_duration(text.trim()) {
+            Ok(duration) => duration,
+            Err(err) => {
+                self.error(
+                    key,
+                    format!("\"{text}\" is not a duration: {err}; write e.g. {examples}"),
+                );
+                return None;
+            }
+        };
+        if duration >= rule.min && rule.max.is_none_or(|max| duration <= max) {
+            return Some(duration);
+        }
+        let range = match rule.max {
+            Some(max) => format!("use {} to {}", human(rule.min), human(max)),
+            None => format!("use at least {}", human(rule.min)),
+        };
+        self.error(
+            key,
+            format!(
+                "\"{text}\" is out of range: {range} (default {}){}",
+                human(rule.default),
+                rule.why
+            ),
+        );
+        None
+    }
+
+    /// An integer key: `default` if absent, else within `min..=max`.
+    fn integer(
+        &mut self,
+        key: &KeyPath,
+        raw: Option<i64>,
+        default: i64,
+        (min, max): (i64, i64),
+    ) -> Option<i64> {
+        let Some(value) = raw else {
+            return Some(default);
+        };
+        if (min..=max).contains(&value) {
+            return Some(value);
+        }
+        self.error(
+            key,
+            format!("{value} is out of range: use {min} to {max} (default {default})"),
+        );
+        None
+    }
+
+    /// An optional secret reference: `Some(None)` if absent.
+    fn optional_secret(
+        &mut self,
+        key: &KeyPath,
+        raw: Option<&toml::Value>,
+        written_as: &str,
+    ) -> Option<Option<SecretRef>> {
+        match raw {
+            None => Some(None),
+            Some(value) => self.secret_ref(key, value, written_as).map(Some),
+        }
+    }
+
+    /// An `http` or `https` URL with a host and without credentials, for the application.
+    fn http_url(&mut self, key: &KeyPath, url: String, example: &str) -> Option<String> {
+        // Checked on the text before anything else, so that the credentials are never echoed.
+        if has_userinfo(&url) {
+            self.error(
+                key,
+                "the URL carries credentials (user:password@), which `hookwall check` and logs \
+                 would show: remove them; hookwall signs what it sends with delivery.secret \
+                 (the webhook-signature header), which the application checks instead",
+            );
+            return None;
+        }
+        let problem = match url.parse::<http::Uri>() {
+            _ if !url.contains("://") => {
+                Some("is not an absolute URL with scheme and host".to_owned())
+            }
+            Err(err) => Some(format!("is not a URL ({err})")),
+            Ok(uri) => match (uri.scheme_str(), uri.host()) {
+                (Some(scheme), Some(host))
+                    if (scheme.eq_ignore_ascii_case("http")
+                        || scheme.eq_ignore_ascii_case("https"))
+                        && !host.is_empty() =>
+                {
+                    None
+                }
+                (Some(scheme), _)
+                    if !scheme.eq_ignore_ascii_case("http")
+                        && !scheme.eq_ignore_ascii_case("https") =>
+                {
+                    Some(format!(
+                        "has scheme \"{scheme}\": only http and https are supported"
+                    ))
+                }
+                _ => Some("is not an absolute URL with scheme and host".to_owned()),
+            },
+        };
+        match problem {
+            None => Some(url),
+            Some(problem) => {
+                self.error(
+                    key,
+                    format!("\"{url}\" {problem}: write e.g. \"{example}\""),
+                );
+                None
+            }
+        }
     }
 
     // --- [filter] ---
@@ -1538,17 +1927,12 @@ impl Checker<'_> {
         min: i64,
         max: i64,
     ) -> Option<i64> {
-        let Some(value) = raw else {
-            return Some(default);
-        };
-        if (min..=max).contains(&value) {
-            return Some(value);
-        }
-        self.error(
+        self.integer(
             &KeyPath::of("server.limits").key(name),
-            format!("{value} is out of range: use {min} to {max} (default {default})"),
-        );
-        None
+            raw,
+            default,
+            (min, max),
+        )
     }
 
     fn limits(&mut self, raw: RawLimits) -> Option<Limits> {
@@ -1647,7 +2031,7 @@ impl Checker<'_> {
         Some(Tls::SelfSigned)
     }
 
-    fn store(&mut self, raw: RawStore) -> StoreConfig {
+    fn store(&mut self, raw: RawStore) -> Option<StoreConfig> {
         let path = raw
             .path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH));
@@ -1657,7 +2041,226 @@ impl Checker<'_> {
                 format!("the store needs a file path, e.g. \"{DEFAULT_STORE_PATH}\""),
             );
         }
-        StoreConfig { path }
+        let retention = self.duration(&KeyPath::of("store.retention"), raw.retention, &RETENTION);
+        Some(StoreConfig {
+            path,
+            retention: retention?,
+        })
+    }
+
+    // --- [delivery] ---
+
+    fn delivery(&mut self, raw: Option<RawDelivery>) -> Option<Option<DeliveryConfig>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let at = KeyPath::of("delivery");
+        let url_given = raw.url.is_some();
+        let nats_given = raw.nats.is_some();
+        let secret_given = raw.secret.is_some();
+        let url = raw
+            .url
+            .map(|url| self.http_url(&at.key("url"), url, DELIVERY_URL_EXAMPLE));
+        let nats = raw.nats.map(|nats| self.nats(nats));
+        let secret = self.optional_secret(&at.key("secret"), raw.secret.as_ref(), "secret = ");
+        let timeout = self.duration(&at.key("timeout"), raw.timeout, &DELIVERY_TIMEOUT);
+        let max_attempts = self.integer(
+            &at.key("max_attempts"),
+            raw.max_attempts,
+            i64::from(DEFAULT_MAX_ATTEMPTS),
+            MAX_ATTEMPTS_RANGE,
+        );
+        let max_age = self.duration(&at.key("max_age"), raw.max_age, &MAX_AGE);
+        let backoff_initial = self.duration(
+            &at.key("backoff_initial"),
+            raw.backoff_initial,
+            &BACKOFF_INITIAL,
+        );
+        let mut backoff_max = self.duration(&at.key("backoff_max"), raw.backoff_max, &BACKOFF_MAX);
+        if let (Some(initial), Some(max)) = (backoff_initial, backoff_max)
+            && max < initial
+        {
+            self.error(
+                &at.key("backoff_max"),
+                format!(
+                    "backoff_max ({}) is below backoff_initial ({}): the wait between attempts \
+                     starts at backoff_initial and doubles up to backoff_max; raise backoff_max \
+                     or lower backoff_initial",
+                    human(max),
+                    human(initial)
+                ),
+            );
+            backoff_max = None;
+        }
+        let concurrency = self.integer(
+            &at.key("concurrency"),
+            raw.concurrency,
+            i64::try_from(DEFAULT_CONCURRENCY).unwrap_or(i64::MAX),
+            CONCURRENCY_RANGE,
+        );
+
+        let sink = match (url, nats) {
+            (Some(url), None) => url.map(|url| Sink::Http { url }),
+            (None, Some(nats)) => nats.map(Sink::Nats),
+            (Some(_), Some(_)) => {
+                self.error(
+                    &at.key("url"),
+                    "`url` and [delivery.nats] both say where events go: keep `url` to POST each \
+                     event to the application, or [delivery.nats] to publish it to NATS JetStream",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    &at,
+                    format!(
+                        "[delivery] needs where to deliver: url = \"{DELIVERY_URL_EXAMPLE}\" to \
+                         POST each event to the application, or a [delivery.nats] table to \
+                         publish it to NATS JetStream; remove [delivery] to only store events"
+                    ),
+                );
+                None
+            }
+        };
+        if url_given && !nats_given && !secret_given {
+            self.error(
+                &at,
+                "delivery.url needs `secret`: hookwall signs every delivery (Standard Webhooks) \
+                 so the application can trust it; add secret = { env = \
+                 \"HOOKWALL_DELIVERY_SECRET\" } and set it in the daemon's environment",
+            );
+            return None;
+        }
+        // Every value is within bounds that fit u32 and usize.
+        Some(Some(DeliveryConfig {
+            sink: sink?,
+            secret: secret?,
+            timeout: timeout?,
+            max_attempts: u32::try_from(max_attempts?).unwrap_or(u32::MAX),
+            max_age: max_age?,
+            backoff_initial: backoff_initial?,
+            backoff_max: backoff_max?,
+            concurrency: usize::try_from(concurrency?).unwrap_or(usize::MAX),
+        }))
+    }
+
+    fn nats(&mut self, raw: RawNats) -> Option<NatsConfig> {
+        let at = KeyPath::of("delivery.nats");
+        let url = match raw.url {
+            Some(url) => self.nats_url(&at.key("url"), url),
+            None => {
+                self.error(
+                    &at,
+                    format!(
+                        "[delivery.nats] needs the server to publish to: url = \
+                         \"{NATS_URL_EXAMPLE}\""
+                    ),
+                );
+                None
+            }
+        };
+        let subject = self.nats_subject(&at.key("subject"), raw.subject);
+        let stream = self.nats_stream(&at.key("stream"), raw.stream);
+        let duplicate_window = self.duration(
+            &at.key("duplicate_window"),
+            raw.duplicate_window,
+            &DUPLICATE_WINDOW,
+        );
+        let token = self.optional_secret(&at.key("token"), raw.token.as_ref(), "token = ");
+        Some(NatsConfig {
+            url: url?,
+            subject: subject?,
+            stream: stream?,
+            duplicate_window: duplicate_window?,
+            token: token?,
+        })
+    }
+
+    /// `nats://HOST:PORT`, `tls://HOST:PORT` or `HOST:PORT`, without credentials.
+    fn nats_url(&mut self, key: &KeyPath, url: String) -> Option<String> {
+        if has_userinfo(&url) {
+            self.error(
+                key,
+                "the URL carries credentials (user:password@), which `hookwall check` and logs \
+                 would show: remove them and use token = { env = \"NATS_TOKEN\" } in \
+                 [delivery.nats]",
+            );
+            return None;
+        }
+        let problem = match url.parse::<http::Uri>() {
+            Err(err) => Some(format!("is not a URL ({err})")),
+            Ok(uri) => {
+                let scheme_ok = uri.scheme_str().is_none_or(|s| {
+                    s.eq_ignore_ascii_case("nats") || s.eq_ignore_ascii_case("tls")
+                });
+                if !scheme_ok {
+                    Some("has a scheme other than nats:// or tls://".to_owned())
+                } else if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+                    Some("needs a host and a port".to_owned())
+                } else if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                    Some("has a path, which NATS does not use".to_owned())
+                } else {
+                    None
+                }
+            }
+        };
+        match problem {
+            None => Some(url),
+            Some(problem) => {
+                self.error(
+                    key,
+                    format!(
+                        "\"{url}\" {problem}: write e.g. \"{NATS_URL_EXAMPLE}\" (or tls:// for \
+                         TLS)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn nats_subject(&mut self, key: &KeyPath, raw: Option<String>) -> Option<String> {
+        let Some(subject) = raw else {
+            return Some(DEFAULT_NATS_SUBJECT.to_owned());
+        };
+        // A publish subject: dot-separated tokens, none empty, no wildcards, no spaces.
+        let valid = subject.split('.').all(|token| {
+            !token.is_empty()
+                && !token.contains(['*', '>'])
+                && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+        if valid {
+            return Some(subject);
+        }
+        self.error(
+            key,
+            format!(
+                "\"{subject}\" is not a subject to publish to: dot-separated names without \
+                 spaces or wildcards (* >), e.g. \"{DEFAULT_NATS_SUBJECT}\""
+            ),
+        );
+        None
+    }
+
+    fn nats_stream(&mut self, key: &KeyPath, raw: Option<String>) -> Option<String> {
+        let Some(stream) = raw else {
+            return Some(DEFAULT_NATS_STREAM.to_owned());
+        };
+        // JetStream's rule for stream names (they become file names on the server).
+        let valid = !stream.is_empty()
+            && !stream.contains(['.', '*', '>', '/', '\\'])
+            && !stream.chars().any(|c| c.is_whitespace() || c.is_control());
+        if valid {
+            return Some(stream);
+        }
+        self.error(
+            key,
+            format!(
+                "\"{stream}\" is not a JetStream stream name: no spaces, '.', '*', '>', '/' or \
+                 '\\', e.g. \"{DEFAULT_NATS_STREAM}\""
+            ),
+        );
+        None
     }
 
     fn metrics(&mut self, raw: RawMetrics, server: Option<SocketAddr>) -> Option<MetricsConfig> {
@@ -1679,7 +2282,7 @@ impl Checker<'_> {
 
     // --- [[route]] ---
 
-    fn routes(&mut self, raw: Vec<RawRoute>) -> Vec<RouteConfig> {
+    fn routes(&mut self, raw: Vec<RawRoute>, signing: SigningKey) -> Vec<RouteConfig> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut routes = Vec::new();
         for (index, raw) in raw.into_iter().enumerate() {
@@ -1701,14 +2304,14 @@ impl Checker<'_> {
                     seen.insert(path.clone(), index);
                 }
             }
-            if let Some(route) = self.route(&at, raw) {
+            if let Some(route) = self.route(&at, raw, signing) {
                 routes.push(route);
             }
         }
         routes
     }
 
-    fn route(&mut self, at: &KeyPath, raw: RawRoute) -> Option<RouteConfig> {
+    fn route(&mut self, at: &KeyPath, raw: RawRoute, signing: SigningKey) -> Option<RouteConfig> {
         let path = self.route_path(at, raw.path);
         // Without a kind, nothing else in the route can be judged.
         let verify = self.route_verify(at, raw.verify)?;
@@ -1718,6 +2321,7 @@ impl Checker<'_> {
         let header = self.route_header(at, verify, raw.header);
         let encoding = self.route_encoding(at, verify, raw.encoding);
         let prefix = self.route_prefix(at, verify, raw.prefix);
+        let validation = self.route_validation(at, verify, raw.validation, signing);
         Some(RouteConfig {
             path: path?,
             verify,
@@ -1727,7 +2331,88 @@ impl Checker<'_> {
             header: header?,
             encoding: encoding?,
             prefix: prefix?,
+            validation: validation?,
         })
+    }
+
+    fn route_validation(
+        &mut self,
+        at: &KeyPath,
+        verify: VerifyKind,
+        raw: Option<RawValidation>,
+        signing: SigningKey,
+    ) -> Option<Option<ValidationConfig>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        if verify != VerifyKind::Mpesa {
+            self.not_for(
+                at,
+                "validation",
+                verify,
+                true,
+                "mpesa (M-Pesa C2B validation)",
+            );
+            return None;
+        }
+        let key = at.key("validation");
+        let before = self.errors.len();
+        let example = format!(
+            "validation = {{ url = \"{VALIDATION_URL_EXAMPLE}\", on_failure = \"accept\" }}"
+        );
+        let url = match raw.url {
+            Some(url) => self.http_url(&key.key("url"), url, VALIDATION_URL_EXAMPLE),
+            None => {
+                self.error(
+                    &key,
+                    format!("needs the application's endpoint that decides: {example}"),
+                );
+                None
+            }
+        };
+        let timeout = self.duration(&key.key("timeout"), raw.timeout, &VALIDATION_TIMEOUT);
+        let on_failure = match raw.on_failure {
+            Some(text) => parse_choice::<OnFailure>(&text)
+                .map_err(|message| self.error(&key.key("on_failure"), message))
+                .ok(),
+            None => {
+                self.error(
+                    &key,
+                    format!(
+                        "needs on_failure = \"accept\" or \"reject\": the answer Daraja gets \
+                         when the application does not answer in time or answers nonsense; \
+                         e.g. {example}"
+                    ),
+                );
+                None
+            }
+        };
+        let fix = "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }";
+        match signing {
+            SigningKey::Set => {}
+            SigningKey::NotSet => self.error(
+                &key,
+                format!(
+                    "validation requests are signed with delivery.secret, which is not set: add \
+                     {fix} to [delivery]"
+                ),
+            ),
+            SigningKey::NoDelivery => self.error(
+                &key,
+                format!(
+                    "validation requests are signed with delivery.secret, and there is no \
+                     [delivery] section: add one with url (or [delivery.nats]) and {fix}"
+                ),
+            ),
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Some(ValidationConfig {
+            url: url?,
+            timeout: timeout?,
+            on_failure: on_failure?,
+        }))
     }
 
     fn route_verify(&mut self, at: &KeyPath, raw: Option<String>) -> Option<VerifyKind> {
@@ -2016,19 +2701,62 @@ impl Checker<'_> {
 /// The message for a secret written as a value instead of a reference. It names the value's type
 /// only: the value may be the secret itself.
 fn inline_secret_message(value: &toml::Value, example: &str) -> String {
-    let what = match value {
+    format!(
+        "secrets are never written inline (config files get copied, backed up and committed), and \
+         this is {}: write {example} and set NAME in the daemon's environment, or use \
+         {{ file = \"/etc/hookwall/secrets/NAME\" }} for a file only the daemon can read",
+        type_name(value)
+    )
+}
+
+/// A value's type, in words, for messages that must not repeat the value.
+fn type_name(value: &toml::Value) -> &'static str {
+    match value {
         toml::Value::String(_) => "a string",
         toml::Value::Integer(_) | toml::Value::Float(_) => "a number",
         toml::Value::Boolean(_) => "a boolean",
         toml::Value::Datetime(_) => "a date",
         toml::Value::Array(_) => "a list",
         toml::Value::Table(_) => "a table",
-    };
-    format!(
-        "secrets are never written inline (config files get copied, backed up and committed), and \
-         this is {what}: write {example} and set NAME in the daemon's environment, or use \
-         {{ file = \"/etc/hookwall/secrets/NAME\" }} for a file only the daemon can read"
-    )
+    }
+}
+
+/// Whether a URL carries `user:password@`. Read on the text, so it works (and nothing is echoed)
+/// even when the URL does not parse.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
+/// A duration as the config file would write it ("30days", "10m", "500ms").
+fn human(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
+}
+
+/// Whether the validation routes have their signing key (`delivery.secret`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SigningKey {
+    /// `delivery.secret` is in the file (if it is malformed, that is reported on its own).
+    Set,
+    /// `[delivery]` is there without `secret`.
+    NotSet,
+    /// There is no `[delivery]` section.
+    NoDelivery,
+}
+
+/// How one duration key is checked: its default, bounds, and the examples its errors give.
+#[derive(Debug, Clone, Copy)]
+struct DurationRule {
+    default: Duration,
+    min: Duration,
+    /// `None`: no upper bound.
+    max: Option<Duration>,
+    /// Appended to the out-of-range message: why the bounds are what they are ("" for none).
+    why: &'static str,
+    /// E.g. `"10s" or "500ms"`.
+    examples: &'static str,
 }
 
 fn describe_interfaces(present: &[String]) -> String {
@@ -2166,8 +2894,68 @@ impl Config {
         );
         section(out, "[store]");
         row(out, "path", self.store.path.display());
+        row(
+            out,
+            "retention",
+            format_args!(
+                "{} (delivered events older than this are purged)",
+                human(self.store.retention)
+            ),
+        );
+        self.render_delivery(out);
         section(out, "[metrics]");
         row(out, "listen", self.metrics.listen);
+    }
+
+    fn render_delivery(&self, out: &mut String) {
+        section(out, "[delivery]");
+        let Some(delivery) = &self.delivery else {
+            row(out, "sink", "none (events are stored only)");
+            return;
+        };
+        // URLs with credentials are refused at load, so they can be shown as written.
+        match &delivery.sink {
+            Sink::Http { url } => row(out, "sink", format_args!("POST {url}")),
+            Sink::Nats(nats) => {
+                row(out, "sink", format_args!("NATS JetStream {}", nats.url));
+                row(
+                    out,
+                    "subject",
+                    format_args!(
+                        "{} (stream {}, duplicate window {})",
+                        nats.subject,
+                        nats.stream,
+                        human(nats.duplicate_window)
+                    ),
+                );
+                if let Some(token) = &nats.token {
+                    row(out, "nats token", format_args!("from {token}"));
+                }
+            }
+        }
+        if let Some(secret) = &delivery.secret {
+            row(out, "signing secret", format_args!("from {secret}"));
+        }
+        row(
+            out,
+            "attempts",
+            format_args!(
+                "{} per attempt, {} in flight; dead letter after {} attempts or {}",
+                human(delivery.timeout),
+                delivery.concurrency,
+                delivery.max_attempts,
+                human(delivery.max_age)
+            ),
+        );
+        row(
+            out,
+            "backoff",
+            format_args!(
+                "{} doubling up to {}, with full jitter",
+                human(delivery.backoff_initial),
+                human(delivery.backoff_max)
+            ),
+        );
     }
 
     fn render_routes(&self, out: &mut String) {
@@ -2183,9 +2971,24 @@ impl Config {
                 }
             };
             let verify = route.verify.as_str();
+            let validation = route
+                .validation
+                .as_ref()
+                .map(|v| {
+                    format!(
+                        "; validation by {} within {}, else {}",
+                        v.url,
+                        human(v.timeout),
+                        v.on_failure
+                    )
+                })
+                .unwrap_or_default();
             line(
                 out,
-                format_args!("  {:<width$}  {verify:<17}  {secrets}", route.path),
+                format_args!(
+                    "  {:<width$}  {verify:<17}  {secrets}{validation}",
+                    route.path
+                ),
             );
         }
     }
@@ -2324,7 +3127,9 @@ mod tests {
             }
         );
         assert_eq!(config.store.path, Path::new("/var/lib/hookwall/events.db"));
+        assert_eq!(config.store.retention, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(config.metrics.listen, "127.0.0.1:9184".parse().unwrap());
+        assert_eq!(config.delivery, None);
         assert!(config.routes.is_empty());
     }
 
@@ -2395,6 +3200,7 @@ tolerance_seconds = 300
                     header: None,
                     encoding: None,
                     prefix: None,
+                    validation: None,
                 },
                 RouteConfig {
                     path: "/hooks/stripe".into(),
@@ -2405,6 +3211,7 @@ tolerance_seconds = 300
                     header: None,
                     encoding: None,
                     prefix: None,
+                    validation: None,
                 },
             ]
         );
@@ -2437,11 +3244,53 @@ tolerance_seconds = 300
             Path::new("target/hookwall-dev/events.db")
         );
         assert_eq!(config.metrics.listen, "127.0.0.1:9184".parse().unwrap());
+        assert_eq!(config.store.retention, DEFAULT_RETENTION);
+        assert_eq!(
+            config.delivery, None,
+            "delivery is an example, commented out"
+        );
         assert_eq!(config.routes.len(), 1);
         assert_eq!(config.routes[0].path, "/mpesa/c2b/confirmation");
         assert_eq!(
             config.routes[0].token,
             Some(SecretRef::Env("HOOKWALL_MPESA_TOKEN".into()))
+        );
+    }
+
+    #[test]
+    fn the_dev_configs_commented_examples_parse_when_uncommented() {
+        // Each example block starts at a commented table header and runs to the first line that
+        // is not a comment; uncommenting means removing the leading "# ".
+        let text = include_str!("../hookwall.dev.toml");
+        let mut uncommented = String::new();
+        let mut in_example = false;
+        for line in text.lines() {
+            if line.starts_with("# [") {
+                in_example = true;
+            } else if !line.starts_with('#') {
+                in_example = false;
+            }
+            let line = if in_example {
+                line.strip_prefix("# ").unwrap_or(line)
+            } else {
+                line
+            };
+            uncommented.push_str(line);
+            uncommented.push('\n');
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hookwall.dev.toml");
+        let config = parse_with(&path, &uncommented, &host()).unwrap_or_else(|e| panic!("{e}"));
+        let delivery = config.delivery.expect("the [delivery] example");
+        assert_eq!(
+            delivery.sink,
+            Sink::Http {
+                url: "http://127.0.0.1:8000/hookwall".into()
+            }
+        );
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(
+            config.routes[1].validation.as_ref().map(|v| v.on_failure),
+            Some(OnFailure::Accept)
         );
     }
 
@@ -2663,6 +3512,624 @@ tolerance_seconds = 300
             2,
         );
         assert_contains(&error, "fix the value's type");
+    }
+
+    // --- store.retention, [delivery], route validation ---
+
+    /// A valid HTTP `[delivery]`, for tests that vary one key (lines 1 to 3).
+    const HTTP_DELIVERY: &[&str] = &[
+        "[delivery]",
+        "url = \"http://127.0.0.1:8000/hookwall\"",
+        "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }",
+    ];
+
+    /// `HTTP_DELIVERY` plus `extra`, so the first extra line is line 4.
+    fn http_delivery(extra: &[&str]) -> String {
+        let mut text = HTTP_DELIVERY.to_vec();
+        text.extend(extra);
+        lines(&text)
+    }
+
+    #[test]
+    fn store_retention_is_read_as_a_duration() {
+        let config = parse_ok(&lines(&["[store]", "retention = \"7d\""]));
+        assert_eq!(config.store.retention, Duration::from_secs(7 * 24 * 3600));
+        let config = parse_ok(&lines(&["[store]", "retention = \"36h 30m\""]));
+        assert_eq!(
+            config.store.retention,
+            Duration::from_secs(36 * 3600 + 1800)
+        );
+        // The minimum: a delivered row is what recognises a late retry as a duplicate.
+        let error = single_error(
+            &lines(&["[store]", "retention = \"10m\""]),
+            "store.retention",
+            2,
+        );
+        assert_contains(
+            &error,
+            "\"10m\" is out of range: use at least 1h (default 30days)",
+        );
+        assert_contains(&error, "duplicate");
+    }
+
+    #[test]
+    fn an_http_delivery_gets_the_documented_defaults() {
+        let config = parse_ok(&lines(HTTP_DELIVERY));
+        assert_eq!(
+            config.delivery,
+            Some(DeliveryConfig {
+                sink: Sink::Http {
+                    url: "http://127.0.0.1:8000/hookwall".into()
+                },
+                secret: Some(SecretRef::Env("HOOKWALL_DELIVERY_SECRET".into())),
+                timeout: Duration::from_secs(10),
+                max_attempts: 25,
+                max_age: Duration::from_secs(3 * 24 * 3600),
+                backoff_initial: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(600),
+                concurrency: 8,
+            })
+        );
+    }
+
+    #[test]
+    fn every_delivery_key_is_read() {
+        let config = parse_ok(&http_delivery(&[
+            "timeout = \"2500ms\"",
+            "max_attempts = 1000",
+            "max_age = \"72h\"",
+            "backoff_initial = \"5ms\"",
+            "backoff_max = \"5ms\"",
+            "concurrency = 256",
+        ]));
+        let delivery = config.delivery.unwrap();
+        assert_eq!(delivery.timeout, Duration::from_millis(2500));
+        assert_eq!(delivery.max_attempts, 1000);
+        assert_eq!(delivery.max_age, Duration::from_secs(72 * 3600));
+        assert_eq!(delivery.backoff_initial, Duration::from_millis(5));
+        assert_eq!(
+            delivery.backoff_max,
+            Duration::from_millis(5),
+            "equal to backoff_initial is fine"
+        );
+        assert_eq!(delivery.concurrency, 256);
+        // https, a file secret beside the config, and the lowest bounds.
+        let config = parse_ok(&lines(&[
+            "[delivery]",
+            "url = \"https://app.internal/hooks?from=hookwall\"",
+            "secret = { file = \"secrets/delivery\" }",
+            "timeout = \"100ms\"",
+            "max_attempts = 1",
+            "max_age = \"1s\"",
+            "concurrency = 1",
+        ]));
+        let delivery = config.delivery.unwrap();
+        assert_eq!(
+            delivery.sink,
+            Sink::Http {
+                url: "https://app.internal/hooks?from=hookwall".into()
+            }
+        );
+        assert_eq!(
+            delivery.secret,
+            Some(SecretRef::File("/etc/hookwall/secrets/delivery".into()))
+        );
+        assert_eq!(delivery.timeout, Duration::from_millis(100));
+        assert_eq!(
+            (
+                delivery.max_attempts,
+                delivery.max_age,
+                delivery.concurrency
+            ),
+            (1, Duration::from_secs(1), 1)
+        );
+    }
+
+    #[test]
+    fn a_nats_delivery_gets_its_defaults_and_needs_no_secret() {
+        let config = parse_ok(&lines(&[
+            "[delivery.nats]",
+            "url = \"nats://127.0.0.1:4222\"",
+        ]));
+        let delivery = config.delivery.unwrap();
+        assert_eq!(
+            delivery.sink,
+            Sink::Nats(NatsConfig {
+                url: "nats://127.0.0.1:4222".into(),
+                subject: "hookwall.events".into(),
+                stream: "HOOKWALL".into(),
+                duplicate_window: Duration::from_secs(120),
+                token: None,
+            })
+        );
+        assert_eq!(delivery.secret, None);
+        assert_eq!(delivery.max_attempts, 25);
+
+        let config = parse_ok(&lines(&[
+            "[delivery]",
+            "secret = { env = \"SIGN\" }",
+            "[delivery.nats]",
+            "url = \"tls://nats.internal:4443\"",
+            "subject = \"payments.mpesa.confirmed\"",
+            "stream = \"PAYMENTS-v2_A\"",
+            "duplicate_window = \"10m\"",
+            "token = { env = \"NATS_TOKEN\" }",
+        ]));
+        let delivery = config.delivery.unwrap();
+        assert_eq!(delivery.secret, Some(SecretRef::Env("SIGN".into())));
+        assert_eq!(
+            delivery.sink,
+            Sink::Nats(NatsConfig {
+                url: "tls://nats.internal:4443".into(),
+                subject: "payments.mpesa.confirmed".into(),
+                stream: "PAYMENTS-v2_A".into(),
+                duplicate_window: Duration::from_secs(600),
+                token: Some(SecretRef::Env("NATS_TOKEN".into())),
+            })
+        );
+        // Without a scheme, and IPv6.
+        for url in ["127.0.0.1:4222", "nats://[::1]:4222"] {
+            let config = parse_ok(&lines(&["[delivery.nats]", &format!("url = \"{url}\"")]));
+            assert!(
+                matches!(config.delivery.unwrap().sink, Sink::Nats(n) if n.url == url),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_validation_route_is_read_with_its_default_timeout() {
+        let mut text = HTTP_DELIVERY.to_vec();
+        text.extend(MPESA_ROUTE);
+        text.push(
+            "validation = { url = \"http://127.0.0.1:8000/mpesa/validate\", on_failure = \"accept\" }",
+        );
+        text.extend(&MPESA_ROUTE[..3]);
+        text[9] = "path = \"/mpesa/c2b/validation-strict\"";
+        text.extend([
+            "token = { env = \"T2\" }",
+            "validation = { url = \"https://app/v\", timeout = \"7s\", on_failure = \"reject\" }",
+        ]);
+        let config = parse_ok(&lines(&text));
+        assert_eq!(
+            config.routes[0].validation,
+            Some(ValidationConfig {
+                url: "http://127.0.0.1:8000/mpesa/validate".into(),
+                timeout: Duration::from_secs(5),
+                on_failure: OnFailure::Accept,
+            })
+        );
+        assert_eq!(
+            config.routes[1].validation,
+            Some(ValidationConfig {
+                url: "https://app/v".into(),
+                timeout: Duration::from_secs(7),
+                on_failure: OnFailure::Reject,
+            })
+        );
+        // A route without the key has none.
+        assert_eq!(parse_ok(&lines(MPESA_ROUTE)).routes[0].validation, None);
+    }
+
+    #[test]
+    fn a_bad_duration_says_why_and_how_to_write_one() {
+        let error = single_error(
+            &http_delivery(&["max_age = \"3 dayz\""]),
+            "delivery.max_age",
+            4,
+        );
+        assert_contains(
+            &error,
+            "\"3 dayz\" is not a duration: unknown time unit \"dayz\"",
+        );
+        assert_contains(&error, "; write e.g. \"72h\" or \"3d\"");
+        let error = single_error(&http_delivery(&["timeout = \"\""]), "delivery.timeout", 4);
+        assert_contains(&error, "\"\" is not a duration");
+    }
+
+    #[test]
+    fn a_duration_of_the_wrong_type_says_to_write_a_unit() {
+        let errors = parse_err(&http_delivery(&[
+            "timeout = 10",
+            "max_age = true",
+            "backoff_max = 1.5",
+        ]));
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.key.clone().unwrap(), e.line.unwrap()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("delivery.timeout".to_owned(), 4),
+                ("delivery.max_age".to_owned(), 5),
+                ("delivery.backoff_max".to_owned(), 6),
+            ]
+        );
+        assert_contains(
+            &errors[0],
+            "10 has no unit: durations are strings with one, e.g. \"10s\"",
+        );
+        assert_contains(&errors[1], "this is a boolean, not a duration");
+        assert_contains(&errors[2], "this is a number, not a duration");
+        // Unlike serde's type errors, these do not stop the other checks.
+        let errors = parse_err(&lines(&[
+            "[store]",
+            "retention = 30",
+            "[delivery]",
+            "url = \"http://a\"",
+            "secret = { env = \"S\" }",
+            "max_attempts = 0",
+        ]));
+        let keys: Vec<_> = errors.iter().map(|e| e.key.clone().unwrap()).collect();
+        assert_eq!(keys, ["store.retention", "delivery.max_attempts"]);
+    }
+
+    #[test]
+    fn delivery_values_out_of_range_are_each_reported_at_their_line() {
+        let errors = parse_err(&http_delivery(&[
+            "timeout = \"50ms\"",       // 4
+            "max_attempts = 0",         // 5
+            "max_age = \"999ms\"",      // 6
+            "backoff_initial = \"0s\"", // 7
+            "backoff_max = \"2days\"",  // 8
+            "concurrency = 257",        // 9
+        ]));
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.key.clone().unwrap(), e.line.unwrap()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("delivery.timeout".to_owned(), 4),
+                ("delivery.max_attempts".to_owned(), 5),
+                ("delivery.max_age".to_owned(), 6),
+                ("delivery.backoff_initial".to_owned(), 7),
+                ("delivery.backoff_max".to_owned(), 8),
+                ("delivery.concurrency".to_owned(), 9),
+            ],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+        assert_contains(
+            &errors[0],
+            "\"50ms\" is out of range: use 100ms to 5m (default 10s)",
+        );
+        assert_contains(&errors[1], "0 is out of range: use 1 to 1000 (default 25)");
+        assert_contains(&errors[2], "use at least 1s (default 3days)");
+        assert_contains(&errors[3], "use 1ms to 1day (default 1s)");
+        assert_contains(&errors[5], "257 is out of range: use 1 to 256 (default 8)");
+        let error = single_error(
+            &http_delivery(&["max_attempts = 1001"]),
+            "delivery.max_attempts",
+            4,
+        );
+        assert_contains(&error, "use 1 to 1000");
+        let error = single_error(&http_delivery(&["timeout = \"6m\""]), "delivery.timeout", 4);
+        assert_contains(&error, "use 100ms to 5m");
+    }
+
+    #[test]
+    fn backoff_max_must_not_be_below_backoff_initial() {
+        let error = single_error(
+            &http_delivery(&["backoff_initial = \"30s\"", "backoff_max = \"10s\""]),
+            "delivery.backoff_max",
+            5,
+        );
+        assert_contains(&error, "backoff_max (10s) is below backoff_initial (30s)");
+        // Against the default backoff_max, the error points at [delivery].
+        let error = single_error(
+            &http_delivery(&["backoff_initial = \"1h\""]),
+            "delivery.backoff_max",
+            1,
+        );
+        assert_contains(&error, "backoff_max (10m) is below backoff_initial (1h)");
+    }
+
+    #[test]
+    fn delivery_integers_of_the_wrong_type() {
+        let error = single_error(
+            &http_delivery(&["max_attempts = \"25\""]),
+            "delivery.max_attempts",
+            4,
+        );
+        assert_contains(&error, "fix the value's type");
+    }
+
+    #[test]
+    fn delivery_needs_exactly_one_sink() {
+        let error = single_error(
+            &lines(&["[delivery]", "secret = { env = \"S\" }"]),
+            "delivery",
+            1,
+        );
+        assert_contains(&error, "[delivery] needs where to deliver: url = ");
+        assert_contains(&error, "remove [delivery] to only store events");
+        let error = single_error(
+            &http_delivery(&["[delivery.nats]", "url = \"nats://127.0.0.1:4222\""]),
+            "delivery.url",
+            2,
+        );
+        assert_contains(&error, "`url` and [delivery.nats] both say where events go");
+    }
+
+    #[test]
+    fn an_http_delivery_needs_its_signing_secret() {
+        let error = single_error(
+            &lines(&["", "[delivery]", "url = \"http://127.0.0.1:8000/hookwall\""]),
+            "delivery",
+            2,
+        );
+        assert_contains(&error, "delivery.url needs `secret`");
+        assert_contains(&error, "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }");
+    }
+
+    #[test]
+    fn delivery_urls_must_be_absolute_http_urls() {
+        for (url, needle) in [
+            ("ftp://app/x", "has scheme \"ftp\": only http and https"),
+            ("127.0.0.1:8000/hookwall", "is not an absolute URL"),
+            ("/hookwall", "is not an absolute URL"),
+            ("http://", "is not a URL"),
+            ("http://app/a b", "is not a URL"),
+        ] {
+            let text = lines(&[
+                "[delivery]",
+                "secret = { env = \"S\" }",
+                &format!("url = \"{url}\""),
+            ]);
+            let error = single_error(&text, "delivery.url", 3);
+            assert_contains(&error, needle);
+            assert_contains(&error, "write e.g. \"http://127.0.0.1:8000/hookwall\"");
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        let password = "hunter2-Sup3rS3cret";
+        let text = lines(&[
+            "[delivery]",
+            "secret = { env = \"S\" }",
+            &format!("url = \"https://app:{password}@127.0.0.1:8000/hookwall\""),
+        ]);
+        let error = single_error(&text, "delivery.url", 3);
+        assert_contains(&error, "carries credentials (user:password@)");
+        assert!(!error.to_string().contains(password), "{error}");
+
+        let text = lines(&[
+            "[delivery.nats]",
+            &format!("url = \"nats://user:{password}@127.0.0.1:4222\""),
+        ]);
+        let error = single_error(&text, "delivery.nats.url", 2);
+        assert_contains(&error, "use token = { env = \"NATS_TOKEN\" }");
+        assert!(!error.to_string().contains(password), "{error}");
+
+        // Even a URL that does not parse is not echoed when it has credentials.
+        let text = lines(&[
+            "[delivery]",
+            "secret = { env = \"S\" }",
+            &format!("url = \"http://u:{password} x@app\""),
+        ]);
+        let error = single_error(&text, "delivery.url", 3);
+        assert!(!error.to_string().contains(password), "{error}");
+    }
+
+    #[test]
+    fn nats_settings_are_checked() {
+        let error = single_error(
+            &lines(&["[delivery.nats]", "subject = \"a.b\""]),
+            "delivery.nats",
+            1,
+        );
+        assert_contains(
+            &error,
+            "needs the server to publish to: url = \"nats://127.0.0.1:4222\"",
+        );
+        for (url, needle) in [
+            (
+                "http://127.0.0.1:4222",
+                "a scheme other than nats:// or tls://",
+            ),
+            ("nats://127.0.0.1", "needs a host and a port"),
+            ("nats.internal", "needs a host and a port"),
+            ("nats://127.0.0.1:4222/x", "has a path"),
+        ] {
+            let text = lines(&["[delivery.nats]", &format!("url = \"{url}\"")]);
+            let error = single_error(&text, "delivery.nats.url", 2);
+            assert_contains(&error, needle);
+        }
+        for subject in ["", "a..b", "hookwall.*", "hookwall.>", "a b", ".a"] {
+            let text = lines(&[
+                "[delivery.nats]",
+                "url = \"nats://127.0.0.1:4222\"",
+                &format!("subject = \"{subject}\""),
+            ]);
+            let error = single_error(&text, "delivery.nats.subject", 3);
+            assert_contains(&error, "is not a subject to publish to");
+        }
+        for stream in ["", "A.B", "A B", "A/B", "A*"] {
+            let text = lines(&[
+                "[delivery.nats]",
+                "url = \"nats://127.0.0.1:4222\"",
+                &format!("stream = \"{stream}\""),
+            ]);
+            let error = single_error(&text, "delivery.nats.stream", 3);
+            assert_contains(&error, "is not a JetStream stream name");
+        }
+        let text = lines(&[
+            "[delivery.nats]",
+            "url = \"nats://127.0.0.1:4222\"",
+            "duplicate_window = \"500ms\"",
+        ]);
+        let error = single_error(&text, "delivery.nats.duplicate_window", 3);
+        assert_contains(&error, "use at least 1s (default 2m)");
+    }
+
+    #[test]
+    fn inline_delivery_secrets_are_refused_without_repeating_them() {
+        let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let token = "nats-T0ken-Sup3rS3cret";
+        let text = lines(&[
+            "[delivery]",
+            &format!("secret = \"{signing}\""),
+            "[delivery.nats]",
+            "url = \"nats://127.0.0.1:4222\"",
+            &format!("token = \"{token}\""),
+        ]);
+        let errors = parse_err(&text);
+        let shown = ConfigErrors(errors.clone()).to_string();
+        for secret in [signing, token] {
+            assert!(!shown.contains(secret), "secret leaked:\n{shown}");
+        }
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.key.clone().unwrap(), e.line.unwrap()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("delivery.secret".to_owned(), 2),
+                ("delivery.nats.token".to_owned(), 5),
+            ]
+        );
+        assert_contains(&errors[0], "write secret = { env = \"NAME\" }");
+        assert_contains(&errors[1], "write token = { env = \"NAME\" }");
+        // A malformed reference is an error too.
+        let error = single_error(
+            &lines(&[
+                "[delivery]",
+                "url = \"http://a\"",
+                "secret = { env = \"A\", file = \"/b\" }",
+            ]),
+            "delivery.secret",
+            3,
+        );
+        assert_contains(&error, "a secret reference is exactly");
+    }
+
+    #[test]
+    fn validation_is_for_mpesa_routes_only() {
+        let text = http_delivery(&[
+            "[[route]]",
+            "path = \"/s\"",
+            "verify = \"stripe\"",
+            "secrets = [{ env = \"S\" }]",
+            "validation = { url = \"http://a/v\", on_failure = \"accept\" }",
+        ]);
+        let error = single_error(&text, "route[0].validation", 8);
+        assert_contains(
+            &error,
+            "`validation` applies only to verify = mpesa (M-Pesa C2B validation), not \"stripe\"",
+        );
+    }
+
+    #[test]
+    fn validation_keys_are_checked() {
+        let route = |validation: &str| {
+            let mut text = HTTP_DELIVERY.to_vec();
+            text.extend(MPESA_ROUTE);
+            text.push(validation);
+            lines(&text)
+        };
+        // Missing on_failure and url are reported at the table, together.
+        let errors = parse_err(&route("validation = { timeout = \"2s\" }"));
+        assert_eq!(errors.len(), 2, "{}", ConfigErrors(errors.clone()));
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.key.as_deref() == Some("route[0].validation") && e.line == Some(8))
+        );
+        assert_contains(&errors[0], "needs the application's endpoint that decides");
+        assert_contains(&errors[1], "needs on_failure = \"accept\" or \"reject\"");
+
+        let error = single_error(
+            &route("validation = { url = \"http://a/v\", on_failure = \"accpet\" }"),
+            "route[0].validation.on_failure",
+            8,
+        );
+        assert_contains(&error, "\"accpet\" is not one of \"accept\", \"reject\"");
+        assert_contains(&error, "did you mean \"accept\"?");
+
+        for (timeout, needle) in [
+            (
+                "\"8s\"",
+                "\"8s\" is out of range: use 100ms to 7s (default 5s)",
+            ),
+            ("\"50ms\"", "Safaricom waits about 8 s"),
+            ("5", "5 has no unit"),
+        ] {
+            let text = route(&format!(
+                "validation = {{ url = \"http://a/v\", timeout = {timeout}, on_failure = \"accept\" }}"
+            ));
+            let error = single_error(&text, "route[0].validation.timeout", 8);
+            assert_contains(&error, needle);
+        }
+
+        let error = single_error(
+            &route("validation = { url = \"tcp://a/v\", on_failure = \"accept\" }"),
+            "route[0].validation.url",
+            8,
+        );
+        assert_contains(&error, "only http and https");
+        assert_contains(&error, "\"http://127.0.0.1:8000/mpesa/validate\"");
+
+        let error = single_error(
+            &route("validation = { url = \"http://a/v\", on_failure = \"accept\", urll = \"x\" }"),
+            "route[0].validation.urll",
+            8,
+        );
+        assert_contains(&error, "did you mean `url`?");
+
+        let error = single_error(
+            &route("validation = \"http://a/v\""),
+            "route[0].validation",
+            8,
+        );
+        assert_contains(&error, "expected a table: validation = {");
+    }
+
+    #[test]
+    fn validation_needs_the_delivery_signing_key() {
+        let mut text = MPESA_ROUTE.to_vec();
+        text.push("validation = { url = \"http://a/v\", on_failure = \"reject\" }");
+        let error = single_error(&lines(&text), "route[0].validation", 5);
+        assert_contains(&error, "there is no [delivery] section");
+
+        // [delivery] with NATS needs no secret of its own, but validation does.
+        let mut text = vec!["[delivery.nats]", "url = \"nats://127.0.0.1:4222\""];
+        text.extend(MPESA_ROUTE);
+        text.push("validation = { url = \"http://a/v\", on_failure = \"reject\" }");
+        let error = single_error(&lines(&text), "route[0].validation", 7);
+        assert_contains(
+            &error,
+            "signed with delivery.secret, which is not set: add secret = { env = \
+             \"HOOKWALL_DELIVERY_SECRET\" } to [delivery]",
+        );
+    }
+
+    #[test]
+    fn unknown_delivery_keys_suggest_the_known_ones() {
+        let error = single_error(
+            &http_delivery(&["max_atempts = 3"]),
+            "delivery.max_atempts",
+            4,
+        );
+        assert_contains(&error, "did you mean `max_attempts`?");
+        let error = single_error(
+            &lines(&["[delivery.nats]", "url = \"nats://a:1\"", "sbject = \"x\""]),
+            "delivery.nats.sbject",
+            3,
+        );
+        assert_contains(&error, "did you mean `subject`?");
+        let error = single_error(&lines(&["retention = \"30d\""]), "retention", 1);
+        assert_contains(&error, "did you mean `store.retention`?");
+        let error = single_error(
+            &http_delivery(&["nats_url = \"x\""]),
+            "delivery.nats_url",
+            4,
+        );
+        assert_contains(&error, "remove it; the keys here are: url, secret, timeout");
     }
 
     // --- syntax and type errors ---
@@ -3509,6 +4976,10 @@ tolerance_seconds = 300
             [Encoding::Hex, Encoding::Base64].map(Encoding::as_str),
             serde_names::<Encoding>()
         );
+        assert_eq!(
+            [OnFailure::Accept, OnFailure::Reject].map(OnFailure::as_str),
+            serde_names::<OnFailure>()
+        );
     }
 
     #[test]
@@ -3602,5 +5073,48 @@ tolerance_seconds = 300
             shown.contains("note              port 22 is protected"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn render_check_shows_the_delivery_and_validation_routes() {
+        let shown = parse_ok("").render_check();
+        for needle in [
+            "retention         30days (delivered events older than this are purged)",
+            "[delivery]\n  sink              none (events are stored only)",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+
+        let mut text = http_delivery(&["max_attempts = 10", "backoff_max = \"1h\""]);
+        text.push_str(&lines(MPESA_ROUTE));
+        text.push_str(
+            "validation = { url = \"http://127.0.0.1:8000/v\", timeout = \"2s\", on_failure = \"reject\" }\n",
+        );
+        let shown = parse_ok(&text).render_check();
+        for needle in [
+            "sink              POST http://127.0.0.1:8000/hookwall",
+            "signing secret    from env HOOKWALL_DELIVERY_SECRET",
+            "attempts          10s per attempt, 8 in flight; dead letter after 10 attempts or 3days",
+            "backoff           1s doubling up to 1h, with full jitter",
+            "mpesa              token from env HOOKWALL_MPESA_TOKEN; validation by \
+             http://127.0.0.1:8000/v within 2s, else reject",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+
+        let shown = parse_ok(&lines(&[
+            "[delivery.nats]",
+            "url = \"nats://127.0.0.1:4222\"",
+            "token = { file = \"/run/nats-token\" }",
+        ]))
+        .render_check();
+        for needle in [
+            "sink              NATS JetStream nats://127.0.0.1:4222",
+            "subject           hookwall.events (stream HOOKWALL, duplicate window 2m)",
+            "nats token        from file /run/nats-token",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+        assert!(!shown.contains("signing secret"), "{shown}");
     }
 }

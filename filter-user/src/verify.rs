@@ -687,6 +687,7 @@ mod testing {
             header: None,
             encoding: None,
             prefix: None,
+            validation: None,
         };
         (dir, route)
     }
