@@ -22,11 +22,12 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, AttachMode, Config, Mode, Tls},
+    config::{self, AttachMode, Config, DeliveryConfig, Mode, Tls},
+    delivery::{self, Worker},
     filter::{Desired, Filter, Origin, Pins},
     metrics::{self, Metrics},
     server::Server,
-    store::Store,
+    store::{Reader, Store},
 };
 
 /// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
@@ -41,6 +42,8 @@ struct InForce {
     pin_path: PathBuf,
     metrics_listen: SocketAddr,
     watched: BTreeSet<PathBuf>,
+    /// `[delivery]` as started (a change takes effect at the next restart).
+    delivery: Option<DeliveryConfig>,
 }
 
 impl InForce {
@@ -53,6 +56,7 @@ impl InForce {
             pin_path: config.filter.pin_path.clone(),
             metrics_listen: config.metrics.listen,
             watched: watched_files(config),
+            delivery: config.delivery.clone(),
         }
     }
 }
@@ -110,6 +114,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = config::load(config_path)?;
+    delivery::install_crypto_provider();
     // Bind before touching the kernel, so a busy port fails the start with nothing attached.
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
     let pins = Pins::new(&config.filter.pin_path);
@@ -164,10 +169,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let server = Server::bind(&config, store.handle(), metrics.clone()).await?;
         Some((store, std::sync::Arc::new(server)))
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let upkeep = match &receiver {
+        Some((store, _)) => Some(start_upkeep(&config, store, &metrics, &stop_rx).await?),
+        None => None,
+    };
     drop(config);
     trim_heap();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut server_task = receiver.as_ref().map(|(_, server)| {
         let mut stop = stop_rx.clone();
         let server = std::sync::Arc::clone(server);
@@ -242,6 +251,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         // The server stops accepting at once and gives requests in flight their grace period.
         let _ = task.await;
     }
+    if let Some(upkeep) = upkeep {
+        // The worker lets attempts in flight finish (bounded); the store closes after it, so
+        // their results are recorded.
+        for task in upkeep {
+            let _ = task.await;
+        }
+    }
     drop(server);
     if let Some((store, server)) = receiver {
         drop(server);
@@ -254,6 +270,41 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("stopped; the filter stays in force (`hookwall detach` removes it)");
     outcome
+}
+
+/// Starts what runs beside the receiver on the store: the delivery worker (if `[delivery]` is
+/// configured), the queue gauges and the retention purge. They stop when `stop` turns true.
+async fn start_upkeep(
+    config: &Config,
+    store: &Store,
+    metrics: &Metrics,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let reader = Reader::open(&config.store.path).context("opening the event store for reading")?;
+    tasks.push(tokio::spawn(delivery::watch_queue(
+        std::sync::Arc::new(reader),
+        metrics.delivery.clone(),
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(delivery::purge_loop(
+        store.handle(),
+        config.store.retention,
+        stop.clone(),
+    )));
+    match &config.delivery {
+        Some(delivery_config) => {
+            let worker = Worker::new(delivery_config, store.handle(), metrics.delivery.clone())
+                .await
+                .context("starting the delivery worker ([delivery])")?;
+            tracing::info!(sink = worker.sink_label(), "delivering stored events");
+            tasks.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        None => tracing::warn!(
+            "no [delivery] in the config: events are stored only (`hookwall queue list` shows them)"
+        ),
+    }
+    Ok(tasks)
 }
 
 /// Hands the heap freed after parsing a config back to the kernel. A 100,000-line allowlist
@@ -327,6 +378,9 @@ fn reload(
     if config.metrics.listen != in_force.metrics_listen {
         tracing::warn!("metrics.listen changed; it takes effect when hookwall restarts");
     }
+    if config.delivery != in_force.delivery {
+        tracing::warn!("[delivery] changed; it takes effect when hookwall restarts");
+    }
     let next = InForce::from_config(&config);
     // The certificate and routes are read now, while the config is at hand; they are swapped in
     // only if the filter part succeeds below.
@@ -356,6 +410,7 @@ fn reload(
             );
             *in_force = InForce {
                 metrics_listen: in_force.metrics_listen,
+                delivery: in_force.delivery.take(),
                 ..next
             };
             if let Some((server, config)) = server_reload

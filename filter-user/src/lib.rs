@@ -10,14 +10,20 @@
 //! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
 //! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
 //! - [`server`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then answer.
+//! - [`delivery`]: the worker that takes stored events to the application (HTTP) or NATS.
+//! - [`validation`]: M-Pesa C2B validation pass-through, answered by the application.
+//! - [`queue`]: `hookwall queue`: inspect the store, replay dead letters, purge delivered events.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod filter;
 pub mod metrics;
 pub mod presets;
+pub mod queue;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod validation;
 pub mod verify;

@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use hookwall::{
     config, daemon,
     filter::{self, Pins},
-    presets, status,
+    presets, queue, status,
+    store::EventState,
 };
 
 /// Guards a payment-callback endpoint: an XDP allowlist in the kernel and a daemon that feeds it.
@@ -47,6 +48,97 @@ enum Command {
     },
     /// Print the built-in provider address lists with their sources.
     Presets,
+    /// Inspect the event store, replay dead letters, purge delivered events.
+    Queue {
+        /// Config file whose store.path (and store.retention) to use.
+        #[arg(short, long, default_value = config::DEFAULT_PATH, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+/// `hookwall queue ...`.
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List events, newest first.
+    List {
+        /// Only events in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only events with an id below this one (the next page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one event: state, attempts, last error, headers and body.
+    Show {
+        /// The event's id (first column of `queue list`).
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay dead letters: back to pending, delivered again at once.
+    Retry {
+        /// Ids of dead letters.
+        #[arg(required_unless_present = "all_dead")]
+        ids: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Delete delivered events older than store.retention (or --older-than). Pending and dead
+    /// events are never purged.
+    Purge {
+        /// Age, e.g. "30d" or "12h".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
+}
+
+/// A delivery state on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StateArg {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl From<StateArg> for EventState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Pending => EventState::Pending,
+            StateArg::Delivered => EventState::Delivered,
+            StateArg::Dead => EventState::Dead,
+        }
+    }
+}
+
+impl From<QueueCommand> for queue::Command {
+    fn from(command: QueueCommand) -> Self {
+        match command {
+            QueueCommand::List {
+                state,
+                limit,
+                before,
+                json,
+            } => queue::Command::List {
+                state: state.map(EventState::from),
+                limit,
+                before,
+                json,
+            },
+            QueueCommand::Show { id, json } => queue::Command::Show { id, json },
+            QueueCommand::Retry { ids, all_dead } => queue::Command::Retry { ids, all_dead },
+            QueueCommand::Purge { older_than } => queue::Command::Purge { older_than },
+        }
+    }
 }
 
 /// Where the pins are: `--pin-path`, else the config's `filter.pin_path`.
@@ -165,6 +257,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Presets => {
             print!("{}", presets::render());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { config, command } => {
+            let loaded = match config::load(&config) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    anyhow::bail!(
+                        "{}: {} error(s); `hookwall queue` reads store.path from it",
+                        config.display(),
+                        errors.0.len()
+                    );
+                }
+            };
+            let output = queue::run(
+                &loaded.store.path,
+                loaded.store.retention,
+                &queue::Command::from(command),
+            )?;
+            print!("{}", output.text);
+            Ok(if output.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -72,6 +72,121 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// Labels of `hookwall_delivery_queue_events`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `pending`, `delivered` or `dead`.
+    pub state: &'static str,
+}
+
+/// Labels of `hookwall_deliveries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `http` or `nats`.
+    pub sink: &'static str,
+    /// `delivered`, `retry` (a failed attempt that will be tried again) or `dead`.
+    pub result: &'static str,
+}
+
+/// Labels of the delivery histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// `http` or `nats`.
+    pub sink: &'static str,
+}
+
+/// Labels of `hookwall_validation_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidationLabels {
+    /// The route's configured path.
+    pub route: String,
+    /// `app_accept`, `app_reject` or `fallback` (timeout or error: the route's `on_failure`).
+    pub result: &'static str,
+}
+
+/// Buckets of the delivery latency (received to delivered): 1 ms to a day, since a backlog
+/// drained after an outage is measured in hours.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
+    21_600.0, 86_400.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The delivery metrics (issue 4); part of [`Metrics`].
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    /// `hookwall_delivery_queue_events{state}`: stored events by delivery state.
+    pub queue_events: Family<StateLabels, Gauge<i64, AtomicI64>>,
+    /// `hookwall_delivery_oldest_pending_age_seconds`: age of the oldest undelivered event.
+    pub oldest_pending_age: Gauge<f64, AtomicU64>,
+    /// `hookwall_deliveries_total{sink,result}`: delivery attempts by result.
+    pub deliveries: Family<DeliveryLabels, PromCounter>,
+    /// `hookwall_delivery_dead_letters_total`: events moved to the dead-letter state.
+    pub dead_letters: PromCounter,
+    /// `hookwall_delivery_attempt_duration_seconds{sink}`: time of one attempt.
+    pub attempt_duration: Family<SinkLabels, Histogram, fn() -> Histogram>,
+    /// `hookwall_delivery_latency_seconds{sink}`: from the provider's request to delivery.
+    pub latency: Family<SinkLabels, Histogram, fn() -> Histogram>,
+    /// `hookwall_validation_requests_total{route,result}`: C2B validations and who decided.
+    pub validations: Family<ValidationLabels, PromCounter>,
+}
+
+impl DeliveryMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            queue_events: Family::default(),
+            oldest_pending_age: Gauge::default(),
+            deliveries: Family::default(),
+            dead_letters: PromCounter::default(),
+            attempt_duration: Family::new_with_constructor(duration_histogram),
+            latency: Family::new_with_constructor(latency_histogram),
+            validations: Family::default(),
+        };
+        registry.register(
+            "delivery_queue_events",
+            "Stored events by delivery state",
+            this.queue_events.clone(),
+        );
+        registry.register(
+            "delivery_oldest_pending_age_seconds",
+            "Age of the oldest event not yet delivered (0 when none)",
+            this.oldest_pending_age.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts, by sink and result",
+            this.deliveries.clone(),
+        );
+        registry.register(
+            "delivery_dead_letters",
+            "Events moved to the dead-letter state",
+            this.dead_letters.clone(),
+        );
+        registry.register(
+            "delivery_attempt_duration_seconds",
+            "Time of one delivery attempt, by sink",
+            this.attempt_duration.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from the provider's request to the event's delivery, by sink",
+            this.latency.clone(),
+        );
+        registry.register(
+            "validation_requests",
+            "C2B validation requests, by route and who decided the answer",
+            this.validations.clone(),
+        );
+        for state in ["pending", "delivered", "dead"] {
+            let _ = this.queue_events.get_or_create(&StateLabels { state });
+        }
+        this
+    }
+}
+
 /// The daemon's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -87,6 +202,8 @@ pub struct Metrics {
     /// `hookwall_http_request_duration_seconds{route}`: time from the request's arrival to its
     /// answer.
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// The delivery worker's and the queue's metrics.
+    pub delivery: DeliveryMetrics,
 }
 
 impl Metrics {
@@ -130,6 +247,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
+        let delivery = DeliveryMetrics::register(&mut registry);
         registry.register_collector(Box::new(XdpCollector {
             counters_pin: pins.map(map_names::COUNTERS),
         }));
@@ -140,6 +258,7 @@ impl Metrics {
             last_reload_success,
             http_requests,
             http_duration,
+            delivery,
         }
     }
 

@@ -23,7 +23,6 @@
 //! waits for their connections (at most [`SHUTDOWN_GRACE`]).
 
 use std::{
-    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
     pin::Pin,
@@ -58,8 +57,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     allowlist::Allowlist,
     config::{Config, Limits, RouteConfig, Tls, VerifyKind},
-    metrics::{HttpLabels, Metrics, RouteLabels},
+    delivery,
+    metrics::{HttpLabels, Metrics, RouteLabels, ValidationLabels},
     store::{HashedBody, Inserted, NewEvent, StoreHandle, unix_ms},
+    validation::Validator,
     verify::{self, Refusal, Verifier},
 };
 
@@ -103,11 +104,14 @@ pub enum Outcome {
     Overloaded,
     /// The store failed: 503, the provider retries.
     StoreError,
+    /// A C2B validation answered (route `validation`): 200 with the application's decision or
+    /// the route's fallback (the reason says which); not stored.
+    Validated,
 }
 
 impl Outcome {
     /// Every outcome, to pre-register metric series.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::NotFound,
@@ -121,6 +125,7 @@ impl Outcome {
         Outcome::RateLimited,
         Outcome::Overloaded,
         Outcome::StoreError,
+        Outcome::Validated,
     ];
 
     /// The stable label.
@@ -140,6 +145,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::Overloaded => "overloaded",
             Outcome::StoreError => "store_error",
+            Outcome::Validated => "validated",
         }
     }
 }
@@ -213,6 +219,8 @@ struct Route {
     path: String,
     verify: VerifyKind,
     verifier: Verifier,
+    /// C2B validation pass-through (`validation`): ask the application instead of storing.
+    validator: Option<Validator>,
 }
 
 /// What a config says about requests: routes, the allowlist (for `mpesa`), trusted proxies.
@@ -224,17 +232,38 @@ struct Routing {
 
 impl Routing {
     fn from_config(config: &Config) -> anyhow::Result<Self> {
+        // Validation forwards are signed with delivery.secret, read once per config load.
+        let forwarding = if config.routes.iter().any(|r| r.validation.is_some()) {
+            let signer = config
+                .delivery
+                .as_ref()
+                .map(delivery::delivery_signer)
+                .transpose()?
+                .flatten()
+                .context("a route with `validation` needs delivery.secret to sign its forwards")?;
+            Some((Arc::new(signer), delivery::http_client()?))
+        } else {
+            None
+        };
         let routes = config
             .routes
             .iter()
             .map(|r: &RouteConfig| {
+                let validator = match (&r.validation, &forwarding) {
+                    (Some(validation), Some((signer, client))) => Some(
+                        Validator::new(validation, Arc::clone(signer), client.clone())
+                            .with_context(|| format!("route {}", r.path))?,
+                    ),
+                    _ => None,
+                };
                 Ok(Route {
                     path: r.path.clone(),
                     verify: r.verify,
                     verifier: Verifier::from_route(r)?,
+                    validator,
                 })
             })
-            .collect::<Result<Vec<_>, verify::VerifyConfigError>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             routes,
             allowlist: config.allowlist.clone(),
@@ -876,6 +905,25 @@ async fn process(
         }
     };
     audit.event_id = Some(verified.event_id.clone());
+    if let Some(validator) = &route.validator {
+        let decision = validator
+            .ask(
+                &verified.event_id,
+                bytes::Bytes::copy_from_slice(body.bytes()),
+            )
+            .await;
+        app.metrics
+            .delivery
+            .validations
+            .get_or_create(&ValidationLabels {
+                route: route.path.clone(),
+                result: decision.label(),
+            })
+            .inc();
+        audit.outcome = Outcome::Validated;
+        audit.reason = decision.label();
+        return json_answer(StatusCode::OK, decision.answer());
+    }
     let headers = KEPT_HEADERS
         .iter()
         .filter_map(|&name| {
@@ -923,29 +971,8 @@ fn refusal_status(refusal: &Refusal) -> StatusCode {
 }
 
 /// `t` as RFC 3339 UTC with milliseconds, e.g. `2026-08-18T09:30:00.123Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let ms = unix_ms(t).max(0);
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut out = String::with_capacity(24);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    out
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]

@@ -133,6 +133,12 @@ const NEXT_DUE_SQL: &str = "SELECT next_attempt_at FROM events INDEXED BY events
     WHERE state = 'pending' AND next_attempt_at IS NOT NULL
     ORDER BY next_attempt_at LIMIT 1";
 
+/// The earliest due time after a given instant: events already due may be in flight, and the
+/// delivery worker sleeps until the next one that is not.
+const NEXT_DUE_AFTER_SQL: &str = "SELECT next_attempt_at FROM events INDEXED BY events_due
+    WHERE state = 'pending' AND next_attempt_at > ?1
+    ORDER BY next_attempt_at LIMIT 1";
+
 /// When the oldest pending event arrived (the first `pending` entry of `events_state`).
 const OLDEST_PENDING_SQL: &str = "SELECT received_at FROM events INDEXED BY events_state
     WHERE state = 'pending' ORDER BY received_at LIMIT 1";
@@ -1245,6 +1251,17 @@ impl Reader {
         self.conn()
             .prepare_cached(NEXT_DUE_SQL)
             .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)).optional())
+            .map_err(sqlite_err("reading the next due time from", &self.path))
+    }
+
+    /// The earliest `next_attempt_at` later than `after_ms` among pending events.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn next_due_after(&self, after_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.conn()
+            .prepare_cached(NEXT_DUE_AFTER_SQL)
+            .and_then(|mut stmt| stmt.query_row([after_ms], |r| r.get(0)).optional())
             .map_err(sqlite_err("reading the next due time from", &self.path))
     }
 

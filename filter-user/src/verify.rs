@@ -534,6 +534,29 @@ impl fmt::Debug for Key {
     }
 }
 
+/// Signs what hookwall itself sends (deliveries to the application, validation forwards) the
+/// Standard Webhooks way, so the application verifies the last hop with any Standard Webhooks
+/// library. The key is a `whsec_` secret, decoded exactly as a `standard-webhooks` route's.
+#[derive(Debug)]
+pub struct Signer(Key);
+
+impl Signer {
+    /// Decodes a `whsec_...` secret (the prefix is optional; the rest must be base64).
+    ///
+    /// # Errors
+    /// What is wrong with the secret (never the secret itself).
+    pub fn from_secret(secret: &Secret) -> Result<Signer, &'static str> {
+        Key::from_whsec(secret).map(Signer)
+    }
+
+    /// The `webhook-signature` value for message `id` sent at `timestamp` (unix seconds):
+    /// `v1,` and the base64 of HMAC-SHA256 over `{id}.{timestamp}.{body}`.
+    #[must_use]
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        signed::standard_webhooks_signature(self.0.expose(), id, timestamp, body)
+    }
+}
+
 /// The SHA-256 of a token or shared secret. Comparing digests instead of the values takes the same
 /// time whatever the length of the value received, so a prober learns nothing about the secret's
 /// length either. Wiped on drop (it is not the secret, but there is no reason to leave it about).

@@ -53,6 +53,23 @@ pub(super) fn standard_webhooks(
     })
 }
 
+/// The `webhook-signature` value hookwall sends: `v1,<base64 HMAC-SHA256(key, id.timestamp.body)>`.
+pub(super) fn standard_webhooks_signature(
+    key: &[u8],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
 /// The decodable `v1` signatures of a `webhook-signature` header; `None` if it has no `v1` entry
 /// at all (other versions, such as the asymmetric `v1a`, are not ours to check).
 fn standard_webhooks_signatures(header: &str) -> Option<Vec<Vec<u8>>> {
@@ -302,6 +319,24 @@ mod tests {
         // The reference libraries accept the secret without its prefix too.
         let unprefixed = verifier_without_prefix();
         assert!(check(&unprefixed, &sw_vector_headers(), SW_BODY, at(SW_TIMESTAMP)).is_ok());
+    }
+
+    #[test]
+    fn signer_reproduces_the_published_vector() {
+        let secret = crate::config::Secret::from_bytes(SW_SECRET.to_vec());
+        let signer = crate::verify::Signer::from_secret(&secret).expect("a valid whsec secret");
+        let timestamp = i64::try_from(SW_TIMESTAMP).expect("fits");
+        assert_eq!(signer.sign(SW_ID, timestamp, SW_BODY), SW_SIGNATURE);
+        // And what it signs, a standard-webhooks route accepts.
+        let body = br#"{"other":1}"#;
+        let signature = signer.sign("msg_2", timestamp, body);
+        let verifier = verifier_for(VerifyKind::StandardWebhooks, &[SW_SECRET]);
+        let headers = sw_headers("msg_2", &SW_TIMESTAMP.to_string(), &signature);
+        assert!(check(&verifier, &headers, body, at(SW_TIMESTAMP)).is_ok());
+        assert!(
+            !format!("{signer:?}").contains("MfKQ9r8"),
+            "Debug must not show the key"
+        );
     }
 
     fn verifier_without_prefix() -> Verifier {
