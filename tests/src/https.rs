@@ -415,6 +415,20 @@ pub fn standard_webhooks_signature(secret: &str, id: &str, timestamp: u64, body:
     )
 }
 
+/// A `Stripe-Signature` value (`t=TIMESTAMP,v1=HEX`, one `v1` per secret given), computed here
+/// the way Stripe documents it: HMAC-SHA256 of `{t}.{body}` under the secret's bytes as written.
+#[must_use]
+pub fn stripe_signature(secrets: &[&str], timestamp: u64, body: &[u8]) -> String {
+    let t = timestamp.to_string();
+    let mut value = format!("t={t}");
+    for secret in secrets {
+        let mac = hmac(secret.as_bytes(), &[t.as_bytes(), b".", body]);
+        value.push_str(",v1=");
+        value.push_str(&hex::encode(mac));
+    }
+    value
+}
+
 /// A GitHub `X-Hub-Signature-256` value (`sha256=HEX`).
 #[must_use]
 pub fn github_signature(secret: &[u8], body: &[u8]) -> String {

@@ -17,7 +17,7 @@ use hookwall_tests::{
     daemon::{ConfigSpec, Daemon, PinsGuard, poll_until, write_atomic},
     https::{
         Reply, TestCa, github_signature, handshake, post_declared, render_config, request,
-        standard_webhooks_signature,
+        standard_webhooks_signature, stripe_signature,
     },
     netns::{
         ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, PROTECTED_PORT, REFUSED_V4,
@@ -32,6 +32,9 @@ const SW: &str = "/hooks/sw";
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GH: &str = "/hooks/github";
 const GH_SECRET: &str = "It's a Secret to Everybody";
+const STRIPE: &str = "/hooks/stripe";
+const STRIPE_SECRET: &str = "whsec_test_5bKx8QeR2mWc7TzY1nP4dL9v";
+const STRIPE_OLD_SECRET: &str = "whsec_test_previousSecretBeforeRotation";
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
 const C2B_CONFIRMATION: &[u8] = include_bytes!(concat!(
@@ -54,6 +57,8 @@ struct Env {
     ca: TestCa,
     client: Arc<ClientConfig>,
     config: PathBuf,
+    /// `server.trusted_proxies`.
+    trusted_proxies: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -82,6 +87,7 @@ impl Env {
             spec,
             ca,
             client,
+            trusted_proxies: Vec::new(),
             dir,
         };
         env.write_config();
@@ -91,22 +97,33 @@ impl Env {
     fn write_config(&self) {
         let d = self.dir.path();
         let (cert, key) = self.ca.issue(d, &["192.0.2.1", "2001:db8:1::1"]);
-        for (name, secret) in [("token", TOKEN), ("sw", SW_SECRET), ("gh", GH_SECRET)] {
+        for (name, secret) in [
+            ("token", TOKEN),
+            ("sw", SW_SECRET),
+            ("gh", GH_SECRET),
+            ("stripe", STRIPE_SECRET),
+            ("stripe-old", STRIPE_OLD_SECRET),
+        ] {
             std::fs::write(d.join(name), secret).expect("secret file");
         }
         let routes = format!(
             "[[route]]\npath = {MPESA:?}\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
              [[route]]\npath = \"/mpesa/stk/result\"\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
              [[route]]\npath = {SW:?}\nverify = \"standard-webhooks\"\nsecrets = [{{ file = {:?} }}]\n\n\
-             [[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n",
+             [[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n\n\
+             [[route]]\npath = {STRIPE:?}\nverify = \"stripe\"\n\
+             secrets = [{{ file = {:?} }}, {{ file = {:?} }}]\n",
             d.join("token").display().to_string(),
             d.join("token").display().to_string(),
             d.join("sw").display().to_string(),
             d.join("gh").display().to_string(),
+            d.join("stripe").display().to_string(),
+            d.join("stripe-old").display().to_string(),
         );
+        let trusted: Vec<&str> = self.trusted_proxies.iter().map(String::as_str).collect();
         write_atomic(
             &self.config,
-            &render_config(&self.spec, &cert, &key, &[], &routes),
+            &render_config(&self.spec, &cert, &key, &trusted, &routes),
         );
     }
 
@@ -382,6 +399,170 @@ fn refused_peer_gets_403_on_mpesa_routes_and_forwarded_headers_change_nothing() 
     );
     drop(daemon);
     assert_eq!(env.store().count().expect("count"), 1);
+}
+
+#[test]
+fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance() {
+    let env = Env::new("enforce");
+    let daemon = env.start();
+    let body = br#"{"id":"evt_1QxT3e2eZvKYlo2C","object":"event","type":"payment_intent.succeeded","data":{"object":{"id":"pi_3Qx","amount":2000}}}"#;
+    let post = |signature: &str, body: &[u8]| {
+        env.post(v4(), STRIPE, &[JSON, ("Stripe-Signature", signature)], body)
+    };
+    let r = post(&stripe_signature(&[STRIPE_SECRET], now(), body), body);
+    assert_reply(&r, 200, "fresh Stripe signature", &daemon);
+    let r = post(&stripe_signature(&[STRIPE_SECRET], now(), body), body);
+    assert_reply(&r, 200, "the same event again (Stripe retries)", &daemon);
+    // Rotation: a signature under the previous secret, and a header with both.
+    let rotated = br#"{"id":"evt_rotated","object":"event","type":"charge.refunded"}"#;
+    let r = post(
+        &stripe_signature(&[STRIPE_OLD_SECRET], now(), rotated),
+        rotated,
+    );
+    assert_reply(&r, 200, "signature under the previous secret", &daemon);
+    let both = br#"{"id":"evt_both","object":"event"}"#;
+    let r = post(
+        &stripe_signature(&["whsec_wrong", STRIPE_SECRET], now(), both),
+        both,
+    );
+    assert_reply(&r, 200, "a wrong and a right v1 in one header", &daemon);
+    let refusals: [(String, &[u8], u16, &str); 7] = [
+        (
+            stripe_signature(&[STRIPE_SECRET], now(), body),
+            br#"{"id":"evt_1QxT3e2eZvKYlo2C","object":"event","amount":1}"#,
+            401,
+            "tampered body",
+        ),
+        (
+            stripe_signature(&["whsec_not_the_secret"], now(), body),
+            body,
+            401,
+            "wrong secret",
+        ),
+        (
+            stripe_signature(&[STRIPE_SECRET], now() - 301, body),
+            body,
+            401,
+            "timestamp older than the tolerance",
+        ),
+        (
+            stripe_signature(&[STRIPE_SECRET], now() + 301, body),
+            body,
+            401,
+            "timestamp from the future",
+        ),
+        (format!("t={}", now()), body, 401, "no v1 signature"),
+        (
+            "v1=abc,t=notanumber".to_owned(),
+            body,
+            401,
+            "malformed header",
+        ),
+        (
+            stripe_signature(&[STRIPE_SECRET], now(), b"{}"),
+            b"{}",
+            400,
+            "genuine signature but no event id in the body",
+        ),
+    ];
+    for (signature, body, status, what) in &refusals {
+        let r = post(signature, body);
+        assert_reply(&r, *status, what, &daemon);
+    }
+    let r = env.post(v4(), STRIPE, &[JSON], body);
+    assert_reply(&r, 401, "no Stripe-Signature header", &daemon);
+
+    assert_eq!(requests(&daemon, STRIPE, "accepted"), 3.0);
+    assert_eq!(requests(&daemon, STRIPE, "duplicate"), 1.0);
+    assert_eq!(requests(&daemon, STRIPE, "refused"), 8.0);
+    let log = daemon.log();
+    for reason in ["bad_signature", "timestamp_too_old", "timestamp_in_future"] {
+        assert!(
+            log.contains(&format!(r#""reason":"{reason}""#)),
+            "{reason}:\n{log}"
+        );
+    }
+    for secret in [STRIPE_SECRET, STRIPE_OLD_SECRET] {
+        assert!(!log.contains(secret), "no secret in the log");
+    }
+    drop(daemon);
+    let store = env.store();
+    let event = store
+        .find(STRIPE, "evt_1QxT3e2eZvKYlo2C")
+        .expect("read")
+        .expect("the event is stored under Stripe's event id");
+    assert_eq!(event.body, body);
+    assert_eq!(store.count().expect("count"), 3);
+}
+
+#[test]
+fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
+    // The proxy is 198.51.100.20: trusted, but not itself on the allowlist. Monitor mode lets
+    // its packets through the kernel, so the userspace client check is what answers.
+    let mut env = Env::new("monitor");
+    env.trusted_proxies = vec![format!("{REFUSED_V4}/32")];
+    env.write_config();
+    let daemon = env.start();
+    let proxy = IpAddr::V4(REFUSED_V4);
+    let path = format!("{MPESA}/{TOKEN}");
+    let allowed = ALLOWED_V4.to_string();
+    let cases: [(&[(&str, &str)], u16, &str); 6] = [
+        (&[], 403, "the proxy itself is not an allowed client"),
+        (
+            &[("X-Forwarded-For", allowed.as_str())],
+            200,
+            "X-Forwarded-For from the trusted proxy",
+        ),
+        (
+            &[("Forwarded", "for=192.0.2.10;proto=https")],
+            200,
+            "RFC 7239 Forwarded from the trusted proxy",
+        ),
+        (
+            &[("Forwarded", "for=203.0.113.9")],
+            403,
+            "Forwarded naming a refused client",
+        ),
+        (
+            &[("Forwarded", "for=192.0.2.10, for=203.0.113.9")],
+            403,
+            "the hop the proxy saw is the right-most",
+        ),
+        (
+            &[
+                ("X-Forwarded-For", allowed.as_str()),
+                ("Forwarded", "for=203.0.113.9"),
+            ],
+            403,
+            "two headers that disagree are not believed",
+        ),
+    ];
+    for (n, (forwarding, status, what)) in cases.iter().enumerate() {
+        let body = String::from_utf8_lossy(C2B_CONFIRMATION)
+            .replace("RKTQDM7W6S", &format!("RKTQDM7W{n:02}"));
+        let mut headers = vec![JSON];
+        headers.extend_from_slice(forwarding);
+        let r = env.post(proxy, &path, &headers, body.as_bytes());
+        assert_reply(&r, *status, what, &daemon);
+    }
+    // An untrusted peer's Forwarded header changes nothing.
+    let r = env.post(
+        v4(),
+        &path,
+        &[JSON, ("Forwarded", "for=203.0.113.9")],
+        C2B_CONFIRMATION,
+    );
+    assert_reply(
+        &r,
+        200,
+        "Forwarded from an untrusted (allowed) peer",
+        &daemon,
+    );
+    // The audit line keeps both: the socket peer (the proxy) and the client it vouched for.
+    let log = daemon.log();
+    assert!(log.contains(r#""peer":"[::ffff:198.51.100.20]:"#), "{log}");
+    assert!(log.contains(r#""client":"192.0.2.10""#), "{log}");
+    assert_eq!(requests(&daemon, MPESA, "forbidden_peer"), 4.0);
 }
 
 #[test]
