@@ -115,9 +115,30 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = config::load(config_path)?;
     delivery::install_crypto_provider();
-    // Bind before touching the kernel, so a busy port fails the start with nothing attached.
+    // Bind, open and connect everything that can fail for a reason outside the kernel before
+    // touching it, so a busy port, an unreadable store or secret fails the start with nothing
+    // attached. Serving starts only once the filter is in force.
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
     let pins = Pins::new(&config.filter.pin_path);
+    let metrics = Metrics::new(&pins);
+    // Without routes there is nothing to serve: the listener would answer 404 to everything.
+    let receiver = if config.routes.is_empty() {
+        tracing::warn!("no [[route]] in the config: not serving HTTPS (the filter is in force)");
+        None
+    } else {
+        let store = Store::open(&config.store.path)
+            .with_context(|| "opening the event store (store.path)".to_owned())?;
+        let server = Server::bind(&config, store.handle(), metrics.clone()).await?;
+        let worker = match &config.delivery {
+            Some(delivery_config) => Some(
+                Worker::new(delivery_config, store.handle(), metrics.delivery.clone())
+                    .await
+                    .context("starting the delivery worker ([delivery])")?,
+            ),
+            None => None,
+        };
+        Some((store, std::sync::Arc::new(server), worker))
+    };
     let mut filter = Filter::open(pins.clone())?;
     match filter.origin() {
         Origin::Fresh => tracing::info!(pin_path = %pins.root().display(), "loaded a new filter"),
@@ -154,25 +175,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "filter in force"
     );
 
-    let metrics = Metrics::new(&pins);
     metrics.set_prefixes(v4, v6);
     metrics.mark_loaded();
 
-    // The receiver starts only now, with the filter in force. Without routes there is nothing
-    // to serve: the listener would answer 404 to everything.
-    let receiver = if config.routes.is_empty() {
-        tracing::warn!("no [[route]] in the config: not serving HTTPS (the filter is in force)");
-        None
-    } else {
-        let store = Store::open(&config.store.path)
-            .with_context(|| "opening the event store (store.path)".to_owned())?;
-        let server = Server::bind(&config, store.handle(), metrics.clone()).await?;
-        Some((store, std::sync::Arc::new(server)))
-    };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let upkeep = match &receiver {
-        Some((store, _)) => Some(start_upkeep(&config, store, &metrics, &stop_rx).await?),
-        None => None,
+    let (receiver, upkeep) = match receiver {
+        Some((store, server, worker)) => {
+            let upkeep = start_upkeep(&config, &store, worker, &metrics, &stop_rx)?;
+            (Some((store, server)), Some(upkeep))
+        }
+        None => (None, None),
     };
     drop(config);
     trim_heap();
@@ -274,9 +286,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// Starts what runs beside the receiver on the store: the delivery worker (if `[delivery]` is
 /// configured), the queue gauges and the retention purge. They stop when `stop` turns true.
-async fn start_upkeep(
+fn start_upkeep(
     config: &Config,
     store: &Store,
+    worker: Option<Worker>,
     metrics: &Metrics,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -292,11 +305,8 @@ async fn start_upkeep(
         config.store.retention,
         stop.clone(),
     )));
-    match &config.delivery {
-        Some(delivery_config) => {
-            let worker = Worker::new(delivery_config, store.handle(), metrics.delivery.clone())
-                .await
-                .context("starting the delivery worker ([delivery])")?;
+    match worker {
+        Some(worker) => {
             tracing::info!(sink = worker.sink_label(), "delivering stored events");
             tasks.push(tokio::spawn(worker.run(stop.clone())));
         }

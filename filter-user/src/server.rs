@@ -71,6 +71,10 @@ use crate::{
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a graceful stop waits for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How often the rate limiter forgets clients whose budget is full again: without it, every
+/// address that ever called (or a flood of spoofed-then-dropped ones reaching userspace in
+/// monitor mode) would keep an entry for the daemon's whole life.
+pub const LIMITER_CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
 /// What became of a request: the `outcome` label of `hookwall_http_requests_total` and the
 /// audit line's `outcome`.
@@ -518,9 +522,15 @@ impl Server {
         // byte after the handshake.
         let builders = Arc::new((builder.clone().http1_only(), builder.http2_only()));
         tokio::pin!(shutdown);
+        let mut cleanup = tokio::time::interval(LIMITER_CLEANUP_EVERY);
+        cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut shutdown => break,
+                _ = cleanup.tick() => {
+                    forget_idle_clients(&self.app.limiter);
+                    continue;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -590,6 +600,13 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Drops the rate-limit state of clients whose budget has refilled (they are indistinguishable
+/// from new clients), and gives the memory back.
+fn forget_idle_clients(limiter: &DefaultKeyedRateLimiter<IpAddr>) {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1160,6 +1177,29 @@ mod tests {
         assert_eq!(
             client_addr(peer, &xff(&["::ffff:192.0.2.7"]), &trusted),
             "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_rate_limiter_forgets_clients_whose_budget_refilled() {
+        // 10 per second, burst 2: a client's state is back to "fresh" 200 ms after its last call.
+        let quota = Quota::per_second(NonZeroU32::new(10).unwrap())
+            .allow_burst(NonZeroU32::new(2).unwrap());
+        let limiter: DefaultKeyedRateLimiter<IpAddr> = RateLimiter::keyed(quota);
+        for i in 0..5000_u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xC633_0000 | i));
+            assert!(limiter.check_key(&ip).is_ok());
+        }
+        assert_eq!(limiter.len(), 5000);
+        std::thread::sleep(Duration::from_millis(300));
+        // A client that is using its budget now is kept (it has 200 ms before it is fresh).
+        let busy = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
+        while limiter.check_key(&busy).is_ok() {}
+        forget_idle_clients(&limiter);
+        assert_eq!(
+            limiter.len(),
+            1,
+            "only the client still within its window is kept"
         );
     }
 

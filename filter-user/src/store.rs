@@ -593,8 +593,73 @@ fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreE
     // keeps that one fsync per batch rather than per request.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sqlite_err("setting synchronous=FULL on", path))?;
+    // Checkpoints run on their own thread ([`Checkpointer`]); left to SQLite, the commit that
+    // crosses 1,000 WAL pages would copy them into the database file and fsync it before its
+    // requests are answered, a latency spike every few seconds under load.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(sqlite_err("turning off automatic checkpoints on", path))?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed WAL frames into the database file on its own thread and connection, off
+/// the writer's commit path. PASSIVE checkpoints never wait for the writer or readers; once a
+/// checkpoint has copied everything, the writer's next transaction restarts the WAL from its
+/// beginning, so the WAL stays small. Stops (after a last checkpoint) when dropped.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = path.to_path_buf();
+        let thread = thread::Builder::new()
+            .name("hookwall-ckpt".to_owned())
+            .spawn(move || {
+                let conn = match Connection::open(&path) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e,
+                            "opening the checkpoint connection failed; the WAL is checkpointed only at close");
+                        return;
+                    }
+                };
+                loop {
+                    let last = match stopped.recv_timeout(CHECKPOINT_EVERY) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+                    };
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(path = %path.display(), error = %e, "WAL checkpoint failed");
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| tracing::error!(error = %e, "starting the checkpoint thread failed"))
+            .ok();
+        Self {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the event store's checkpoint thread panicked");
+        }
+    }
 }
 
 /// Switches to WAL (persistent in the file) and checks that SQLite really did.
@@ -1012,6 +1077,9 @@ impl Writer {
     /// Serves batches until every handle is gone or `Close` has been received and the queue
     /// drained (after `close()` the channel still yields what was queued, then `None`).
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        // Dropped when this returns, before the writer's connection (which, closed last,
+        // checkpoints what is left and removes the WAL).
+        let _checkpointer = Checkpointer::start(&self.path);
         let mut batch = Batch::default();
         while let Some(first) = rx.blocking_recv() {
             take(&mut rx, first, &mut batch);
@@ -1859,6 +1927,40 @@ mod tests {
         assert_eq!(new.len(), 1, "{results:?}");
         assert!(results.iter().all(|r| r.id() == new[0].id()), "{results:?}");
         assert_eq!(store.count().expect("count"), 1);
+    }
+
+    #[tokio::test]
+    async fn committed_frames_reach_the_database_file_without_waiting_for_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open(&path).expect("open");
+        let handle = store.handle();
+        let before = fs::metadata(&path).expect("stat").len();
+        // About 2 MiB of events: with automatic checkpoints off on the writer, only the
+        // checkpoint thread moves them from the WAL into the database file before close.
+        for n in 0..256 {
+            let mut e = event("/r", &format!("big-{n}"));
+            e.body = HashedBody::new(vec![b'x'; 8192]);
+            handle.insert(e).await.expect("insert");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = fs::metadata(&path).expect("stat").len();
+            if now >= before + 2 * 1024 * 1024 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {now} bytes (was {before}): no checkpoint ran"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(handle);
+        drop(store);
+        assert!(
+            !dir.path().join("events.db-wal").exists(),
+            "closing removes the WAL"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
