@@ -566,20 +566,26 @@ impl Server {
                         return;
                     }
                 };
+                let activity = Activity::new();
+                let requests = Arc::clone(&activity);
                 let service =
                     hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(Peer(peer));
                         let mut router = router.clone();
+                        let guard = requests.begin();
                         async move {
-                            tower_service::Service::call(&mut router, req.map(Body::new)).await
+                            let response =
+                                tower_service::Service::call(&mut router, req.map(Body::new)).await;
+                            drop(guard);
+                            response
                         }
                     });
-                let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    &builders.1
-                } else {
-                    &builders.0
-                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let builder = if h2 { &builders.1 } else { &builders.0 };
                 let io = Tracked::new(tls);
+                if h2 {
+                    io.close_when_idle(activity, limits.header_timeout);
+                }
                 let conn = builder.serve_connection(TokioIo::new(io.clone()), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     if is_header_timeout(&*e) {
@@ -625,6 +631,94 @@ struct TrackedInner<T> {
     io: T,
     /// Bytes were read since the last write.
     partial: bool,
+    /// HTTP/2 only: ends the connection once it has carried no request for the header timeout.
+    idle: Option<IdleCutoff>,
+}
+
+/// Requests on one connection: how many are being handled, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_done: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last_done: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Marks a request as being handled until the guard is dropped.
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ActivityGuard(Arc::clone(self))
+    }
+
+    /// When the connection went idle, or `None` while a request is being handled.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            *self
+                .last_done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// A request being handled; its drop records the end.
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The idle limit of an HTTP/2 connection. hyper's HTTP/2 server has no counterpart of the
+/// HTTP/1.1 header timeout: a client could open a connection (or send the preface, or keep
+/// pinging) and never send a request, holding one of `max_connections` for ever. The stream
+/// therefore reports end-of-file once no request has been in flight for the limit, which ends
+/// the connection the same silent way an idle HTTP/1.1 keep-alive connection ends.
+struct IdleCutoff {
+    activity: Arc<Activity>,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleCutoff {
+    /// Whether the connection has been idle for the limit; otherwise arms the timer for the
+    /// moment it would be (registering `cx` to be woken then).
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        loop {
+            let deadline = match self.activity.idle_since() {
+                Some(since) => since + self.limit,
+                // A request is being handled; look again a full limit from now.
+                None => Instant::now() + self.limit,
+            };
+            if Instant::now() >= deadline {
+                return true;
+            }
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+    }
 }
 
 impl<T> Clone for Tracked<T> {
@@ -638,7 +732,17 @@ impl<T> Tracked<T> {
         Self(Arc::new(std::sync::Mutex::new(TrackedInner {
             io,
             partial: false,
+            idle: None,
         })))
+    }
+
+    /// Ends the stream (end-of-file) once `activity` has shown no request for `limit`.
+    fn close_when_idle(&self, activity: Arc<Activity>, limit: Duration) {
+        self.lock().idle = Some(IdleCutoff {
+            activity,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackedInner<T>> {
@@ -659,6 +763,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let polled = Pin::new(&mut inner.io).poll_read(cx, buf);
         if buf.filled().len() > before {
             inner.partial = true;
+        }
+        if polled.is_pending()
+            && let Some(idle) = inner.idle.as_mut()
+            && idle.expired(cx)
+        {
+            // Nothing read: end-of-file.
+            return Poll::Ready(Ok(()));
         }
         polled
     }

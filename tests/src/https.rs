@@ -173,6 +173,45 @@ fn tls(
     Ok(stream)
 }
 
+/// A connection that completes the TLS handshake, writes `first` (e.g. the HTTP/2 preface; may
+/// be empty), then sends nothing more and reads until the server closes it. Returns the
+/// negotiated ALPN protocol, the bytes the server sent, and how long after `first` it closed.
+///
+/// # Errors
+/// Connecting or the handshake failed, or the server kept the connection open past the
+/// socket's 15 s read timeout (`WouldBlock`/`TimedOut`).
+pub fn hold_idle(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+    first: &[u8],
+) -> io::Result<(Option<Vec<u8>>, usize, Duration)> {
+    let mut stream = tls(src, dst, config)?;
+    let alpn = stream.conn.alpn_protocol().map(<[u8]>::to_vec);
+    stream.write_all(first)?;
+    stream.flush()?;
+    let started = std::time::Instant::now();
+    let mut received = 0;
+    let mut buf = [0_u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            // The server closing without a TLS close_notify, or resetting: closed all the same.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((alpn, received, started.elapsed()))
+}
+
 /// A TLS handshake from `src` to `dst`: the negotiated ALPN protocol and TLS version.
 ///
 /// # Errors

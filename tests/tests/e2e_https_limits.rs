@@ -18,7 +18,7 @@ use std::{
 use hookwall::store::Reader;
 use hookwall_tests::{
     daemon::{ConfigSpec, Daemon, PinsGuard, write_atomic},
-    https::{Reply, TestCa, exchange, github_signature, render_config, request},
+    https::{Reply, TestCa, exchange, github_signature, hold_idle, render_config, request},
     netns::{
         ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, PROTECTED_PORT, srv_addr,
     },
@@ -38,7 +38,7 @@ struct Env {
     spec: ConfigSpec,
     client: Arc<ClientConfig>,
     config: PathBuf,
-    _ca: TestCa,
+    ca: TestCa,
     dir: tempfile::TempDir,
 }
 
@@ -76,7 +76,7 @@ impl Env {
             spec,
             client,
             config,
-            _ca: ca,
+            ca,
             dir,
         }
     }
@@ -365,6 +365,53 @@ fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() 
     assert!(
         daemon.log().contains(r#""reason":"header_timeout""#),
         "audit line for the 408"
+    );
+    drop(daemon);
+    assert_eq!(env.stored(), 1);
+}
+
+#[test]
+fn an_http2_connection_that_carries_no_request_is_closed_after_header_timeout() {
+    let env = Env::new("header_timeout_ms = 500");
+    let daemon = env.start();
+    let h2 = env.ca.client(&[b"h2"], &[&rustls::version::TLS13]);
+    let dst = srv_addr(v4(), PROTECTED_PORT);
+    // The client preface and an empty SETTINGS frame, then silence; and silence from the start.
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    for (first, what) in [
+        (preface, "after the preface"),
+        (&b""[..], "without a preface"),
+    ] {
+        let h2 = Arc::clone(&h2);
+        let (alpn, received, took) = env
+            .lab
+            .cli
+            .run(move || hold_idle(v4(), dst, &h2, first))
+            .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", daemon.log()));
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "{what}: ALPN chose h2");
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+            "{what}: closed after {took:?}, expected about 500 ms"
+        );
+        if first.is_empty() {
+            continue;
+        }
+        assert!(received > 0, "{what}: the server's SETTINGS arrived first");
+    }
+    // An HTTP/2 request is still served under the same limit.
+    let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+    let headers = vec![
+        "Content-Type: application/json".to_owned(),
+        "X-GitHub-Event: push".to_owned(),
+        "X-GitHub-Delivery: h2-after-idle".to_owned(),
+        format!("X-Hub-Signature-256: {sig}"),
+    ];
+    let (version, code) = curl_h2(&env, &headers, BODY);
+    assert_eq!(
+        (version.as_str(), code),
+        ("2", 200),
+        "log:\n{}",
+        daemon.log()
     );
     drop(daemon);
     assert_eq!(env.stored(), 1);
