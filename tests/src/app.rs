@@ -60,9 +60,20 @@ pub struct Receipt {
     pub signature_ok: bool,
     /// The status the application chose for it.
     pub status: u16,
+    /// Every header, names lowercase, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Receipt {
+    /// The first header called `name` (lowercase).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Whether this was a delivery (not a validation request).
     #[must_use]
     pub fn is_delivery(&self) -> bool {
@@ -403,6 +414,15 @@ async fn handle(
             at: Instant::now(),
             signature_ok,
             status,
+            headers: headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
         });
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if validation && signature_ok {

@@ -364,6 +364,16 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
             confirmation(&r.webhook_id),
             "body delivered unchanged"
         );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("hookwall-route"), Some(CONFIRMATION));
+        assert_eq!(r.header("hookwall-kind"), Some("mpesa_c2b_confirmation"));
+        assert!(
+            r.header("hookwall-received-at")
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|ms| ms > 1_700_000_000_000),
+            "hookwall-received-at: {r:?}"
+        );
+        assert!(r.event.is_some(), "hookwall-event: {r:?}");
     }
 
     gauge(&daemon, "pending", 0.0);
@@ -404,6 +414,18 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
         env.queue_list(&["--state", "pending"]).is_empty(),
         "nothing pending"
     );
+    // Daraja retries a few callbacks it already had acknowledged: duplicates, not new events,
+    // so nothing is queued (and nothing delivered) again.
+    env.confirm(&ids[..5], &daemon);
+    assert_eq!(
+        daemon.metric(
+            "hookwall_http_requests_total",
+            &[("route", CONFIRMATION), ("outcome", "duplicate")]
+        ),
+        5.0
+    );
+    let c = env.counts();
+    assert_eq!((c.pending, c.delivered, c.dead), (0, N as u64, 0));
     let log = daemon.log();
     assert!(
         !log.contains(DELIVERY_SECRET.trim_start_matches("whsec_")),
@@ -784,4 +806,47 @@ fn queue_purge_removes_delivered_events_only() {
     assert!(out.contains("purged 0"), "{out}");
     assert_eq!(env.reader().count().expect("count"), 2);
     drop(daemon);
+}
+
+#[test]
+fn sigterm_lets_attempts_in_flight_finish_and_records_them() {
+    const N: usize = 40;
+    let env = Env::new(|d| d.concurrency = 4);
+    let mut daemon = env.start();
+    let ids = trans_ids("TM", N);
+    let acknowledged = env.confirm(&ids, &daemon);
+    env.app.set_delay(Duration::from_millis(300));
+    env.app.up();
+    poll_until(
+        Duration::from_secs(30),
+        || env.app.deliveries().len() >= 6,
+        || format!("deliveries did not start; log:\n{}", daemon.log()),
+    );
+    let status = daemon.term();
+    assert!(
+        status.success(),
+        "graceful stop: {status}; log:\n{}",
+        daemon.log()
+    );
+    let at_stop = env.counts();
+    let seen = env.app.deliveries().len();
+    // Every request the application got was answered and recorded before the daemon exited.
+    assert_eq!(
+        at_stop.delivered as usize, seen,
+        "attempts in flight at SIGTERM were finished and recorded: {at_stop:?}, {seen} receipts"
+    );
+    assert!(at_stop.pending > 0, "stopped mid-backlog: {at_stop:?}");
+
+    let daemon = env.start();
+    wait_counts(&env, &daemon, (0, N as u64, 0), Duration::from_secs(60));
+    let counts = env.app.accepted_counts();
+    assert_eq!(
+        counts.keys().cloned().collect::<BTreeSet<_>>(),
+        acknowledged
+    );
+    let duplicates: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "a graceful stop repeats nothing: {duplicates:?}"
+    );
 }
