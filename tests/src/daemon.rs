@@ -753,6 +753,59 @@ pub struct ConfigSpec {
     pub server_listen: String,
     /// `store.path`.
     pub store_path: PathBuf,
+    /// `[delivery]`, if any.
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// The `[delivery]` section of a [`ConfigSpec`] (an HTTP sink).
+#[derive(Debug, Clone)]
+pub struct DeliverySpec {
+    /// `delivery.url`.
+    pub url: String,
+    /// The file `delivery.secret` is read from (`{ file = ... }`).
+    pub secret_file: PathBuf,
+    /// `delivery.timeout` (humantime text).
+    pub timeout: String,
+    /// `delivery.max_attempts`.
+    pub max_attempts: u32,
+    /// `delivery.backoff_initial`.
+    pub backoff_initial: String,
+    /// `delivery.backoff_max`.
+    pub backoff_max: String,
+    /// `delivery.concurrency`.
+    pub concurrency: usize,
+}
+
+impl DeliverySpec {
+    /// Delivery to `url` signed with the secret in `secret_file`, with test-sized backoffs
+    /// (50 ms to 500 ms), a 5 s timeout, 25 attempts and 8 in flight.
+    #[must_use]
+    pub fn new(url: &str, secret_file: &Path) -> Self {
+        Self {
+            url: url.to_owned(),
+            secret_file: secret_file.to_path_buf(),
+            timeout: "5s".into(),
+            max_attempts: 25,
+            backoff_initial: "50ms".into(),
+            backoff_max: "500ms".into(),
+            concurrency: 8,
+        }
+    }
+
+    fn render(&self, s: &mut String) {
+        let _ = writeln!(s, "[delivery]");
+        let _ = writeln!(s, "url = {:?}", self.url);
+        let _ = writeln!(
+            s,
+            "secret = {{ file = {:?} }}",
+            self.secret_file.display().to_string()
+        );
+        let _ = writeln!(s, "timeout = {:?}", self.timeout);
+        let _ = writeln!(s, "max_attempts = {}", self.max_attempts);
+        let _ = writeln!(s, "backoff_initial = {:?}", self.backoff_initial);
+        let _ = writeln!(s, "backoff_max = {:?}", self.backoff_max);
+        let _ = writeln!(s, "concurrency = {}", self.concurrency);
+    }
 }
 
 impl ConfigSpec {
@@ -769,6 +822,7 @@ impl ConfigSpec {
             metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
             server_listen: format!("0.0.0.0:{}", crate::netns::PROTECTED_PORT),
             store_path: dir.join("events.db"),
+            delivery: None,
         }
     }
 
@@ -810,6 +864,10 @@ impl ConfigSpec {
         let _ = writeln!(s);
         let _ = writeln!(s, "[store]");
         let _ = writeln!(s, "path = {:?}", self.store_path.display().to_string());
+        if let Some(delivery) = &self.delivery {
+            let _ = writeln!(s);
+            delivery.render(&mut s);
+        }
         s
     }
 

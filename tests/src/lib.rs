@@ -7,6 +7,8 @@
 //! - [`netns`]: network namespaces and veth pairs that remove themselves on drop.
 //! - [`daemon`]: runs the `hookwall` binary and stops it by PID.
 //! - [`https`]: a rustls client bound to a source address, a test CA, signed requests.
+//! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
+pub mod app;
 pub mod daemon;
 pub mod frames;
 pub mod https;
