@@ -17,6 +17,9 @@ use crate::{
     verify::{C2bRejection, Signer, mpesa_accept_body, mpesa_reject_body},
 };
 
+/// Largest answer read from the application: a Daraja answer is about 50 bytes.
+const ANSWER_LIMIT: usize = 16 * 1024;
+
 /// Who decided a validation's answer: the `result` label of `hookwall_validation_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -116,10 +119,20 @@ impl Validator {
             if !status.is_success() {
                 return Err(format!("the application answered HTTP {status}"));
             }
-            let bytes = response
-                .bytes()
+            let mut response = response;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
                 .await
-                .map_err(|_| "the application's answer was cut off".to_owned())?;
+                .map_err(|_| "the application's answer was cut off".to_owned())?
+            {
+                if bytes.len() + chunk.len() > ANSWER_LIMIT {
+                    return Err(format!(
+                        "the application's answer exceeds {ANSWER_LIMIT} bytes"
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
             parse_answer(&bytes)
         })
         .await;
