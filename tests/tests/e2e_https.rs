@@ -506,7 +506,9 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
     let proxy = IpAddr::V4(REFUSED_V4);
     let path = format!("{MPESA}/{TOKEN}");
     let allowed = ALLOWED_V4.to_string();
-    let cases: [(&[(&str, &str)], u16, &str); 6] = [
+    // (forwarding headers, expected status, what the case shows)
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case<'_>; 6] = [
         (&[], 403, "the proxy itself is not an allowed client"),
         (
             &[("X-Forwarded-For", allowed.as_str())],
