@@ -243,6 +243,10 @@ impl Counter {
     /// Number of counters; the size of the counters map.
     pub const COUNT: u32 = 9;
 
+    /// The drop counters are contiguous, and each monitor counter sits this far after the drop
+    /// counter of the same reason; the program turns a drop into monitor by adding it.
+    pub const MONITOR_OFFSET: u32 = 3;
+
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::PassAllowed,
@@ -308,4 +312,30 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::CounterValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Counter, Reason, Verdict};
+
+    /// The program's arithmetic on counter indices: drop counters are contiguous, and monitor =
+    /// drop + MONITOR_OFFSET for every reason a refusal can carry.
+    #[test]
+    fn monitor_counters_sit_monitor_offset_after_drop_counters() {
+        for reason in [Reason::NotAllowed, Reason::Fragment, Reason::Malformed] {
+            let drop = Counter::refused(reason, true) as u32;
+            let monitor = Counter::refused(reason, false) as u32;
+            assert_eq!(monitor, drop + Counter::MONITOR_OFFSET, "{reason:?}");
+        }
+        for counter in Counter::ALL {
+            let index = counter as u32;
+            let in_drop_range =
+                index.wrapping_sub(Counter::DropNotAllowed as u32) < Counter::MONITOR_OFFSET;
+            assert_eq!(
+                in_drop_range,
+                counter.verdict() == Verdict::Drop,
+                "{counter:?}"
+            );
+        }
+    }
 }
