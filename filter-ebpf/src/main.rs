@@ -27,9 +27,7 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
-use filter_common::{
-    Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, Reason, Settings, index,
-};
+use filter_common::{Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, index};
 
 /// `BPF_F_MMAPABLE`: userspace updates the coarse indexes with plain atomic stores.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -46,10 +44,8 @@ static V6_INDEX: Array<u64> = Array::pinned(index::V6_WORDS, BPF_F_MMAPABLE);
 static V4_SUMMARY: Array<u64> = Array::pinned(index::V4_SUMMARY_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_V6_SUMMARY")]
 static V6_SUMMARY: Array<u64> = Array::pinned(index::V6_SUMMARY_WORDS, BPF_F_MMAPABLE);
-#[map(name = "HW_PORTS")]
-static PORTS: Array<u64> = Array::pinned(PORT_WORDS, 0);
 #[map(name = "HW_SETTINGS")]
-static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+static CONFIG: Array<Config> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map(name = "HW_COUNTERS")]
 static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
 // Written by userspace only; declared here so it is created and pinned with the rest.
@@ -82,18 +78,19 @@ const MAX_L4_OFFSET: usize = 1024;
 
 #[xdp]
 pub fn hookwall(ctx: XdpContext) -> u32 {
+    // The one lookup for the mode and the ports.
+    let config = CONFIG.get(0);
     // What the packet earns in enforce mode: a pass counter, or the drop counter of its reason.
-    let counter = match fast_ipv4(&ctx) {
+    let counter = match fast_ipv4(&ctx, config) {
         Some(counter) => counter,
-        None => match classify(&ctx) {
+        None => match classify(&ctx, config) {
             Ok(Judged::Pass(counter)) => counter,
             Ok(Judged::Refuse(reason)) | Err(reason) => Counter::refused(reason, true),
         },
     };
     let mut index = counter as u32;
-    // Monitor mode passes what enforce would drop, under the matching monitor counter. Only a
-    // refusal reads the mode: a packet passed outright never needs it.
-    if counter.drops() && flags() & Settings::FLAG_ENFORCE == 0 {
+    // Monitor mode passes what enforce would drop, under the matching monitor counter.
+    if counter.drops() && flags(config) & Settings::FLAG_ENFORCE == 0 {
         index += Counter::MONITOR_OFFSET;
     }
     finish(&ctx, index)
@@ -101,11 +98,11 @@ pub fn hookwall(ctx: XdpContext) -> u32 {
 
 /// The settings flags.
 #[inline(always)]
-fn flags() -> u32 {
+fn flags(config: Option<&Config>) -> u32 {
     // An array lookup at index 0 cannot fail; fail closed if it ever did.
-    SETTINGS.get(0).map_or(
+    config.map_or(
         Settings::FLAG_ENFORCE | Settings::FLAG_STRICT_FRAGMENTS,
-        |s| s.flags,
+        |c| c.settings.flags,
     )
 }
 
@@ -118,7 +115,7 @@ const FAST_V4_LEN: usize = ETH_HLEN + 20 + 4;
 /// packets it takes, the fast path decides exactly what that walk would (the model test checks
 /// both against the same reference). Returns the counter as in enforce mode.
 #[inline(always)]
-fn fast_ipv4(ctx: &XdpContext) -> Option<Counter> {
+fn fast_ipv4(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
     let data = ctx.data();
     if data + FAST_V4_LEN > ctx.data_end() {
         return None;
@@ -143,7 +140,7 @@ fn fast_ipv4(ctx: &XdpContext) -> Option<Counter> {
     {
         return None;
     }
-    if !port_protected(field(ETH_HLEN + 20 + 2)) {
+    if !port_protected(config, field(ETH_HLEN + 20 + 2)) {
         return Some(Counter::PassUnprotected);
     }
     // SAFETY: as for `field`.
@@ -217,7 +214,7 @@ struct L3 {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<Judged, Reason> {
+fn classify(ctx: &XdpContext, config: Option<&Config>) -> Result<Judged, Reason> {
     let mut ether_type = read_be16(ctx, 12)?;
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -230,11 +227,11 @@ fn classify(ctx: &XdpContext) -> Result<Judged, Reason> {
     match ether_type {
         ETH_P_IP => {
             let (src, l3) = parse_ipv4(ctx, offset)?;
-            judge(ctx, &l3, || v4_allowed(src))
+            judge(ctx, config, &l3, || v4_allowed(src))
         }
         ETH_P_IPV6 => {
             let (src, l3) = parse_ipv6(ctx, offset)?;
-            judge(ctx, &l3, || v6_allowed(&src))
+            judge(ctx, config, &l3, || v6_allowed(&src))
         }
         // A third VLAN tag: a frame the host would not take apart either.
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Malformed),
@@ -244,9 +241,14 @@ fn classify(ctx: &XdpContext) -> Result<Judged, Reason> {
 
 /// Applies the port and fragment policy to a parsed IP packet.
 #[inline(always)]
-fn judge(ctx: &XdpContext, l3: &L3, allowed: impl Fn() -> bool) -> Result<Judged, Reason> {
+fn judge(
+    ctx: &XdpContext,
+    config: Option<&Config>,
+    l3: &L3,
+    allowed: impl Fn() -> bool,
+) -> Result<Judged, Reason> {
     if l3.later_fragment {
-        if flags() & Settings::FLAG_STRICT_FRAGMENTS == 0 {
+        if flags(config) & Settings::FLAG_STRICT_FRAGMENTS == 0 {
             return Ok(Judged::Pass(Counter::PassFragment));
         }
         return Ok(by_source(allowed(), Reason::Fragment));
@@ -260,7 +262,7 @@ fn judge(ctx: &XdpContext, l3: &L3, allowed: impl Fn() -> bool) -> Result<Judged
         Err(Reason::Malformed)
     };
     match port {
-        Ok(port) if port_protected(port) => Ok(by_source(allowed(), Reason::NotAllowed)),
+        Ok(port) if port_protected(config, port) => Ok(by_source(allowed(), Reason::NotAllowed)),
         Ok(_) => Ok(Judged::Pass(Counter::PassUnprotected)),
         // RFC 1858: a first fragment too short to show its port is judged as protected.
         Err(_) if l3.first_fragment => Ok(by_source(allowed(), Reason::Fragment)),
@@ -382,9 +384,9 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<([u8; 16], L3), Reason>
 /// Whether a later fragment of this packet would reach a protected port is unknowable; a packet
 /// whose transport header we found is judged by its destination port.
 #[inline(always)]
-fn port_protected(port: u16) -> bool {
-    match PORTS.get(u32::from(port) >> 6) {
-        Some(word) => word & (1u64 << (port & 63)) != 0,
+fn port_protected(config: Option<&Config>, port: u16) -> bool {
+    match config {
+        Some(c) => c.ports[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0,
         None => true,
     }
 }
