@@ -18,9 +18,8 @@ pub mod map_names {
     pub const V4_SUMMARY: &str = "HW_V4_SUMMARY";
     /// IPv6 first-level bitmap, `Array<u64>` (mmap-able).
     pub const V6_SUMMARY: &str = "HW_V6_SUMMARY";
-    /// Protected destination ports, a bitmap `Array<u64>` of [`crate::PORT_WORDS`] words.
-    pub const PORTS: &str = "HW_PORTS";
-    /// One [`crate::Settings`] at index 0.
+    /// One [`crate::Config`] at index 0 (mmap-able): the mode flags and the protected ports,
+    /// together so that the program reads both with one lookup.
     pub const SETTINGS: &str = "HW_SETTINGS";
     /// Per-CPU [`crate::CounterValue`]s indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "HW_COUNTERS";
@@ -130,6 +129,25 @@ impl Settings {
     pub const FLAG_ENFORCE: u32 = 1;
     /// Judge non-first fragments by their source (they carry no port).
     pub const FLAG_STRICT_FRAGMENTS: u32 = 2;
+}
+
+/// The value of the settings map: everything the program reads for every packet besides the
+/// allowlist, in one value so one lookup serves both the mode and the ports.
+///
+/// Userspace maps it and writes it a `u64` word at a time with atomic stores (word 0: the
+/// settings, flags in the low half; words 1..: the ports), so the program never sees a torn word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The mode.
+    pub settings: Settings,
+    /// Protected destination ports: port `p` is bit `p % 64` of word `p / 64`.
+    pub ports: [u64; PORT_WORDS as usize],
+}
+
+impl Config {
+    /// Size of the value in `u64` words.
+    pub const WORDS: usize = 1 + PORT_WORDS as usize;
 }
 
 /// Facts about the loaded program, kept in a pinned map so `hookwall status` can read them after
@@ -243,6 +261,10 @@ impl Counter {
     /// Number of counters; the size of the counters map.
     pub const COUNT: u32 = 9;
 
+    /// The drop counters are contiguous, and each monitor counter sits this far after the drop
+    /// counter of the same reason; the program turns a drop into monitor by adding it.
+    pub const MONITOR_OFFSET: u32 = 3;
+
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::PassAllowed,
@@ -306,6 +328,41 @@ impl Counter {
 mod pod {
     // SAFETY: all are #[repr(C)] plain integers and byte arrays with no padding holes.
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::CounterValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Config, Counter, Reason, Settings, Verdict};
+
+    /// Userspace writes the config as words: settings in word 0, the ports after.
+    #[test]
+    fn config_is_the_settings_word_then_the_port_words() {
+        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<Config>(), Config::WORDS * 8);
+        assert_eq!(core::mem::offset_of!(Config, ports), 8);
+    }
+
+    /// The program's arithmetic on counter indices: drop counters are contiguous, and monitor =
+    /// drop + MONITOR_OFFSET for every reason a refusal can carry.
+    #[test]
+    fn monitor_counters_sit_monitor_offset_after_drop_counters() {
+        for reason in [Reason::NotAllowed, Reason::Fragment, Reason::Malformed] {
+            let drop = Counter::refused(reason, true) as u32;
+            let monitor = Counter::refused(reason, false) as u32;
+            assert_eq!(monitor, drop + Counter::MONITOR_OFFSET, "{reason:?}");
+        }
+        for counter in Counter::ALL {
+            let index = counter as u32;
+            let in_drop_range =
+                index.wrapping_sub(Counter::DropNotAllowed as u32) < Counter::MONITOR_OFFSET;
+            assert_eq!(
+                in_drop_range,
+                counter.verdict() == Verdict::Drop,
+                "{counter:?}"
+            );
+        }
+    }
 }

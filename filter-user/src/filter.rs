@@ -36,7 +36,7 @@ use aya::{
     },
 };
 use filter_common::{
-    Counter, CounterValue, Meta, PORT_WORDS, PROGRAM_NAME, Settings, index, map_names,
+    Config, Counter, CounterValue, Meta, PORT_WORDS, PROGRAM_NAME, Settings, index, map_names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::{Digest as _, Sha256};
@@ -281,8 +281,8 @@ pub struct Filter {
     v6_index: MapData,
     v4_summary: MapData,
     v6_summary: MapData,
-    ports: Array<MapData, u64>,
-    settings: Array<MapData, Settings>,
+    /// The [`Config`]: the mode and the ports, written word by word through a mapping.
+    config: MapData,
     counters: PerCpuArray<MapData, CounterValue>,
     meta: Array<MapData, Meta>,
     /// The pinned program, when it was adopted rather than loaded by this process.
@@ -365,8 +365,7 @@ impl Filter {
             v6_index: take_map_data(&mut ebpf, map_names::V6_INDEX)?,
             v4_summary: take_map_data(&mut ebpf, map_names::V4_SUMMARY)?,
             v6_summary: take_map_data(&mut ebpf, map_names::V6_SUMMARY)?,
-            ports: take_map(&mut ebpf, map_names::PORTS)?,
-            settings: take_map(&mut ebpf, map_names::SETTINGS)?,
+            config: take_map_data(&mut ebpf, map_names::SETTINGS)?,
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             meta,
             adopted,
@@ -484,13 +483,25 @@ impl Filter {
         report.words_written += update_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
         report.words_written += update_index(&self.v4_summary, map_names::V4_SUMMARY, &v4_summary)?;
         report.words_written += update_index(&self.v6_summary, map_names::V6_SUMMARY, &v6_summary)?;
-        report.words_written += self.update_ports(&new_ports, Phase::Add)?;
-        self.settings
-            .set(0, &desired.settings, 0)
-            .map_err(|e| map_err(map_names::SETTINGS, "writing the mode", e))?;
+        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
+        if config.words().len() != Config::WORDS {
+            return Err(map_err(
+                map_names::SETTINGS,
+                "checking the size",
+                io::Error::other(format!(
+                    "{} words, not {}",
+                    config.words().len(),
+                    Config::WORDS
+                )),
+            ));
+        }
+        let (settings_word, port_cells) = config.words().split_at(1);
+        report.words_written += or_words(port_cells, &new_ports);
+        // The flags are the low half of word 0; the reserved half is always 0.
+        settings_word[0].store(u64::from(desired.settings.flags), Ordering::Release);
 
         // Phase 2: remove what the new state lacks.
-        report.words_written += self.update_ports(&new_ports, Phase::Remove)?;
+        report.words_written += set_words(port_cells, &new_ports);
         report.words_written += prune_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
         report.words_written += prune_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
         report.words_written += prune_index(&self.v4_summary, map_names::V4_SUMMARY, &v4_summary)?;
@@ -522,27 +533,6 @@ impl Filter {
         })?;
         report.elapsed = started.elapsed();
         Ok(report)
-    }
-
-    fn update_ports(&mut self, new: &[u64], phase: Phase) -> Result<usize, FilterError> {
-        let mut written = 0;
-        for (i, &want) in (0u32..).zip(new) {
-            let cur = self
-                .ports
-                .get(&i, 0)
-                .map_err(|e| map_err(map_names::PORTS, "reading", e))?;
-            let next = match phase {
-                Phase::Add => cur | want,
-                Phase::Remove => want,
-            };
-            if next != cur {
-                self.ports
-                    .set(i, &next, 0)
-                    .map_err(|e| map_err(map_names::PORTS, "writing", e))?;
-                written += 1;
-            }
-        }
-        Ok(written)
     }
 
     fn write_meta(&mut self, change: impl FnOnce(&mut Meta)) -> Result<(), FilterError> {
@@ -679,12 +669,6 @@ impl Filter {
     pub fn counters(&self) -> Result<[CounterValue; Counter::COUNT as usize], FilterError> {
         read_counters(&self.counters)
     }
-}
-
-#[derive(Clone, Copy)]
-enum Phase {
-    Add,
-    Remove,
 }
 
 fn attach_err(
@@ -976,7 +960,9 @@ struct IndexMmap {
 impl IndexMmap {
     fn map(data: &MapData, name: &'static str) -> Result<Self, FilterError> {
         let info = data.info().map_err(|e| map_err(name, "reading info", e))?;
-        let len = info.max_entries() as usize;
+        // Every value is a whole number of u64 words, so the value area is exactly this many.
+        let len =
+            info.max_entries() as usize * info.value_size() as usize / std::mem::size_of::<u64>();
         let bytes = len * std::mem::size_of::<u64>();
         // SAFETY: a fresh shared mapping of the map's fd, sized to the map's value area.
         let ptr = unsafe {
@@ -1016,29 +1002,37 @@ impl Drop for IndexMmap {
 
 /// Phase 1 for an index: every word becomes `old | new`.
 fn update_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize, FilterError> {
-    let mmap = IndexMmap::map(data, name)?;
+    Ok(or_words(IndexMmap::map(data, name)?.words(), new))
+}
+
+/// Phase 2 for an index: every word becomes exactly `new`.
+fn prune_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize, FilterError> {
+    Ok(set_words(IndexMmap::map(data, name)?.words(), new))
+}
+
+/// Makes every cell `old | new`, each with one atomic store; returns the cells written.
+fn or_words(cells: &[AtomicU64], new: &[u64]) -> usize {
     let mut written = 0;
-    for (cell, &want) in mmap.words().iter().zip(new) {
+    for (cell, &want) in cells.iter().zip(new) {
         let cur = cell.load(Ordering::Relaxed);
         if cur | want != cur {
             cell.store(cur | want, Ordering::Release);
             written += 1;
         }
     }
-    Ok(written)
+    written
 }
 
-/// Phase 2 for an index: every word becomes exactly `new`.
-fn prune_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize, FilterError> {
-    let mmap = IndexMmap::map(data, name)?;
+/// Makes every cell exactly `new`, each with one atomic store; returns the cells written.
+fn set_words(cells: &[AtomicU64], new: &[u64]) -> usize {
     let mut written = 0;
-    for (cell, &want) in mmap.words().iter().zip(new) {
+    for (cell, &want) in cells.iter().zip(new) {
         if cell.load(Ordering::Relaxed) != want {
             cell.store(want, Ordering::Release);
             written += 1;
         }
     }
-    Ok(written)
+    written
 }
 
 /// Sums a per-CPU counters map.

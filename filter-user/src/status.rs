@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use filter_common::{Counter, CounterValue, Meta, Settings, map_names};
+use filter_common::{Config, Counter, CounterValue, Meta, Settings, map_names};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -141,10 +141,11 @@ pub fn read(pins: &Pins) -> Result<Status, StatusError> {
         return Ok(status);
     }
 
-    let settings: Array<MapData, Settings> = typed(pins, map_names::SETTINGS)?;
-    let flags = settings
+    let config: Array<MapData, Config> = typed(pins, map_names::SETTINGS)?;
+    let flags = config
         .get(&0, 0)
         .map_err(|e| map_read_err(pins, map_names::SETTINGS, e))?
+        .settings
         .flags;
     status.mode = Some(if flags & Settings::FLAG_ENFORCE != 0 {
         "enforce"

@@ -41,15 +41,17 @@ const PORT: u16 = 443;
 fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
-        "filter" => bench_filter(std::env::args().nth(2).as_deref() == Some("rss")),
+        "filter" => bench_filter(std::env::args().nth(2).as_deref().unwrap_or_default()),
         "http" => http::bench_http(),
         "delivery" => bail!("`bench delivery` measures delivery, which does not exist yet"),
         other => bail!("unknown benchmark {other:?}: use filter, http or delivery"),
     }
 }
 
-/// The filter benchmark; with `rss_only`, just the daemon memory figures.
-fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
+/// The filter benchmark. `mode` "rss": just the daemon memory figures; "drop": just the random
+/// drop paths at the largest size (a quick check while tuning the program); anything else: all.
+fn bench_filter(mode: &str) -> anyhow::Result<()> {
+    let (rss_only, drop_only) = (mode == "rss", mode == "drop");
     // BPF_PROG_TEST_RUN with repeat > 1 swaps the program into the kernel's XDP dispatcher and
     // back (two RCU grace periods, milliseconds) unless it is already there. Attaching both
     // programs natively to a veth pair in namespaces of our own keeps them there; no packet
@@ -65,7 +67,8 @@ fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
     );
     println!(
         "columns: hookwall, the same program with every lookup sent to the LPM trie (a plain-trie \
-         filter, same prefixes), and the floor, run back to back on each frame; ratios to the floor"
+         filter, same prefixes), and the floor; hookwall and the floor alternate on each frame in \
+         one pass, the trie and the floor in another; each ratio is to the floor of its own pass"
     );
     println!(
         "{:>8}  {:<6} {:<21} | {:>6} {:>6} {:>6} {:>5} {:>5} | {:>6} {:>6} {:>6} {:>5} {:>5}",
@@ -84,7 +87,11 @@ fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
         "tr/f"
     );
     let veth_trie = VethPair::new(&ns_a, &[], &ns_b, &[]);
-    let sizes: &[usize] = if rss_only { &[] } else { &SIZES };
+    let sizes: &[usize] = match (rss_only, drop_only) {
+        (true, _) => &[],
+        (_, true) => &SIZES[SIZES.len() - 1..],
+        _ => &SIZES,
+    };
     for &n in sizes {
         let v4 = random_v4(&mut rng, n);
         let v6 = random_v6(&mut rng, n);
@@ -153,6 +160,28 @@ fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
                 syn_v6(Ipv6Addr::from(host))
             })
             .collect();
+        // Diagnostic, not a bar figure: distinct sources all inside one /23 that no allowed
+        // prefix touches, so every lookup reads the same summary word. Beside "drop (random)",
+        // it separates the program's own cost from the cache miss on the summary.
+        // Its own RNG, so the prefix sets of the later sizes stay those of earlier versions.
+        let mut diag_rng = StdRng::seed_from_u64(n as u64);
+        let quiet_block = loop {
+            let base = diag_rng.random::<u32>() & !0x1ff;
+            let block = Ipv4Net::new(Ipv4Addr::from(base), 23).expect("valid length");
+            if !v4
+                .iter()
+                .any(|n| n.contains(&block.network()) || block.contains(&n.network()))
+            {
+                break base;
+            }
+        };
+        let one_word4: Vec<Vec<u8>> = (0..SOURCES)
+            .map(|_| {
+                syn_v4(Ipv4Addr::from(
+                    quiet_block | (diag_rng.random::<u32>() & 0x1ff),
+                ))
+            })
+            .collect();
         // Sources just beside allowed long prefixes: their block is "partial", so the drop
         // needs the trie. The worst case for the index, reported separately.
         let near4: Vec<Vec<u8>> = (0..SOURCES)
@@ -167,21 +196,26 @@ fn bench_filter(rss_only: bool) -> anyhow::Result<()> {
 
         for (family, path, frames, expect) in [
             ("ipv4", "drop (random)", &drop4, XDP_DROP),
+            ("ipv4", "drop (one /23, diag)", &one_word4, XDP_DROP),
             ("ipv4", "pass", &pass4, XDP_PASS),
             ("ipv4", "drop (beside a /25+)", &near4, XDP_DROP),
             ("ipv6", "drop (random)", &drop6, XDP_DROP),
             ("ipv6", "pass", &pass6, XDP_PASS),
         ] {
-            if frames.is_empty() {
+            let quick_row = path.starts_with("drop (random") || path.starts_with("drop (one");
+            if frames.is_empty() || (drop_only && !quick_row) {
                 continue;
             }
             let row = measure(&mut filter, &mut trie, &floor, frames, expect);
             println!("{n:>8}  {family:<6} {path:<21} | {row}");
         }
         drop((filter, trie));
-        bench_reload(n, &v4, &v6, &mut rng);
+        if !drop_only {
+            bench_reload(n, &v4, &v6, &mut rng);
+        }
     }
-    for n in [12, 100_000] {
+    let rss_sizes: &[usize] = if drop_only { &[] } else { &[12, 100_000] };
+    for &n in rss_sizes {
         let kib = daemon_rss_kib(&ns_a, &ns_b, n, &mut rng)?;
         println!(
             "{n:>8}  daemon RSS: {:.1} MiB with {n} IPv4 + {n} IPv6 prefixes (from an allowlist file)",
@@ -263,6 +297,9 @@ fn bench_reload(n: usize, v4: &[Ipv4Net], v6: &[Ipv6Net], rng: &mut StdRng) {
 }
 
 /// hookwall, the trie-only baseline and the floor on the same frames, at each repeat count.
+/// Each filter is measured in its own pass, alternating with the floor frame by frame, so that
+/// a ratio's two figures see the same machine state and neither filter runs right after the
+/// other (the trie's walk would evict hookwall's cache lines, which no deployment does).
 fn measure(
     filter: &mut TestFilter,
     trie: &mut TestFilter,
@@ -272,14 +309,19 @@ fn measure(
 ) -> String {
     let mut cols = Vec::new();
     for repeat in REPEATS {
-        let rounds: Vec<[f64; 3]> = (0..ROUNDS)
-            .map(|_| per_packet(frames, expect, repeat, filter, trie, floor))
-            .collect();
-        let [hw, tr, fl] = [0, 1, 2].map(|i| median(rounds.iter().map(|r| r[i]).collect()));
+        let mut hw_rounds = Vec::new();
+        let mut trie_rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            hw_rounds.push(per_packet(frames, expect, repeat, filter, floor));
+            trie_rounds.push(per_packet(frames, expect, repeat, trie, floor));
+        }
+        let med = |rounds: &[[f64; 2]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
+        let (hw, fl) = (med(&hw_rounds, 0), med(&hw_rounds, 1));
+        let (tr, tr_fl) = (med(&trie_rounds, 0), med(&trie_rounds, 1));
         cols.push(format!(
             "{hw:>6.1} {tr:>6.1} {fl:>6.1} {:>5.2} {:>5.2}",
             hw / fl,
-            tr / fl
+            tr / tr_fl
         ));
     }
     cols.join(" | ")
@@ -290,31 +332,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Mean kernel-measured ns per packet of hookwall, the trie-only filter and the floor over
-/// `frames`, run back to back on each frame so that all three see the same machine state;
-/// asserts every verdict. Samples over 100 times the median are dropped: those are the thread
-/// being preempted (microseconds), not a lookup, and one would outweigh thousands of packets.
+/// Mean kernel-measured ns per packet of `filter` and of the floor over `frames`, the two run
+/// back to back on each frame (which goes first alternates from frame to frame) so that both
+/// see the same machine state; asserts every verdict. Samples over 100 times the median are
+/// dropped: those are the thread being preempted (microseconds), not a lookup, and one would
+/// outweigh thousands of packets.
 fn per_packet(
     frames: &[Vec<u8>],
     expect: u32,
     repeat: u32,
     filter: &mut TestFilter,
-    trie: &mut TestFilter,
     floor: &Floor,
-) -> [f64; 3] {
-    let mut samples: [Vec<f64>; 3] = Default::default();
-    for frame in frames {
-        for (i, (action, ns)) in [
-            filter.run_repeat(frame, repeat),
-            trie.run_repeat(frame, repeat),
-            floor.run(frame, repeat),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let want = if i == 2 { XDP_DROP } else { expect };
-            assert_eq!(action, want, "benchmark frame got the wrong verdict");
-            samples[i].push(ns);
+) -> [f64; 2] {
+    let mut samples: [Vec<f64>; 2] = Default::default();
+    for (n, frame) in frames.iter().enumerate() {
+        let mut run_filter = |samples: &mut [Vec<f64>; 2]| {
+            let (action, ns) = filter.run_repeat(frame, repeat);
+            assert_eq!(action, expect, "benchmark frame got the wrong verdict");
+            samples[0].push(ns);
+        };
+        let run_floor = |samples: &mut [Vec<f64>; 2]| {
+            let (action, ns) = floor.run(frame, repeat);
+            assert_eq!(action, XDP_DROP, "the floor must drop");
+            samples[1].push(ns);
+        };
+        if n % 2 == 0 {
+            run_filter(&mut samples);
+            run_floor(&mut samples);
+        } else {
+            run_floor(&mut samples);
+            run_filter(&mut samples);
         }
     }
     samples.map(|mut v| {
