@@ -7,10 +7,12 @@
 //! - [`netns`]: network namespaces and veth pairs that remove themselves on drop.
 //! - [`daemon`]: runs the `hookwall` binary and stops it by PID.
 //! - [`https`]: a rustls client bound to a source address, a test CA, signed requests.
+//! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
 pub mod daemon;
 pub mod frames;
 pub mod https;
 pub mod model;
+pub mod nats;
 pub mod netns;
 
 use std::sync::atomic::{AtomicU32, Ordering};
