@@ -164,7 +164,10 @@ impl NatsServer {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                panic!("nats-server exited ({status}) while starting; log:\n{}", self.log());
+                panic!(
+                    "nats-server exited ({status}) while starting; log:\n{}",
+                    self.log()
+                );
             }
             match run_in(&self.netns, move || info_line(addr)) {
                 Ok(info) if info.contains("\"jetstream\":true") => return,
@@ -197,7 +200,10 @@ impl NatsServer {
     /// # Panics
     /// If the server is running or the directory cannot be removed.
     pub fn wipe_store(&mut self) {
-        assert!(self.child.is_none(), "stop nats-server before wiping its store");
+        assert!(
+            self.child.is_none(),
+            "stop nats-server before wiping its store"
+        );
         if self.store.exists() {
             fs::remove_dir_all(&self.store)
                 .unwrap_or_else(|e| panic!("removing {}: {e}", self.store.display()));

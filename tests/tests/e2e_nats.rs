@@ -94,7 +94,13 @@ impl Sending {
         poll_until(
             Duration::from_secs(60),
             || self.progress() >= n,
-            || format!("only {} callbacks answered; log:\n{}", self.progress(), daemon.log()),
+            || {
+                format!(
+                    "only {} callbacks answered; log:\n{}",
+                    self.progress(),
+                    daemon.log()
+                )
+            },
         );
     }
 
@@ -176,8 +182,11 @@ impl Host {
             .enumerate()
             .map(|(k, src)| {
                 let mine: Vec<String> = ids.iter().skip(k).step_by(2).cloned().collect();
-                let (client, progress, path) =
-                    (Arc::clone(&self.client), Arc::clone(&progress), path.clone());
+                let (client, progress, path) = (
+                    Arc::clone(&self.client),
+                    Arc::clone(&progress),
+                    path.clone(),
+                );
                 self.lab.cli.spawn(move || {
                     let dst = srv_addr(src, PROTECTED_PORT);
                     let mut sent = Sent::default();
@@ -221,7 +230,13 @@ impl Host {
         poll_until(
             DRAIN,
             || self.counts().delivered >= n,
-            || format!("{:?} after {DRAIN:?}; log:\n{}", self.counts(), daemon.log()),
+            || {
+                format!(
+                    "{:?} after {DRAIN:?}; log:\n{}",
+                    self.counts(),
+                    daemon.log()
+                )
+            },
         );
     }
 }
@@ -243,7 +258,10 @@ fn count_ids(msgs: &[StreamMsg]) -> BTreeMap<String, usize> {
 fn assert_each_once(msgs: &[StreamMsg], ids: &[String]) {
     let counts = count_ids(msgs);
     let twice: Vec<_> = counts.iter().filter(|&(_, &n)| n > 1).collect();
-    assert!(twice.is_empty(), "ids in the stream more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "ids in the stream more than once: {twice:?}"
+    );
     let want: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     let got: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
     let missing: Vec<_> = want.difference(&got).collect();
@@ -307,7 +325,10 @@ fn every_callback_reaches_the_stream_once_with_its_event_id_as_nats_msg_id() {
     assert_eq!((counts.pending, counts.delivered, counts.dead), (0, 300, 0));
     assert_eq!(deliveries(&daemon, "delivered"), 300.0);
     assert_eq!(deliveries(&daemon, "dead"), 0.0);
-    assert!(!daemon.log().contains(TOKEN), "the route token never in the log");
+    assert!(
+        !daemon.log().contains(TOKEN),
+        "the route token never in the log"
+    );
 }
 
 #[test]
@@ -347,7 +368,10 @@ fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id(
         .iter()
         .filter(|id| !counts.contains_key(*id))
         .collect();
-    assert!(lost.is_empty(), "acknowledged but not in the stream: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not in the stream: {lost:?}"
+    );
     eprintln!(
         "NATS restart: {} acknowledged, {} pending while the broker was down, stream holds {} \
          messages with {} distinct ids, {} retries recorded",
@@ -369,7 +393,10 @@ fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id(
             &c2b_body(id),
         )
         .expect("publishing again");
-        assert!(duplicate, "{id} sent again after the restart is a duplicate");
+        assert!(
+            duplicate,
+            "{id} sent again after the restart is a duplicate"
+        );
     }
     assert_eq!(stream_of(&host.lab.srv, &nats).len(), 300);
     assert!(
@@ -386,8 +413,18 @@ fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
     let broker = NetNs::new("hw-nats-");
     let a = Host::new();
     let b = Host::new();
-    let _link_a = VethPair::new(&broker, &["203.0.113.1/28"], &a.lab.srv, &["203.0.113.2/28"]);
-    let _link_b = VethPair::new(&broker, &["203.0.113.17/28"], &b.lab.srv, &["203.0.113.18/28"]);
+    let _link_a = VethPair::new(
+        &broker,
+        &["203.0.113.1/28"],
+        &a.lab.srv,
+        &["203.0.113.2/28"],
+    );
+    let _link_b = VethPair::new(
+        &broker,
+        &["203.0.113.17/28"],
+        &b.lab.srv,
+        &["203.0.113.18/28"],
+    );
     let nats = NatsServer::start_in(&broker, IpAddr::from([0, 0, 0, 0]));
     a.write_config(&nats.url_at(IpAddr::from([203, 0, 113, 1])));
     b.write_config(&nats.url_at(IpAddr::from([203, 0, 113, 17])));
@@ -403,7 +440,10 @@ fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
     let to_b: Vec<String> = only_b.iter().chain(&both).cloned().collect();
     let (sa, sb) = (a.send(&to_a), b.send(&to_b));
     let (sa, sb) = (sa.join(), sb.join());
-    assert!(sa.failed.is_empty() && sb.failed.is_empty(), "{sa:?} {sb:?}");
+    assert!(
+        sa.failed.is_empty() && sb.failed.is_empty(),
+        "{sa:?} {sb:?}"
+    );
     a.wait_delivered(170, &daemon_a);
     b.wait_delivered(170, &daemon_b);
 
@@ -428,7 +468,11 @@ fn nats_down_at_daemon_start_delays_delivery_and_loses_nothing() {
     let daemon = host.start();
     let ids: Vec<String> = (0..50).map(|i| trans_id('D', i)).collect();
     let acked = host.send_all(&ids, &daemon);
-    assert_eq!(acked.len(), ids.len(), "stored and acknowledged without a broker");
+    assert_eq!(
+        acked.len(),
+        ids.len(),
+        "stored and acknowledged without a broker"
+    );
     daemon.wait_metric(
         "hookwall_deliveries_total",
         &[("sink", "nats"), ("result", "retry")],
