@@ -406,8 +406,9 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
 pub struct NatsSink {
     jetstream: async_nats::jetstream::Context,
     config: NatsConfig,
-    /// Whether the stream is known to exist (checked, or created, on first use).
-    stream_ready: tokio::sync::OnceCell<()>,
+    /// Whether the stream is known to exist (checked, or created, on first use; checked again
+    /// after a publish finds no stream, e.g. a broker that came back without its store).
+    stream_ready: std::sync::atomic::AtomicBool,
     timeout: Duration,
 }
 
@@ -436,30 +437,31 @@ impl NatsSink {
         Ok(Self {
             jetstream: async_nats::jetstream::new(client),
             config: config.clone(),
-            stream_ready: tokio::sync::OnceCell::new(),
+            stream_ready: std::sync::atomic::AtomicBool::new(false),
             timeout,
         })
     }
 
     /// Finds the stream, or creates it with the subject and duplicate window configured. A
-    /// stream that exists is used as it is (another host may have created it).
+    /// stream that exists is used as it is (another host may have created it). Attempts racing
+    /// here may each ask; JetStream answers all of them with the one stream.
     async fn ensure_stream(&self) -> Result<(), String> {
+        if self.stream_ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let config = async_nats::jetstream::stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec![self.config.subject.clone()],
+            duplicate_window: self.config.duplicate_window,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| format!("finding or creating stream {}: {e}", self.config.stream))?;
         self.stream_ready
-            .get_or_try_init(|| async {
-                let config = async_nats::jetstream::stream::Config {
-                    name: self.config.stream.clone(),
-                    subjects: vec![self.config.subject.clone()],
-                    duplicate_window: self.config.duplicate_window,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                };
-                self.jetstream
-                    .get_or_create_stream(config)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("finding or creating stream {}: {e}", self.config.stream))
-            })
-            .await?;
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -493,9 +495,16 @@ impl NatsSink {
                 .map_err(|e| format!("publishing to {}: {e}", self.config.subject))?;
             // The ack comes once the stream has stored the message (or found it a duplicate
             // within its window: stored before, by this host or another).
-            ack.await
-                .map(|_| ())
-                .map_err(|e| format!("waiting for JetStream's ack: {e}"))
+            ack.await.map(|_| ()).map_err(|e| {
+                if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
+                    // The stream went away after it was found (deleted, or the broker lost its
+                    // store): look for it, or make it, again on the next attempt rather than
+                    // failing every attempt until the events are dead letters.
+                    self.stream_ready
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
+                format!("waiting for JetStream's ack: {e}")
+            })
         })
         .await;
         match published {

@@ -109,8 +109,17 @@ impl NsEntry {
     /// If the namespace cannot be opened.
     #[must_use]
     pub fn new(ns: &NetNs) -> Self {
+        Self::new_at(&ns.path())
+    }
+
+    /// Prepares entering the namespace at `path` (`/run/netns/NAME`).
+    ///
+    /// # Panics
+    /// If the namespace cannot be opened.
+    #[must_use]
+    pub fn new_at(path: &Path) -> Self {
         Self {
-            netns: open_path(&ns.path()),
+            netns: open_path(path),
         }
     }
 

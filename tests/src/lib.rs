@@ -9,10 +9,12 @@
 //! - [`https`]: a rustls client bound to a source address, a test CA, signed requests.
 //! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
 pub mod app;
+//! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
 pub mod daemon;
 pub mod frames;
 pub mod https;
 pub mod model;
+pub mod nats;
 pub mod netns;
 
 use std::sync::atomic::{AtomicU32, Ordering};

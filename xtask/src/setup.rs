@@ -32,8 +32,9 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker feature selecting its LLVM; the default (`llvm-23`) is not packaged by Debian.
 pub const BPF_LINKER_FEATURE: &str = "llvm-22";
 /// Debian packages the tests need at run time: iproute2 gives `ip` (namespaces, veth pairs),
-/// curl an independent HTTP/2 client.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl"];
+/// curl an independent HTTP/2 client, nats-server the JetStream broker the delivery tests and
+/// `bench delivery` start and stop.
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "nats-server"];
 
 /// Runs every setup step in order; the first failure stops it.
 pub fn setup() -> Result<()> {

@@ -23,6 +23,8 @@ use hookwall_tests::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
+#[path = "bench/delivery.rs"]
+mod delivery;
 #[path = "bench/http.rs"]
 mod http;
 
@@ -43,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     match which.as_str() {
         "filter" => bench_filter(std::env::args().nth(2).as_deref().unwrap_or_default()),
         "http" => http::bench_http(),
-        "delivery" => bail!("`bench delivery` measures delivery, which does not exist yet"),
+        "delivery" => delivery::bench_delivery(),
         other => bail!("unknown benchmark {other:?}: use filter, http or delivery"),
     }
 }

@@ -49,20 +49,20 @@ const RATE: u32 = 1000;
 const RATE_CONNS: usize = 32;
 const RATE_MEASURE: Duration = Duration::from_secs(10);
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const HOOKWALL_PORT: u16 = 8443;
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const HOOKWALL_PORT: u16 = 8443;
 const FASTAPI_PORT: u16 = 8444;
-const ROUTE: &str = "/hooks/sw";
+pub(crate) const ROUTE: &str = "/hooks/sw";
 /// No route has this path: hookwall answers 404 before reading, verifying or storing the body.
 const FLOOR_PATH: &str = "/hooks/no-such-route";
 
 /// One system under load.
 #[derive(Clone)]
-struct Target {
-    label: &'static str,
-    addr: SocketAddr,
-    path: &'static str,
-    expect: u16,
+pub(crate) struct Target {
+    pub(crate) label: &'static str,
+    pub(crate) addr: SocketAddr,
+    pub(crate) path: &'static str,
+    pub(crate) expect: u16,
 }
 
 /// What one phase against one target measured.
@@ -300,7 +300,7 @@ async fn latency_phase(targets: &[&Target], client: &Arc<ClientConfig>, note: &s
 }
 
 /// One keep-alive connection of the generator.
-struct Conn {
+pub(crate) struct Conn {
     src: IpAddr,
     target: Target,
     tls: TlsConnector,
@@ -312,7 +312,7 @@ struct Conn {
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Conn {
-    fn new(src: IpAddr, target: &Target, client: &Arc<ClientConfig>) -> Self {
+    pub(crate) fn new(src: IpAddr, target: &Target, client: &Arc<ClientConfig>) -> Self {
         Self {
             src,
             target: target.clone(),
@@ -323,7 +323,7 @@ impl Conn {
         }
     }
 
-    async fn connect(&mut self) -> std::io::Result<()> {
+    pub(crate) async fn connect(&mut self) -> std::io::Result<()> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(self.src, 0))?;
         let tcp = socket.connect(self.target.addr).await?;
@@ -337,10 +337,16 @@ impl Conn {
 
     /// Sends one freshly signed request and reads the answer: its status.
     async fn request(&mut self) -> std::io::Result<u16> {
+        self.request_numbered(SEQ.fetch_add(1, Ordering::Relaxed))
+            .await
+    }
+
+    /// [`Conn::request`] for event number `n` (its id is [`event_id`]`(n)`).
+    pub(crate) async fn request_numbered(&mut self, n: u64) -> std::io::Result<u16> {
         if self.stream.is_none() {
             self.connect().await?;
         }
-        let result = self.exchange().await;
+        let result = self.exchange(n).await;
         match result {
             Ok((status, close)) => {
                 if close {
@@ -355,16 +361,13 @@ impl Conn {
         }
     }
 
-    async fn exchange(&mut self) -> std::io::Result<(u16, bool)> {
+    async fn exchange(&mut self, n: u64) -> std::io::Result<(u16, bool)> {
         let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let id = format!("msg_bench_{}_{n}", std::process::id());
+        let id = event_id(n);
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let body = format!(
-            r#"{{"type":"invoice.paid","timestamp":"2026-11-23T12:00:00Z","data":{{"id":"in_{n}","amount":1250,"currency":"KES","customer":"cus_8d7f3a"}}}}"#
-        );
+        let body = event_body(n);
         let sig = standard_webhooks_signature(SECRET, &id, ts, body.as_bytes());
         let req = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nwebhook-id: {id}\r\n\
@@ -417,7 +420,19 @@ impl Conn {
     }
 }
 
-fn source(i: usize) -> IpAddr {
+/// The `webhook-id` of the generator's event number `n`.
+pub(crate) fn event_id(n: u64) -> String {
+    format!("msg_bench_{}_{n}", std::process::id())
+}
+
+/// A body like the generator's, for event number `n`.
+pub(crate) fn event_body(n: u64) -> String {
+    format!(
+        r#"{{"type":"invoice.paid","timestamp":"2026-11-23T12:00:00Z","data":{{"id":"in_{n}","amount":1250,"currency":"KES","customer":"cus_8d7f3a"}}}}"#
+    )
+}
+
+pub(crate) fn source(i: usize) -> IpAddr {
     // 127.0.1.0 onwards: one loopback address per connection.
     let i = u32::try_from(i).unwrap_or(0);
     IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 0)) + i))
