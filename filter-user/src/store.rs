@@ -11,6 +11,9 @@
 //!   the commit that holds it has returned. A batch is one unit: if anything in it fails, every
 //!   request in it gets the error (the receiver answers 503 and the provider retries), never a
 //!   false success.
+//! - **Checkpoints off the commit path.** The writer never checkpoints; a thread of its own copies
+//!   committed WAL frames into the database file every 500 ms (PASSIVE: it waits for no one), so
+//!   no request's answer waits for the database file's fsync.
 //! - **The file stays the file.** After each commit the writer checks that `store.path` still
 //!   names the file it has open: SQLite keeps committing into a deleted or moved file, and what
 //!   it commits there is gone at the next start, so such a batch is failed, not acknowledged.
