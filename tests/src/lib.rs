@@ -8,11 +8,13 @@
 //! - [`daemon`]: runs the `hookwall` binary and stops it by PID.
 //! - [`https`]: a rustls client bound to a source address, a test CA, signed requests.
 //! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
-pub mod app;
 //! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
+//! - [`lab`]: one HTTPS end-to-end test's world (lab, pins, config, certificate, daemon).
+pub mod app;
 pub mod daemon;
 pub mod frames;
 pub mod https;
+pub mod lab;
 pub mod model;
 pub mod nats;
 pub mod netns;

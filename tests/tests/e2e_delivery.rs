@@ -11,23 +11,20 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    path::PathBuf,
+    ops::Deref,
     process::Output,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use hookwall::store::{EventState, EventSummary, QueueCounts, Reader};
+use hookwall::store::{EventState, EventSummary, QueueCounts};
 use hookwall_tests::{
     app::TestApp,
-    daemon::{
-        ConfigSpec, Daemon, DeliverySpec, PinsGuard, hookwall_in, output_text, poll_until,
-        write_atomic,
-    },
-    https::{Reply, TestCa, render_config, request},
-    netns::{ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6_NET, Lab, PROTECTED_PORT, srv_addr},
+    daemon::{Daemon, DeliverySpec, hookwall_in, output_text, poll_until},
+    https::{Reply, request},
+    lab::HttpsLab,
+    netns::{ALLOWED_V4, PROTECTED_PORT, srv_addr},
 };
-use rustls::ClientConfig;
 
 const CONFIRMATION: &str = "/mpesa/c2b/confirmation";
 /// A validation route whose fallback rejects (C2B00016).
@@ -76,49 +73,34 @@ fn trans_ids(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// One test's world. Fields drop in order: the application stops, then the pins are detached,
-/// the namespaces removed and the files deleted. A daemon is a local declared after the `Env`,
-/// so it is killed first.
+/// One test's world: the application, then an [`HttpsLab`] with delivery to it and three
+/// M-Pesa routes. Fields drop in order: the application stops, then the lab goes. A daemon is a
+/// local declared after the `Env`, so it is killed first.
 struct Env {
     app: TestApp,
-    /// Held for its drop: detaches and removes the pins.
-    _pins: PinsGuard,
-    lab: Lab,
-    spec: ConfigSpec,
-    client: Arc<ClientConfig>,
-    config: PathBuf,
-    /// Held for its drop (removed last).
-    dir: tempfile::TempDir,
+    https: HttpsLab,
+}
+
+/// So that tests reach the lab's parts and methods as the test's own.
+impl Deref for Env {
+    type Target = HttpsLab;
+
+    fn deref(&self) -> &HttpsLab {
+        &self.https
+    }
 }
 
 impl Env {
     /// A lab, a config with delivery to the test application (adjusted by `tune`), the
     /// application made but not listening.
     fn new(tune: impl FnOnce(&mut DeliverySpec)) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hw-delivery-")
-            .tempdir()
-            .expect("temporary directory");
-        let lab = Lab::new();
-        let pins = PinsGuard::new();
-        let mut spec = ConfigSpec::new(
-            lab.srv_if(),
-            pins.path(),
-            dir.path(),
-            &[ALLOWED_V4_NET, ALLOWED_V6_NET],
-        );
-        spec.server_listen = format!("[::]:{PROTECTED_PORT}");
-        let app = TestApp::new(&lab.srv, APP_PORT, DELIVERY_SECRET);
-        let secret_file = dir.path().join("delivery-secret");
-        std::fs::write(&secret_file, DELIVERY_SECRET).expect("delivery secret file");
+        let mut https = HttpsLab::new("hw-delivery-");
+        let app = TestApp::new(&https.lab.srv, APP_PORT, DELIVERY_SECRET);
+        let secret_file = https.write_secret("delivery-secret", DELIVERY_SECRET);
         let mut delivery = DeliverySpec::new(&app.delivery_url(), &secret_file);
         tune(&mut delivery);
-        spec.delivery = Some(delivery);
-        let ca = TestCa::new();
-        let (cert, key) = ca.issue(dir.path(), &["192.0.2.1", "2001:db8:1::1"]);
-        let token = dir.path().join("token");
-        std::fs::write(&token, TOKEN).expect("token file");
-        let token = token.display().to_string();
+        https.spec.delivery = Some(delivery);
+        let token = https.write_secret("token", TOKEN).display().to_string();
         let validation_url = app.validation_url();
         let timeout = format!("{}ms", VALIDATION_TIMEOUT.as_millis());
         let routes = format!(
@@ -128,26 +110,8 @@ impl Env {
              [[route]]\npath = {VALIDATION_LENIENT:?}\nverify = \"mpesa\"\ntoken = {{ file = {token:?} }}\n\
              validation = {{ url = {validation_url:?}, timeout = {timeout:?}, on_failure = \"accept\" }}\n"
         );
-        let config = dir.path().join("hookwall.toml");
-        write_atomic(&config, &render_config(&spec, &cert, &key, &[], &routes));
-        Self {
-            app,
-            _pins: pins,
-            lab,
-            spec,
-            client: ca.http1_client(),
-            config,
-            dir,
-        }
-    }
-
-    fn start(&self) -> Daemon {
-        Daemon::start(
-            &self.lab.srv,
-            &self.config,
-            self.spec.metrics_listen,
-            self.dir.path(),
-        )
+        https.write_config(&[], &routes);
+        Self { app, https }
     }
 
     /// POSTs `bodies` to `path` (the token appended) from the client namespace, over four
@@ -212,17 +176,13 @@ impl Env {
         (reply, started.elapsed())
     }
 
-    fn reader(&self) -> Reader {
-        Reader::open(&self.spec.store_path).expect("opening the store read-only")
-    }
-
     fn counts(&self) -> QueueCounts {
-        self.reader().counts().expect("counting the queue")
+        self.store().counts().expect("counting the queue")
     }
 
     /// The store's row for TransID `id`.
     fn row(&self, id: &str) -> EventSummary {
-        self.reader()
+        self.store()
             .list(None, 100_000, None)
             .expect("listing the store")
             .into_iter()
@@ -757,7 +717,7 @@ fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
         assert_eq!(r.body, validation(id), "Daraja's body forwarded unchanged");
     }
     // Questions are not events: nothing stored, nothing delivered.
-    assert_eq!(env.reader().count().expect("count"), 0);
+    assert_eq!(env.store().count().expect("count"), 0);
     assert!(env.app.deliveries().is_empty());
 
     let validations = |route: &str, result: &str| {
@@ -804,7 +764,7 @@ fn queue_purge_removes_delivered_events_only() {
     assert_eq!(env.row(pending).state, EventState::Pending);
     let out = env.queue_ok(&["purge", "--older-than", "0s"]);
     assert!(out.contains("purged 0"), "{out}");
-    assert_eq!(env.reader().count().expect("count"), 2);
+    assert_eq!(env.store().count().expect("count"), 2);
     drop(daemon);
 }
 

@@ -7,22 +7,19 @@
 
 use std::{
     net::IpAddr,
-    path::PathBuf,
+    ops::Deref,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use hookwall::store::Reader;
 use hookwall_tests::{
-    daemon::{ConfigSpec, Daemon, PinsGuard, poll_until, write_atomic},
+    daemon::{Daemon, poll_until},
     https::{
-        Reply, TestCa, github_signature, handshake, post_declared, render_config, request,
-        standard_webhooks_signature, stripe_signature,
+        Reply, TestCa, github_signature, handshake, post_declared, standard_webhooks_signature,
+        stripe_signature,
     },
-    netns::{
-        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, PROTECTED_PORT, REFUSED_V4,
-        srv_addr,
-    },
+    lab::HttpsLab,
+    netns::{ALLOWED_V4, ALLOWED_V6, PROTECTED_PORT, REFUSED_V4, srv_addr},
 };
 use rustls::ClientConfig;
 
@@ -47,56 +44,26 @@ const STK_SUCCESS: &[u8] = include_bytes!(concat!(
 ));
 const ACCEPTED: &str = r#"{"ResultCode":0,"ResultDesc":"Accepted"}"#;
 
-/// One test's world; fields drop in order (pins detached, namespaces removed, files removed).
-/// A daemon is a local declared after it, so it is killed first.
+/// One test's world: an [`HttpsLab`] with this file's routes. A daemon is a local declared
+/// after it, so it is killed first.
 struct Env {
-    /// Held for its drop: detaches and removes the pins.
-    _pins: PinsGuard,
-    lab: Lab,
-    spec: ConfigSpec,
-    ca: TestCa,
-    client: Arc<ClientConfig>,
-    config: PathBuf,
-    /// `server.trusted_proxies`.
-    trusted_proxies: Vec<String>,
-    dir: tempfile::TempDir,
+    https: HttpsLab,
+}
+
+/// So that tests reach the lab's parts and methods as the test's own.
+impl Deref for Env {
+    type Target = HttpsLab;
+
+    fn deref(&self) -> &HttpsLab {
+        &self.https
+    }
 }
 
 impl Env {
+    /// The lab in `mode`, its secrets and its config (no trusted proxies).
     fn new(mode: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hw-https-")
-            .tempdir()
-            .expect("temporary directory");
-        let lab = Lab::new();
-        let pins = PinsGuard::new();
-        let mut spec = ConfigSpec::new(
-            lab.srv_if(),
-            pins.path(),
-            dir.path(),
-            &[ALLOWED_V4_NET, ALLOWED_V6_NET],
-        );
-        spec.mode = mode.to_owned();
-        spec.server_listen = format!("[::]:{PROTECTED_PORT}");
-        let ca = TestCa::new();
-        let client = ca.http1_client();
-        let env = Self {
-            config: dir.path().join("hookwall.toml"),
-            _pins: pins,
-            lab,
-            spec,
-            ca,
-            client,
-            trusted_proxies: Vec::new(),
-            dir,
-        };
-        env.write_config();
-        env
-    }
-
-    fn write_config(&self) {
-        let d = self.dir.path();
-        let (cert, key) = self.ca.issue(d, &["192.0.2.1", "2001:db8:1::1"]);
+        let mut https = HttpsLab::new("hw-https-");
+        https.spec.mode = mode.to_owned();
         for (name, secret) in [
             ("token", TOKEN),
             ("sw", SW_SECRET),
@@ -104,8 +71,16 @@ impl Env {
             ("stripe", STRIPE_SECRET),
             ("stripe-old", STRIPE_OLD_SECRET),
         ] {
-            std::fs::write(d.join(name), secret).expect("secret file");
+            https.write_secret(name, secret);
         }
+        let env = Self { https };
+        env.write_config(&[]);
+        env
+    }
+
+    /// Writes the config: the five routes, with `server.trusted_proxies` = `trusted_proxies`.
+    fn write_config(&self, trusted_proxies: &[&str]) {
+        let d = self.dir.path();
         let routes = format!(
             "[[route]]\npath = {MPESA:?}\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
              [[route]]\npath = \"/mpesa/stk/result\"\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
@@ -120,54 +95,7 @@ impl Env {
             d.join("stripe").display().to_string(),
             d.join("stripe-old").display().to_string(),
         );
-        let trusted: Vec<&str> = self.trusted_proxies.iter().map(String::as_str).collect();
-        write_atomic(
-            &self.config,
-            &render_config(&self.spec, &cert, &key, &trusted, &routes),
-        );
-    }
-
-    fn start(&self) -> Daemon {
-        Daemon::start(
-            &self.lab.srv,
-            &self.config,
-            self.spec.metrics_listen,
-            self.dir.path(),
-        )
-    }
-
-    /// A request from `src` in the client namespace.
-    fn send(
-        &self,
-        src: IpAddr,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Reply {
-        let dst = srv_addr(src, PROTECTED_PORT);
-        let client = Arc::clone(&self.client);
-        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_vec());
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect();
-        self.lab.cli.run(move || {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            request(src, dst, &client, &method, &path, &headers, &body)
-                .unwrap_or_else(|e| panic!("{method} {path} from {src}: {e}"))
-        })
-    }
-
-    fn post(&self, src: IpAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        self.send(src, "POST", path, headers, body)
-    }
-
-    fn store(&self) -> Reader {
-        Reader::open(&self.spec.store_path).expect("opening the store read-only")
+        self.https.write_config(trusted_proxies, &routes);
     }
 }
 
@@ -499,9 +427,8 @@ fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance()
 fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
     // The proxy is 198.51.100.20: trusted, but not itself on the allowlist. Monitor mode lets
     // its packets through the kernel, so the userspace client check is what answers.
-    let mut env = Env::new("monitor");
-    env.trusted_proxies = vec![format!("{REFUSED_V4}/32")];
-    env.write_config();
+    let env = Env::new("monitor");
+    env.write_config(&[&format!("{REFUSED_V4}/32")]);
     let daemon = env.start();
     let proxy = IpAddr::V4(REFUSED_V4);
     let path = format!("{MPESA}/{TOKEN}");

@@ -9,105 +9,62 @@
 use std::{
     io,
     net::IpAddr,
-    path::PathBuf,
+    ops::Deref,
     sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use hookwall::store::Reader;
 use hookwall_tests::{
-    daemon::{ConfigSpec, Daemon, PinsGuard, write_atomic},
-    https::{Reply, TestCa, exchange, github_signature, hold_idle, render_config, request},
-    netns::{
-        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, PROTECTED_PORT, srv_addr,
-    },
+    daemon::Daemon,
+    https::{Reply, exchange, github_signature, hold_idle},
+    lab::HttpsLab,
+    netns::{ALLOWED_V4, ALLOWED_V6, PROTECTED_PORT, srv_addr},
 };
-use rustls::ClientConfig;
 
 const GH: &str = "/hooks/github";
 const GH_SECRET: &str = "It's a Secret to Everybody";
 const BODY: &[u8] = br#"{"zen":"Keep it logically awesome."}"#;
 
-/// One test's world; fields drop in order (pins detached, namespaces removed, files removed).
-/// A daemon is a local declared after it, so it is killed first.
+/// One test's world: an [`HttpsLab`] with a GitHub route and small limits. A daemon is a local
+/// declared after it, so it is killed first.
 struct Env {
-    /// Held for its drop: detaches and removes the pins.
-    _pins: PinsGuard,
-    lab: Lab,
-    spec: ConfigSpec,
-    client: Arc<ClientConfig>,
-    config: PathBuf,
-    ca: TestCa,
-    dir: tempfile::TempDir,
+    https: HttpsLab,
+}
+
+/// So that tests reach the lab's parts and methods as the test's own.
+impl Deref for Env {
+    type Target = HttpsLab;
+
+    fn deref(&self) -> &HttpsLab {
+        &self.https
+    }
 }
 
 impl Env {
     /// A GitHub route and `limits` (the lines of `[server.limits]`).
     fn new(limits: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hw-limits-")
-            .tempdir()
-            .expect("temporary directory");
-        let lab = Lab::new();
-        let pins = PinsGuard::new();
-        let mut spec = ConfigSpec::new(
-            lab.srv_if(),
-            pins.path(),
-            dir.path(),
-            &[ALLOWED_V4_NET, ALLOWED_V6_NET],
-        );
-        spec.server_listen = format!("[::]:{PROTECTED_PORT}");
-        let ca = TestCa::new();
-        let client = ca.http1_client();
-        let d = dir.path();
-        let (cert, key) = ca.issue(d, &["192.0.2.1", "2001:db8:1::1"]);
-        std::fs::write(d.join("gh"), GH_SECRET).expect("secret file");
+        let https = HttpsLab::new("hw-limits-");
+        let gh = https.write_secret("gh", GH_SECRET);
         let routes = format!(
             "[[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n\n\
              [server.limits]\n{limits}\n",
-            d.join("gh").display().to_string(),
+            gh.display().to_string(),
         );
-        let config = d.join("hookwall.toml");
-        write_atomic(&config, &render_config(&spec, &cert, &key, &[], &routes));
-        Self {
-            _pins: pins,
-            lab,
-            spec,
-            client,
-            config,
-            ca,
-            dir,
-        }
-    }
-
-    fn start(&self) -> Daemon {
-        Daemon::start(
-            &self.lab.srv,
-            &self.config,
-            self.spec.metrics_listen,
-            self.dir.path(),
-        )
+        https.write_config(&[], &routes);
+        Self { https }
     }
 
     /// A signed GitHub delivery `delivery` from `src` (accepted unless a limit refuses it).
     fn deliver(&self, src: IpAddr, delivery: &str) -> Reply {
-        let (dst, client, delivery) = (
-            srv_addr(src, PROTECTED_PORT),
-            Arc::clone(&self.client),
-            delivery.to_owned(),
-        );
-        self.lab.cli.run(move || {
-            let sig = github_signature(GH_SECRET.as_bytes(), BODY);
-            let headers = [
-                ("Content-Type", "application/json"),
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", delivery.as_str()),
-                ("X-Hub-Signature-256", sig.as_str()),
-            ];
-            request(src, dst, &client, "POST", GH, &headers, BODY)
-                .unwrap_or_else(|e| panic!("delivery {delivery} from {src}: {e}"))
-        })
+        let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", sig.as_str()),
+        ];
+        self.post(src, GH, &headers, BODY)
     }
 
     /// [`exchange`] from `src` in the background, timed.
@@ -137,13 +94,6 @@ impl Env {
         self.exchange_bg(src, head, steps)
             .join()
             .expect("the client thread")
-    }
-
-    fn stored(&self) -> u64 {
-        Reader::open(&self.spec.store_path)
-            .expect("opening the store read-only")
-            .count()
-            .expect("count")
     }
 }
 

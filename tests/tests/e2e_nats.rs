@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    path::PathBuf,
+    ops::Deref,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -17,17 +17,13 @@ use std::{
     time::Duration,
 };
 
-use hookwall::store::Reader;
 use hookwall_tests::{
-    daemon::{ConfigSpec, Daemon, PinsGuard, poll_until, write_atomic},
-    https::{TestCa, render_config, request},
+    daemon::{Daemon, poll_until},
+    https::request,
+    lab::HttpsLab,
     nats::{NatsServer, StreamMsg, publish_with_id, read_stream},
-    netns::{
-        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, Lab, NetNs, PROTECTED_PORT,
-        VethPair, srv_addr,
-    },
+    netns::{ALLOWED_V4, ALLOWED_V6, NetNs, PROTECTED_PORT, VethPair, srv_addr},
 };
-use rustls::ClientConfig;
 
 const MPESA: &str = "/mpesa/c2b/confirmation";
 const TOKEN: &str = "tok3n-Zq8vX2pL9mW4rT7yK1sB6nD0fH5jG";
@@ -56,17 +52,19 @@ fn c2b_body(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// One hookwall host: a lab (server and client namespaces, the filter on the veth), a config
-/// with `[delivery.nats]`, its own store. Fields drop in order: pins detached, namespaces
-/// removed, files removed. A daemon is a local declared after it, so it is killed first.
+/// One hookwall host: an [`HttpsLab`] (its own namespaces, filter and store) with a config for
+/// `[delivery.nats]`. A daemon is a local declared after it, so it is killed first.
 struct Host {
-    _pins: PinsGuard,
-    lab: Lab,
-    spec: ConfigSpec,
-    client: Arc<ClientConfig>,
-    cert: (PathBuf, PathBuf),
-    config: PathBuf,
-    dir: tempfile::TempDir,
+    https: HttpsLab,
+}
+
+/// So that tests reach the lab's parts and methods as the host's own.
+impl Deref for Host {
+    type Target = HttpsLab;
+
+    fn deref(&self) -> &HttpsLab {
+        &self.https
+    }
 }
 
 /// What a background sender saw: the ids whose callback hookwall acknowledged (200 with
@@ -117,32 +115,9 @@ impl Sending {
 
 impl Host {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hw-nats-host-")
-            .tempdir()
-            .expect("temporary directory");
-        let lab = Lab::new();
-        let pins = PinsGuard::new();
-        let mut spec = ConfigSpec::new(
-            lab.srv_if(),
-            pins.path(),
-            dir.path(),
-            &[ALLOWED_V4_NET, ALLOWED_V6_NET],
-        );
-        spec.server_listen = format!("[::]:{PROTECTED_PORT}");
-        let ca = TestCa::new();
-        let client = ca.http1_client();
-        let cert = ca.issue(dir.path(), &["192.0.2.1", "2001:db8:1::1"]);
-        std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
-        Self {
-            _pins: pins,
-            lab,
-            spec,
-            client,
-            cert,
-            config: dir.path().join("hookwall.toml"),
-            dir,
-        }
+        let https = HttpsLab::new("hw-nats-host-");
+        https.write_secret("token", TOKEN);
+        Self { https }
     }
 
     /// Writes the config: one M-Pesa route, delivery to `nats_url` with quick retries (so a
@@ -157,19 +132,7 @@ impl Host {
              duplicate_window = \"2m\"\n",
             token.display().to_string(),
         );
-        write_atomic(
-            &self.config,
-            &render_config(&self.spec, &self.cert.0, &self.cert.1, &[], &routes),
-        );
-    }
-
-    fn start(&self) -> Daemon {
-        Daemon::start(
-            &self.lab.srv,
-            &self.config,
-            self.spec.metrics_listen,
-            self.dir.path(),
-        )
+        self.https.write_config(&[], &routes);
     }
 
     /// Sends one C2B confirmation per id over TLS from the client namespace, half from the
@@ -220,9 +183,7 @@ impl Host {
     }
 
     fn counts(&self) -> hookwall::store::QueueCounts {
-        Reader::open(&self.spec.store_path)
-            .and_then(|r| r.counts())
-            .expect("reading the queue counts")
+        self.store().counts().expect("reading the queue counts")
     }
 
     /// Waits until `n` events are delivered (JetStream acknowledged them).
