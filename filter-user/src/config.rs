@@ -2918,9 +2918,9 @@ impl Config {
             row(out, "sink", "none (events are stored only)");
             return;
         };
-        // URLs with credentials are refused at load, so they can be shown as written.
+        // Userinfo is refused at load; a query string may still carry a key, so it is not shown.
         match &delivery.sink {
-            Sink::Http { url } => row(out, "sink", format_args!("POST {url}")),
+            Sink::Http { url } => row(out, "sink", format_args!("POST {}", without_query(url))),
             Sink::Nats(nats) => {
                 row(out, "sink", format_args!("NATS JetStream {}", nats.url));
                 row(
@@ -2956,7 +2956,7 @@ impl Config {
             out,
             "backoff",
             format_args!(
-                "{} doubling up to {}, with full jitter",
+                "{} doubling up to {}, with jitter (half to all of it)",
                 human(delivery.backoff_initial),
                 human(delivery.backoff_max)
             ),
@@ -2982,7 +2982,7 @@ impl Config {
                 .map(|v| {
                     format!(
                         "; validation by {} within {}, else {}",
-                        v.url,
+                        without_query(&v.url),
                         human(v.timeout),
                         v.on_failure
                     )
@@ -3012,6 +3012,14 @@ fn section(out: &mut String, heading: impl fmt::Display) {
 /// An aligned `label  value` row of a section.
 fn row(out: &mut String, label: &str, value: impl fmt::Display) {
     line(out, format_args!("  {label:<17} {value}"));
+}
+
+/// A URL for display: its query string (which may carry a key) replaced by `?…`.
+fn without_query(url: &str) -> std::borrow::Cow<'_, str> {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…").into(),
+        None => url.into(),
+    }
 }
 
 #[cfg(test)]
@@ -5081,6 +5089,29 @@ tolerance_seconds = 300
     }
 
     #[test]
+    fn render_check_hides_the_query_of_delivery_and_validation_urls() {
+        let mut text = lines(&[
+            "[delivery]",
+            "url = \"https://app.example/hooks?key=QUERYSECRET1\"",
+            "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }",
+        ]);
+        text.push_str(&lines(MPESA_ROUTE));
+        text.push_str(
+            "validation = { url = \"https://app.example/v?key=QUERYSECRET2\", on_failure = \"accept\" }\n",
+        );
+        let shown = parse_ok(&text).render_check();
+        assert!(
+            shown.contains("POST https://app.example/hooks?…"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("validation by https://app.example/v?…"),
+            "{shown}"
+        );
+        assert!(!shown.contains("QUERYSECRET"), "{shown}");
+    }
+
+    #[test]
     fn render_check_shows_the_delivery_and_validation_routes() {
         let shown = parse_ok("").render_check();
         for needle in [
@@ -5100,7 +5131,7 @@ tolerance_seconds = 300
             "sink              POST http://127.0.0.1:8000/hookwall",
             "signing secret    from env HOOKWALL_DELIVERY_SECRET",
             "attempts          10s per attempt, 8 in flight; dead letter after 10 attempts or 3days",
-            "backoff           1s doubling up to 1h, with full jitter",
+            "backoff           1s doubling up to 1h, with jitter (half to all of it)",
             "mpesa              token from env HOOKWALL_MPESA_TOKEN; validation by \
              http://127.0.0.1:8000/v within 2s, else reject",
         ] {

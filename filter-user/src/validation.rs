@@ -66,7 +66,16 @@ pub struct Validator {
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")
-            .field("url", &self.url.as_str())
+            // Without the query, which may carry a key.
+            .field(
+                "url",
+                &format_args!(
+                    "{}://{}{}",
+                    self.url.scheme(),
+                    self.url.host_str().unwrap_or(""),
+                    self.url.path()
+                ),
+            )
             .field("timeout", &self.timeout)
             .field("on_failure", &self.on_failure)
             .finish_non_exhaustive()
