@@ -108,13 +108,14 @@ const INSERT_SQL: &str = "INSERT INTO events
     ON CONFLICT (route, event_id) DO NOTHING
     RETURNING id";
 
-/// The columns [`StoredEvent`] is read from, in the order `read_event` expects.
-const EVENT_COLUMNS: &str = "id, route, event_id, kind, received_at, body, body_sha256, headers,
-    state, attempts, next_attempt_at, last_error, delivered_at";
-
 /// The columns [`EventSummary`] is read from, in the order `RawSummary::read` expects.
 const SUMMARY_COLUMNS: &str = "id, route, event_id, kind, received_at, state, attempts,
     next_attempt_at, last_error, delivered_at";
+
+/// The columns [`StoredEvent`] is read from: the summary's, then body, digest and headers, in
+/// the order `RawEvent::read` expects.
+const EVENT_COLUMNS: &str = "id, route, event_id, kind, received_at, state, attempts,
+    next_attempt_at, last_error, delivered_at, body, body_sha256, headers";
 
 // The queue queries name their index: without `ANALYZE` statistics SQLite prefers the equality
 // match on `events_state (state)` and then sorts every pending row, where the partial index hands
@@ -1691,66 +1692,48 @@ fn decode_state(
     Ok((parsed, attempts))
 }
 
-/// A row as SQLite returns it, before the JSON and the state are checked.
+/// A row as SQLite returns it, before the JSON and the state are checked: a summary row and
+/// what only a whole event has.
 struct RawEvent {
-    id: i64,
-    route: String,
-    event_id: String,
-    kind: String,
-    received_at_ms: i64,
+    summary: RawSummary,
     body: Vec<u8>,
     body_sha256: String,
     headers: String,
-    state: String,
-    attempts: i64,
-    next_attempt_at_ms: Option<i64>,
-    last_error: Option<String>,
-    delivered_at_ms: Option<i64>,
 }
 
 impl RawEvent {
     /// Reads the columns in [`EVENT_COLUMNS`] order.
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            id: r.get(0)?,
-            route: r.get(1)?,
-            event_id: r.get(2)?,
-            kind: r.get(3)?,
-            received_at_ms: r.get(4)?,
-            body: r.get(5)?,
-            body_sha256: r.get(6)?,
-            headers: r.get(7)?,
-            state: r.get(8)?,
-            attempts: r.get(9)?,
-            next_attempt_at_ms: r.get(10)?,
-            last_error: r.get(11)?,
-            delivered_at_ms: r.get(12)?,
+            summary: RawSummary::read(r)?,
+            body: r.get(10)?,
+            body_sha256: r.get(11)?,
+            headers: r.get(12)?,
         })
     }
 
     fn decode(self, path: &Path) -> Result<StoredEvent, StoreError> {
-        let corrupt = |detail: String| StoreError::Corrupt {
+        let id = self.summary.id;
+        let headers = serde_json::from_str(&self.headers).map_err(|e| StoreError::Corrupt {
             path: path.to_path_buf(),
-            id: self.id,
-            detail,
-        };
-        let headers = serde_json::from_str(&self.headers)
-            .map_err(|e| corrupt(format!("headers are not a list of pairs: {e}")))?;
-        let (state, attempts) = decode_state(path, self.id, &self.state, self.attempts)?;
+            id,
+            detail: format!("headers are not a list of pairs: {e}"),
+        })?;
+        let s = self.summary.decode(path)?;
         Ok(StoredEvent {
-            id: self.id,
-            route: self.route,
-            event_id: self.event_id,
-            kind: self.kind,
-            received_at_ms: self.received_at_ms,
+            id: s.id,
+            route: s.route,
+            event_id: s.event_id,
+            kind: s.kind,
+            received_at_ms: s.received_at_ms,
             body: self.body,
             body_sha256: self.body_sha256,
             headers,
-            state,
-            attempts,
-            next_attempt_at_ms: self.next_attempt_at_ms,
-            last_error: self.last_error,
-            delivered_at_ms: self.delivered_at_ms,
+            state: s.state,
+            attempts: s.attempts,
+            next_attempt_at_ms: s.next_attempt_at_ms,
+            last_error: s.last_error,
+            delivered_at_ms: s.delivered_at_ms,
         })
     }
 }
