@@ -599,12 +599,28 @@ fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreE
         .map_err(sqlite_err("setting synchronous=FULL on", path))?;
     // Checkpoints run on their own thread ([`Checkpointer`]); left to SQLite, the commit that
     // crosses 1,000 WAL pages would copy them into the database file and fsync it before its
-    // requests are answered, a latency spike every few seconds under load.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
-        .map_err(sqlite_err("turning off automatic checkpoints on", path))?;
+    // requests are answered, a latency spike every few seconds under load. The writer still
+    // checkpoints past WAL_SAFETY_PAGES, which only a checkpoint thread that cannot keep up
+    // lets the WAL reach: a bound on the WAL (and on its shared-memory index) whatever the load.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_SAFETY_PAGES)
+        .map_err(sqlite_err(
+            "setting the automatic checkpoint threshold on",
+            path,
+        ))?;
+    // After a checkpoint resets the WAL, truncate the file to this size: a burst's WAL does not
+    // keep its disk space for ever.
+    conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
+        .map_err(sqlite_err("setting journal_size_limit on", path))?;
     migrate(&mut conn, path)?;
     Ok(conn)
 }
+
+/// WAL pages (4 KiB) past which the writer checkpoints itself: 64 MiB, far above what the
+/// checkpoint thread lets accumulate in 500 ms at the receiver's top rate.
+const WAL_SAFETY_PAGES: i64 = 16_384;
+
+/// Bytes of WAL file kept after a checkpoint reset it.
+const WAL_KEEP_BYTES: i64 = 16 * 1024 * 1024;
 
 /// How often the checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
