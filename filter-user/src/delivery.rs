@@ -931,6 +931,74 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_retention_purge_removes_old_delivered_events_only() {
+        use crate::store::{HashedBody, NewEvent, Store};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("events.db")).expect("open");
+        let handle = store.handle();
+        let now = unix_ms(SystemTime::now());
+        let hour = 3_600_000;
+        let mut ids = Vec::new();
+        for name in ["old-delivered", "new-delivered", "old-dead", "old-pending"] {
+            let event = NewEvent {
+                route: "/r".to_owned(),
+                event_id: name.to_owned(),
+                kind: "test".to_owned(),
+                received_at_ms: now - 3 * hour,
+                body: HashedBody::new(b"{}".to_vec()),
+                headers: Vec::new(),
+            };
+            ids.push(handle.insert(event).await.expect("insert").id());
+        }
+        let updates = vec![
+            Update::Delivered {
+                id: ids[0],
+                attempts: 1,
+                at_ms: now - 2 * hour,
+            },
+            Update::Delivered {
+                id: ids[1],
+                attempts: 1,
+                at_ms: now - hour / 2,
+            },
+            Update::Dead {
+                id: ids[2],
+                attempts: 3,
+                error: "HTTP 400".to_owned(),
+            },
+        ];
+        assert_eq!(handle.update(updates).await.expect("update"), 3);
+        // The loop purges at once (its first tick), then waits an hour: stop it after the first.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let purge = tokio::spawn(purge_loop(
+            handle.clone(),
+            Duration::from_secs(3600),
+            stop_rx,
+        ));
+        let reader = store.reader();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reader.get(ids[0]).expect("read").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the old delivered event was not purged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).expect("stop");
+        purge.await.expect("the purge task");
+        for (id, what) in [
+            (ids[1], "a recent delivered"),
+            (ids[2], "a dead"),
+            (ids[3], "a pending"),
+        ] {
+            assert!(
+                reader.get(id).expect("read").is_some(),
+                "{what} event was purged"
+            );
+        }
+    }
+
     #[test]
     fn transport_errors_do_not_leak_the_url() {
         let rt = tokio::runtime::Builder::new_current_thread()
