@@ -137,7 +137,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        Some((store, std::sync::Arc::new(server), worker))
+        let queue_reader =
+            Reader::open(&config.store.path).context("opening the event store for reading")?;
+        Some((store, std::sync::Arc::new(server), worker, queue_reader))
     };
     let mut filter = Filter::open(pins.clone())?;
     match filter.origin() {
@@ -180,8 +182,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (receiver, upkeep) = match receiver {
-        Some((store, server, worker)) => {
-            let upkeep = start_upkeep(&config, &store, worker, &metrics, &stop_rx)?;
+        Some((store, server, worker, queue_reader)) => {
+            let upkeep = start_upkeep(&config, &store, worker, queue_reader, &metrics, &stop_rx);
             (Some((store, server)), Some(upkeep))
         }
         None => (None, None),
@@ -290,13 +292,13 @@ fn start_upkeep(
     config: &Config,
     store: &Store,
     worker: Option<Worker>,
+    queue_reader: Reader,
     metrics: &Metrics,
     stop: &watch::Receiver<bool>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let reader = Reader::open(&config.store.path).context("opening the event store for reading")?;
     tasks.push(tokio::spawn(delivery::watch_queue(
-        std::sync::Arc::new(reader),
+        std::sync::Arc::new(queue_reader),
         metrics.delivery.clone(),
         stop.clone(),
     )));
@@ -314,7 +316,7 @@ fn start_upkeep(
             "no [delivery] in the config: events are stored only (`hookwall queue list` shows them)"
         ),
     }
-    Ok(tasks)
+    tasks
 }
 
 /// Hands the heap freed after parsing a config back to the kernel. A 100,000-line allowlist
