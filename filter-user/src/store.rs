@@ -132,11 +132,6 @@ fn due_sql() -> String {
     )
 }
 
-/// The earliest due time among pending events (the first entry of `events_due`).
-const NEXT_DUE_SQL: &str = "SELECT next_attempt_at FROM events INDEXED BY events_due
-    WHERE state = 'pending' AND next_attempt_at IS NOT NULL
-    ORDER BY next_attempt_at LIMIT 1";
-
 /// The earliest due time after a given instant: events already due may be in flight, and the
 /// delivery worker sleeps until the next one that is not.
 const NEXT_DUE_AFTER_SQL: &str = "SELECT next_attempt_at FROM events INDEXED BY events_due
@@ -1331,18 +1326,8 @@ impl Reader {
         raws.into_iter().map(|raw| raw.decode(&self.path)).collect()
     }
 
-    /// The earliest `next_attempt_at` among pending events; `None` when nothing is pending.
-    ///
-    /// # Errors
-    /// The read failed.
-    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        self.conn()
-            .prepare_cached(NEXT_DUE_SQL)
-            .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)).optional())
-            .map_err(sqlite_err("reading the next due time from", &self.path))
-    }
-
-    /// The earliest `next_attempt_at` later than `after_ms` among pending events.
+    /// The earliest `next_attempt_at` later than `after_ms` among pending events (`i64::MIN`:
+    /// the earliest of all); `None` when there is none.
     ///
     /// # Errors
     /// The read failed.
@@ -2505,7 +2490,7 @@ mod tests {
         let store = Store::open(db_path(&dir)).expect("open");
         let handle = store.handle();
         let reader = store.reader();
-        assert_eq!(reader.next_due_ms().expect("next"), None);
+        assert_eq!(reader.next_due_after(i64::MIN).expect("next"), None);
         assert_eq!(reader.oldest_pending_ms().expect("oldest"), None);
         assert_eq!(reader.counts().expect("counts"), QueueCounts::default());
 
@@ -2561,7 +2546,7 @@ mod tests {
             "whole events, bodies included"
         );
 
-        assert_eq!(reader.next_due_ms().expect("next"), Some(500));
+        assert_eq!(reader.next_due_after(i64::MIN).expect("next"), Some(500));
         assert_eq!(
             reader.oldest_pending_ms().expect("oldest"),
             Some(1_000),
@@ -2596,7 +2581,7 @@ mod tests {
         };
         for (sql, index) in [
             (due_sql().as_str(), "events_due"),
-            (NEXT_DUE_SQL, "events_due"),
+            (NEXT_DUE_AFTER_SQL, "events_due"),
             (OLDEST_PENDING_SQL, "events_state"),
             (COUNTS_SQL, "events_state"),
         ] {
