@@ -636,30 +636,32 @@ impl Worker {
     ) -> anyhow::Result<Duration> {
         let now = unix_ms(SystemTime::now());
         let room = self.concurrency.saturating_sub(in_flight.len());
-        if room > 0 {
-            // Events in flight are still pending in the store: ask for enough to skip them.
-            let limit = room + in_flight.len();
-            let reader = Arc::clone(&self.reader);
-            let due = tokio::task::spawn_blocking(move || reader.due(now, limit))
-                .await
-                .context("the store read task")??;
-            let busy: HashSet<i64> = in_flight.values().copied().collect();
-            for event in due.into_iter().filter(|e| !busy.contains(&e.id)).take(room) {
-                let id = event.id;
-                let task = attempts.spawn(attempt(
-                    Arc::clone(&self.sink),
-                    self.policy,
-                    self.store.clone(),
-                    self.metrics.clone(),
-                    event,
-                ));
-                in_flight.insert(task.id(), id);
-            }
-        }
+        // Events in flight are still pending in the store: ask for enough to skip them. Both
+        // reads go in one trip to the blocking pool.
+        let limit = if room > 0 { room + in_flight.len() } else { 0 };
         let reader = Arc::clone(&self.reader);
-        let next = tokio::task::spawn_blocking(move || reader.next_due_after(now))
-            .await
-            .context("the store read task")??;
+        let (due, next) = tokio::task::spawn_blocking(move || {
+            let due = if limit > 0 {
+                reader.due(now, limit)?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, crate::store::StoreError>((due, reader.next_due_after(now)?))
+        })
+        .await
+        .context("the store read task")??;
+        let busy: HashSet<i64> = in_flight.values().copied().collect();
+        for event in due.into_iter().filter(|e| !busy.contains(&e.id)).take(room) {
+            let id = event.id;
+            let task = attempts.spawn(attempt(
+                Arc::clone(&self.sink),
+                self.policy,
+                self.store.clone(),
+                self.metrics.clone(),
+                event,
+            ));
+            in_flight.insert(task.id(), id);
+        }
         Ok(next.map_or(IDLE_POLL, |at| {
             Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_POLL)
         }))
