@@ -25,9 +25,8 @@ use rustls::{
     pki_types::ServerName,
 };
 use sha2::Sha256;
-use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::daemon::ConfigSpec;
+use crate::{daemon::ConfigSpec, netns::connect_from};
 
 /// A certificate authority made for one test; the client trusts only it.
 pub struct TestCa {
@@ -143,27 +142,12 @@ impl Reply {
     }
 }
 
-fn connect(src: IpAddr, dst: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let domain = if dst.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SocketAddr::new(src, 0).into())?;
-    socket.connect_timeout(&dst.into(), Duration::from_secs(2))?;
-    let stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(15)))?;
-    Ok(stream)
-}
-
 fn tls(
     src: IpAddr,
     dst: SocketAddr,
     config: &Arc<ClientConfig>,
 ) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
-    let tcp = connect(src, dst)?;
+    let tcp = connect_from(src, dst, Duration::from_secs(2), Duration::from_secs(15))?;
     let conn = ClientConnection::new(Arc::clone(config), ServerName::IpAddress(dst.ip().into()))
         .map_err(io::Error::other)?;
     let mut stream = StreamOwned::new(conn, tcp);

@@ -429,6 +429,33 @@ pub fn srv_addr(src: IpAddr, port: u16) -> SocketAddr {
     }
 }
 
+/// A TCP connection from `src` (bound before connecting, so the packets leave with that source
+/// address) to `dst`, established within `connect_timeout`; reads and writes then time out after
+/// `io_timeout`.
+///
+/// # Errors
+/// `TimedOut` when the connection is not established in time (dropped SYNs); any other failure
+/// as it happened.
+pub fn connect_from(
+    src: IpAddr,
+    dst: SocketAddr,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> io::Result<TcpStream> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&dst.into(), connect_timeout)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(io_timeout))?;
+    stream.set_write_timeout(Some(io_timeout))?;
+    Ok(stream)
+}
+
 /// Connects from `src` (bound before connecting) to `dst` within `timeout`, sends a line and
 /// expects it echoed back before the server closes the connection.
 ///
@@ -437,17 +464,7 @@ pub fn srv_addr(src: IpAddr, port: u16) -> SocketAddr {
 /// failure as it happened; `InvalidData` when the echo differs.
 pub fn tcp_echo(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<()> {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    let domain = if dst.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SocketAddr::new(src, 0).into())?;
-    socket.connect_timeout(&dst.into(), timeout)?;
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+    let mut stream = connect_from(src, dst, timeout, Duration::from_secs(3))?;
     let line = format!("hello {src} #{}\n", SEQ.fetch_add(1, Ordering::Relaxed));
     stream.write_all(line.as_bytes())?;
     let mut back = String::new();
