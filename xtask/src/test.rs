@@ -57,7 +57,18 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
         );
     }
     warn_leftover_namespaces();
-    ensure_bpffs()?;
+    let mounted = ensure_bpffs()?;
+    let outcome = build_and_test(cargo_test_args);
+    if mounted {
+        unmount_bpffs();
+    }
+    outcome?;
+    println!("==> all {STEPS} steps passed");
+    Ok(())
+}
+
+/// Builds the binary the end-to-end tests start, then runs every crate's tests.
+fn build_and_test(cargo_test_args: &[String]) -> Result<()> {
     let mut build = cargo();
     build.args(["build", "-p", "hookwall", "--bins"]);
     run_cmd(&mut build).context("step 4/4 (tests) failed while building the hookwall binary")?;
@@ -70,23 +81,52 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
         .args(["test", "-p", "filter-common", "-p", "hookwall"])
         .args(["-p", "hookwall-tests", "-p", "xtask"])
         .args(cargo_test_args);
-    run_cmd(&mut tests).context("step 4/4 (tests) failed")?;
-    println!("==> all {STEPS} steps passed");
-    Ok(())
+    run_cmd(&mut tests).context("step 4/4 (tests) failed")
 }
 
 /// Mounts bpffs at /sys/fs/bpf once, before any test runs: hookwall mounts it itself when
 /// needed, but tests in several processes starting at once could otherwise each mount one, and a
-/// second mount would hide the first one's pins.
-fn ensure_bpffs() -> Result<()> {
+/// second mount would hide the first one's pins. Returns whether it mounted it.
+fn ensure_bpffs() -> Result<bool> {
     let fs_type = crate::stdout_of(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]))
         .context("checking the filesystem type of /sys/fs/bpf")?;
     if fs_type.trim() == "bpf_fs" {
-        return Ok(());
+        return Ok(false);
     }
     println!("mounting bpffs at /sys/fs/bpf (it was {})", fs_type.trim());
     run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
-        .context("mounting bpffs at /sys/fs/bpf")
+        .context("mounting bpffs at /sys/fs/bpf")?;
+    Ok(true)
+}
+
+/// Entries the kernel itself puts in every bpffs mount (the BPF preload iterators), not pins.
+const KERNEL_BPFFS_ENTRIES: [&str; 2] = ["maps.debug", "progs.debug"];
+
+/// Unmounts the bpffs the tests mounted, unless something else was pinned there meanwhile
+/// (then it stays, and says why): the tests remove their own pins, so a clean run leaves the
+/// machine as it found it.
+fn unmount_bpffs() {
+    let pinned: Vec<String> = match std::fs::read_dir("/sys/fs/bpf") {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !KERNEL_BPFFS_ENTRIES.contains(&name.as_str()))
+            .collect(),
+        Err(e) => {
+            println!("note: leaving bpffs mounted at /sys/fs/bpf (cannot list it: {e})");
+            return;
+        }
+    };
+    if !pinned.is_empty() {
+        println!(
+            "note: leaving bpffs mounted at /sys/fs/bpf: it holds {}",
+            pinned.join(", ")
+        );
+        return;
+    }
+    if let Err(e) = run_cmd(Command::new("umount").arg("/sys/fs/bpf")) {
+        println!("note: could not unmount the bpffs the tests mounted at /sys/fs/bpf: {e:#}");
+    }
 }
 
 /// Prints the `[n/STEPS]` header, runs `cmd`, and on failure names the step and what to do.
