@@ -28,7 +28,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -312,12 +312,12 @@ impl Filter {
             .default_map_pin_directory(pins.maps_dir())
             .load(EBPF_OBJECT)
             .map_err(|e| match e {
-                aya::EbpfError::MapError(aya::maps::MapError::PinError { .. }) => {
-                    FilterError::Incompatible {
-                        pin_path: pins.root().to_path_buf(),
-                        detail: e.to_string(),
-                    }
-                }
+                aya::EbpfError::MapError(
+                    MapError::PinError { .. } | MapError::IncompatiblePinnedMap { .. },
+                ) => FilterError::Incompatible {
+                    pin_path: pins.root().to_path_buf(),
+                    detail: e.to_string(),
+                },
                 e => load_err(boxed(e)),
             })?;
 
