@@ -449,6 +449,9 @@ fn fragments_are_judged_per_rfc_1858_and_strict_mode() {
 
     // Ports must lie inside the IP packet's own length, never in Ethernet padding after it.
     both.row("ipv4 ports only in ethernet padding, allowed", padded(&v4frag(A4, L4::raw(proto::TCP, &[0x9c, 0x40]), 0, false).to_bytes(), &[0x01, 0xbb]), DROP, DropMalformed);
+    both.row("ipv6 ports only in ethernet padding, allowed", padded(&Packet::v6(A6, L4::raw(proto::TCP, &[0x9c, 0x40])).to_bytes(), &[0x01, 0xbb]), DROP, DropMalformed);
+    both.row("ipv6 3 bytes of udp, the port's last byte in padding, allowed", padded(&Packet::v6(A6, L4::raw(proto::UDP, &[0x9c, 0x40, 0x01])).to_bytes(), &[0xbb]), DROP, DropMalformed);
+    both.row("ipv6 not a fragment, 0 bytes of tcp, other source to 80 in padding", padded(&Packet::v6(D6, L4::raw(proto::TCP, &[])).to_bytes(), &[0x9c, 0x40, 0x00, 0x50]), DROP, DropMalformed);
     both.row("ipv4 tiny first fragment padded with a fake port 80, other source", padded(&v4frag(D4, L4::raw(proto::TCP, &[0x9c, 0x40]), 0, true).to_bytes(), &[0x00, 0x50]), DROP, DropFragment);
     both.row("ipv6 tiny first fragment padded with a fake port 80, other source", padded(&v6x(D6, &[Ext::Fragment { offset: 0, more: true }], L4::raw(proto::TCP, &[0x9c, 0x40])).to_bytes(), &[0x00, 0x50]), DROP, DropFragment);
 
