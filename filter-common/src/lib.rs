@@ -31,6 +31,8 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "hookwall";
 /// Name of the floor program used by the benchmark.
 pub const FLOOR_PROGRAM_NAME: &str = "hookwall_floor";
+/// Name of the benchmark's one-read diagnostic program.
+pub const PROBE_PROGRAM_NAME: &str = "hookwall_probe";
 
 /// Largest number of prefixes per family the tries accept.
 pub const MAX_PREFIXES: u32 = 1 << 20;

@@ -53,6 +53,11 @@ pub static EBPF_OBJECT: &[u8] =
 pub static FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-floor"));
 
+/// The floor plus one random read of a summary-sized array: a diagnostic of the benchmark.
+#[doc(hidden)]
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-probe"));
+
 /// `BPF_FS_MAGIC` from linux/magic.h: the statfs type of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 

@@ -11,9 +11,9 @@ use aya::{
     Ebpf,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use filter_common::FLOOR_PROGRAM_NAME;
+use filter_common::{FLOOR_PROGRAM_NAME, PROBE_PROGRAM_NAME};
 use hookwall::config::AttachMode;
-use hookwall::filter::{Desired, FLOOR_OBJECT};
+use hookwall::filter::{Desired, FLOOR_OBJECT, PROBE_OBJECT};
 use hookwall_tests::{
     TestFilter, XDP_DROP, XDP_PASS,
     daemon::{ConfigSpec, Daemon, PinsGuard},
@@ -60,7 +60,7 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
     // ever crosses that pair.
     let (ns_a, ns_b) = (NetNs::new("hw-bench-a"), NetNs::new("hw-bench-b"));
     let veth = VethPair::new(&ns_a, &[], &ns_b, &[]);
-    let mut floor = Floor::load()?;
+    let mut floor = Bare::floor()?;
     ns_b.run(|| floor.attach(&veth.b))?;
     let mut rng = StdRng::seed_from_u64(0x686f_6f6b);
     println!(
@@ -89,6 +89,8 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
         "tr/f"
     );
     let veth_trie = VethPair::new(&ns_a, &[], &ns_b, &[]);
+    let mut probe = Bare::probe()?;
+    ns_b.run(|| probe.attach(&veth_trie.b))?;
     let sizes: &[usize] = match (rss_only, drop_only) {
         (true, _) => &[],
         (_, true) => &SIZES[SIZES.len() - 1..],
@@ -210,7 +212,7 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
             })
             .collect();
 
-        for (family, path, frames, expect) in [
+        let rows: Vec<Row> = [
             ("ipv4", "drop (random)", &drop4, XDP_DROP),
             ("ipv4", "drop (one /23, diag)", &one_word4, XDP_DROP),
             ("ipv4", "drop (one /8, diag)", &one_page4, XDP_DROP),
@@ -218,14 +220,33 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
             ("ipv4", "drop (beside a /25+)", &near4, XDP_DROP),
             ("ipv6", "drop (random)", &drop6, XDP_DROP),
             ("ipv6", "pass", &pass6, XDP_PASS),
-        ] {
+        ]
+        .into_iter()
+        .filter(|(_, path, frames, _)| {
             let quick_row = path.starts_with("drop (random") || path.starts_with("drop (one");
-            if frames.is_empty() || (drop_only && !quick_row) {
-                continue;
-            }
-            let row = measure(&mut filter, &mut trie, &floor, frames, expect);
-            println!("{n:>8}  {family:<6} {path:<21} | {row}");
+            !frames.is_empty() && (quick_row || !drop_only)
+        })
+        .map(|(family, path, frames, expect)| Row {
+            family,
+            path,
+            frames,
+            expect,
+        })
+        .collect();
+        for (row, figures) in rows
+            .iter()
+            .zip(measure(&mut filter, &mut trie, &floor, &rows))
+        {
+            println!("{n:>8}  {:<6} {:<21} | {figures}", row.family, row.path);
         }
+        // Diagnostic: the random IPv4 drop sources through the probe, i.e. the floor plus one
+        // read of a summary-sized array at the same positions hookwall reads. Beside "drop
+        // (random)" it shows how much of that row is the single random read.
+        let row = measure_bare(&probe, &floor, &drop4);
+        println!(
+            "{n:>8}  {:<6} {:<21} | {row}",
+            "ipv4", "one 1 MiB read (diag)"
+        );
         drop((filter, trie));
         if !drop_only {
             bench_reload(n, &v4, &v6, &mut rng);
@@ -313,41 +334,95 @@ fn bench_reload(n: usize, v4: &[Ipv4Net], v6: &[Ipv6Net], rng: &mut StdRng) {
     );
 }
 
-/// hookwall, the trie-only baseline and the floor on the same frames, at each repeat count.
+/// One row of the per-packet table: frames and the verdict each must get.
+struct Row<'a> {
+    family: &'static str,
+    path: &'static str,
+    frames: &'a [Vec<u8>],
+    expect: u32,
+}
+
+/// Per-packet figures of hookwall and of the trie-only baseline, each against the floor, for
+/// every row: one formatted line per row.
+///
 /// Each filter is measured in its own pass, alternating with the floor frame by frame, so that
-/// a ratio's two figures see the same machine state and neither filter runs right after the
-/// other (the trie's walk would evict hookwall's cache lines, which no deployment does).
+/// a ratio's two figures see the same machine state. All of hookwall's rows come first, then
+/// all of the trie's: a trie round walks up to 100,000 nodes per packet and evicts hookwall's
+/// cache lines, which no deployment does between packets. Each row and repeat count starts with
+/// one unmeasured warm-up round, then [`ROUNDS`] measured ones.
 fn measure(
     filter: &mut TestFilter,
     trie: &mut TestFilter,
-    floor: &Floor,
+    floor: &Bare,
+    rows: &[Row],
+) -> Vec<String> {
+    let mut hw = |frame: &[u8], repeat| filter.run_repeat(frame, repeat);
+    let hw_figures: Vec<Vec<[f64; 2]>> = rows
+        .iter()
+        .map(|row| medians(row.frames, row.expect, &mut hw, floor))
+        .collect();
+    let mut tr = |frame: &[u8], repeat| trie.run_repeat(frame, repeat);
+    let trie_figures: Vec<Vec<[f64; 2]>> = rows
+        .iter()
+        .map(|row| medians(row.frames, row.expect, &mut tr, floor))
+        .collect();
+    hw_figures
+        .iter()
+        .zip(&trie_figures)
+        .map(|(hw, tr)| {
+            hw.iter()
+                .zip(tr)
+                .map(|([h, fl], [t, tr_fl])| {
+                    format!(
+                        "{h:>6.1} {t:>6.1} {fl:>6.1} {:>5.2} {:>5.2}",
+                        h / fl,
+                        t / tr_fl
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect()
+}
+
+/// For each of [`REPEATS`]: a warm-up round, then the median over [`ROUNDS`] rounds of the
+/// program's and the floor's mean ns per packet.
+fn medians(
     frames: &[Vec<u8>],
     expect: u32,
-) -> String {
-    let mut cols = Vec::new();
-    for repeat in REPEATS {
-        let mut hw_rounds = Vec::new();
-        let mut trie_rounds = Vec::new();
-        for _ in 0..ROUNDS {
-            hw_rounds.push(per_packet(frames, expect, repeat, filter, floor));
-            trie_rounds.push(per_packet(frames, expect, repeat, trie, floor));
-        }
-        let med = |rounds: &[[f64; 2]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
-        let (hw, fl) = (med(&hw_rounds, 0), med(&hw_rounds, 1));
-        let (tr, tr_fl) = (med(&trie_rounds, 0), med(&trie_rounds, 1));
-        cols.push(format!(
-            "{hw:>6.1} {tr:>6.1} {fl:>6.1} {:>5.2} {:>5.2}",
-            hw / fl,
-            tr / tr_fl
-        ));
-    }
-    cols.join(" | ")
+    program: &mut RunFn<'_>,
+    floor: &Bare,
+) -> Vec<[f64; 2]> {
+    REPEATS
+        .iter()
+        .map(|&repeat| {
+            per_packet(frames, expect, repeat, program, floor);
+            let rounds: Vec<[f64; 2]> = (0..ROUNDS)
+                .map(|_| per_packet(frames, expect, repeat, program, floor))
+                .collect();
+            [0, 1].map(|i| median(rounds.iter().map(|r| r[i]).collect()))
+        })
+        .collect()
+}
+
+/// A bench-only program against the floor, in [`measure`]'s column layout without the trie
+/// columns: "program floor ratio" at each repeat count.
+fn measure_bare(program: &Bare, floor: &Bare, frames: &[Vec<u8>]) -> String {
+    let mut run = |frame: &[u8], repeat| program.run(frame, repeat);
+    medians(frames, XDP_DROP, &mut run, floor)
+        .iter()
+        .map(|[p, fl]| format!("{p:>6.1} {:>6} {fl:>6.1} {:>5.2} {:>5}", "", p / fl, ""))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// Runs a frame `repeat` times through a program; returns its action and mean ns per run.
+type RunFn<'a> = dyn FnMut(&[u8], u32) -> (u32, f64) + 'a;
 
 /// Mean kernel-measured ns per packet of `filter` and of the floor over `frames`, the two run
 /// back to back on each frame (which goes first alternates from frame to frame) so that both
@@ -358,13 +433,13 @@ fn per_packet(
     frames: &[Vec<u8>],
     expect: u32,
     repeat: u32,
-    filter: &mut TestFilter,
-    floor: &Floor,
+    filter: &mut RunFn<'_>,
+    floor: &Bare,
 ) -> [f64; 2] {
     let mut samples: [Vec<f64>; 2] = Default::default();
     for (n, frame) in frames.iter().enumerate() {
         let mut run_filter = |samples: &mut [Vec<f64>; 2]| {
-            let (action, ns) = filter.run_repeat(frame, repeat);
+            let (action, ns) = filter(frame, repeat);
             assert_eq!(action, expect, "benchmark frame got the wrong verdict");
             samples[0].push(ns);
         };
@@ -388,46 +463,60 @@ fn per_packet(
     })
 }
 
-/// The floor: a program that returns XDP_DROP at once, run through the same harness.
-struct Floor {
+/// A bench-only program run through the same harness: the floor (XDP_DROP at once) or the
+/// one-read probe.
+struct Bare {
     ebpf: Ebpf,
+    name: &'static str,
 }
 
-impl Floor {
-    fn load() -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(FLOOR_OBJECT).context("loading the floor program")?;
+impl Bare {
+    /// The floor: a program that returns XDP_DROP at once.
+    fn floor() -> anyhow::Result<Self> {
+        Self::load(FLOOR_OBJECT, FLOOR_PROGRAM_NAME)
+    }
+
+    /// The floor plus one random read of a 1 MiB array allocated like the summary.
+    fn probe() -> anyhow::Result<Self> {
+        Self::load(PROBE_OBJECT, PROBE_PROGRAM_NAME)
+    }
+
+    fn load(object: &[u8], name: &'static str) -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(object).with_context(|| format!("loading {name}"))?;
         let prog: &mut Xdp = ebpf
-            .program_mut(FLOOR_PROGRAM_NAME)
-            .context("floor program missing")?
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from its object"))?
             .try_into()?;
         prog.load()
-            .context("loading the floor program into the kernel")?;
-        Ok(Self { ebpf })
+            .with_context(|| format!("loading {name} into the kernel"))?;
+        Ok(Self { ebpf, name })
     }
 
     fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut(FLOOR_PROGRAM_NAME)
-            .context("floor program missing")?
+            .program_mut(self.name)
+            .context("program missing")?
             .try_into()?;
         let name = std::ffi::CString::new(iface)?;
         prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver)
-            .with_context(|| format!("attaching the floor to {iface}"))?;
+            .with_context(|| format!("attaching {} to {iface}", self.name))?;
         Ok(())
     }
 
     fn run(&self, frame: &[u8], repeat: u32) -> (u32, f64) {
         let prog: &Xdp = self
             .ebpf
-            .program(FLOOR_PROGRAM_NAME)
+            .program(self.name)
             .expect("loaded")
             .try_into()
             .expect("xdp");
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat;
-        let r = prog.test_run(opts).expect("test_run floor");
+        let r = prog
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("test_run {}: {e}", self.name));
         (r.return_value, r.duration.as_secs_f64() * 1e9)
     }
 }
