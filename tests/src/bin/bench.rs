@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use filter_common::{FLOOR_PROGRAM_NAME, PROBE_PROGRAM_NAME};
@@ -38,6 +38,8 @@ const SOURCES: usize = 4096;
 const REPEATS: [u32; 2] = [1, 64];
 /// Measurement rounds; the median is reported.
 const ROUNDS: usize = 5;
+/// Array sizes of the one-read probe rows: the summary's 1 MiB and smaller.
+const PROBE_KIB: [u32; 5] = [1024, 256, 128, 32, 8];
 const PORT: u16 = 443;
 
 fn main() -> anyhow::Result<()> {
@@ -89,8 +91,7 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
         "tr/f"
     );
     let veth_trie = VethPair::new(&ns_a, &[], &ns_b, &[]);
-    let mut probe = Bare::probe()?;
-    ns_b.run(|| probe.attach(&veth_trie.b))?;
+
     let sizes: &[usize] = match (rss_only, drop_only) {
         (true, _) => &[],
         (_, true) => &SIZES[SIZES.len() - 1..],
@@ -239,14 +240,20 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
         {
             println!("{n:>8}  {:<6} {:<21} | {figures}", row.family, row.path);
         }
-        // Diagnostic: the random IPv4 drop sources through the probe, i.e. the floor plus one
-        // read of a summary-sized array at the same positions hookwall reads. Beside "drop
-        // (random)" it shows how much of that row is the single random read.
-        let row = measure_bare(&probe, &floor, &drop4);
-        println!(
-            "{n:>8}  {:<6} {:<21} | {row}",
-            "ipv4", "one 1 MiB read (diag)"
-        );
+        if n == *sizes.last().expect("at least one size") {
+            // Diagnostic: the random IPv4 drop sources through the probe, the floor plus one
+            // read of an array allocated like the summary, at the positions hookwall reads
+            // (folded into smaller arrays for the smaller sizes). Beside "drop (random)" it
+            // shows how much of that row a single random read costs, and how that cost
+            // depends on the size of what is read.
+            for kib in PROBE_KIB {
+                let mut probe = Bare::probe(kib * 1024 / 8)?;
+                ns_b.run(|| probe.attach(&veth_trie.b))?;
+                let row = measure_bare(&probe, &floor, &drop4);
+                let path = format!("one read of {kib} KiB");
+                println!("{n:>8}  {:<6} {path:<21} | {row}", "diag");
+            }
+        }
         drop((filter, trie));
         if !drop_only {
             bench_reload(n, &v4, &v6, &mut rng);
@@ -476,13 +483,29 @@ impl Bare {
         Self::load(FLOOR_OBJECT, FLOOR_PROGRAM_NAME)
     }
 
-    /// The floor plus one random read of a 1 MiB array allocated like the summary.
-    fn probe() -> anyhow::Result<Self> {
-        Self::load(PROBE_OBJECT, PROBE_PROGRAM_NAME)
+    /// The floor plus one random read of a `words`-word array (a power of two) allocated like
+    /// the summary.
+    fn probe(words: u32) -> anyhow::Result<Self> {
+        let mask = words - 1;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries("HW_PROBE", words)
+            .override_global("PROBE_WORD_MASK", &mask, true);
+        Self::load_with(&mut loader, PROBE_OBJECT, PROBE_PROGRAM_NAME)
     }
 
     fn load(object: &[u8], name: &'static str) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(object).with_context(|| format!("loading {name}"))?;
+        Self::load_with(&mut EbpfLoader::new(), object, name)
+    }
+
+    fn load_with(
+        loader: &mut EbpfLoader<'_>,
+        object: &[u8],
+        name: &'static str,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = loader
+            .load(object)
+            .with_context(|| format!("loading {name}"))?;
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .with_context(|| format!("{name} missing from its object"))?
