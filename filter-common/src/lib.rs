@@ -18,6 +18,11 @@ pub mod map_names {
     pub const V4_SUMMARY: &str = "HW_V4_SUMMARY";
     /// IPv6 first-level bitmap, `Array<u64>` (mmap-able).
     pub const V6_SUMMARY: &str = "HW_V6_SUMMARY";
+    /// IPv4 coarse bitmap in front of the summary, `Array<u64>` (mmap-able); see
+    /// [`crate::index::V4_COARSE_BITS`].
+    pub const V4_COARSE: &str = "HW_V4_COARSE";
+    /// IPv6 coarse bitmap, `Array<u64>` (mmap-able).
+    pub const V6_COARSE: &str = "HW_V6_COARSE";
     /// One [`crate::Config`] at index 0 (mmap-able): the mode flags and the protected ports,
     /// together so that the program reads both with one lookup.
     pub const SETTINGS: &str = "HW_SETTINGS";
@@ -75,7 +80,20 @@ pub mod index {
     /// Words in the IPv6 summary.
     pub const V6_SUMMARY_WORDS: u32 = 1 << (V6_SUMMARY_BITS - 6);
 
-    /// Leading IPv6 address bits the summary skips: every global unicast address starts with
+    /// In front of the summary, a coarse bitmap of the same kind with /18 blocks: 32 KiB,
+    /// small enough to stay cached where the 1 MiB summary is not. A random source costs one
+    /// read of the summary, which is a cache miss more often than not; a source outside every
+    /// allowed /18 (with a short allowlist, nearly all of them; with 100,000 random prefixes,
+    /// about two in three) is refused from the coarse bitmap alone.
+    pub const V4_COARSE_BITS: u32 = 18;
+    /// IPv6 coarse blocks: 18 bits after the skipped ones (32 KiB).
+    pub const V6_COARSE_BITS: u32 = 18;
+    /// Words in the IPv4 coarse bitmap.
+    pub const V4_COARSE_WORDS: u32 = 1 << (V4_COARSE_BITS - 6);
+    /// Words in the IPv6 coarse bitmap.
+    pub const V6_COARSE_WORDS: u32 = 1 << (V6_COARSE_BITS - 6);
+
+    /// Leading IPv6 address bits the summary and the coarse bitmap skip: every global unicast address starts with
     /// `001` (2000::/3), so those bits would only waste seven eighths of the bitmap. Any
     /// address still maps to a bit, so the summary stays a superset for every prefix.
     pub const V6_SUMMARY_SKIP_BITS: u32 = 3;

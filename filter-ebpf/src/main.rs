@@ -44,6 +44,10 @@ static V6_INDEX: Array<u64> = Array::pinned(index::V6_WORDS, BPF_F_MMAPABLE);
 static V4_SUMMARY: Array<u64> = Array::pinned(index::V4_SUMMARY_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_V6_SUMMARY")]
 static V6_SUMMARY: Array<u64> = Array::pinned(index::V6_SUMMARY_WORDS, BPF_F_MMAPABLE);
+#[map(name = "HW_V4_COARSE")]
+static V4_COARSE: Array<u64> = Array::pinned(index::V4_COARSE_WORDS, BPF_F_MMAPABLE);
+#[map(name = "HW_V6_COARSE")]
+static V6_COARSE: Array<u64> = Array::pinned(index::V6_COARSE_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_SETTINGS")]
 static CONFIG: Array<Config> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map(name = "HW_COUNTERS")]
@@ -433,11 +437,13 @@ fn port_protected(config: Option<&Config>, port: u16) -> bool {
     }
 }
 
-/// Summary, then index, then trie: each level answers "no" for most sources it sees.
+/// Coarse bitmap, summary, index, then trie: each level answers "no" for most sources it sees.
 #[inline(always)]
 fn v4_allowed(src: [u8; 4]) -> bool {
     let top = u32::from_be_bytes(src);
-    if !summary_has(&V4_SUMMARY, top, index::V4_SUMMARY_BITS) {
+    if !summary_has(&V4_COARSE, top, index::V4_COARSE_BITS)
+        || !summary_has(&V4_SUMMARY, top, index::V4_SUMMARY_BITS)
+    {
         return false;
     }
     let (word, bit) = index::locate(top, index::V4_BLOCK_BITS);
@@ -456,11 +462,10 @@ fn v4_allowed(src: [u8; 4]) -> bool {
 #[inline(always)]
 fn v6_allowed(src: &[u8; 16]) -> bool {
     let top = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
-    if !summary_has(
-        &V6_SUMMARY,
-        top << index::V6_SUMMARY_SKIP_BITS,
-        index::V6_SUMMARY_BITS,
-    ) {
+    let skipped = top << index::V6_SUMMARY_SKIP_BITS;
+    if !summary_has(&V6_COARSE, skipped, index::V6_COARSE_BITS)
+        || !summary_has(&V6_SUMMARY, skipped, index::V6_SUMMARY_BITS)
+    {
         return false;
     }
     let (word, bit) = index::locate(top, index::V6_BLOCK_BITS);

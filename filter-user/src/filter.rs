@@ -282,10 +282,8 @@ pub struct Filter {
     origin: Origin,
     v4_trie: LpmTrie<MapData, [u8; 4], u8>,
     v6_trie: LpmTrie<MapData, [u8; 16], u8>,
-    v4_index: MapData,
-    v6_index: MapData,
-    v4_summary: MapData,
-    v6_summary: MapData,
+    /// The bitmaps derived from the tries, in [`BITMAPS`] order.
+    bitmaps: Vec<MapData>,
     /// The [`Config`]: the mode and the ports, written word by word through a mapping.
     config: MapData,
     counters: PerCpuArray<MapData, CounterValue>,
@@ -346,30 +344,19 @@ impl Filter {
                     .map_err(|e| load_err(boxed(e)))?,
             );
         } else {
-            let prog = xdp_program(&mut ebpf)?;
-            prog.load().map_err(|e| load_err(boxed(e)))?;
-            if origin == Origin::Replaced {
-                replace_on_links(prog, &pins)?;
-                fs::remove_file(pins.prog()).map_err(|e| FilterError::Pin {
-                    op: "unpinning the replaced program",
-                    path: pins.prog(),
-                    source: boxed(e),
-                })?;
-            }
-            prog.pin(pins.prog()).map_err(|e| FilterError::Pin {
-                op: "pinning the program at",
-                path: pins.prog(),
-                source: boxed(e),
-            })?;
+            xdp_program(&mut ebpf)?
+                .load()
+                .map_err(|e| load_err(boxed(e)))?;
         }
 
+        let bitmaps = BITMAPS
+            .iter()
+            .map(|&name| take_map_data(&mut ebpf, name))
+            .collect::<Result<_, _>>()?;
         let mut filter = Self {
             v4_trie: take_map(&mut ebpf, map_names::V4_TRIE)?,
             v6_trie: take_map(&mut ebpf, map_names::V6_TRIE)?,
-            v4_index: take_map_data(&mut ebpf, map_names::V4_INDEX)?,
-            v6_index: take_map_data(&mut ebpf, map_names::V6_INDEX)?,
-            v4_summary: take_map_data(&mut ebpf, map_names::V4_SUMMARY)?,
-            v6_summary: take_map_data(&mut ebpf, map_names::V6_SUMMARY)?,
+            bitmaps,
             config: take_map_data(&mut ebpf, map_names::SETTINGS)?,
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             meta,
@@ -380,9 +367,41 @@ impl Filter {
             v4: BTreeSet::new(),
             v6: BTreeSet::new(),
         };
-        filter.write_meta(|m| m.object_sha256 = ours)?;
         filter.sync_mirror()?;
+        if origin != Origin::Adopted {
+            filter.install_program()?;
+        }
+        filter.write_meta(|m| m.object_sha256 = ours)?;
         Ok(filter)
+    }
+
+    /// Pins the program loaded by [`Filter::open`]; when it replaces an older one, first on
+    /// every link, atomically per link.
+    ///
+    /// Before a replacement, every bitmap is brought up to the tries: a bitmap the older
+    /// program did not have was just created empty, and the new program must not run on it
+    /// (it would refuse every source until the next [`Filter::apply`]).
+    fn install_program(&mut self) -> Result<(), FilterError> {
+        let pins = self.pins.clone();
+        if self.origin == Origin::Replaced {
+            let words = bitmap_words(&self.v4, &self.v6);
+            for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&words) {
+                update_index(data, name, words)?;
+            }
+            replace_on_links(xdp_program(&mut self.ebpf)?, &pins)?;
+            fs::remove_file(pins.prog()).map_err(|e| FilterError::Pin {
+                op: "unpinning the replaced program",
+                path: pins.prog(),
+                source: boxed(e),
+            })?;
+        }
+        xdp_program(&mut self.ebpf)?
+            .pin(pins.prog())
+            .map_err(|e| FilterError::Pin {
+                op: "pinning the program at",
+                path: pins.prog(),
+                source: boxed(e),
+            })
     }
 
     /// How this filter came to be held.
@@ -438,33 +457,7 @@ impl Filter {
         let mut report = ApplyReport::default();
         let new_v4: BTreeSet<Ipv4Net> = desired.v4.iter().map(Ipv4Net::trunc).collect();
         let new_v6: BTreeSet<Ipv6Net> = desired.v6.iter().map(Ipv6Net::trunc).collect();
-        let v4_words = index_words(
-            new_v4
-                .iter()
-                .map(|n| (u32::from(n.network()), n.prefix_len())),
-            index::V4_BLOCK_BITS,
-            index::V4_WORDS,
-        );
-        let v6_words = index_words(
-            new_v6.iter().map(|n| (v6_top(n.network()), n.prefix_len())),
-            index::V6_BLOCK_BITS,
-            index::V6_WORDS,
-        );
-        let v4_summary = summary_words(
-            new_v4
-                .iter()
-                .map(|n| (u32::from(n.network()), n.prefix_len())),
-            index::V4_SUMMARY_BITS,
-        );
-        let v6_summary = summary_words(
-            new_v6.iter().map(|n| {
-                let skip = index::V6_SUMMARY_SKIP_BITS;
-                // Skipping leading bits shortens every prefix by as many (a /2 covers everything).
-                let len = n.prefix_len().saturating_sub(skip as u8);
-                (v6_top(n.network()) << skip, len)
-            }),
-            index::V6_SUMMARY_BITS,
-        );
+        let bitmap_words = bitmap_words(&new_v4, &new_v6);
         let new_ports = port_words(&desired.ports);
 
         // Phase 1: add. After it, the kernel holds old ∪ new.
@@ -484,10 +477,9 @@ impl Filter {
         }
         self.v4.extend(new_v4.iter().copied());
         self.v6.extend(new_v6.iter().copied());
-        report.words_written += update_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
-        report.words_written += update_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
-        report.words_written += update_index(&self.v4_summary, map_names::V4_SUMMARY, &v4_summary)?;
-        report.words_written += update_index(&self.v6_summary, map_names::V6_SUMMARY, &v6_summary)?;
+        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&bitmap_words) {
+            report.words_written += update_index(data, name, words)?;
+        }
         let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
         if config.words().len() != Config::WORDS {
             return Err(map_err(
@@ -507,10 +499,9 @@ impl Filter {
 
         // Phase 2: remove what the new state lacks.
         report.words_written += set_words(port_cells, &new_ports);
-        report.words_written += prune_index(&self.v4_index, map_names::V4_INDEX, &v4_words)?;
-        report.words_written += prune_index(&self.v6_index, map_names::V6_INDEX, &v6_words)?;
-        report.words_written += prune_index(&self.v4_summary, map_names::V4_SUMMARY, &v4_summary)?;
-        report.words_written += prune_index(&self.v6_summary, map_names::V6_SUMMARY, &v6_summary)?;
+        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&bitmap_words) {
+            report.words_written += prune_index(data, name, words)?;
+        }
         let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
         for net in gone_v4 {
             let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
@@ -651,12 +642,9 @@ impl Filter {
     #[doc(hidden)]
     pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
         let all_partial = u64::from(u32::MAX) << index::BLOCKS_PER_WORD;
-        for (data, name, word) in [
-            (&self.v4_index, map_names::V4_INDEX, all_partial),
-            (&self.v6_index, map_names::V6_INDEX, all_partial),
-            (&self.v4_summary, map_names::V4_SUMMARY, u64::MAX),
-            (&self.v6_summary, map_names::V6_SUMMARY, u64::MAX),
-        ] {
+        for (data, name) in self.bitmaps.iter().zip(BITMAPS) {
+            let is_index = name == map_names::V4_INDEX || name == map_names::V6_INDEX;
+            let word = if is_index { all_partial } else { u64::MAX };
             let mmap = IndexMmap::map(data, name)?;
             for cell in mmap.words() {
                 cell.store(word, Ordering::Release);
@@ -885,6 +873,39 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The bitmaps derived from the tries, each an mmap-able `Array<u64>`: the coarse index, the
+/// summary and the coarse bitmap of each family. [`bitmap_words`] computes them in this order.
+const BITMAPS: [&str; 6] = [
+    map_names::V4_INDEX,
+    map_names::V6_INDEX,
+    map_names::V4_SUMMARY,
+    map_names::V6_SUMMARY,
+    map_names::V4_COARSE,
+    map_names::V6_COARSE,
+];
+
+/// The words of every bitmap in [`BITMAPS`] for a set of prefixes.
+fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; 6] {
+    let v4_tops = || v4.iter().map(|n| (u32::from(n.network()), n.prefix_len()));
+    let v6_tops = || v6.iter().map(|n| (v6_top(n.network()), n.prefix_len()));
+    let v6_skipped = || {
+        v6.iter().map(|n| {
+            let skip = index::V6_SUMMARY_SKIP_BITS;
+            // Skipping leading bits shortens every prefix by as many (a /2 covers everything).
+            let len = n.prefix_len().saturating_sub(skip as u8);
+            (v6_top(n.network()) << skip, len)
+        })
+    };
+    [
+        index_words(v4_tops(), index::V4_BLOCK_BITS, index::V4_WORDS),
+        index_words(v6_tops(), index::V6_BLOCK_BITS, index::V6_WORDS),
+        summary_words(v4_tops(), index::V4_SUMMARY_BITS),
+        summary_words(v6_skipped(), index::V6_SUMMARY_BITS),
+        summary_words(v4_tops(), index::V4_COARSE_BITS),
+        summary_words(v6_skipped(), index::V6_COARSE_BITS),
+    ]
 }
 
 /// The coarse index words for a set of prefixes given as (top 32 bits, length): full bits for

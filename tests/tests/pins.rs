@@ -1,11 +1,29 @@
-//! Loading against pins left by another hookwall: a pinned map whose layout is not this
+//! Loading against pins left by another hookwall. A pinned map whose layout is not this
 //! program's must stop `Filter::open` with the "`hookwall detach` first" error, and change
-//! nothing, rather than run the new program on maps it would misread.
+//! nothing, rather than run the new program on maps it would misread. A compatible older
+//! program is replaced in place, and from that instant the new one judges as the old one did,
+//! even when it reads maps the old one did not have.
 
-use aya::maps::{Array, MapData};
-use filter_common::map_names;
-use hookwall::filter::{Filter, FilterError, Pins, detach};
-use hookwall_tests::unique_name;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{
+        TestRun as _, TestRunOptions,
+        links::{FdLink, PinnedLink},
+    },
+};
+use filter_common::{Meta, map_names};
+use hookwall::{
+    config::AttachMode,
+    filter::{Desired, Filter, FilterError, Origin, Pins, detach},
+};
+use hookwall_tests::{
+    XDP_DROP, XDP_PASS,
+    frames::{L4, Packet},
+    netns::{NetNs, VethPair},
+    settings, unique_name,
+};
 
 /// Removes every pin under the path when dropped, also when the test fails.
 struct Cleanup(Pins);
@@ -54,4 +72,92 @@ fn a_pinned_map_of_another_layout_is_refused_with_the_detach_hint_and_nothing_ch
     // Nothing changed: the old map is still the one pinned, the program still pinned.
     assert_eq!(pinned_id(), old_id, "the old map is still the one pinned");
     assert!(pins.has_program(), "the pinned program is left in place");
+}
+
+#[test]
+fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
+    let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
+    let _cleanup = Cleanup(pins.clone());
+    let (ns_a, ns_b) = (NetNs::new("hw-pins-a"), NetNs::new("hw-pins-b"));
+    let veth = VethPair::new(&ns_a, &[], &ns_b, &[]);
+    let desired = Desired {
+        v4: vec!["203.0.113.0/24".parse().expect("literal")],
+        v6: vec!["2001:db8:1::/48".parse().expect("literal")],
+        ports: vec![443],
+        settings: settings(true, false),
+    };
+    let mut first = Filter::open(pins.clone()).expect("first open");
+    first.apply(&desired).expect("first apply");
+    ns_a.run(|| first.attach(std::slice::from_ref(&veth.a), AttachMode::Native))
+        .expect("attaching to the veth");
+    drop(first);
+
+    // Make the pins look like an older hookwall's: another object hash in META, and without
+    // the coarse bitmaps, which that version did not have.
+    let mut meta: Array<MapData, Meta> = Array::try_from(Map::Array(
+        MapData::from_pin(pins.map(map_names::META)).expect("META"),
+    ))
+    .expect("META as an array");
+    let mut old = meta.get(&0, 0).expect("reading META");
+    old.object_sha256 = [0; 32];
+    meta.set(0, &old, 0).expect("writing META");
+    for name in [map_names::V4_COARSE, map_names::V6_COARSE] {
+        std::fs::remove_file(pins.map(name)).expect("unpinning a coarse bitmap");
+    }
+
+    // Open alone (no apply yet) replaces the program on the link: from that moment the new
+    // program is in force and must already let the allowed sources through.
+    let mut filter = Filter::open(pins.clone()).expect("open over the older pins");
+    assert_eq!(filter.origin(), Origin::Replaced);
+    let prog = filter.program().expect("the new program");
+    let prog_id = prog.info().expect("program info").id();
+    let (_, _, link_path) = pins
+        .links()
+        .expect("listing links")
+        .into_iter()
+        .next()
+        .expect("the link pinned by the first run");
+    let link = FdLink::from(PinnedLink::from_pin(&link_path).expect("the pinned link"));
+    assert_eq!(
+        link.info().expect("link info").program_id(),
+        prog_id,
+        "the link runs the new program"
+    );
+    let verdict = |frame: Vec<u8>| {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    };
+    let (a4, d4): (Ipv4Addr, Ipv4Addr) = (
+        "203.0.113.7".parse().expect("v4"),
+        "198.51.100.7".parse().expect("v4"),
+    );
+    let (a6, d6): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8:1::7".parse().expect("v6"),
+        "2001:db8:2::7".parse().expect("v6"),
+    );
+    assert_eq!(
+        verdict(Packet::v4(a4, L4::tcp(443)).to_bytes()),
+        XDP_PASS,
+        "allowed IPv4"
+    );
+    assert_eq!(
+        verdict(Packet::v6(a6, L4::tcp(443)).to_bytes()),
+        XDP_PASS,
+        "allowed IPv6"
+    );
+    assert_eq!(
+        verdict(Packet::v4(d4, L4::tcp(443)).to_bytes()),
+        XDP_DROP,
+        "refused IPv4"
+    );
+    assert_eq!(
+        verdict(Packet::v6(d6, L4::tcp(443)).to_bytes()),
+        XDP_DROP,
+        "refused IPv6"
+    );
+    // The next apply then keeps them as they are.
+    filter.apply(&desired).expect("apply after the replacement");
+    drop(filter);
+    drop(veth);
 }
