@@ -110,6 +110,54 @@ fn flags(config: Option<&Config>) -> u32 {
     )
 }
 
+/// The first `LEN` bytes of the packet, checked once to lie inside it, so that the fast paths
+/// read their fields at constant offsets with no further bounds check.
+struct Head<const LEN: usize> {
+    data: usize,
+}
+
+impl<const LEN: usize> Head<LEN> {
+    #[inline(always)]
+    fn new(ctx: &XdpContext) -> Option<Self> {
+        let data = ctx.data();
+        (data + LEN <= ctx.data_end()).then_some(Self { data })
+    }
+
+    /// The `N` bytes at `offset`; zeros if they would reach past `LEN` (never, at the constant
+    /// offsets the fast paths use, so the compiler drops that test).
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        if offset + N > LEN {
+            return [0; N];
+        }
+        // SAFETY: `offset + N <= LEN`, and the first LEN bytes lie inside the packet (`new`);
+        // unaligned because the IP header sits 14 bytes in.
+        unsafe { ((self.data + offset) as *const [u8; N]).read_unaligned() }
+    }
+
+    #[inline(always)]
+    fn be16(&self, offset: usize) -> u16 {
+        u16::from_be_bytes(self.bytes(offset))
+    }
+
+    #[inline(always)]
+    fn byte(&self, offset: usize) -> u8 {
+        self.bytes::<1>(offset)[0]
+    }
+}
+
+/// The enforce-mode counter of a packet the fast path took: by port, then by source.
+#[inline(always)]
+fn fast_verdict(config: Option<&Config>, port: u16, allowed: impl FnOnce() -> bool) -> Counter {
+    if !port_protected(config, port) {
+        Counter::PassUnprotected
+    } else if allowed() {
+        Counter::PassAllowed
+    } else {
+        Counter::DropNotAllowed
+    }
+}
+
 /// Bytes the IPv4 fast path reads: Ethernet, a 20-byte IPv4 header and the TCP/UDP ports.
 const FAST_V4_LEN: usize = ETH_HLEN + 20 + 4;
 
@@ -120,22 +168,12 @@ const FAST_V4_LEN: usize = ETH_HLEN + 20 + 4;
 /// both against the same reference). Returns the counter as in enforce mode.
 #[inline(always)]
 fn fast_ipv4(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
-    let data = ctx.data();
-    if data + FAST_V4_LEN > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: the FAST_V4_LEN bytes from `data` lie inside the packet (checked above); unaligned
-    // reads because the IP header sits 14 bytes in.
-    let field = |offset: usize| -> u16 {
-        u16::from_be(unsafe { ((data + offset) as *const u16).read_unaligned() })
-    };
-    // SAFETY: as for `field`.
-    let byte = |offset: usize| -> u8 { unsafe { *((data + offset) as *const u8) } };
-    let ether_type = field(12);
-    let ver_ihl = byte(ETH_HLEN);
-    let total_len = field(ETH_HLEN + 2);
-    let frag = field(ETH_HLEN + 6);
-    let protocol = byte(ETH_HLEN + 9);
+    let head = Head::<FAST_V4_LEN>::new(ctx)?;
+    let ether_type = head.be16(12);
+    let ver_ihl = head.byte(ETH_HLEN);
+    let total_len = head.be16(ETH_HLEN + 2);
+    let frag = head.be16(ETH_HLEN + 6);
+    let protocol = head.byte(ETH_HLEN + 9);
     if ether_type != ETH_P_IP
         || ver_ihl != 0x45
         || frag & 0x1fff != 0
@@ -144,16 +182,10 @@ fn fast_ipv4(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
     {
         return None;
     }
-    if !port_protected(config, field(ETH_HLEN + 20 + 2)) {
-        return Some(Counter::PassUnprotected);
-    }
-    // SAFETY: as for `field`.
-    let src: [u8; 4] = unsafe { ((data + ETH_HLEN + 12) as *const [u8; 4]).read_unaligned() };
-    Some(if v4_allowed(src) {
-        Counter::PassAllowed
-    } else {
-        Counter::DropNotAllowed
-    })
+    let port = head.be16(ETH_HLEN + 20 + 2);
+    Some(fast_verdict(config, port, || {
+        v4_allowed(head.bytes(ETH_HLEN + 12))
+    }))
 }
 
 /// Bytes the IPv6 fast path reads: Ethernet, the 40-byte IPv6 header and the TCP/UDP ports.
@@ -164,21 +196,11 @@ const FAST_V6_LEN: usize = ETH_HLEN + 40 + 4;
 /// returns `None` and takes the general walk, which decides the same for the packets taken here.
 #[inline(always)]
 fn fast_ipv6(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
-    let data = ctx.data();
-    if data + FAST_V6_LEN > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: the FAST_V6_LEN bytes from `data` lie inside the packet (checked above); unaligned
-    // reads because the IP header sits 14 bytes in.
-    let field = |offset: usize| -> u16 {
-        u16::from_be(unsafe { ((data + offset) as *const u16).read_unaligned() })
-    };
-    // SAFETY: as for `field`.
-    let byte = |offset: usize| -> u8 { unsafe { *((data + offset) as *const u8) } };
-    let ether_type = field(12);
-    let version = byte(ETH_HLEN) >> 4;
-    let payload_len = field(ETH_HLEN + 4);
-    let next = byte(ETH_HLEN + 6);
+    let head = Head::<FAST_V6_LEN>::new(ctx)?;
+    let ether_type = head.be16(12);
+    let version = head.byte(ETH_HLEN) >> 4;
+    let payload_len = head.be16(ETH_HLEN + 4);
+    let next = head.byte(ETH_HLEN + 6);
     if ether_type != ETH_P_IPV6
         || version != 6
         || (next != IPPROTO_TCP && next != IPPROTO_UDP)
@@ -186,16 +208,10 @@ fn fast_ipv6(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
     {
         return None;
     }
-    if !port_protected(config, field(ETH_HLEN + 40 + 2)) {
-        return Some(Counter::PassUnprotected);
-    }
-    // SAFETY: as for `field`.
-    let src: [u8; 16] = unsafe { ((data + ETH_HLEN + 8) as *const [u8; 16]).read_unaligned() };
-    Some(if v6_allowed(&src) {
-        Counter::PassAllowed
-    } else {
-        Counter::DropNotAllowed
-    })
+    let port = head.be16(ETH_HLEN + 40 + 2);
+    Some(fast_verdict(config, port, || {
+        v6_allowed(&head.bytes(ETH_HLEN + 8))
+    }))
 }
 
 /// The single exit: count the packet under counter `index` and turn it into an XDP action.
