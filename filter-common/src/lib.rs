@@ -1,7 +1,7 @@
 //! Types shared by the hookwall XDP program and its userspace controller.
 //!
 //! Everything the kernel and userspace must agree on lives here: map names, key and value
-//! layouts, the counter indices, the settings flags and the geometry of the coarse index.
+//! layouts, the counter indices, the settings flags and the geometry of the bitmaps.
 #![no_std]
 
 /// Names of the maps in the eBPF object; they are also the file names of their pins.
@@ -10,9 +10,9 @@ pub mod map_names {
     pub const V4_TRIE: &str = "HW_V4_TRIE";
     /// IPv6 allowlist, `LpmTrie<[u8; 16], u8>`.
     pub const V6_TRIE: &str = "HW_V6_TRIE";
-    /// IPv4 coarse index, `Array<u64>` (mmap-able); see [`crate::index`].
+    /// IPv4 /24 index, `Array<u64>` (mmap-able); see [`crate::index`].
     pub const V4_INDEX: &str = "HW_V4_INDEX";
-    /// IPv6 coarse index, `Array<u64>` (mmap-able).
+    /// IPv6 /24 index, `Array<u64>` (mmap-able).
     pub const V6_INDEX: &str = "HW_V6_INDEX";
     /// IPv4 first-level bitmap, `Array<u64>` (mmap-able); see [`crate::index::V4_SUMMARY_BITS`].
     pub const V4_SUMMARY: &str = "HW_V4_SUMMARY";
@@ -45,7 +45,8 @@ pub const MAX_PREFIXES: u32 = 1 << 20;
 /// Number of `u64` words in the protected-ports bitmap (65536 bits).
 pub const PORT_WORDS: u32 = 65536 / 64;
 
-/// Geometry of the coarse index that fronts each LPM trie.
+/// Geometry of the bitmaps that front each LPM trie: the /24 index, the summary and the coarse
+/// bitmap.
 ///
 /// Each family's address space is cut into blocks by the top [`index::V4_BLOCK_BITS`] (or
 /// [`index::V6_BLOCK_BITS`]) bits of the address. Each block has two bits: *full* (every address in

@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use filter_common::{Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, index};
 
-/// `BPF_F_MMAPABLE`: userspace updates the coarse indexes with plain atomic stores.
+/// `BPF_F_MMAPABLE`: userspace updates the bitmaps with plain atomic stores.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "HW_V4_TRIE")]

@@ -875,8 +875,9 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The bitmaps derived from the tries, each an mmap-able `Array<u64>`: the coarse index, the
-/// summary and the coarse bitmap of each family. [`bitmap_words`] computes them in this order.
+/// The bitmaps derived from the tries, each an mmap-able `Array<u64>`: the /24 index, the /23
+/// summary and the /18 coarse bitmap of each family. [`bitmap_words`] computes them in this
+/// order.
 const BITMAPS: [&str; 6] = [
     map_names::V4_INDEX,
     map_names::V6_INDEX,
@@ -908,7 +909,7 @@ fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; 6]
     ]
 }
 
-/// The coarse index words for a set of prefixes given as (top 32 bits, length): full bits for
+/// The /24 index words for a set of prefixes given as (top 32 bits, length): full bits for
 /// every block a short prefix covers, a partial bit for the block of each long one.
 #[must_use]
 pub fn index_words(
