@@ -1107,7 +1107,6 @@ impl Writer {
         // Dropped when this returns, before the writer's connection (which, closed last,
         // checkpoints what is left and removes the WAL).
         let _checkpointer = Checkpointer::start(&self.path);
-        raise_priority();
         let mut batch = Batch::default();
         let mut busy = false;
         while let Some(first) = rx.blocking_recv() {
@@ -1186,31 +1185,6 @@ impl Writer {
             updated,
             purged,
         })
-    }
-}
-
-/// Nice value of the writer thread. Every stored request waits for this one thread; when the
-/// receiver's workers (and anything else on the host) keep every core busy, a commit that is
-/// preempted half-way holds up the whole batch and everyone queued behind it (commit times of
-/// 2.5 ms at p90 and 8-10 ms at p99 were measured at full load, for 0.7 ms at the median). The
-/// writer mostly waits for the disk, so running it ahead of them costs them little.
-const WRITER_NICE: libc::c_int = -10;
-
-/// Gives the calling thread (the writer) [`WRITER_NICE`]. Needs `CAP_SYS_NICE` (root has it);
-/// without it the writer runs at the default priority, which is only slower under CPU
-/// contention, so a refusal is logged and otherwise ignored.
-fn raise_priority() {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes this
-    // thread's nice value.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), WRITER_NICE)
-    };
-    if rc != 0 {
-        tracing::info!(
-            error = %std::io::Error::last_os_error(),
-            "the event store's writer keeps the default priority (raising it needs CAP_SYS_NICE)"
-        );
     }
 }
 
