@@ -1986,6 +1986,49 @@ mod tests {
         );
     }
 
+    /// A purge command for the linger tests (its reply is never read).
+    fn purge_command() -> Command {
+        let (reply, _) = oneshot::channel();
+        Command::Purge(PendingPurge {
+            before_ms: 0,
+            limit: 1,
+            reply,
+        })
+    }
+
+    /// The linger takes what is queued and gives up waiting for more at its bound: a busy
+    /// writer whose traffic stops does not hold the requests it has.
+    #[test]
+    fn linger_takes_what_is_queued_and_stops_at_its_bound() {
+        let (tx, mut rx) = mpsc::channel(QUEUE_CAP);
+        for _ in 0..3 {
+            tx.try_send(purge_command()).expect("queue has room");
+        }
+        let mut batch = Batch::default();
+        let started = std::time::Instant::now();
+        linger(&mut rx, &mut batch);
+        assert_eq!(batch.len(), 3, "everything queued is taken");
+        // Generous: LINGER is 1 ms; this only rules out waiting for the missing requests.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Lingering never takes a batch past the cap: the rest waits for the next one.
+    #[test]
+    fn linger_takes_no_more_than_the_cap() {
+        let (tx, mut rx) = mpsc::channel(QUEUE_CAP);
+        for _ in 0..BATCH_CAP + 10 {
+            tx.try_send(purge_command()).expect("queue has room");
+        }
+        let mut batch = Batch::default();
+        linger(&mut rx, &mut batch);
+        assert_eq!(batch.len(), BATCH_CAP, "drained to the cap, no further");
+        assert_eq!(rx.len(), 10, "the rest waits for the next batch");
+    }
+
     /// New and duplicate events mixed in the same batches: each answer names the row stored
     /// under its own (route, event id), whether it was inserted now or found.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
