@@ -91,7 +91,6 @@ fn bench_filter(mode: &str) -> anyhow::Result<()> {
         "tr/f"
     );
     let veth_trie = VethPair::new(&ns_a, &[], &ns_b, &[]);
-
     let sizes: &[usize] = match (rss_only, drop_only) {
         (true, _) => &[],
         (_, true) => &SIZES[SIZES.len() - 1..],
