@@ -8,10 +8,9 @@
 //!   a bounded channel, each with a oneshot for its reply; the writer takes everything queued (up
 //!   to [`BATCH_CAP`]), inserts it in one transaction, commits once (one fsync) and only then
 //!   replies. Concurrent requests therefore share an fsync, and no request hears "stored" before
-//!   the commit that holds it has returned. After a large batch (a busy receiver) the next one
-//!   waits up to a millisecond to fill ([`LINGER`]) rather than pay a commit for one or two. A
-//!   batch is one unit: if anything in it fails, every request in it gets the error (the receiver
-//!   answers 503 and the provider retries), never a false success.
+//!   the commit that holds it has returned. A batch is one unit: if anything in it fails, every
+//!   request in it gets the error (the receiver answers 503 and the provider retries), never a
+//!   false success.
 //! - **Checkpoints off the commit path.** The writer never checkpoints; a thread of its own copies
 //!   committed WAL frames into the database file every 500 ms (PASSIVE: it waits for no one), so
 //!   no request's answer waits for the database file's fsync.
@@ -57,16 +56,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// time the first request of a batch waits for the others and the size of one WAL append; at 256
 /// the fsync is already amortised ~256 ways.
 pub const BATCH_CAP: usize = 256;
-
-/// A batch at least this large means the receiver is busy: the next batch waits (at most
-/// [`LINGER`]) until it holds this many requests too. See [`linger`].
-const LINGER_FROM: usize = 16;
-
-/// How long a batch after a large one waits at most for more requests.
-const LINGER: Duration = Duration::from_millis(1);
-
-/// How often a lingering writer looks for more requests.
-const LINGER_STEP: Duration = Duration::from_micros(200);
 
 /// Requests that may wait for the writer before `insert` itself waits (backpressure): enough for
 /// many full batches, small enough that a stalled disk does not pile up unbounded memory.
@@ -1108,14 +1097,9 @@ impl Writer {
         // checkpoints what is left and removes the WAL).
         let _checkpointer = Checkpointer::start(&self.path);
         let mut batch = Batch::default();
-        let mut busy = false;
         while let Some(first) = rx.blocking_recv() {
             take(&mut rx, first, &mut batch);
             drain(&mut rx, &mut batch);
-            if busy {
-                linger(&mut rx, &mut batch);
-            }
-            busy = batch.len() >= LINGER_FROM;
             if !batch.is_empty() {
                 self.write(&mut batch);
             }
@@ -1185,22 +1169,6 @@ impl Writer {
             updated,
             purged,
         })
-    }
-}
-
-/// After a large batch (the receiver is busy): waits, in steps of [`LINGER_STEP`] and for at
-/// most [`LINGER`], until the batch holds [`LINGER_FROM`] requests. Under load the writer's
-/// batches otherwise alternate between large ones (what queued during a slow commit) and a
-/// trickle of ones and twos (what arrived while the large one was answered), each of which
-/// pays the commit's whole fixed cost (the same WAL pages written again and an fsync: about
-/// 240 us of CPU on a virtual disk, and the time of a disk flush) while everyone behind it
-/// waits. Waiting costs the requests in the batch at most LINGER. A quiet receiver (batches of
-/// one or two at 1,000 requests per second) never waits: the batch before was not large.
-fn linger(rx: &mut mpsc::Receiver<Command>, batch: &mut Batch) {
-    let deadline = std::time::Instant::now() + LINGER;
-    while batch.len() < LINGER_FROM && std::time::Instant::now() < deadline {
-        thread::sleep(LINGER_STEP);
-        drain(rx, batch);
     }
 }
 
@@ -1986,7 +1954,7 @@ mod tests {
         );
     }
 
-    /// A purge command for the linger tests (its reply is never read).
+    /// A purge command for the batching tests (its reply is never read).
     fn purge_command() -> Command {
         let (reply, _) = oneshot::channel();
         Command::Purge(PendingPurge {
@@ -1996,35 +1964,15 @@ mod tests {
         })
     }
 
-    /// The linger takes what is queued and gives up waiting for more at its bound: a busy
-    /// writer whose traffic stops does not hold the requests it has.
+    /// A batch never grows past the cap: the rest waits for the next one.
     #[test]
-    fn linger_takes_what_is_queued_and_stops_at_its_bound() {
-        let (tx, mut rx) = mpsc::channel(QUEUE_CAP);
-        for _ in 0..3 {
-            tx.try_send(purge_command()).expect("queue has room");
-        }
-        let mut batch = Batch::default();
-        let started = std::time::Instant::now();
-        linger(&mut rx, &mut batch);
-        assert_eq!(batch.len(), 3, "everything queued is taken");
-        // Generous: LINGER is 1 ms; this only rules out waiting for the missing requests.
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
-    }
-
-    /// Lingering never takes a batch past the cap: the rest waits for the next one.
-    #[test]
-    fn linger_takes_no_more_than_the_cap() {
+    fn drain_takes_no_more_than_the_cap() {
         let (tx, mut rx) = mpsc::channel(QUEUE_CAP);
         for _ in 0..BATCH_CAP + 10 {
             tx.try_send(purge_command()).expect("queue has room");
         }
         let mut batch = Batch::default();
-        linger(&mut rx, &mut batch);
+        drain(&mut rx, &mut batch);
         assert_eq!(batch.len(), BATCH_CAP, "drained to the cap, no further");
         assert_eq!(rx.len(), 10, "the rest waits for the next batch");
     }
