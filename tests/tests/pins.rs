@@ -123,41 +123,44 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
         prog_id,
         "the link runs the new program"
     );
-    let verdict = |frame: Vec<u8>| {
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(&frame);
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
-    };
-    let (a4, d4): (Ipv4Addr, Ipv4Addr) = (
-        "203.0.113.7".parse().expect("v4"),
-        "198.51.100.7".parse().expect("v4"),
-    );
-    let (a6, d6): (Ipv6Addr, Ipv6Addr) = (
-        "2001:db8:1::7".parse().expect("v6"),
-        "2001:db8:2::7".parse().expect("v6"),
-    );
-    assert_eq!(
-        verdict(Packet::v4(a4, L4::tcp(443)).to_bytes()),
-        XDP_PASS,
-        "allowed IPv4"
-    );
-    assert_eq!(
-        verdict(Packet::v6(a6, L4::tcp(443)).to_bytes()),
-        XDP_PASS,
-        "allowed IPv6"
-    );
-    assert_eq!(
-        verdict(Packet::v4(d4, L4::tcp(443)).to_bytes()),
-        XDP_DROP,
-        "refused IPv4"
-    );
-    assert_eq!(
-        verdict(Packet::v6(d6, L4::tcp(443)).to_bytes()),
-        XDP_DROP,
-        "refused IPv6"
-    );
-    // The next apply then keeps them as they are.
+    judge_allowlist(&filter, "right after the replacement");
     filter.apply(&desired).expect("apply after the replacement");
+    judge_allowlist(&filter, "after the next apply");
     drop(filter);
     drop(veth);
+}
+
+/// Runs the filter's program on frames to the protected port from an allowed and a refused
+/// source of each family and asserts each verdict.
+fn judge_allowlist(filter: &Filter, when: &str) {
+    let prog = filter.program().expect("the program");
+    let frames = [
+        (
+            Packet::v4(Ipv4Addr::new(203, 0, 113, 7), L4::tcp(443)),
+            XDP_PASS,
+            "allowed IPv4",
+        ),
+        (
+            Packet::v4(Ipv4Addr::new(198, 51, 100, 7), L4::tcp(443)),
+            XDP_DROP,
+            "refused IPv4",
+        ),
+        (
+            Packet::v6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7), L4::tcp(443)),
+            XDP_PASS,
+            "allowed IPv6",
+        ),
+        (
+            Packet::v6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7), L4::tcp(443)),
+            XDP_DROP,
+            "refused IPv6",
+        ),
+    ];
+    for (packet, want, what) in frames {
+        let frame = packet.to_bytes();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        let got = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
+        assert_eq!(got, want, "{what}, {when}");
+    }
 }
