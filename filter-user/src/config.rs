@@ -3015,7 +3015,7 @@ fn row(out: &mut String, label: &str, value: impl fmt::Display) {
 }
 
 /// A URL for display: its query string (which may carry a key) replaced by `?…`.
-fn without_query(url: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn without_query(url: &str) -> std::borrow::Cow<'_, str> {
     match url.split_once('?') {
         Some((base, _)) => format!("{base}?…").into(),
         None => url.into(),

@@ -67,15 +67,7 @@ impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")
             // Without the query, which may carry a key.
-            .field(
-                "url",
-                &format_args!(
-                    "{}://{}{}",
-                    self.url.scheme(),
-                    self.url.host_str().unwrap_or(""),
-                    self.url.path()
-                ),
-            )
+            .field("url", &crate::config::without_query(self.url.as_str()))
             .field("timeout", &self.timeout)
             .field("on_failure", &self.on_failure)
             .finish_non_exhaustive()
@@ -225,6 +217,30 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn debug_output_leaves_out_the_urls_query() {
+        let config = ValidationConfig {
+            url: "https://app.example:8443/validate?key=s3cret".to_owned(),
+            timeout: Duration::from_secs(1),
+            on_failure: OnFailure::Accept,
+        };
+        let secret =
+            crate::config::Secret::from_bytes(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_vec());
+        let signer = Arc::new(Signer::from_secret(&secret).expect("a whsec secret"));
+        let validator = Validator::new(
+            &config,
+            signer,
+            crate::delivery::http_client().expect("a client"),
+        )
+        .expect("a validator");
+        let debug = format!("{validator:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(
+            debug.contains("https://app.example:8443/validate?…"),
+            "{debug}"
+        );
     }
 
     #[test]
