@@ -382,26 +382,36 @@ impl Filter {
     /// program did not have was just created empty, and the new program must not run on it
     /// (it would refuse every source until the next [`Filter::apply`]).
     fn install_program(&mut self) -> Result<(), FilterError> {
-        let pins = self.pins.clone();
         if self.origin == Origin::Replaced {
-            let words = bitmap_words(&self.v4, &self.v6);
-            for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&words) {
-                update_index(data, name, words)?;
-            }
-            replace_on_links(xdp_program(&mut self.ebpf)?, &pins)?;
-            fs::remove_file(pins.prog()).map_err(|e| FilterError::Pin {
+            self.write_bitmaps(&bitmap_words(&self.v4, &self.v6), update_index)?;
+            replace_on_links(xdp_program(&mut self.ebpf)?, &self.pins)?;
+            fs::remove_file(self.pins.prog()).map_err(|e| FilterError::Pin {
                 op: "unpinning the replaced program",
-                path: pins.prog(),
+                path: self.pins.prog(),
                 source: boxed(e),
             })?;
         }
         xdp_program(&mut self.ebpf)?
-            .pin(pins.prog())
+            .pin(self.pins.prog())
             .map_err(|e| FilterError::Pin {
                 op: "pinning the program at",
-                path: pins.prog(),
+                path: self.pins.prog(),
                 source: boxed(e),
             })
+    }
+
+    /// Writes one phase (`update_index` or `prune_index`) of `words` to every bitmap, in
+    /// [`BITMAPS`] order; returns the words that changed.
+    fn write_bitmaps(
+        &self,
+        words: &[Vec<u64>; BITMAPS.len()],
+        phase: fn(&MapData, &'static str, &[u64]) -> Result<usize, FilterError>,
+    ) -> Result<usize, FilterError> {
+        let mut written = 0;
+        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(words) {
+            written += phase(data, name, words)?;
+        }
+        Ok(written)
     }
 
     /// How this filter came to be held.
@@ -477,9 +487,7 @@ impl Filter {
         }
         self.v4.extend(new_v4.iter().copied());
         self.v6.extend(new_v6.iter().copied());
-        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&bitmap_words) {
-            report.words_written += update_index(data, name, words)?;
-        }
+        report.words_written += self.write_bitmaps(&bitmap_words, update_index)?;
         let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
         if config.words().len() != Config::WORDS {
             return Err(map_err(
@@ -499,9 +507,7 @@ impl Filter {
 
         // Phase 2: remove what the new state lacks.
         report.words_written += set_words(port_cells, &new_ports);
-        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&bitmap_words) {
-            report.words_written += prune_index(data, name, words)?;
-        }
+        report.words_written += self.write_bitmaps(&bitmap_words, prune_index)?;
         let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
         for net in gone_v4 {
             let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
@@ -888,7 +894,7 @@ const BITMAPS: [&str; 6] = [
 ];
 
 /// The words of every bitmap in [`BITMAPS`] for a set of prefixes.
-fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; 6] {
+fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; BITMAPS.len()] {
     let v4_tops = || v4.iter().map(|n| (u32::from(n.network()), n.prefix_len()));
     let v6_tops = || v6.iter().map(|n| (v6_top(n.network()), n.prefix_len()));
     let v6_skipped = || {
