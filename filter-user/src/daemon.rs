@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::Context as _;
 use filter_common::Settings;
-use notify::{RecursiveMode, Watcher as _};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -28,6 +27,7 @@ use crate::{
     metrics::{self, Metrics},
     server::Server,
     store::{Reader, Store},
+    watch::FileWatcher,
 };
 
 /// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
@@ -450,59 +450,5 @@ fn reload(
             metrics.record_reload(false);
             Reloaded::Refused
         }
-    }
-}
-
-/// Watches the directories of the config file and the allowlist files; editors replace files by
-/// rename, so watching the file itself would miss the change.
-struct FileWatcher {
-    watcher: notify::RecommendedWatcher,
-    dirs: BTreeSet<PathBuf>,
-    files: std::sync::Arc<std::sync::Mutex<BTreeSet<PathBuf>>>,
-}
-
-impl FileWatcher {
-    fn new(tx: mpsc::Sender<&'static str>) -> anyhow::Result<Self> {
-        let files = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::<PathBuf>::new()));
-        let filter_files = files.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if event.kind.is_access() {
-                return;
-            }
-            let files = filter_files
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if event.paths.iter().any(|p| files.contains(p)) {
-                // A full channel already holds a pending reload; dropping this one loses nothing.
-                let _ = tx.try_send("file change");
-            }
-        })
-        .context("starting the config file watcher (inotify)")?;
-        Ok(Self {
-            watcher,
-            dirs: BTreeSet::new(),
-            files,
-        })
-    }
-
-    fn watch(&mut self, files: &BTreeSet<PathBuf>) {
-        let dirs: BTreeSet<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        for gone in self.dirs.difference(&dirs) {
-            let _ = self.watcher.unwatch(gone);
-        }
-        for new in dirs.difference(&self.dirs) {
-            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %new.display(), error = %e, "cannot watch for changes; SIGHUP still reloads");
-            }
-        }
-        self.dirs = dirs;
-        *self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = files.clone();
     }
 }

@@ -13,6 +13,7 @@
 //! - [`delivery`]: the worker that takes stored events to the application (HTTP) or NATS.
 //! - [`validation`]: M-Pesa C2B validation pass-through, answered by the application.
 //! - [`queue`]: `hookwall queue`: inspect the store, replay dead letters, purge delivered events.
+//! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
 pub mod config;
@@ -27,3 +28,4 @@ pub mod status;
 pub mod store;
 pub mod validation;
 pub mod verify;
+pub mod watch;
