@@ -58,22 +58,33 @@ impl TestCa {
     /// # Panics
     /// If rcgen or a write fails.
     pub fn issue(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue_pem(names);
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        for (path, text) in [(&cert_path, cert), (&key_path, key)] {
+            let tmp = path.with_extension("pem.tmp");
+            std::fs::write(&tmp, text).expect("writing a PEM file");
+            std::fs::rename(&tmp, path).expect("renaming a PEM file");
+        }
+        (cert_path, key_path)
+    }
+
+    /// Issues a leaf for `names` and returns its PEM texts: the chain (leaf, then the CA) and the
+    /// key.
+    ///
+    /// # Panics
+    /// If rcgen fails.
+    #[must_use]
+    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
         let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
         let params = CertificateParams::new(names).expect("leaf params");
         let key = KeyPair::generate().expect("leaf key");
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("leaf certificate");
-        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-        for (path, text) in [
-            (&cert_path, format!("{}{}", cert.pem(), self.issuer.pem())),
-            (&key_path, key.serialize_pem()),
-        ] {
-            let tmp = path.with_extension("pem.tmp");
-            std::fs::write(&tmp, text).expect("writing a PEM file");
-            std::fs::rename(&tmp, path).expect("renaming a PEM file");
-        }
-        (cert_path, key_path)
+        (
+            format!("{}{}", cert.pem(), self.issuer.pem()),
+            key.serialize_pem(),
+        )
     }
 
     /// A client config that trusts this CA only, offering `alpn` and `versions`.

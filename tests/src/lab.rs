@@ -12,6 +12,9 @@ use crate::{
     netns::{ALLOWED_V4_NET, ALLOWED_V6_NET, Lab, PROTECTED_PORT, srv_addr},
 };
 
+/// The names on the certificate the daemon serves: its IPv4 and IPv6 address.
+pub const SERVER_NAMES: [&str; 2] = ["192.0.2.1", "2001:db8:1::1"];
+
 /// A lab (server and client namespaces, the filter on the veth), a config allowing the
 /// client's networks with the receiver on every address at [`PROTECTED_PORT`], a test CA whose
 /// certificate for 192.0.2.1 and 2001:db8:1::1 the daemon serves, and a temporary directory for
@@ -63,7 +66,7 @@ impl HttpsLab {
         spec.server_listen = format!("[::]:{PROTECTED_PORT}");
         let ca = TestCa::new();
         let client = ca.http1_client();
-        let (cert, key) = ca.issue(dir.path(), &["192.0.2.1", "2001:db8:1::1"]);
+        let (cert, key) = ca.issue(dir.path(), &SERVER_NAMES);
         Self {
             config: dir.path().join("hookwall.toml"),
             _pins: pins,

@@ -6,6 +6,7 @@
 //! cargo test -p hookwall-tests --test e2e_https`.
 
 use std::{
+    io::Write as _,
     net::IpAddr,
     ops::Deref,
     sync::Arc,
@@ -18,7 +19,7 @@ use hookwall_tests::{
         Reply, TestCa, github_signature, handshake, post_declared, standard_webhooks_signature,
         stripe_signature,
     },
-    lab::HttpsLab,
+    lab::{HttpsLab, SERVER_NAMES},
     netns::{ALLOWED_V4, ALLOWED_V6, PROTECTED_PORT, REFUSED_V4, srv_addr},
 };
 use rustls::ClientConfig;
@@ -495,7 +496,7 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
 }
 
 #[test]
-fn tls_versions_alpn_and_certificate_reload_on_sighup() {
+fn tls_versions_alpn_and_certificate_reload_on_replacement_and_on_sighup() {
     let env = Env::new("enforce");
     let mut daemon = env.start();
     let dst = srv_addr(v4(), PROTECTED_PORT);
@@ -513,20 +514,58 @@ fn tls_versions_alpn_and_certificate_reload_on_sighup() {
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
 
-    // A certificate from another CA replaces the files; SIGHUP swaps it in.
-    let new_ca = TestCa::new();
-    new_ca.issue(env.dir.path(), &["192.0.2.1", "2001:db8:1::1"]);
-    daemon.hup();
-    let new_client = new_ca.http1_client();
+    // A certificate from another CA renamed over the files, as certbot does: the file watcher
+    // swaps it in, no signal needed.
+    let second = TestCa::new();
+    second.issue(env.dir.path(), &SERVER_NAMES);
+    let second_client = second.http1_client();
     poll_until(
         Duration::from_secs(10),
-        || check(Arc::clone(&new_client)).is_ok(),
-        || format!("the new certificate is not served; log:\n{}", daemon.log()),
+        || check(Arc::clone(&second_client)).is_ok(),
+        || {
+            format!(
+                "the replaced certificate is not served; log:\n{}",
+                daemon.log()
+            )
+        },
     );
     assert!(
         check(Arc::clone(&env.client)).is_err(),
         "the old certificate is no longer served"
     );
+
+    // A third one written into the files in place and kept open: no edit has ended (no close,
+    // no rename), so the watcher must not reload a half-written pair; SIGHUP loads it.
+    let third = TestCa::new();
+    let (cert, key) = third.issue_pem(&SERVER_NAMES);
+    let mut held = Vec::new();
+    for (name, text) in [("cert.pem", cert), ("key.pem", key)] {
+        let mut file = std::fs::File::options()
+            .write(true)
+            .truncate(true)
+            .open(env.dir.path().join(name))
+            .expect("opening a PEM file");
+        file.write_all(text.as_bytes()).expect("writing a PEM file");
+        held.push(file);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        check(Arc::clone(&second_client)).is_ok(),
+        "a write still in progress was loaded without a signal"
+    );
+    daemon.hup();
+    let third_client = third.http1_client();
+    poll_until(
+        Duration::from_secs(10),
+        || check(Arc::clone(&third_client)).is_ok(),
+        || {
+            format!(
+                "SIGHUP did not load the new certificate; log:\n{}",
+                daemon.log()
+            )
+        },
+    );
+    drop(held);
     let status = daemon.term();
     assert!(status.success(), "graceful stop: {status}");
 }
