@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
         "filter" => bench_filter(std::env::args().nth(2).as_deref().unwrap_or_default()),
-        "http" => http::bench_http(),
+        "http" => http::bench_http(std::env::args().nth(2).as_deref() == Some("latency")),
         "delivery" => delivery::bench_delivery(),
         other => bail!("unknown benchmark {other:?}: use filter, http or delivery"),
     }

@@ -128,7 +128,9 @@ impl Stats {
 }
 
 /// The http benchmark.
-pub fn bench_http() -> anyhow::Result<()> {
+/// The http benchmark; `latency_only`: just (a)'s latency phase, four times in a row on one
+/// store (a quick check of the store's tail latency while tuning it).
+pub fn bench_http(latency_only: bool) -> anyhow::Result<()> {
     let target_dir = hookwall_bin()
         .parent()
         .and_then(Path::parent)
@@ -202,7 +204,13 @@ pub fn bench_http() -> anyhow::Result<()> {
             .enable_all()
             .build()
             .context("building the load generator's runtime")?;
-        rt.block_on(run_phases(&targets, &client2))
+        rt.block_on(async {
+            if latency_only {
+                latency_rounds(&targets[0], &client2).await
+            } else {
+                run_phases(&targets, &client2).await
+            }
+        })
     });
     let uvicorn_log = uvicorn.stop();
     let store_rows = count_rows(&spec.store_path);
@@ -276,6 +284,28 @@ async fn run_phases(targets: &[Target], client: &Arc<ClientConfig>) -> anyhow::R
     )
     .await;
 
+    Ok(())
+}
+
+/// (a)'s latency phase four times on the same daemon and store: fresh, then with about 11,000,
+/// 22,000 and 33,000 events stored.
+async fn latency_rounds(target: &Target, client: &Arc<ClientConfig>) -> anyhow::Result<()> {
+    let status = one_request(target, client, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .await
+        .with_context(|| format!("a first request to {}", target.label))?;
+    ensure!(
+        status == target.expect,
+        "{}: the first request got {status}",
+        target.label
+    );
+    for round in 1..=4 {
+        latency_phase(
+            &[target],
+            client,
+            &format!(", round {round} of 4 on one store"),
+        )
+        .await;
+    }
     Ok(())
 }
 
