@@ -833,3 +833,42 @@ fn reloads_keep_every_source_allowed_before_and_after_at_every_step() {
         );
     }
 }
+
+/// The benchmark's plain-trie mode (every block partial, the narrow map skipped) must judge as
+/// the filter does, including sources allowed by prefixes the narrow map never holds (/24 and
+/// shorter), which without the skip flag it would refuse.
+#[test]
+#[rustfmt::skip]
+fn the_plain_trie_bench_mode_judges_as_the_filter_does() {
+    let desired = Desired {
+        v4: vec!["10.0.0.0/8".parse().unwrap(), "198.51.100.7/32".parse().unwrap()],
+        v6: vec!["2001:d00::/24".parse().unwrap(), "2001:e01:1::/48".parse().unwrap()],
+        ports: vec![HTTPS],
+        settings: settings(true, false),
+    };
+    let mut tf = TestFilter::new(&desired);
+    tf.filter().force_trie_lookups_for_bench().expect("forcing trie lookups");
+    use Counter::*;
+    let mut t = Table::default();
+    for (src, action, counter) in [
+        ("2001:db8:1::7", PASS, PassAllowed),
+        ("2001:e01:1::7", PASS, PassAllowed),
+        ("2001:e01:2::7", DROP, DropNotAllowed),
+        ("2001:f00::7", DROP, DropNotAllowed),
+    ] {
+        let src: Ipv6Addr = src.parse().unwrap();
+        t.row(&format!("trie mode: {src}"), Packet::v6(src, L4::tcp(HTTPS)).to_bytes(), action, counter);
+    }
+    for (src, action, counter) in [
+        ("10.1.2.3", PASS, PassAllowed),
+        ("198.51.100.7", PASS, PassAllowed),
+        ("198.51.100.8", DROP, DropNotAllowed),
+    ] {
+        let src: Ipv4Addr = src.parse().unwrap();
+        t.row(&format!("trie mode: {src}"), Packet::v4(src, L4::tcp(HTTPS)).to_bytes(), action, counter);
+    }
+    // Judged without `check`, which would apply `desired` again and end the trie mode.
+    for row in &t.0 {
+        assert_eq!(tf.judge(&row.frame), (row.action, row.counter), "{}", row.name);
+    }
+}
