@@ -23,6 +23,9 @@ pub mod map_names {
     pub const V4_COARSE: &str = "HW_V4_COARSE";
     /// IPv6 coarse bitmap, `Array<u64>` (mmap-able).
     pub const V6_COARSE: &str = "HW_V6_COARSE";
+    /// IPv6 second level behind the index's "partial" answer, `HashMap<u32, u8>` keyed by the
+    /// source's top 32 bits; see [`crate::index::V6_NARROW_BITS`].
+    pub const V6_NARROW: &str = "HW_V6_NARROW";
     /// One [`crate::Config`] at index 0 (mmap-able): the mode flags and the protected ports,
     /// together so that the program reads both with one lookup.
     pub const SETTINGS: &str = "HW_SETTINGS";
@@ -41,6 +44,20 @@ pub const PROBE_PROGRAM_NAME: &str = "hookwall_probe";
 
 /// Largest number of prefixes per family the tries accept.
 pub const MAX_PREFIXES: u32 = 1 << 20;
+
+/// Largest number of prefixes per family an allowlist may hold: half of [`MAX_PREFIXES`],
+/// because during a reload the tries hold the old and the new prefixes together.
+pub const MAX_ALLOWED_PREFIXES: u32 = MAX_PREFIXES / 2;
+
+/// Entries of the IPv6 narrow map ([`map_names::V6_NARROW`]). Allocated on demand
+/// (`BPF_F_NO_PREALLOC`); the kernel still allocates a bucket array of 16 bytes per entry
+/// (8 MiB) up front.
+pub const V6_NARROW_ENTRIES: u32 = 1 << 19;
+
+/// Largest number of narrow keys (distinct /32s touched by IPv6 prefixes longer than the
+/// index's blocks) an allowlist may need: half of [`V6_NARROW_ENTRIES`], for the same reason as
+/// [`MAX_ALLOWED_PREFIXES`].
+pub const MAX_V6_NARROW_KEYS: u32 = V6_NARROW_ENTRIES / 2;
 
 /// Number of `u64` words in the protected-ports bitmap (65536 bits).
 pub const PORT_WORDS: u32 = 65536 / 64;
@@ -93,6 +110,21 @@ pub mod index {
     pub const V4_COARSE_WORDS: u32 = 1 << (V4_COARSE_BITS - 6);
     /// Words in the IPv6 coarse bitmap.
     pub const V6_COARSE_WORDS: u32 = 1 << (V6_COARSE_BITS - 6);
+
+    /// Behind an IPv6 block marked "partial", a hash of every /32 that an allowed prefix longer
+    /// than the block touches (a /25 to /31 touches 128 to 2 of them, a /32 or longer one): a
+    /// source whose /32 is not there is refused without walking the LPM trie. With many long
+    /// prefixes spread over the space, about one random source in a hundred lands in a partial
+    /// block, and nearly all of those in a /32 with no allowed prefix.
+    pub const V6_NARROW_BITS: u32 = 32;
+
+    /// The narrow-map key of `top` (the address's top 32 bits, host order): its
+    /// [`V6_NARROW_BITS`]-bit block number.
+    #[inline(always)]
+    #[must_use]
+    pub const fn narrow_key(top: u32) -> u32 {
+        top >> (32 - V6_NARROW_BITS)
+    }
 
     /// Leading IPv6 address bits the summary and the coarse bitmap skip: every global unicast address starts with
     /// `001` (2000::/3), so those bits would only waste seven eighths of the bitmap. Any
@@ -150,6 +182,9 @@ impl Settings {
     pub const FLAG_ENFORCE: u32 = 1;
     /// Judge non-first fragments by their source (they carry no port).
     pub const FLAG_STRICT_FRAGMENTS: u32 = 2;
+    /// Benchmark only: skip the IPv6 narrow map, so that every partial block asks the trie
+    /// (the plain-trie baseline). Never set by a config.
+    pub const FLAG_SKIP_NARROW: u32 = 4;
 }
 
 /// The value of the settings map: everything the program reads for every packet besides the

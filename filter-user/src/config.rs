@@ -25,13 +25,14 @@ use std::{
     time::Duration,
 };
 
+use filter_common::{MAX_ALLOWED_PREFIXES, MAX_V6_NARROW_KEYS};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use toml::de::{DeTable, DeValue};
 
 use crate::{
     allowlist::{self, Allowlist, Entry, Source},
-    presets,
+    filter, presets,
 };
 
 /// Where `hookwall run` and `hookwall check` look without `-c`.
@@ -1777,6 +1778,7 @@ impl Checker<'_> {
         entries.extend(self.cidr_entries(&raw.cidrs));
         entries.extend(self.file_entries(&files));
         let allowlist = Allowlist::from_entries(entries);
+        self.allow_fits(&allowlist);
 
         // After a bad entry an empty list is a consequence, not news: report the cause only.
         if mode == Some(Mode::Enforce) && allowlist.is_empty() && self.errors.len() == before {
@@ -1792,6 +1794,37 @@ impl Checker<'_> {
             files,
         };
         (allow, allowlist)
+    }
+
+    /// Refuses an allowlist the kernel maps could not hold through a reload, here rather than
+    /// halfway through loading it (each limit is half a map, since a reload holds the old and
+    /// the new list together).
+    fn allow_fits(&mut self, allowlist: &Allowlist) {
+        let key = KeyPath::of("allow");
+        let limit = MAX_ALLOWED_PREFIXES as usize;
+        for (family, count) in [("IPv4", allowlist.v4.len()), ("IPv6", allowlist.v6.len())] {
+            if count > limit {
+                self.error(
+                    &key,
+                    format!(
+                        "the allowlist holds {count} {family} prefixes after merging, more than \
+                         the {limit} the filter can load: merge them into shorter prefixes or \
+                         list fewer (see `hookwall check`)"
+                    ),
+                );
+            }
+        }
+        let limit = MAX_V6_NARROW_KEYS as usize;
+        if let Err(needed) = filter::v6_narrow_keys(&allowlist.v6, limit) {
+            self.error(
+                &key,
+                format!(
+                    "the IPv6 prefixes longer than /24 touch at least {needed} distinct /32s, more \
+                     than the {limit} the filter can load (a /25 counts 128, a /32 or longer \
+                     one): merge them into /24s or shorter prefixes, or list fewer"
+                ),
+            );
+        }
     }
 
     fn preset_entries(&mut self, names: &[String]) -> Vec<Entry> {
@@ -4515,6 +4548,45 @@ tolerance_seconds = 300
         assert_eq!(errors[1].line, Some(3));
         assert_eq!(errors[1].key.as_deref(), Some("allow.files[1]"));
         assert!(errors[1].message.contains("`nonsense`"), "{}", errors[1]);
+    }
+
+    /// `n` IPv6 /25s, none adjacent to another (so none merge), one per line.
+    fn slash_25s(n: u32) -> String {
+        (0..n)
+            .map(|i| {
+                let top = 0x2000_0000u32 + (i << 8);
+                format!("{}/25\n", std::net::Ipv6Addr::from(u128::from(top) << 96))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_allowlist_over_the_narrow_map_limit_is_refused_at_allow_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("hookwall.toml");
+        let text = lines(&["[allow]", "files = [\"long.txt\"]"]);
+        // Each /25 needs 128 narrow keys: the limit holds exactly this many of them.
+        let fits = MAX_V6_NARROW_KEYS / 128;
+        std::fs::write(dir.path().join("long.txt"), slash_25s(fits)).unwrap();
+        let config = parse_with(&config_path, &text, &host()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.allowlist.v6.len(), fits as usize);
+
+        std::fs::write(dir.path().join("long.txt"), slash_25s(fits + 1)).unwrap();
+        let errors = parse_with(&config_path, &text, &host()).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+        let error = &errors[0];
+        assert_eq!(error.file, config_path);
+        assert_eq!(error.key.as_deref(), Some("allow"));
+        for part in [
+            "distinct /32s",
+            &MAX_V6_NARROW_KEYS.to_string(),
+            "merge them",
+        ] {
+            assert!(
+                error.message.contains(part),
+                "{part:?} missing from: {error}"
+            );
+        }
     }
 
     // --- [server] and [metrics] errors ---

@@ -12,8 +12,13 @@
 //! detach`) is what removes the program from an interface.
 //!
 //! Allowlist updates never open a gap: [`Filter::apply`] first writes the union of the old and
-//! new state (trie inserts, index words `old | new`, ports `old | new`), then removes what the new
-//! state lacks. A prefix present before and after is present at every instant in between.
+//! new state (trie inserts, narrow keys, index words `old | new`, ports `old | new`), then removes
+//! what the new state lacks. A prefix present before and after is present at every instant in
+//! between.
+
+mod narrow;
+
+pub use narrow::v6_narrow_keys;
 
 use std::{
     collections::BTreeSet,
@@ -28,7 +33,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -36,7 +41,8 @@ use aya::{
     },
 };
 use filter_common::{
-    Config, Counter, CounterValue, Meta, PORT_WORDS, PROGRAM_NAME, Settings, index, map_names,
+    Config, Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, PROGRAM_NAME, Settings,
+    V6_NARROW_ENTRIES, index, map_names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::{Digest as _, Sha256};
@@ -95,6 +101,19 @@ pub enum FilterError {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The desired state would not fit in the maps while a reload holds the old state too;
+    /// nothing was changed.
+    #[error(
+        "the allowlist needs at least {needed} {what} while reloading (the loaded and the new list \
+         together), more than the {limit} the filter holds; nothing was changed: merge long \
+         prefixes into shorter ones or list fewer (or, accepting a moment with no filter, run \
+         `hookwall detach` and start hookwall with the new list)"
+    )]
+    TooLarge {
+        what: &'static str,
+        needed: usize,
+        limit: usize,
     },
     /// The pinned maps were made by an incompatible hookwall.
     #[error(
@@ -258,7 +277,7 @@ pub struct ApplyReport {
     pub inserted: usize,
     /// Prefixes removed from the tries.
     pub removed: usize,
-    /// Index and port words written.
+    /// Bitmap and port words written, and narrow keys inserted or removed.
     pub words_written: usize,
     /// Wall time of the whole update.
     pub elapsed: Duration,
@@ -284,6 +303,8 @@ pub struct Filter {
     v6_trie: LpmTrie<MapData, [u8; 16], u8>,
     /// The bitmaps derived from the tries, in [`BITMAPS`] order.
     bitmaps: Vec<MapData>,
+    /// The IPv6 narrow map, derived from the IPv6 trie like the bitmaps.
+    v6_narrow: narrow::Narrow,
     /// The [`Config`]: the mode and the ports, written word by word through a mapping.
     config: MapData,
     counters: PerCpuArray<MapData, CounterValue>,
@@ -293,6 +314,28 @@ pub struct Filter {
     /// What the tries hold now; the daemon is their only writer.
     v4: BTreeSet<Ipv4Net>,
     v6: BTreeSet<Ipv6Net>,
+    /// Test hook: called with the name of each step of an apply, once that step is done.
+    observer: Option<Observer>,
+}
+
+/// A test hook called after each step of [`Filter::apply`] with the step's name.
+#[doc(hidden)]
+pub type Observer = Box<dyn FnMut(&'static str) + Send>;
+
+/// The state derived from the tries: the words of every bitmap in [`BITMAPS`] order and the
+/// IPv6 narrow keys.
+struct Derived {
+    words: [Vec<u64>; BITMAPS.len()],
+    v6_narrow: BTreeSet<u32>,
+}
+
+/// Which half of a no-gap update [`Filter::write_derived`] performs.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Add what the new state has: the maps hold old ∪ new after it.
+    Add,
+    /// Remove what the new state lacks.
+    Prune,
 }
 
 impl Filter {
@@ -357,6 +400,10 @@ impl Filter {
             v4_trie: take_map(&mut ebpf, map_names::V4_TRIE)?,
             v6_trie: take_map(&mut ebpf, map_names::V6_TRIE)?,
             bitmaps,
+            v6_narrow: narrow::Narrow::open(take_map::<HashMap<MapData, u32, u8>>(
+                &mut ebpf,
+                map_names::V6_NARROW,
+            )?)?,
             config: take_map_data(&mut ebpf, map_names::SETTINGS)?,
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             meta,
@@ -366,6 +413,7 @@ impl Filter {
             origin,
             v4: BTreeSet::new(),
             v6: BTreeSet::new(),
+            observer: None,
         };
         filter.sync_mirror()?;
         if origin != Origin::Adopted {
@@ -378,12 +426,13 @@ impl Filter {
     /// Pins the program loaded by [`Filter::open`]; when it replaces an older one, first on
     /// every link, atomically per link.
     ///
-    /// Before a replacement, every bitmap is brought up to the tries: a bitmap the older
-    /// program did not have was just created empty, and the new program must not run on it
-    /// (it would refuse every source until the next [`Filter::apply`]).
+    /// Before a replacement, every bitmap and the narrow map are brought up to the tries: a map
+    /// the older program did not have was just created empty, and the new program must not run
+    /// on it (it would refuse every source until the next [`Filter::apply`]).
     fn install_program(&mut self) -> Result<(), FilterError> {
         if self.origin == Origin::Replaced {
-            self.write_bitmaps(&bitmap_words(&self.v4, &self.v6), update_index)?;
+            let derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
+            self.write_derived(&derived, Phase::Add)?;
             replace_on_links(xdp_program(&mut self.ebpf)?, &self.pins)?;
             fs::remove_file(self.pins.prog()).map_err(|e| FilterError::Pin {
                 op: "unpinning the replaced program",
@@ -400,18 +449,39 @@ impl Filter {
             })
     }
 
-    /// Writes one phase (`update_index` or `prune_index`) of `words` to every bitmap, in
-    /// [`BITMAPS`] order; returns the words that changed.
-    fn write_bitmaps(
-        &self,
-        words: &[Vec<u64>; BITMAPS.len()],
-        phase: fn(&MapData, &'static str, &[u64]) -> Result<usize, FilterError>,
-    ) -> Result<usize, FilterError> {
+    /// Writes one phase of `derived` to the bitmaps and the narrow map; returns the words and
+    /// keys that changed.
+    ///
+    /// The narrow keys are added before any index word can call a block partial, and removed
+    /// only after the index words no longer do (a source whose block the index calls full never
+    /// reaches the narrow map, so a key is needed exactly while its block is partial).
+    fn write_derived(&mut self, derived: &Derived, phase: Phase) -> Result<usize, FilterError> {
         let mut written = 0;
-        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(words) {
-            written += phase(data, name, words)?;
+        if let Phase::Add = phase {
+            written += self.v6_narrow.add(&derived.v6_narrow)?;
+            notify(&mut self.observer, map_names::V6_NARROW);
+        }
+        let write = match phase {
+            Phase::Add => update_index,
+            Phase::Prune => prune_index,
+        };
+        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&derived.words) {
+            written += write(data, name, words)?;
+            notify(&mut self.observer, name);
+        }
+        if let Phase::Prune = phase {
+            written += self.v6_narrow.prune(&derived.v6_narrow)?;
+            notify(&mut self.observer, map_names::V6_NARROW);
         }
         Ok(written)
+    }
+
+    /// Test hook: calls `observer` after each step of every later [`Filter::apply`] (trie
+    /// inserts, each map written, trie removals) with the step's name, so a test can judge
+    /// packets between the steps.
+    #[doc(hidden)]
+    pub fn observe_apply(&mut self, observer: Option<Observer>) {
+        self.observer = observer;
     }
 
     /// How this filter came to be held.
@@ -467,8 +537,26 @@ impl Filter {
         let mut report = ApplyReport::default();
         let new_v4: BTreeSet<Ipv4Net> = desired.v4.iter().map(Ipv4Net::trunc).collect();
         let new_v6: BTreeSet<Ipv6Net> = desired.v6.iter().map(Ipv6Net::trunc).collect();
-        let bitmap_words = bitmap_words(&new_v4, &new_v6);
+        let derived = derived(&new_v4, &new_v6, V6_NARROW_ENTRIES as usize)?;
         let new_ports = port_words(&desired.ports);
+        // Refuse before writing anything what phase 1 could not hold: old ∪ new.
+        let limit = MAX_PREFIXES as usize;
+        for (what, needed) in [
+            ("IPv4 prefixes", self.v4.union(&new_v4).count()),
+            ("IPv6 prefixes", self.v6.union(&new_v6).count()),
+        ] {
+            if needed > limit {
+                return Err(FilterError::TooLarge {
+                    what,
+                    needed,
+                    limit,
+                });
+            }
+        }
+        let needed = self.v6_narrow.union_len(&derived.v6_narrow);
+        if needed > V6_NARROW_ENTRIES as usize {
+            return Err(too_many_narrow_keys(needed));
+        }
 
         // Phase 1: add. After it, the kernel holds old ∪ new.
         for net in new_v4.difference(&self.v4) {
@@ -487,7 +575,8 @@ impl Filter {
         }
         self.v4.extend(new_v4.iter().copied());
         self.v6.extend(new_v6.iter().copied());
-        report.words_written += self.write_bitmaps(&bitmap_words, update_index)?;
+        notify(&mut self.observer, "tries: inserted");
+        report.words_written += self.write_derived(&derived, Phase::Add)?;
         let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
         if config.words().len() != Config::WORDS {
             return Err(map_err(
@@ -504,10 +593,12 @@ impl Filter {
         report.words_written += or_words(port_cells, &new_ports);
         // The flags are the low half of word 0; the reserved half is always 0.
         settings_word[0].store(u64::from(desired.settings.flags), Ordering::Release);
+        notify(&mut self.observer, "ports and settings: added");
 
         // Phase 2: remove what the new state lacks.
         report.words_written += set_words(port_cells, &new_ports);
-        report.words_written += self.write_bitmaps(&bitmap_words, prune_index)?;
+        notify(&mut self.observer, "ports: pruned");
+        report.words_written += self.write_derived(&derived, Phase::Prune)?;
         let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
         for net in gone_v4 {
             let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
@@ -526,6 +617,7 @@ impl Filter {
             self.v6.remove(&net);
             report.removed += 1;
         }
+        notify(&mut self.observer, "tries: removed");
 
         let (v4_count, v6_count) = self.prefix_counts();
         self.write_meta(|m| {
@@ -642,11 +734,16 @@ impl Filter {
         }
     }
 
-    /// Benchmark hook: sets every summary bit and marks every index block "partial", so each
-    /// lookup walks the LPM trie as a plain-trie filter would. Verdicts stay correct; only the fast path is gone until the
-    /// next [`Filter::apply`] with a changed set rewrites the words.
+    /// Benchmark hook: sets every summary bit, marks every index block "partial" and sets
+    /// [`Settings::FLAG_SKIP_NARROW`], so each lookup walks the LPM trie as a plain-trie filter
+    /// would. Verdicts stay correct; only the fast path is gone until the next
+    /// [`Filter::apply`] with a changed set rewrites the words.
     #[doc(hidden)]
     pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
+        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
+        if let Some(settings) = config.words().first() {
+            settings.fetch_or(u64::from(Settings::FLAG_SKIP_NARROW), Ordering::Release);
+        }
         let all_partial = u64::from(u32::MAX) << index::BLOCKS_PER_WORD;
         for (data, name) in self.bitmaps.iter().zip(BITMAPS) {
             let is_index = name == map_names::V4_INDEX || name == map_names::V6_INDEX;
@@ -892,6 +989,34 @@ const BITMAPS: [&str; 6] = [
     map_names::V4_COARSE,
     map_names::V6_COARSE,
 ];
+
+/// Calls the apply observer, if any, after the step `what`.
+fn notify(observer: &mut Option<Observer>, what: &'static str) {
+    if let Some(observer) = observer {
+        observer(what);
+    }
+}
+
+/// The state derived from a set of prefixes; refused if it needs more than `narrow_limit`
+/// narrow keys.
+fn derived(
+    v4: &BTreeSet<Ipv4Net>,
+    v6: &BTreeSet<Ipv6Net>,
+    narrow_limit: usize,
+) -> Result<Derived, FilterError> {
+    Ok(Derived {
+        words: bitmap_words(v4, v6),
+        v6_narrow: v6_narrow_keys(v6, narrow_limit).map_err(too_many_narrow_keys)?,
+    })
+}
+
+fn too_many_narrow_keys(needed: usize) -> FilterError {
+    FilterError::TooLarge {
+        what: "distinct /32s under IPv6 prefixes longer than /24",
+        needed,
+        limit: V6_NARROW_ENTRIES as usize,
+    }
+}
 
 /// The words of every bitmap in [`BITMAPS`] for a set of prefixes.
 fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; BITMAPS.len()] {

@@ -82,7 +82,12 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     let veth = VethPair::new(&ns_a, &[], &ns_b, &[]);
     let desired = Desired {
         v4: vec!["203.0.113.0/24".parse().expect("literal")],
-        v6: vec!["2001:db8:1::/48".parse().expect("literal")],
+        // A /48 and a /29 behind partial /24 blocks: allowed only through the narrow map, the
+        // /29 through the last of the eight /32 keys it expands to.
+        v6: vec![
+            "2001:db8:1::/48".parse().expect("literal"),
+            "2001:dc0::/29".parse().expect("literal"),
+        ],
         ports: vec![443],
         settings: settings(true, false),
     };
@@ -93,7 +98,7 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     drop(first);
 
     // Make the pins look like an older hookwall's: another object hash in META, and without
-    // the coarse bitmaps, which that version did not have.
+    // the coarse bitmaps and the narrow map, which that version did not have.
     let mut meta: Array<MapData, Meta> = Array::try_from(Map::Array(
         MapData::from_pin(pins.map(map_names::META)).expect("META"),
     ))
@@ -101,8 +106,12 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     let mut old = meta.get(&0, 0).expect("reading META");
     old.object_sha256 = [0; 32];
     meta.set(0, &old, 0).expect("writing META");
-    for name in [map_names::V4_COARSE, map_names::V6_COARSE] {
-        std::fs::remove_file(pins.map(name)).expect("unpinning a coarse bitmap");
+    for name in [
+        map_names::V4_COARSE,
+        map_names::V6_COARSE,
+        map_names::V6_NARROW,
+    ] {
+        std::fs::remove_file(pins.map(name)).expect("unpinning a map the old version lacked");
     }
 
     // Open alone (no apply yet) replaces the program on the link: from that moment the new
@@ -154,6 +163,19 @@ fn judge_allowlist(filter: &Filter, when: &str) {
             Packet::v6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7), L4::tcp(443)),
             XDP_DROP,
             "refused IPv6",
+        ),
+        (
+            Packet::v6(
+                Ipv6Addr::new(0x2001, 0xdc7, 0xffff, 0, 0, 0, 0, 7),
+                L4::tcp(443),
+            ),
+            XDP_PASS,
+            "allowed IPv6 in the last /32 of a /29",
+        ),
+        (
+            Packet::v6(Ipv6Addr::new(0x2001, 0xdc8, 0, 0, 0, 0, 0, 7), L4::tcp(443)),
+            XDP_DROP,
+            "refused IPv6 just past the /29",
         ),
     ];
     for (packet, want, what) in frames {

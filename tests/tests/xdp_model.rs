@@ -129,8 +129,13 @@ fn v6net() -> impl Strategy<Value = Ipv6Net> {
         select(vec![0x2001_0db8_0001u128 << 80, 0x2001_0db8_0002u128 << 80]),
         any::<u128>()
     ];
-    (base, any::<u64>(), prefix_len(128)).prop_map(|(base, low, len)| {
-        Ipv6Net::new(Ipv6Addr::from(base ^ u128::from(low)), len)
+    // Besides the usual lengths, /24 to /33 often: around the index's blocks and the narrow
+    // map's /32 keys, where a /25 to /31 must expand to every /32 it covers. High bits vary
+    // too, so such prefixes land anywhere.
+    let len = prop_oneof![3 => prefix_len(128), 1 => 24..=33u8];
+    let high = prop_oneof![3 => Just(0u128), 1 => (0..256u128).prop_map(|b| b << 96)];
+    (base, any::<u64>(), high, len).prop_map(|(base, low, high, len)| {
+        Ipv6Net::new(Ipv6Addr::from(base ^ u128::from(low) ^ high), len)
             .expect("length ≤ 128")
             .trunc()
     })

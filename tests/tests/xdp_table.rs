@@ -5,9 +5,13 @@
 //! pins down the model as well as the kernel. Each test loads the program once and switches
 //! state between groups with `apply()`.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+};
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
 use filter_common::Counter;
 use hookwall::filter::Desired;
 use hookwall_tests::{
@@ -648,9 +652,15 @@ fn ipv4_prefix_boundaries_from_slash_0_to_slash_32() {
 #[test]
 #[rustfmt::skip]
 fn ipv6_prefix_boundaries_from_slash_0_to_slash_128() {
-    let nets: [Ipv6Net; 9] = [
+    // /25 to /31 sit between the index's /24 blocks and the narrow map's /32 keys: their
+    // last address is in the last of the /32s they expand to.
+    let nets: [Ipv6Net; 13] = [
         "::/0",
         "2001:d00::/24",
+        "2001:d80::/25",
+        "2001:db8::/29",
+        "2001:db8::/31",
+        "ffff:fffe::/31",
         "2001:db8::/32",
         "2001:db8:1::/48",
         "2001:db8:1:2::/64",
@@ -690,8 +700,175 @@ fn ipv6_prefix_boundaries_from_slash_0_to_slash_128() {
                 t.row(&format!("{net}: {what} {src} is dropped"), Packet::v6(src, L4::udp(HTTPS)).to_bytes(), DROP, DropNotAllowed);
             }
         }
+        // A source in the same /24 block as the prefix but in a /32 it does not touch: the
+        // narrow map refuses it without the trie.
+        let other_slash_32 = Ipv6Addr::from(first ^ (1u128 << 96));
+        if net.prefix_len() > 32 {
+            t.row(&format!("{net}: {other_slash_32} in the same /24, another /32, is dropped"), Packet::v6(other_slash_32, L4::tcp(HTTPS)).to_bytes(), DROP, DropNotAllowed);
+        }
         t.row(&format!("{net}: ipv4 with an empty ipv4 list is dropped"), Packet::v4(A4, L4::tcp(HTTPS)).to_bytes(), DROP, DropNotAllowed);
         rows += check(&mut tf, &desired, &t);
     }
     eprintln!("ipv6 prefixes: {rows} rows");
+}
+
+/// Reloads between allowlists whose lookups take different levels (a /24 the index calls full,
+/// long prefixes behind a partial block and the narrow map, /25s to /31s that expand to several
+/// /32s), judging probe sources after every step of each apply: a source allowed before and
+/// after must pass at every step, one allowed by neither must be dropped at every step.
+#[test]
+fn reloads_keep_every_source_allowed_before_and_after_at_every_step() {
+    let v4 = |s: &[&str]| -> Vec<Ipv4Net> { s.iter().map(|n| n.parse().unwrap()).collect() };
+    let v6 = |s: &[&str]| -> Vec<Ipv6Net> { s.iter().map(|n| n.parse().unwrap()).collect() };
+    // (IPv4 list, IPv6 list), applied in this order, each from the one before.
+    let states = [
+        (v4(&["203.0.113.0/24"]), v6(&["2001:d00::/24"])),
+        (v4(&["203.0.113.0/25"]), v6(&["2001:db8:1::/48"])),
+        (v4(&["203.0.113.0/24"]), v6(&["2001:d00::/24"])),
+        (
+            v4(&["203.0.113.7/32"]),
+            v6(&["2001:db8:1::/48", "2001:db8:2::/48"]),
+        ),
+        (
+            v4(&["203.0.113.0/31"]),
+            v6(&["2001:db8:1::/48", "2001:db9::/32"]),
+        ),
+        (v4(&["203.0.113.0/31"]), v6(&["2001:db8::/29"])),
+        (
+            v4(&["203.0.113.0/31"]),
+            v6(&["2001:db8::/31", "2001:dbf::/32"]),
+        ),
+        (v4(&[]), v6(&["2001:d00::/24", "2001:dbf:5::/48"])),
+        (v4(&[]), v6(&["2001:dbf:5::/48"])),
+    ];
+    let probes4: Vec<Ipv4Addr> = ["203.0.113.0", "203.0.113.1", "203.0.113.7", "203.0.113.200"]
+        .map(|a| a.parse().unwrap())
+        .to_vec();
+    let probes6: Vec<Ipv6Addr> = [
+        "2001:db8:1::7",
+        "2001:db8:2::7",
+        "2001:db8:3::7",
+        "2001:db9::7",
+        "2001:dbe::7",
+        "2001:dbf:5::7",
+        "2001:dbf:6::7",
+        "2001:d00::7",
+    ]
+    .map(|a| a.parse().unwrap())
+    .to_vec();
+    let desired = |(v4, v6): &(Vec<Ipv4Net>, Vec<Ipv6Net>)| Desired {
+        v4: v4.clone(),
+        v6: v6.clone(),
+        ports: vec![HTTPS],
+        settings: settings(true, false),
+    };
+    let mut tf = TestFilter::new(&desired(&states[0]));
+    let prog_pin = tf.filter().pins().prog();
+    for pair in states.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        // (frame, what it must do at every step, or None when the step decides it)
+        let mut probes = Vec::new();
+        for &a in &probes4 {
+            let (was, is) = (
+                before.0.iter().any(|n| n.contains(&a)),
+                after.0.iter().any(|n| n.contains(&a)),
+            );
+            probes.push((
+                a.to_string(),
+                Packet::v4(a, L4::tcp(HTTPS)).to_bytes(),
+                was,
+                is,
+            ));
+        }
+        for &a in &probes6 {
+            let (was, is) = (
+                before.1.iter().any(|n| n.contains(&a)),
+                after.1.iter().any(|n| n.contains(&a)),
+            );
+            probes.push((
+                a.to_string(),
+                Packet::v6(a, L4::tcp(HTTPS)).to_bytes(),
+                was,
+                is,
+            ));
+        }
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let prog = Xdp::from_pin(&prog_pin, XdpAttachType::Interface).expect("the pinned program");
+        let (seen, wrong) = (Arc::clone(&steps), Arc::clone(&failures));
+        let label = format!("{:?} -> {:?}", before, after);
+        tf.filter().observe_apply(Some(Box::new(move |step| {
+            seen.lock().unwrap().push(step);
+            for (name, frame, was, is) in &probes {
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(frame);
+                let got = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
+                let want = match (was, is) {
+                    (true, true) => PASS,
+                    (false, false) => DROP,
+                    _ => continue,
+                };
+                if got != want {
+                    wrong.lock().unwrap().push(format!(
+                        "{label}: after step {step}, {name} gave {got}, wants {want}"
+                    ));
+                }
+            }
+        })));
+        tf.filter()
+            .apply(&desired(after))
+            .unwrap_or_else(|e| panic!("applying {after:?}: {e}"));
+        tf.filter().observe_apply(None);
+        let steps = steps.lock().unwrap();
+        assert!(
+            steps.contains(&filter_common::map_names::V6_NARROW),
+            "the narrow map is among the steps observed: {steps:?}"
+        );
+        let failures = failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} gap(s):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+}
+
+/// The benchmark's plain-trie mode (every block partial, the narrow map skipped) must judge as
+/// the filter does, including sources allowed by prefixes the narrow map never holds (/24 and
+/// shorter), which without the skip flag it would refuse.
+#[test]
+#[rustfmt::skip]
+fn the_plain_trie_bench_mode_judges_as_the_filter_does() {
+    let desired = Desired {
+        v4: vec!["10.0.0.0/8".parse().unwrap(), "198.51.100.7/32".parse().unwrap()],
+        v6: vec!["2001:d00::/24".parse().unwrap(), "2001:e01:1::/48".parse().unwrap()],
+        ports: vec![HTTPS],
+        settings: settings(true, false),
+    };
+    let mut tf = TestFilter::new(&desired);
+    tf.filter().force_trie_lookups_for_bench().expect("forcing trie lookups");
+    use Counter::*;
+    let mut t = Table::default();
+    for (src, action, counter) in [
+        ("2001:db8:1::7", PASS, PassAllowed),
+        ("2001:e01:1::7", PASS, PassAllowed),
+        ("2001:e01:2::7", DROP, DropNotAllowed),
+        ("2001:f00::7", DROP, DropNotAllowed),
+    ] {
+        let src: Ipv6Addr = src.parse().unwrap();
+        t.row(&format!("trie mode: {src}"), Packet::v6(src, L4::tcp(HTTPS)).to_bytes(), action, counter);
+    }
+    for (src, action, counter) in [
+        ("10.1.2.3", PASS, PassAllowed),
+        ("198.51.100.7", PASS, PassAllowed),
+        ("198.51.100.8", DROP, DropNotAllowed),
+    ] {
+        let src: Ipv4Addr = src.parse().unwrap();
+        t.row(&format!("trie mode: {src}"), Packet::v4(src, L4::tcp(HTTPS)).to_bytes(), action, counter);
+    }
+    // Judged without `check`, which would apply `desired` again and end the trie mode.
+    for row in &t.0 {
+        assert_eq!(tf.judge(&row.frame), (row.action, row.counter), "{}", row.name);
+    }
 }
