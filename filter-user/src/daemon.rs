@@ -321,11 +321,14 @@ fn start_upkeep(
 
 /// Hands the heap freed after parsing a config back to the kernel. A 100,000-line allowlist
 /// needs tens of MiB while it is parsed and checked but a few MiB once applied; without this,
-/// glibc keeps the difference resident for the daemon's whole life.
+/// the allocator keeps the difference resident for the daemon's whole life. Both allocators:
+/// the binary's Rust code allocates with mimalloc, SQLite (C) with glibc's malloc.
 fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    // SAFETY: both only release free memory; they are safe to call at any time, also when
+    // mimalloc is not the process's allocator (as in this library's tests).
     unsafe {
+        libmimalloc_sys::mi_collect(true);
+        #[cfg(target_env = "gnu")]
         libc::malloc_trim(0);
     }
 }

@@ -669,6 +669,7 @@ async fn open_loop(
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, HOOKWALL_PORT)),
         path: ROUTE,
         expect: 200,
+        pids: Vec::new(),
     };
     let start = Instant::now() + Duration::from_millis(300);
     let total = WARMUP + MEASURE;

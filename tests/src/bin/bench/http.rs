@@ -63,6 +63,9 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     pub(crate) path: &'static str,
     pub(crate) expect: u16,
+    /// The server's processes, whose CPU time the throughput phase reports per request (none:
+    /// not reported).
+    pub(crate) pids: Vec<u32>,
 }
 
 /// What one phase against one target measured.
@@ -80,6 +83,16 @@ struct Stats {
     latencies_us: Vec<u32>,
     /// Length of the measured window.
     window: Duration,
+    /// CPU time (user + system) the server's processes and this load generator used in the
+    /// measured window, if measured.
+    cpu: Option<CpuUse>,
+}
+
+/// CPU time used in a window, by the server and by the load generator.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    server: Duration,
+    generator: Duration,
 }
 
 impl Stats {
@@ -106,6 +119,16 @@ impl Stats {
             .clamp(1, self.latencies_us.len())
             - 1;
         f64::from(self.latencies_us[i]) / 1e3
+    }
+
+    /// The server's and the generator's CPU time per answered request, in microseconds.
+    fn cpu_per_request_us(&self) -> Option<(f64, f64)> {
+        let cpu = self.cpu?;
+        let n = self.ok.max(1) as f64;
+        Some((
+            cpu.server.as_secs_f64() * 1e6 / n,
+            cpu.generator.as_secs_f64() * 1e6 / n,
+        ))
     }
 
     fn anomalies(&self) -> String {
@@ -173,18 +196,21 @@ pub fn bench_http(latency_only: bool) -> anyhow::Result<()> {
             addr: hookwall_addr,
             path: ROUTE,
             expect: 200,
+            pids: vec![daemon.pid()],
         },
         Target {
             label: "(b) floor",
             addr: hookwall_addr,
             path: FLOOR_PATH,
             expect: 404,
+            pids: vec![daemon.pid()],
         },
         Target {
             label: "(c) fastapi",
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, FASTAPI_PORT)),
             path: ROUTE,
             expect: 200,
+            pids: uvicorn.pids(),
         },
     ];
 
@@ -251,8 +277,14 @@ async fn run_phases(targets: &[Target], client: &Arc<ClientConfig>) -> anyhow::R
     for round in 0..ROUNDS {
         for (i, t) in targets.iter().enumerate() {
             let mut s = closed_loop(t, client).await;
+            let cpu = s
+                .cpu_per_request_us()
+                .map(|(server, generator)| {
+                    format!("  CPU/req: server {server:>6.1} us, generator {generator:>5.1} us")
+                })
+                .unwrap_or_default();
             println!(
-                "  round {}  {:<13} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({})",
+                "  round {}  {:<13} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms{cpu}  ({})",
                 round + 1,
                 t.label,
                 s.rps(),
@@ -267,8 +299,20 @@ async fn run_phases(targets: &[Target], client: &Arc<ClientConfig>) -> anyhow::R
         .iter()
         .map(|r| r.iter().map(Stats::rps).sum::<f64>() / r.len() as f64)
         .collect();
-    for (t, m) in targets.iter().zip(&mean) {
-        println!("  mean     {:<13} {m:>8.0} req/s", t.label);
+    for ((t, m), r) in targets.iter().zip(&mean).zip(&rounds) {
+        let cpu: Vec<f64> = r
+            .iter()
+            .filter_map(|s| s.cpu_per_request_us().map(|(server, _)| server))
+            .collect();
+        let cpu = if cpu.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  server CPU {:>6.1} us/req",
+                cpu.iter().sum::<f64>() / cpu.len() as f64
+            )
+        };
+        println!("  mean     {:<13} {m:>8.0} req/s{cpu}", t.label);
     }
     let (a, b, c) = (mean[0], mean[1], mean[2]);
     println!(
@@ -501,7 +545,49 @@ async fn closed_loop(t: &Target, client: &Arc<ClientConfig>) -> Stats {
             })
         })
         .collect();
-    collect(tasks, MEASURE).await
+    let pids = t.pids.clone();
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(from.into()).await;
+        let before = (cpu_time(&pids), own_cpu_time());
+        tokio::time::sleep_until(until.into()).await;
+        let after = (cpu_time(&pids), own_cpu_time());
+        Some(CpuUse {
+            server: after.0?.checked_sub(before.0?)?,
+            generator: after.1?.checked_sub(before.1?)?,
+        })
+    });
+    let mut stats = collect(tasks, MEASURE).await;
+    if !t.pids.is_empty() {
+        stats.cpu = cpu.await.ok().flatten();
+    }
+    stats
+}
+
+/// User + system CPU time the processes have used so far (all their threads, including ended
+/// ones), from `/proc/PID/stat`; `None` if one cannot be read.
+fn cpu_time(pids: &[u32]) -> Option<Duration> {
+    pids.iter()
+        .map(|pid| stat_cpu_time(&format!("/proc/{pid}/stat")))
+        .sum()
+}
+
+/// This process's CPU time so far.
+fn own_cpu_time() -> Option<Duration> {
+    stat_cpu_time("/proc/self/stat")
+}
+
+fn stat_cpu_time(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is the
+    // first, utime the 12th and stime the 13th (proc(5) fields 14 and 15).
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks as f64,
+    ))
 }
 
 /// [`RATE`] requests per second in all, spread over [`RATE_CONNS`] connections: connection `k`
@@ -665,6 +751,16 @@ impl Uvicorn {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// uvicorn's PID and those of its workers.
+    fn pids(&self) -> Vec<u32> {
+        let Some(child) = &self.child else {
+            return Vec::new();
+        };
+        let mut pids = vec![child.id()];
+        pids.extend(child_pids(child.id()));
+        pids
+    }
+
     /// SIGTERM (uvicorn stops its workers), SIGKILL to it and its children after 10 s; returns
     /// the log's last lines.
     fn stop(mut self) -> String {
@@ -729,4 +825,37 @@ fn child_pids(pid: u32) -> Vec<u32> {
 fn count_rows(db: &Path) -> Option<u64> {
     let reader = hookwall::store::Reader::open(db).ok()?;
     reader.count().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_reads_this_process_and_counts_work() {
+        let before = own_cpu_time().expect("own CPU time");
+        let by_pid = cpu_time(&[std::process::id()]).expect("CPU time by PID");
+        assert!(by_pid >= before, "{by_pid:?} read after {before:?}");
+        // Spin until the counter shows 100 ms of CPU; on a shared machine that may take
+        // longer than 100 ms of wall time, but never 10 s.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        let used = loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            let used = own_cpu_time()
+                .expect("own CPU time")
+                .checked_sub(before)
+                .expect("CPU time never goes back");
+            if used >= Duration::from_millis(100) || Instant::now() > deadline {
+                break used;
+            }
+        };
+        assert!(
+            used >= Duration::from_millis(100),
+            "only {used:?} of CPU counted in 10 s"
+        );
+        assert_eq!(cpu_time(&[u32::MAX]), None, "no such process");
+    }
 }
