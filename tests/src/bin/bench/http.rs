@@ -354,10 +354,12 @@ async fn latency_rounds(target: &Target, client: &Arc<ClientConfig>) -> anyhow::
 }
 
 async fn latency_phase(targets: &[&Target], client: &Arc<ClientConfig>, note: &str) {
+    let synced = settle_disk().await;
     println!(
         "\nlatency at {RATE} req/s: open loop over {RATE_CONNS} connections, latency from each \
-         request's scheduled time, 1s warm-up + {}s measured{note}",
-        RATE_MEASURE.as_secs()
+         request's scheduled time, 1s warm-up + {}s measured{note}; sync(2) before it took {} ms",
+        RATE_MEASURE.as_secs(),
+        synced.as_millis()
     );
     for t in targets {
         let mut s = open_loop(t, client).await;
@@ -371,6 +373,18 @@ async fn latency_phase(targets: &[&Target], client: &Arc<ClientConfig>, note: &s
             s.anomalies()
         );
     }
+}
+
+/// Writes out every dirty page of the machine before a latency phase and returns how long that
+/// took. The throughput phase leaves hundreds of MB of the servers' logs (an audit line per
+/// request) in the page cache, which the kernel writes back 30 s later, in the middle of the
+/// next phase; a latency phase should not share the disk with that, since (a) waits for fsyncs
+/// and the others do not. The time is printed: it shows how much was still pending.
+async fn settle_disk() -> Duration {
+    let started = Instant::now();
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    started.elapsed()
 }
 
 /// One keep-alive connection of the generator.
