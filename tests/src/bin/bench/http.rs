@@ -559,19 +559,22 @@ async fn closed_loop(t: &Target, client: &Arc<ClientConfig>) -> Stats {
             })
         })
         .collect();
-    let pids = t.pids.clone();
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(from.into()).await;
-        let before = (cpu_time(&pids), own_cpu_time());
-        tokio::time::sleep_until(until.into()).await;
-        let after = (cpu_time(&pids), own_cpu_time());
-        Some(CpuUse {
-            server: after.0?.checked_sub(before.0?)?,
-            generator: after.1?.checked_sub(before.1?)?,
+    // Only for a target whose server processes are known.
+    let cpu = (!t.pids.is_empty()).then(|| {
+        let pids = t.pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let before = (cpu_time(&pids), own_cpu_time());
+            tokio::time::sleep_until(until.into()).await;
+            let after = (cpu_time(&pids), own_cpu_time());
+            Some(CpuUse {
+                server: after.0?.checked_sub(before.0?)?,
+                generator: after.1?.checked_sub(before.1?)?,
+            })
         })
     });
     let mut stats = collect(tasks, MEASURE).await;
-    if !t.pids.is_empty() {
+    if let Some(cpu) = cpu {
         stats.cpu = cpu.await.ok().flatten();
     }
     stats
