@@ -43,11 +43,11 @@ const REJECTED_16: &str = r#"{"ResultCode":"C2B00016","ResultDesc":"Rejected"}"#
 
 const C2B_CONFIRMATION: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/daraja/c2b_confirmation.json"
+    "/fixtures/daraja/c2b_confirmation.json"
 ));
 const C2B_VALIDATION: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/daraja/c2b_validation.json"
+    "/fixtures/daraja/c2b_validation.json"
 ));
 
 /// The fixture's confirmation with its TransID replaced by `id`.

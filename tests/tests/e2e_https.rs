@@ -37,11 +37,11 @@ const JSON: (&str, &str) = ("Content-Type", "application/json");
 
 const C2B_CONFIRMATION: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/daraja/c2b_confirmation.json"
+    "/fixtures/daraja/c2b_confirmation.json"
 ));
 const STK_SUCCESS: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/daraja/stk_success.json"
+    "/fixtures/daraja/stk_success.json"
 ));
 const ACCEPTED: &str = r#"{"ResultCode":0,"ResultDesc":"Accepted"}"#;
 

@@ -34,7 +34,7 @@ const STREAM: &str = "HOOKWALL_TEST";
 const FIXTURE_ID: &str = "RKTQDM7W6S";
 const C2B_CONFIRMATION: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/daraja/c2b_confirmation.json"
+    "/fixtures/daraja/c2b_confirmation.json"
 ));
 const ACCEPTED: &str = r#"{"ResultCode":0,"ResultDesc":"Accepted"}"#;
 /// Long enough for a debug daemon on a loaded machine to drain a few hundred events.

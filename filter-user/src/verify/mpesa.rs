@@ -250,13 +250,12 @@ mod tests {
     use super::{super::testing::*, *};
     use crate::{config::VerifyKind, verify::Verifier};
 
-    /// Daraja's sample bodies, shared with the end-to-end tests (`shared/` sits beside the
-    /// repository, here and in CI).
+    /// Daraja's sample bodies, shared with the end-to-end tests (`tests/fixtures/daraja`).
     macro_rules! fixture {
         ($name:literal) => {
             include_bytes!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/fixtures/daraja/",
+                "/../tests/fixtures/daraja/",
                 $name
             ))
         };
