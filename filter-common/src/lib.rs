@@ -14,20 +14,19 @@ pub mod map_names {
     pub const V4_INDEX: &str = "HW_V4_INDEX";
     /// IPv6 /24 index, `Array<u64>` (mmap-able).
     pub const V6_INDEX: &str = "HW_V6_INDEX";
-    /// IPv4 first-level bitmap, `Array<u64>` (mmap-able); see [`crate::index::V4_SUMMARY_BITS`].
-    pub const V4_SUMMARY: &str = "HW_V4_SUMMARY";
-    /// IPv6 first-level bitmap, `Array<u64>` (mmap-able).
-    pub const V6_SUMMARY: &str = "HW_V6_SUMMARY";
-    /// IPv4 coarse bitmap in front of the summary, `Array<u64>` (mmap-able); see
-    /// [`crate::index::V4_COARSE_BITS`].
-    pub const V4_COARSE: &str = "HW_V4_COARSE";
-    /// IPv6 coarse bitmap, `Array<u64>` (mmap-able).
-    pub const V6_COARSE: &str = "HW_V6_COARSE";
+    /// Pin of the program's fast map: a single-entry array holding the words of [`crate::fast`]
+    /// (a copy of the settings and ports, and each family's coarse bitmap and summary). The
+    /// loader creates it from the object's [`FAST_SECTION`] with every new program, so that
+    /// the program reads it at a fixed address with no map lookup.
+    pub const FAST: &str = "HW_FAST";
+    /// The object's section (and the loader's name for the map) behind [`FAST`].
+    pub const FAST_SECTION: &str = ".bss.hw_fast";
     /// IPv6 second level behind the index's "partial" answer, `HashMap<u32, u8>` keyed by the
     /// source's top 32 bits; see [`crate::index::V6_NARROW_BITS`].
     pub const V6_NARROW: &str = "HW_V6_NARROW";
-    /// One [`crate::Config`] at index 0 (mmap-able): the mode flags and the protected ports,
-    /// together so that the program reads both with one lookup.
+    /// One [`crate::Config`] at index 0 (mmap-able): the mode flags and the protected ports.
+    /// The program reads the copy in [`FAST`]; this pinned map is the record that outlives a
+    /// program replacement and that `hookwall status` reads.
     pub const SETTINGS: &str = "HW_SETTINGS";
     /// Per-CPU [`crate::CounterValue`]s indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "HW_COUNTERS";
@@ -167,6 +166,36 @@ pub mod index {
     }
 }
 
+/// Layout of the fast map ([`map_names::FAST`]) in `u64` words: what the program reads for
+/// every packet, at fixed offsets of one global. Each region starts on a cache line.
+pub mod fast {
+    use crate::{Config, index};
+
+    /// The [`Config`]: the settings word, then the ports.
+    pub const CONFIG: usize = 0;
+    /// The IPv4 coarse bitmap ([`index::V4_COARSE_BITS`]).
+    pub const V4_COARSE: usize = line(CONFIG + Config::WORDS);
+    /// The IPv4 summary ([`index::V4_SUMMARY_BITS`]).
+    pub const V4_SUMMARY: usize = line(V4_COARSE + index::V4_COARSE_WORDS as usize);
+    /// The IPv6 coarse bitmap ([`index::V6_COARSE_BITS`]).
+    pub const V6_COARSE: usize = line(V4_SUMMARY + index::V4_SUMMARY_WORDS as usize);
+    /// The IPv6 summary ([`index::V6_SUMMARY_BITS`]).
+    pub const V6_SUMMARY: usize = line(V6_COARSE + index::V6_COARSE_WORDS as usize);
+    /// Words in the whole value.
+    pub const WORDS: usize = V6_SUMMARY + index::V6_SUMMARY_WORDS as usize;
+
+    // The kernel refuses an array value over KMALLOC_MAX_SIZE (4 MiB on x86-64 and arm64).
+    const _: () = assert!(
+        WORDS * 8 <= 4 << 20,
+        "the fast map's value must stay under 4 MiB"
+    );
+
+    /// `words` rounded up to a whole 64-byte cache line.
+    const fn line(words: usize) -> usize {
+        words.next_multiple_of(8)
+    }
+}
+
 /// Filter settings, written by userspace, read by the program on every packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,11 +216,11 @@ impl Settings {
     pub const FLAG_SKIP_NARROW: u32 = 4;
 }
 
-/// The value of the settings map: everything the program reads for every packet besides the
-/// allowlist, in one value so one lookup serves both the mode and the ports.
+/// The mode and the protected ports: the value of the settings map and the first words of the
+/// fast map ([`fast::CONFIG`]).
 ///
-/// Userspace maps it and writes it a `u64` word at a time with atomic stores (word 0: the
-/// settings, flags in the low half; words 1..: the ports), so the program never sees a torn word.
+/// Word 0 holds the settings (flags in the low half), words 1.. the ports. Userspace writes the
+/// settings map a `u64` word at a time with atomic stores through a mapping.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {

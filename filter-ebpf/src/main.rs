@@ -28,7 +28,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use filter_common::{
-    Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, V6_NARROW_ENTRIES, index,
+    Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, V6_NARROW_ENTRIES, fast,
+    index,
 };
 
 /// `BPF_F_MMAPABLE`: userspace updates the bitmaps with plain atomic stores.
@@ -44,23 +45,34 @@ static V6_TRIE: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
 static V4_INDEX: Array<u64> = Array::pinned(index::V4_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_V6_INDEX")]
 static V6_INDEX: Array<u64> = Array::pinned(index::V6_WORDS, BPF_F_MMAPABLE);
-#[map(name = "HW_V4_SUMMARY")]
-static V4_SUMMARY: Array<u64> = Array::pinned(index::V4_SUMMARY_WORDS, BPF_F_MMAPABLE);
-#[map(name = "HW_V6_SUMMARY")]
-static V6_SUMMARY: Array<u64> = Array::pinned(index::V6_SUMMARY_WORDS, BPF_F_MMAPABLE);
-#[map(name = "HW_V4_COARSE")]
-static V4_COARSE: Array<u64> = Array::pinned(index::V4_COARSE_WORDS, BPF_F_MMAPABLE);
-#[map(name = "HW_V6_COARSE")]
-static V6_COARSE: Array<u64> = Array::pinned(index::V6_COARSE_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_V6_NARROW")]
 static V6_NARROW: HashMap<u32, u8> = HashMap::pinned(V6_NARROW_ENTRIES, BPF_F_NO_PREALLOC);
-#[map(name = "HW_SETTINGS")]
-static CONFIG: Array<Config> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map(name = "HW_COUNTERS")]
 static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
-// Written by userspace only; declared here so it is created and pinned with the rest.
+// Used by userspace only; declared here so they are created and pinned with the rest.
+#[map(name = "HW_SETTINGS")]
+static CONFIG: Array<Config> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map(name = "HW_META")]
 static META: Array<Meta> = Array::pinned(1, 0);
+
+/// The settings, the ports and the coarse and summary bitmaps, laid out as [`fast`]. A global,
+/// so the loader makes it a single-entry array map and the program reads it at a fixed
+/// address: a map lookup (key spilled to the stack, bounds check, null check) cost more per
+/// packet than the reads it served. Userspace rewrites it whole, in the two phases of every
+/// update (see `filter-user`'s `FastMap`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.hw_fast")]
+static mut HW_FAST: [u64; fast::WORDS] = [0; fast::WORDS];
+
+/// Word `at` of [`HW_FAST`].
+#[inline(always)]
+fn fast_word(at: usize) -> u64 {
+    // SAFETY: every caller passes a region's offset plus an index kept inside the region (by a
+    // mask, or by its type for the ports), so the read stays inside the array (the verifier
+    // checks it too). Volatile,
+    // because userspace rewrites the words while the program runs.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(HW_FAST).cast::<u64>().add(at)) }
+}
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -88,32 +100,26 @@ const MAX_L4_OFFSET: usize = 1024;
 
 #[xdp]
 pub fn hookwall(ctx: XdpContext) -> u32 {
-    // The one lookup for the mode and the ports.
-    let config = CONFIG.get(0);
     // What the packet earns in enforce mode: a pass counter, or the drop counter of its reason.
-    let counter = match fast_ipv4(&ctx, config).or_else(|| fast_ipv6(&ctx, config)) {
+    let counter = match fast_ipv4(&ctx).or_else(|| fast_ipv6(&ctx)) {
         Some(counter) => counter,
-        None => match classify(&ctx, config) {
+        None => match classify(&ctx) {
             Ok(Judged::Pass(counter)) => counter,
             Ok(Judged::Refuse(reason)) | Err(reason) => Counter::refused(reason, true),
         },
     };
     let mut index = counter as u32;
     // Monitor mode passes what enforce would drop, under the matching monitor counter.
-    if counter.drops() && flags(config) & Settings::FLAG_ENFORCE == 0 {
+    if counter.drops() && flags() & Settings::FLAG_ENFORCE == 0 {
         index += Counter::MONITOR_OFFSET;
     }
     finish(&ctx, index)
 }
 
-/// The settings flags.
+/// The settings flags: the low half of the settings word.
 #[inline(always)]
-fn flags(config: Option<&Config>) -> u32 {
-    // An array lookup at index 0 cannot fail; fail closed if it ever did.
-    config.map_or(
-        Settings::FLAG_ENFORCE | Settings::FLAG_STRICT_FRAGMENTS,
-        |c| c.settings.flags,
-    )
+fn flags() -> u32 {
+    fast_word(fast::CONFIG) as u32
 }
 
 /// The first `LEN` bytes of the packet, checked once to lie inside it, so that the fast paths
@@ -154,8 +160,8 @@ impl<const LEN: usize> Head<LEN> {
 
 /// The enforce-mode counter of a packet the fast path took: by port, then by source.
 #[inline(always)]
-fn fast_verdict(config: Option<&Config>, port: u16, allowed: impl FnOnce() -> bool) -> Counter {
-    if !port_protected(config, port) {
+fn fast_verdict(port: u16, allowed: impl FnOnce() -> bool) -> Counter {
+    if !port_protected(port) {
         Counter::PassUnprotected
     } else if allowed() {
         Counter::PassAllowed
@@ -173,7 +179,7 @@ const FAST_V4_LEN: usize = ETH_HLEN + 20 + 4;
 /// packets it takes, the fast path decides exactly what that walk would (the model test checks
 /// both against the same reference). Returns the counter as in enforce mode.
 #[inline(always)]
-fn fast_ipv4(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
+fn fast_ipv4(ctx: &XdpContext) -> Option<Counter> {
     let head = Head::<FAST_V4_LEN>::new(ctx)?;
     let ether_type = head.be16(12);
     let ver_ihl = head.byte(ETH_HLEN);
@@ -189,9 +195,7 @@ fn fast_ipv4(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
         return None;
     }
     let port = head.be16(ETH_HLEN + 20 + 2);
-    Some(fast_verdict(config, port, || {
-        v4_allowed(head.bytes(ETH_HLEN + 12))
-    }))
+    Some(fast_verdict(port, || v4_allowed(head.bytes(ETH_HLEN + 12))))
 }
 
 /// Bytes the IPv6 fast path reads: Ethernet, the 40-byte IPv6 header and the TCP/UDP ports.
@@ -201,7 +205,7 @@ const FAST_V6_LEN: usize = ETH_HLEN + 40 + 4;
 /// TCP or UDP (no extension headers) and whose payload length covers the ports. Anything else
 /// returns `None` and takes the general walk, which decides the same for the packets taken here.
 #[inline(always)]
-fn fast_ipv6(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
+fn fast_ipv6(ctx: &XdpContext) -> Option<Counter> {
     let head = Head::<FAST_V6_LEN>::new(ctx)?;
     let ether_type = head.be16(12);
     let version = head.byte(ETH_HLEN) >> 4;
@@ -215,9 +219,7 @@ fn fast_ipv6(ctx: &XdpContext, config: Option<&Config>) -> Option<Counter> {
         return None;
     }
     let port = head.be16(ETH_HLEN + 40 + 2);
-    Some(fast_verdict(config, port, || {
-        v6_allowed(config, &head.bytes(ETH_HLEN + 8))
-    }))
+    Some(fast_verdict(port, || v6_allowed(&head.bytes(ETH_HLEN + 8))))
 }
 
 /// The single exit: count the packet under counter `index` and turn it into an XDP action.
@@ -282,7 +284,7 @@ struct L3 {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext, config: Option<&Config>) -> Result<Judged, Reason> {
+fn classify(ctx: &XdpContext) -> Result<Judged, Reason> {
     let mut ether_type = read_be16(ctx, 12)?;
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -295,11 +297,11 @@ fn classify(ctx: &XdpContext, config: Option<&Config>) -> Result<Judged, Reason>
     match ether_type {
         ETH_P_IP => {
             let (src, l3) = parse_ipv4(ctx, offset)?;
-            judge(ctx, config, &l3, || v4_allowed(src))
+            judge(ctx, &l3, || v4_allowed(src))
         }
         ETH_P_IPV6 => {
             let (src, l3) = parse_ipv6(ctx, offset)?;
-            judge(ctx, config, &l3, || v6_allowed(config, &src))
+            judge(ctx, &l3, || v6_allowed(&src))
         }
         // A third VLAN tag: a frame the host would not take apart either.
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Malformed),
@@ -309,14 +311,9 @@ fn classify(ctx: &XdpContext, config: Option<&Config>) -> Result<Judged, Reason>
 
 /// Applies the port and fragment policy to a parsed IP packet.
 #[inline(always)]
-fn judge(
-    ctx: &XdpContext,
-    config: Option<&Config>,
-    l3: &L3,
-    allowed: impl Fn() -> bool,
-) -> Result<Judged, Reason> {
+fn judge(ctx: &XdpContext, l3: &L3, allowed: impl Fn() -> bool) -> Result<Judged, Reason> {
     if l3.later_fragment {
-        if flags(config) & Settings::FLAG_STRICT_FRAGMENTS == 0 {
+        if flags() & Settings::FLAG_STRICT_FRAGMENTS == 0 {
             return Ok(Judged::Pass(Counter::PassFragment));
         }
         return Ok(by_source(allowed(), Reason::Fragment));
@@ -330,7 +327,7 @@ fn judge(
         Err(Reason::Malformed)
     };
     match port {
-        Ok(port) if port_protected(config, port) => Ok(by_source(allowed(), Reason::NotAllowed)),
+        Ok(port) if port_protected(port) => Ok(by_source(allowed(), Reason::NotAllowed)),
         Ok(_) => Ok(Judged::Pass(Counter::PassUnprotected)),
         // RFC 1858: a first fragment too short to show its port is judged as protected.
         Err(_) if l3.first_fragment => Ok(by_source(allowed(), Reason::Fragment)),
@@ -452,19 +449,17 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<([u8; 16], L3), Reason>
 /// Whether a later fragment of this packet would reach a protected port is unknowable; a packet
 /// whose transport header we found is judged by its destination port.
 #[inline(always)]
-fn port_protected(config: Option<&Config>, port: u16) -> bool {
-    match config {
-        Some(c) => c.ports[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0,
-        None => true,
-    }
+fn port_protected(port: u16) -> bool {
+    // Word 0 of the config is the settings; the ports follow.
+    fast_word(fast::CONFIG + 1 + usize::from(port >> 6)) & (1u64 << (port & 63)) != 0
 }
 
 /// Coarse bitmap, summary, index, then trie: each level answers "no" for most sources it sees.
 #[inline(always)]
 fn v4_allowed(src: [u8; 4]) -> bool {
     let top = u32::from_be_bytes(src);
-    if !summary_has(&V4_COARSE, top, index::V4_COARSE_BITS)
-        || !summary_has(&V4_SUMMARY, top, index::V4_SUMMARY_BITS)
+    if !summary_has(fast::V4_COARSE, top, index::V4_COARSE_BITS)
+        || !summary_has(fast::V4_SUMMARY, top, index::V4_SUMMARY_BITS)
     {
         return false;
     }
@@ -484,11 +479,11 @@ fn v4_allowed(src: [u8; 4]) -> bool {
 /// As [`v4_allowed`], with one more level before the trie: a partial block's source whose /32
 /// no long prefix touches is refused from the narrow hash.
 #[inline(always)]
-fn v6_allowed(config: Option<&Config>, src: &[u8; 16]) -> bool {
+fn v6_allowed(src: &[u8; 16]) -> bool {
     let top = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
     let skipped = top << index::V6_SUMMARY_SKIP_BITS;
-    if !summary_has(&V6_COARSE, skipped, index::V6_COARSE_BITS)
-        || !summary_has(&V6_SUMMARY, skipped, index::V6_SUMMARY_BITS)
+    if !summary_has(fast::V6_COARSE, skipped, index::V6_COARSE_BITS)
+        || !summary_has(fast::V6_SUMMARY, skipped, index::V6_SUMMARY_BITS)
     {
         return false;
     }
@@ -503,8 +498,8 @@ fn v6_allowed(config: Option<&Config>, src: &[u8; 16]) -> bool {
         return false;
     }
     // Only the key's presence is read, never the value. The flag (benchmark only) is tested
-    // first so the plain-trie baseline pays no hash lookup; the settings are already cached.
-    if flags(config) & Settings::FLAG_SKIP_NARROW == 0
+    // first so the plain-trie baseline pays no hash lookup; the settings word is hot.
+    if flags() & Settings::FLAG_SKIP_NARROW == 0
         && V6_NARROW.get_ptr(&index::narrow_key(top)).is_none()
     {
         return false;
@@ -512,10 +507,13 @@ fn v6_allowed(config: Option<&Config>, src: &[u8; 16]) -> bool {
     V6_TRIE.get(&Key::new(128, *src)).is_some()
 }
 
+/// Whether the bitmap of `bits`-bit blocks at word `at` of [`HW_FAST`] has the bit of `top`.
 #[inline(always)]
-fn summary_has(summary: &Array<u64>, top: u32, bits: u32) -> bool {
+fn summary_has(at: usize, top: u32, bits: u32) -> bool {
     let (word, mask) = index::summary_locate(top, bits);
-    summary.get(word).is_some_and(|w| w & mask != 0)
+    // A bitmap of `bits`-bit blocks has 2^(bits - 6) words.
+    let words = 1usize << (bits - 6);
+    fast_word(at + (word as usize & (words - 1))) & mask != 0
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! {pin_path}/prog                  the program
-//! {pin_path}/maps/HW_*             every map (see filter_common::map_names)
+//! {pin_path}/maps/HW_*             every map (see filter_common::map_names); HW_FAST is the
+//!                                  pinned program's own (see `fast`)
 //! {pin_path}/links/{mode}-{iface}  one bpf_link per interface; the pin keeps it attached
 //! ```
 //!
@@ -12,11 +13,14 @@
 //! detach`) is what removes the program from an interface.
 //!
 //! Allowlist updates never open a gap: [`Filter::apply`] first writes the union of the old and
-//! new state (trie inserts, narrow keys, index words `old | new`, ports `old | new`), then removes
-//! what the new state lacks. A prefix present before and after is present at every instant in
+//! new state (trie inserts, narrow keys, index and bitmap words `old | new`, ports `old | new`),
+//! then removes what the new state lacks. A prefix present before and after is present at every instant in
 //! between.
 
+mod fast;
 mod narrow;
+
+use fast::FastMap;
 
 pub use narrow::v6_narrow_keys;
 
@@ -42,7 +46,7 @@ use aya::{
 };
 use filter_common::{
     Config, Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, PROGRAM_NAME, Settings,
-    V6_NARROW_ENTRIES, index, map_names,
+    V6_NARROW_ENTRIES, fast as fast_layout, index, map_names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::{Digest as _, Sha256};
@@ -301,11 +305,15 @@ pub struct Filter {
     origin: Origin,
     v4_trie: LpmTrie<MapData, [u8; 4], u8>,
     v6_trie: LpmTrie<MapData, [u8; 16], u8>,
-    /// The bitmaps derived from the tries, in [`BITMAPS`] order.
-    bitmaps: Vec<MapData>,
+    /// The /24 indexes derived from the tries, in [`INDEXES`] order.
+    indexes: Vec<MapData>,
+    /// The program's fast map: its copy of the settings and ports, and the coarse bitmaps and
+    /// summaries derived from the tries.
+    fast: FastMap,
     /// The IPv6 narrow map, derived from the IPv6 trie like the bitmaps.
     v6_narrow: narrow::Narrow,
-    /// The [`Config`]: the mode and the ports, written word by word through a mapping.
+    /// The pinned record of the [`Config`] (the mode and the ports), written word by word
+    /// through a mapping; the program reads the copy in [`Filter::fast`].
     config: MapData,
     counters: PerCpuArray<MapData, CounterValue>,
     meta: Array<MapData, Meta>,
@@ -322,10 +330,11 @@ pub struct Filter {
 #[doc(hidden)]
 pub type Observer = Box<dyn FnMut(&'static str) + Send>;
 
-/// The state derived from the tries: the words of every bitmap in [`BITMAPS`] order and the
-/// IPv6 narrow keys.
+/// The state derived from the tries: the index words in [`INDEXES`] order, the fast map's
+/// bitmaps (a whole fast-map value whose config region is left zero) and the IPv6 narrow keys.
 struct Derived {
-    words: [Vec<u64>; BITMAPS.len()],
+    indexes: [Vec<u64>; INDEXES.len()],
+    fast: Vec<u64>,
     v6_narrow: BTreeSet<u32>,
 }
 
@@ -380,26 +389,48 @@ impl Filter {
             Origin::Replaced
         };
 
+        // The loader made a fresh fast map; the pinned program reads the pinned one, if that is
+        // still its own. If not, the program cannot run on what we could feed it: replace it.
+        let loaded_fast = take_map_data(&mut ebpf, map_names::FAST_SECTION)?;
         let mut adopted = None;
+        let mut origin = origin;
+        let mut fast = None;
         if origin == Origin::Adopted {
-            adopted = Some(
-                Xdp::from_pin(pins.prog(), aya_obj::programs::XdpAttachType::Interface)
-                    .map_err(|e| load_err(boxed(e)))?,
-            );
-        } else {
-            xdp_program(&mut ebpf)?
-                .load()
+            let prog = Xdp::from_pin(pins.prog(), aya_obj::programs::XdpAttachType::Interface)
                 .map_err(|e| load_err(boxed(e)))?;
+            match FastMap::pinned_for(&pins.map(map_names::FAST), &prog)? {
+                Some(pinned) => {
+                    fast = Some(pinned);
+                    adopted = Some(prog);
+                }
+                None => {
+                    tracing::warn!(
+                        pin = %pins.map(map_names::FAST).display(),
+                        "the pinned program's fast map is not pinned; replacing the program"
+                    );
+                    origin = Origin::Replaced;
+                }
+            }
         }
+        let fast = match fast {
+            Some(pinned) => pinned,
+            None => {
+                xdp_program(&mut ebpf)?
+                    .load()
+                    .map_err(|e| load_err(boxed(e)))?;
+                FastMap::loaded(loaded_fast)?
+            }
+        };
 
-        let bitmaps = BITMAPS
+        let indexes = INDEXES
             .iter()
             .map(|&name| take_map_data(&mut ebpf, name))
             .collect::<Result<_, _>>()?;
         let mut filter = Self {
             v4_trie: take_map(&mut ebpf, map_names::V4_TRIE)?,
             v6_trie: take_map(&mut ebpf, map_names::V6_TRIE)?,
-            bitmaps,
+            indexes,
+            fast,
             v6_narrow: narrow::Narrow::open(take_map::<HashMap<MapData, u32, u8>>(
                 &mut ebpf,
                 map_names::V6_NARROW,
@@ -423,22 +454,38 @@ impl Filter {
         Ok(filter)
     }
 
-    /// Pins the program loaded by [`Filter::open`]; when it replaces an older one, first on
-    /// every link, atomically per link.
+    /// Pins the program loaded by [`Filter::open`] and its fast map; when it replaces an older
+    /// program, first on every link, atomically per link.
     ///
-    /// Before a replacement, every bitmap and the narrow map are brought up to the tries: a map
+    /// Before anything can run the new program, its fast map (created zeroed with it) gets the
+    /// pinned settings, and every bitmap and the narrow map are brought up to the tries: a map
     /// the older program did not have was just created empty, and the new program must not run
     /// on it (it would refuse every source until the next [`Filter::apply`]).
     fn install_program(&mut self) -> Result<(), FilterError> {
+        let config = self.config_words()?;
+        let derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
+        self.write_derived(&derived, &config, Phase::Add)?;
+        self.fast.pin(&self.pins.map(map_names::FAST))?;
         if self.origin == Origin::Replaced {
-            let derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
-            self.write_derived(&derived, Phase::Add)?;
             replace_on_links(xdp_program(&mut self.ebpf)?, &self.pins)?;
             fs::remove_file(self.pins.prog()).map_err(|e| FilterError::Pin {
                 op: "unpinning the replaced program",
                 path: self.pins.prog(),
                 source: boxed(e),
             })?;
+            for name in RETIRED_MAPS {
+                let path = self.pins.map(name);
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(FilterError::Pin {
+                            op: "unpinning a map no program uses any more",
+                            path,
+                            source: boxed(e),
+                        });
+                    }
+                    _ => {}
+                }
+            }
         }
         xdp_program(&mut self.ebpf)?
             .pin(self.pins.prog())
@@ -449,13 +496,28 @@ impl Filter {
             })
     }
 
-    /// Writes one phase of `derived` to the bitmaps and the narrow map; returns the words and
-    /// keys that changed.
+    /// The pinned settings map's words.
+    fn config_words(&self) -> Result<Vec<u64>, FilterError> {
+        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
+        Ok(config
+            .words()
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect())
+    }
+
+    /// Writes one phase of `derived` and of `config` (the [`Config`] words) to the indexes, the
+    /// fast map and the narrow map; returns the words and keys that changed.
     ///
     /// The narrow keys are added before any index word can call a block partial, and removed
     /// only after the index words no longer do (a source whose block the index calls full never
     /// reaches the narrow map, so a key is needed exactly while its block is partial).
-    fn write_derived(&mut self, derived: &Derived, phase: Phase) -> Result<usize, FilterError> {
+    fn write_derived(
+        &mut self,
+        derived: &Derived,
+        config: &[u64],
+        phase: Phase,
+    ) -> Result<usize, FilterError> {
         let mut written = 0;
         if let Phase::Add = phase {
             written += self.v6_narrow.add(&derived.v6_narrow)?;
@@ -465,10 +527,12 @@ impl Filter {
             Phase::Add => update_index,
             Phase::Prune => prune_index,
         };
-        for ((data, name), words) in self.bitmaps.iter().zip(BITMAPS).zip(&derived.words) {
+        for ((data, name), words) in self.indexes.iter().zip(INDEXES).zip(&derived.indexes) {
             written += write(data, name, words)?;
             notify(&mut self.observer, name);
         }
+        written += self.fast.update(config, &derived.fast, phase)?;
+        notify(&mut self.observer, map_names::FAST);
         if let Phase::Prune = phase {
             written += self.v6_narrow.prune(&derived.v6_narrow)?;
             notify(&mut self.observer, map_names::V6_NARROW);
@@ -576,7 +640,6 @@ impl Filter {
         self.v4.extend(new_v4.iter().copied());
         self.v6.extend(new_v6.iter().copied());
         notify(&mut self.observer, "tries: inserted");
-        report.words_written += self.write_derived(&derived, Phase::Add)?;
         let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
         if config.words().len() != Config::WORDS {
             return Err(map_err(
@@ -592,13 +655,18 @@ impl Filter {
         let (settings_word, port_cells) = config.words().split_at(1);
         report.words_written += or_words(port_cells, &new_ports);
         // The flags are the low half of word 0; the reserved half is always 0.
-        settings_word[0].store(u64::from(desired.settings.flags), Ordering::Release);
+        let settings = u64::from(desired.settings.flags);
+        settings_word[0].store(settings, Ordering::Release);
         notify(&mut self.observer, "ports and settings: added");
+        let new_config: Vec<u64> = std::iter::once(settings)
+            .chain(new_ports.iter().copied())
+            .collect();
+        report.words_written += self.write_derived(&derived, &new_config, Phase::Add)?;
 
         // Phase 2: remove what the new state lacks.
+        report.words_written += self.write_derived(&derived, &new_config, Phase::Prune)?;
         report.words_written += set_words(port_cells, &new_ports);
         notify(&mut self.observer, "ports: pruned");
-        report.words_written += self.write_derived(&derived, Phase::Prune)?;
         let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
         for net in gone_v4 {
             let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
@@ -734,7 +802,7 @@ impl Filter {
         }
     }
 
-    /// Benchmark hook: sets every summary bit, marks every index block "partial" and sets
+    /// Benchmark hook: sets every coarse and summary bit, marks every index block "partial" and sets
     /// [`Settings::FLAG_SKIP_NARROW`], so each lookup walks the LPM trie as a plain-trie filter
     /// would. Verdicts stay correct; only the fast path is gone until the next
     /// [`Filter::apply`] with a changed set rewrites the words.
@@ -745,15 +813,18 @@ impl Filter {
             settings.fetch_or(u64::from(Settings::FLAG_SKIP_NARROW), Ordering::Release);
         }
         let all_partial = u64::from(u32::MAX) << index::BLOCKS_PER_WORD;
-        for (data, name) in self.bitmaps.iter().zip(BITMAPS) {
-            let is_index = name == map_names::V4_INDEX || name == map_names::V6_INDEX;
-            let word = if is_index { all_partial } else { u64::MAX };
+        for (data, name) in self.indexes.iter().zip(INDEXES) {
             let mmap = IndexMmap::map(data, name)?;
             for cell in mmap.words() {
-                cell.store(word, Ordering::Release);
+                cell.store(all_partial, Ordering::Release);
             }
         }
-        Ok(())
+        let mut words = self.fast.read()?;
+        words[fast_layout::CONFIG] |= u64::from(Settings::FLAG_SKIP_NARROW);
+        for word in &mut words[fast_layout::CONFIG + Config::WORDS..] {
+            *word = u64::MAX;
+        }
+        self.fast.write(&words)
     }
 
     /// Records which daemon holds the filter, for `hookwall status`.
@@ -978,16 +1049,17 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The bitmaps derived from the tries, each an mmap-able `Array<u64>`: the /24 index, the /23
-/// summary and the /18 coarse bitmap of each family. [`bitmap_words`] computes them in this
-/// order.
-const BITMAPS: [&str; 6] = [
-    map_names::V4_INDEX,
-    map_names::V6_INDEX,
-    map_names::V4_SUMMARY,
-    map_names::V6_SUMMARY,
-    map_names::V4_COARSE,
-    map_names::V6_COARSE,
+/// The /24 indexes derived from the tries, each an mmap-able `Array<u64>`. [`bitmap_words`]
+/// computes them in this order.
+const INDEXES: [&str; 2] = [map_names::V4_INDEX, map_names::V6_INDEX];
+
+/// Pins of maps an older hookwall had and this one does not (its bitmaps now live in the fast
+/// map): removed once the program that read them is replaced.
+const RETIRED_MAPS: [&str; 4] = [
+    "HW_V4_SUMMARY",
+    "HW_V6_SUMMARY",
+    "HW_V4_COARSE",
+    "HW_V6_COARSE",
 ];
 
 /// Calls the apply observer, if any, after the step `what`.
@@ -1004,8 +1076,10 @@ fn derived(
     v6: &BTreeSet<Ipv6Net>,
     narrow_limit: usize,
 ) -> Result<Derived, FilterError> {
+    let (indexes, fast) = bitmap_words(v4, v6);
     Ok(Derived {
-        words: bitmap_words(v4, v6),
+        indexes,
+        fast,
         v6_narrow: v6_narrow_keys(v6, narrow_limit).map_err(too_many_narrow_keys)?,
     })
 }
@@ -1018,8 +1092,12 @@ fn too_many_narrow_keys(needed: usize) -> FilterError {
     }
 }
 
-/// The words of every bitmap in [`BITMAPS`] for a set of prefixes.
-fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; BITMAPS.len()] {
+/// The words of the indexes (in [`INDEXES`] order) and of the fast map's bitmaps (laid out as
+/// [`fast_layout`], the config region left zero) for a set of prefixes.
+fn bitmap_words(
+    v4: &BTreeSet<Ipv4Net>,
+    v6: &BTreeSet<Ipv6Net>,
+) -> ([Vec<u64>; INDEXES.len()], Vec<u64>) {
     let v4_tops = || v4.iter().map(|n| (u32::from(n.network()), n.prefix_len()));
     let v6_tops = || v6.iter().map(|n| (v6_top(n.network()), n.prefix_len()));
     let v6_skipped = || {
@@ -1030,14 +1108,34 @@ fn bitmap_words(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> [Vec<u64>; BI
             (v6_top(n.network()) << skip, len)
         })
     };
-    [
-        index_words(v4_tops(), index::V4_BLOCK_BITS, index::V4_WORDS),
-        index_words(v6_tops(), index::V6_BLOCK_BITS, index::V6_WORDS),
-        summary_words(v4_tops(), index::V4_SUMMARY_BITS),
-        summary_words(v6_skipped(), index::V6_SUMMARY_BITS),
-        summary_words(v4_tops(), index::V4_COARSE_BITS),
-        summary_words(v6_skipped(), index::V6_COARSE_BITS),
-    ]
+    let mut fast = vec![0u64; fast_layout::WORDS];
+    for (at, words) in [
+        (
+            fast_layout::V4_COARSE,
+            summary_words(v4_tops(), index::V4_COARSE_BITS),
+        ),
+        (
+            fast_layout::V4_SUMMARY,
+            summary_words(v4_tops(), index::V4_SUMMARY_BITS),
+        ),
+        (
+            fast_layout::V6_COARSE,
+            summary_words(v6_skipped(), index::V6_COARSE_BITS),
+        ),
+        (
+            fast_layout::V6_SUMMARY,
+            summary_words(v6_skipped(), index::V6_SUMMARY_BITS),
+        ),
+    ] {
+        fast[at..at + words.len()].copy_from_slice(&words);
+    }
+    (
+        [
+            index_words(v4_tops(), index::V4_BLOCK_BITS, index::V4_WORDS),
+            index_words(v6_tops(), index::V6_BLOCK_BITS, index::V6_WORDS),
+        ],
+        fast,
+    )
 }
 
 /// The /24 index words for a set of prefixes given as (top 32 bits, length): full bits for

@@ -98,7 +98,7 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     drop(first);
 
     // Make the pins look like an older hookwall's: another object hash in META, and without
-    // the coarse bitmaps and the narrow map, which that version did not have.
+    // the fast map and the narrow map, which that version did not have.
     let mut meta: Array<MapData, Meta> = Array::try_from(Map::Array(
         MapData::from_pin(pins.map(map_names::META)).expect("META"),
     ))
@@ -106,13 +106,15 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     let mut old = meta.get(&0, 0).expect("reading META");
     old.object_sha256 = [0; 32];
     meta.set(0, &old, 0).expect("writing META");
-    for name in [
-        map_names::V4_COARSE,
-        map_names::V6_COARSE,
-        map_names::V6_NARROW,
-    ] {
+    for name in [map_names::FAST, map_names::V6_NARROW] {
         std::fs::remove_file(pins.map(name)).expect("unpinning a map the old version lacked");
     }
+    // And with a map that version had and this one does not: its pin goes with the program.
+    let retired = pins.map("HW_V4_SUMMARY");
+    Array::<MapData, u64>::create(1, 0)
+        .expect("creating a stand-in for a retired map")
+        .pin(&retired)
+        .expect("pinning it");
 
     // Open alone (no apply yet) replaces the program on the link: from that moment the new
     // program is in force and must already let the allowed sources through.
@@ -133,10 +135,68 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
         "the link runs the new program"
     );
     judge_allowlist(&filter, "right after the replacement");
+    assert_fast_map_is_the_programs(&pins, prog_id);
+    assert!(!retired.exists(), "the retired map's pin is removed");
     filter.apply(&desired).expect("apply after the replacement");
     judge_allowlist(&filter, "after the next apply");
     drop(filter);
     drop(veth);
+}
+
+#[test]
+fn a_pinned_program_whose_fast_map_pin_is_gone_is_replaced_not_adopted() {
+    let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
+    let _cleanup = Cleanup(pins.clone());
+    let desired = Desired {
+        v4: vec!["203.0.113.0/24".parse().expect("literal")],
+        v6: vec![
+            "2001:db8:1::/48".parse().expect("literal"),
+            "2001:dc0::/29".parse().expect("literal"),
+        ],
+        ports: vec![443],
+        settings: settings(true, false),
+    };
+    let mut first = Filter::open(pins.clone()).expect("first open");
+    first.apply(&desired).expect("first apply");
+    let first_id = first.program().expect("program").info().expect("info").id();
+    assert_fast_map_is_the_programs(&pins, first_id);
+    drop(first);
+
+    // Same version, so it would be adopted; but without its fast map pinned, nothing could
+    // feed the program: it must be replaced by one whose fast map is filled and pinned.
+    std::fs::remove_file(pins.map(map_names::FAST)).expect("unpinning the fast map");
+    let filter = Filter::open(pins.clone()).expect("open without the fast map's pin");
+    assert_eq!(filter.origin(), Origin::Replaced);
+    let prog_id = filter
+        .program()
+        .expect("program")
+        .info()
+        .expect("info")
+        .id();
+    assert_ne!(prog_id, first_id, "a new program was loaded");
+    assert_fast_map_is_the_programs(&pins, prog_id);
+    judge_allowlist(&filter, "right after the replacement, before any apply");
+    drop(filter);
+
+    // And the next run adopts that one.
+    let again = Filter::open(pins.clone()).expect("open again");
+    assert_eq!(again.origin(), Origin::Adopted);
+    judge_allowlist(&again, "after re-adoption");
+}
+
+/// Asserts that the pinned fast map is one the program `prog_id` reads.
+fn assert_fast_map_is_the_programs(pins: &Pins, prog_id: u32) {
+    let fast = MapData::from_pin(pins.map(map_names::FAST)).expect("the fast map is pinned");
+    let fast_id = fast.info().expect("fast map info").id();
+    let prog = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .expect("the program is loaded");
+    let maps = prog.map_ids().expect("map ids").expect("map ids supported");
+    assert!(
+        maps.contains(&fast_id),
+        "program {prog_id} reads maps {maps:?}, not the pinned fast map {fast_id}"
+    );
 }
 
 /// Runs the filter's program on frames to the protected port from an allowed and a refused
