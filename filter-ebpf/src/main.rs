@@ -225,20 +225,21 @@ fn fast_ipv6(ctx: &XdpContext) -> Option<Counter> {
 /// The single exit: count the packet under counter `index` and turn it into an XDP action.
 #[inline(always)]
 fn finish(ctx: &XdpContext, index: u32) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    // Only the drop counters drop; they are contiguous (see `Counter::MONITOR_OFFSET`).
+    let action = if index.wrapping_sub(Counter::DropNotAllowed as u32) < Counter::MONITOR_OFFSET {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
     if let Some(cell) = COUNTERS.get_ptr_mut(index) {
-        let len = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: a per-CPU array cell is only touched by this CPU, and XDP does not nest.
         unsafe {
             (*cell).packets += 1;
             (*cell).bytes += len;
         }
     }
-    // Only the drop counters drop; they are contiguous (see `Counter::MONITOR_OFFSET`).
-    if index.wrapping_sub(Counter::DropNotAllowed as u32) < Counter::MONITOR_OFFSET {
-        XDP_DROP
-    } else {
-        XDP_PASS
-    }
+    action
 }
 
 /// What the walk decided, before the mode turns refusals into drop or monitor.

@@ -463,8 +463,12 @@ impl Filter {
     /// on it (it would refuse every source until the next [`Filter::apply`]).
     fn install_program(&mut self) -> Result<(), FilterError> {
         let config = self.config_words()?;
-        let derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
-        self.write_derived(&derived, &config, Phase::Add)?;
+        let mut derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
+        let value = fast::with_config(std::mem::take(&mut derived.fast), &config);
+        self.write_derived(&derived, Phase::Add)?;
+        self.fast.replace(&value)?;
+        notify(&mut self.observer, map_names::FAST);
+        self.fast.trusted = true;
         self.fast.pin(&self.pins.map(map_names::FAST))?;
         if self.origin == Origin::Replaced {
             replace_on_links(xdp_program(&mut self.ebpf)?, &self.pins)?;
@@ -506,18 +510,14 @@ impl Filter {
             .collect())
     }
 
-    /// Writes one phase of `derived` and of `config` (the [`Config`] words) to the indexes, the
-    /// fast map and the narrow map; returns the words and keys that changed.
+    /// Writes one phase of `derived` to the indexes and the narrow map; returns the words and
+    /// keys that changed. The caller writes the fast map: after this in phase 1, before it in
+    /// phase 2.
     ///
     /// The narrow keys are added before any index word can call a block partial, and removed
     /// only after the index words no longer do (a source whose block the index calls full never
     /// reaches the narrow map, so a key is needed exactly while its block is partial).
-    fn write_derived(
-        &mut self,
-        derived: &Derived,
-        config: &[u64],
-        phase: Phase,
-    ) -> Result<usize, FilterError> {
+    fn write_derived(&mut self, derived: &Derived, phase: Phase) -> Result<usize, FilterError> {
         let mut written = 0;
         if let Phase::Add = phase {
             written += self.v6_narrow.add(&derived.v6_narrow)?;
@@ -531,8 +531,6 @@ impl Filter {
             written += write(data, name, words)?;
             notify(&mut self.observer, name);
         }
-        written += self.fast.update(config, &derived.fast, phase)?;
-        notify(&mut self.observer, map_names::FAST);
         if let Phase::Prune = phase {
             written += self.v6_narrow.prune(&derived.v6_narrow)?;
             notify(&mut self.observer, map_names::V6_NARROW);
@@ -601,7 +599,7 @@ impl Filter {
         let mut report = ApplyReport::default();
         let new_v4: BTreeSet<Ipv4Net> = desired.v4.iter().map(Ipv4Net::trunc).collect();
         let new_v6: BTreeSet<Ipv6Net> = desired.v6.iter().map(Ipv6Net::trunc).collect();
-        let derived = derived(&new_v4, &new_v6, V6_NARROW_ENTRIES as usize)?;
+        let mut derived = derived(&new_v4, &new_v6, V6_NARROW_ENTRIES as usize)?;
         let new_ports = port_words(&desired.ports);
         // Refuse before writing anything what phase 1 could not hold: old ∪ new.
         let limit = MAX_PREFIXES as usize;
@@ -621,6 +619,16 @@ impl Filter {
         if needed > V6_NARROW_ENTRIES as usize {
             return Err(too_many_narrow_keys(needed));
         }
+
+        // The fast map's value now (if trusted), and after phase 2.
+        let mut fast_now =
+            fast::with_config(fast_bitmaps(&self.v4, &self.v6), &self.config_words()?);
+        let settings = u64::from(desired.settings.flags);
+        let new_config: Vec<u64> = std::iter::once(settings)
+            .chain(new_ports.iter().copied())
+            .collect();
+        let new_fast = fast::with_config(std::mem::take(&mut derived.fast), &new_config);
+        let trusted = std::mem::replace(&mut self.fast.trusted, false);
 
         // Phase 1: add. After it, the kernel holds old ∪ new.
         for net in new_v4.difference(&self.v4) {
@@ -655,16 +663,17 @@ impl Filter {
         let (settings_word, port_cells) = config.words().split_at(1);
         report.words_written += or_words(port_cells, &new_ports);
         // The flags are the low half of word 0; the reserved half is always 0.
-        let settings = u64::from(desired.settings.flags);
         settings_word[0].store(settings, Ordering::Release);
         notify(&mut self.observer, "ports and settings: added");
-        let new_config: Vec<u64> = std::iter::once(settings)
-            .chain(new_ports.iter().copied())
-            .collect();
-        report.words_written += self.write_derived(&derived, &new_config, Phase::Add)?;
+        report.words_written += self.write_derived(&derived, Phase::Add)?;
+        report.words_written += self.fast.add(&mut fast_now, &new_fast, trusted)?;
+        notify(&mut self.observer, map_names::FAST);
 
         // Phase 2: remove what the new state lacks.
-        report.words_written += self.write_derived(&derived, &new_config, Phase::Prune)?;
+        report.words_written += self.fast.prune(&fast_now, &new_fast)?;
+        notify(&mut self.observer, map_names::FAST);
+        drop((fast_now, new_fast));
+        report.words_written += self.write_derived(&derived, Phase::Prune)?;
         report.words_written += set_words(port_cells, &new_ports);
         notify(&mut self.observer, "ports: pruned");
         let gone_v4: Vec<Ipv4Net> = self.v4.difference(&new_v4).copied().collect();
@@ -686,6 +695,7 @@ impl Filter {
             report.removed += 1;
         }
         notify(&mut self.observer, "tries: removed");
+        self.fast.trusted = true;
 
         let (v4_count, v6_count) = self.prefix_counts();
         self.write_meta(|m| {
@@ -819,12 +829,11 @@ impl Filter {
                 cell.store(all_partial, Ordering::Release);
             }
         }
-        let mut words = self.fast.read()?;
-        words[fast_layout::CONFIG] |= u64::from(Settings::FLAG_SKIP_NARROW);
-        for word in &mut words[fast_layout::CONFIG + Config::WORDS..] {
-            *word = u64::MAX;
-        }
-        self.fast.write(&words)
+        let mut value =
+            fast::with_config(vec![u64::MAX; fast_layout::WORDS], &self.config_words()?);
+        value[fast_layout::CONFIG] |= u64::from(Settings::FLAG_SKIP_NARROW);
+        self.fast.trusted = false;
+        self.fast.replace(&value)
     }
 
     /// Records which daemon holds the filter, for `hookwall status`.
@@ -1098,8 +1107,20 @@ fn bitmap_words(
     v4: &BTreeSet<Ipv4Net>,
     v6: &BTreeSet<Ipv6Net>,
 ) -> ([Vec<u64>; INDEXES.len()], Vec<u64>) {
+    let v4_tops = v4.iter().map(|n| (u32::from(n.network()), n.prefix_len()));
+    let v6_tops = v6.iter().map(|n| (v6_top(n.network()), n.prefix_len()));
+    (
+        [
+            index_words(v4_tops, index::V4_BLOCK_BITS, index::V4_WORDS),
+            index_words(v6_tops, index::V6_BLOCK_BITS, index::V6_WORDS),
+        ],
+        fast_bitmaps(v4, v6),
+    )
+}
+
+/// The fast map's bitmaps for a set of prefixes: a whole value, its config region zero.
+fn fast_bitmaps(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> Vec<u64> {
     let v4_tops = || v4.iter().map(|n| (u32::from(n.network()), n.prefix_len()));
-    let v6_tops = || v6.iter().map(|n| (v6_top(n.network()), n.prefix_len()));
     let v6_skipped = || {
         v6.iter().map(|n| {
             let skip = index::V6_SUMMARY_SKIP_BITS;
@@ -1109,33 +1130,30 @@ fn bitmap_words(
         })
     };
     let mut fast = vec![0u64; fast_layout::WORDS];
-    for (at, words) in [
-        (
-            fast_layout::V4_COARSE,
-            summary_words(v4_tops(), index::V4_COARSE_BITS),
-        ),
-        (
-            fast_layout::V4_SUMMARY,
-            summary_words(v4_tops(), index::V4_SUMMARY_BITS),
-        ),
-        (
-            fast_layout::V6_COARSE,
-            summary_words(v6_skipped(), index::V6_COARSE_BITS),
-        ),
-        (
-            fast_layout::V6_SUMMARY,
-            summary_words(v6_skipped(), index::V6_SUMMARY_BITS),
-        ),
-    ] {
-        fast[at..at + words.len()].copy_from_slice(&words);
-    }
-    (
-        [
-            index_words(v4_tops(), index::V4_BLOCK_BITS, index::V4_WORDS),
-            index_words(v6_tops(), index::V6_BLOCK_BITS, index::V6_WORDS),
-        ],
-        fast,
-    )
+    let mut set = |at: usize, prefixes: &mut dyn Iterator<Item = (u32, u8)>, bits: u32| {
+        set_summary_bits(&mut fast[at..at + (1 << (bits - 6))], prefixes, bits);
+    };
+    set(
+        fast_layout::V4_COARSE,
+        &mut v4_tops(),
+        index::V4_COARSE_BITS,
+    );
+    set(
+        fast_layout::V4_SUMMARY,
+        &mut v4_tops(),
+        index::V4_SUMMARY_BITS,
+    );
+    set(
+        fast_layout::V6_COARSE,
+        &mut v6_skipped(),
+        index::V6_COARSE_BITS,
+    );
+    set(
+        fast_layout::V6_SUMMARY,
+        &mut v6_skipped(),
+        index::V6_SUMMARY_BITS,
+    );
+    fast
 }
 
 /// The /24 index words for a set of prefixes given as (top 32 bits, length): full bits for
@@ -1179,6 +1197,13 @@ pub fn index_words(
 #[must_use]
 pub fn summary_words(prefixes: impl Iterator<Item = (u32, u8)>, bits: u32) -> Vec<u64> {
     let mut out = vec![0u64; 1 << (bits - 6)];
+    set_summary_bits(&mut out, prefixes, bits);
+    out
+}
+
+/// Sets in `out` (a summary bitmap of `bits`-bit blocks) the bit of every block any prefix
+/// touches.
+fn set_summary_bits(out: &mut [u64], prefixes: impl Iterator<Item = (u32, u8)>, bits: u32) {
     for (top, len) in prefixes {
         let len = u32::from(len).min(bits);
         let first = (top >> (32 - bits)) & !((1u32 << (bits - len)) - 1);
@@ -1194,7 +1219,6 @@ pub fn summary_words(prefixes: impl Iterator<Item = (u32, u8)>, bits: u32) -> Ve
             }
         }
     }
-    out
 }
 
 /// The protected-ports bitmap.

@@ -4,7 +4,10 @@
 //! program is replaced in place, and from that instant the new one judges as the old one did,
 //! even when it reads maps the old one did not have.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::{
     maps::{Array, Map, MapData},
@@ -13,7 +16,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use filter_common::{Meta, map_names};
+use filter_common::{Config, Meta, Settings, fast as fast_layout, map_names};
 use hookwall::{
     config::AttachMode,
     filter::{Desired, Filter, FilterError, Origin, Pins, detach},
@@ -182,6 +185,109 @@ fn a_pinned_program_whose_fast_map_pin_is_gone_is_replaced_not_adopted() {
     let again = Filter::open(pins.clone()).expect("open again");
     assert_eq!(again.origin(), Origin::Adopted);
     judge_allowlist(&again, "after re-adoption");
+}
+
+#[test]
+fn after_re_adoption_the_first_apply_rewrites_the_fast_map_even_with_nothing_changed() {
+    let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
+    let _cleanup = Cleanup(pins.clone());
+    let desired = Desired {
+        v4: vec!["203.0.113.0/24".parse().expect("literal")],
+        v6: vec![
+            "2001:db8:1::/48".parse().expect("literal"),
+            "2001:dc0::/29".parse().expect("literal"),
+        ],
+        ports: vec![443],
+        settings: settings(true, false),
+    };
+    let mut first = Filter::open(pins.clone()).expect("first open");
+    first.apply(&desired).expect("first apply");
+    let report = first.apply(&desired).expect("the same apply again");
+    assert_eq!(report.words_written, 0, "an unchanged apply writes nothing");
+    // Leave the pinned fast map in a state the tries do not derive to (every bitmap bit and
+    // the narrow-skip flag set), as an interrupted daemon could leave it in another way.
+    first
+        .force_trie_lookups_for_bench()
+        .expect("the bench hook");
+    let bitmaps = fast_layout::V4_COARSE..fast_layout::WORDS;
+    assert!(
+        read_fast(&pins)[bitmaps.clone()]
+            .iter()
+            .all(|&w| w == u64::MAX)
+    );
+    drop(first);
+    // The hook also set its flag in the settings map, which alone would force a rewrite; take
+    // it out there, so that only the fast map differs from what the pins record.
+    let settings_pin = MapData::from_pin(pins.map(map_names::SETTINGS)).expect("settings map");
+    let mut settings_map: Array<MapData, Config> =
+        Array::try_from(Map::Array(settings_pin)).expect("settings as an array");
+    let mut recorded = settings_map.get(&0, 0).expect("reading the settings");
+    recorded.settings.flags &= !Settings::FLAG_SKIP_NARROW;
+    settings_map
+        .set(0, &recorded, 0)
+        .expect("writing the settings");
+
+    let mut again = Filter::open(pins.clone()).expect("open again");
+    assert_eq!(again.origin(), Origin::Adopted);
+    let report = again
+        .apply(&desired)
+        .expect("the same apply after re-adoption");
+    assert!(
+        report.words_written > 0,
+        "the adopted fast map is not trusted"
+    );
+    let words = read_fast(&pins);
+    assert_eq!(
+        words[fast_layout::CONFIG],
+        u64::from(desired.settings.flags),
+        "the settings are the config's, without the bench flag"
+    );
+    let set: u32 = words[bitmaps].iter().map(|w| w.count_ones()).sum();
+    assert!(
+        (1..100).contains(&set),
+        "the bitmaps hold the allowlist's few bits again, not {set}"
+    );
+    judge_allowlist(&again, "after the rewrite");
+}
+
+/// The pinned fast map's whole value, read with a heap buffer (aya's typed read would put its
+/// 2 MiB on the test thread's stack).
+fn read_fast(pins: &Pins) -> Vec<u64> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let map = MapData::from_pin(pins.map(map_names::FAST)).expect("the fast map is pinned");
+    let mut words = vec![0u64; fast_layout::WORDS];
+    let key = 0u32;
+    let attr = Attr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: words.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: BPF_MAP_LOOKUP_ELEM (1) with a live fd, a 4-byte key and a buffer of the whole
+    // value, all valid for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            1,
+            std::ptr::from_ref(&attr),
+            size_of::<Attr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "reading the fast map: {}",
+        std::io::Error::last_os_error()
+    );
+    words
 }
 
 /// Asserts that the pinned fast map is one the program `prog_id` reads.

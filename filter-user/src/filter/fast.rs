@@ -22,10 +22,9 @@ use std::{
 use aya::{maps::MapData, programs::Xdp};
 use filter_common::{Config, fast, map_names};
 
-use super::{FilterError, Phase, boxed, map_err};
+use super::{FilterError, boxed, map_err};
 
-/// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+/// `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 /// The element-operation part of `union bpf_attr`.
@@ -41,12 +40,35 @@ struct ElemAttr {
 /// The fast map of one loaded program.
 pub(super) struct FastMap {
     data: MapData,
+    /// Whether the map is known to hold exactly the value derived from the filter's record of
+    /// its state (the tries and the settings map), so that an update can tell which of its
+    /// writes would change nothing. Cleared while unknown: after re-adoption, during an
+    /// update, after the benchmark hook. Deriving the value costs less than reading 2 MiB
+    /// back, and keeping a copy would cost 2 MiB of the daemon's memory.
+    pub(super) trusted: bool,
 }
+
+// `with_config` and `phase_one` rely on the config coming first.
+const _: () = assert!(fast::CONFIG == 0);
 
 impl FastMap {
     /// The map the loader created for the program it just loaded (still all zeros).
     pub(super) fn loaded(data: MapData) -> Result<Self, FilterError> {
-        let fast = Self { data };
+        // The loader's handle keeps a copy of the section's initial bytes (all 2 MiB of zeros)
+        // for as long as it lives; a handle made from a duplicate of its fd does not.
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| map_err(map_names::FAST, "duplicating the fd", e))?;
+        drop(data);
+        let data = MapData::from_fd(fd).map_err(|e| map_err(map_names::FAST, "reopening", e))?;
+        let fast = Self {
+            data,
+            // All zeros, which is what an empty filter derives to only if the settings are
+            // zero too: `install_program` writes it before trusting it.
+            trusted: false,
+        };
         fast.check_size()?;
         Ok(fast)
     }
@@ -70,7 +92,10 @@ impl FastMap {
         if !uses.is_some_and(|ids| ids.contains(&id)) {
             return Ok(None);
         }
-        let fast = Self { data };
+        let fast = Self {
+            data,
+            trusted: false,
+        };
         fast.check_size()?;
         Ok(Some(fast))
     }
@@ -95,38 +120,68 @@ impl FastMap {
         Ok(())
     }
 
-    /// The map's words as the kernel holds them now.
-    pub(super) fn read(&self) -> Result<Vec<u64>, FilterError> {
-        let mut words = vec![0u64; fast::WORDS];
-        self.elem_op(BPF_MAP_LOOKUP_ELEM, words.as_mut_ptr())
-            .map_err(|e| map_err(map_names::FAST, "reading", e))?;
-        Ok(words)
-    }
-
-    /// Replaces the map's words with `words` ([`fast::WORDS`] of them).
-    pub(super) fn write(&self, words: &[u64]) -> Result<(), FilterError> {
+    /// Replaces the map's value with `words` ([`fast::WORDS`] of them).
+    fn write(&self, words: &[u64]) -> Result<(), FilterError> {
         assert_eq!(words.len(), fast::WORDS, "a whole fast-map value");
-        // The kernel only reads the value for an update.
-        self.elem_op(BPF_MAP_UPDATE_ELEM, words.as_ptr().cast_mut())
-            .map_err(|e| map_err(map_names::FAST, "writing", e))
+        let key = 0u32;
+        let attr = ElemAttr {
+            map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(&key) as u64,
+            value: words.as_ptr() as u64,
+            // BPF_ANY.
+            flags: 0,
+        };
+        // SAFETY: `attr` names a live map fd, a 4-byte key and a buffer of the map's whole
+        // value (its size checked in `check_size`), all valid for the duration of the call; the
+        // kernel only reads them. aya's typed `Array::set` would need the 2 MiB value as one
+        // Rust value, on the stack.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                std::ptr::from_ref(&attr),
+                size_of::<ElemAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(map_err(
+                map_names::FAST,
+                "writing",
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
-    /// One phase of an update towards `config` (the [`Config`] words) and `bitmaps` (a whole
-    /// value whose config region is ignored): phase 1 ORs the new bits in, phase 2 makes every
-    /// word exactly the new one. The settings word is set in phase 1 as it is. Returns the
-    /// words that changed; writes nothing if none did.
-    pub(super) fn update(
-        &self,
-        config: &[u64],
-        bitmaps: &[u64],
-        phase: Phase,
+    /// Writes `value`, a whole fast-map value.
+    pub(super) fn replace(&mut self, value: &[u64]) -> Result<(), FilterError> {
+        self.write(value)
+    }
+
+    /// Phase 1 of an update from `now` (what the map holds, if `trusted`) towards `new`:
+    /// turns `now` into their union (see [`phase_one`]) and writes it unless trusted and
+    /// unchanged. Returns the words that changed.
+    pub(super) fn add(
+        &mut self,
+        now: &mut [u64],
+        new: &[u64],
+        trusted: bool,
     ) -> Result<usize, FilterError> {
-        let mut words = self.read()?;
-        let written = merge(&mut words, config, bitmaps, phase);
-        if written > 0 {
-            self.write(&words)?;
+        let changed = phase_one(now, new);
+        if changed > 0 || !trusted {
+            self.write(now)?;
         }
-        Ok(written)
+        Ok(changed)
+    }
+
+    /// Phase 2: from `now` (what phase 1 left) to exactly `new`. Returns the words that changed.
+    pub(super) fn prune(&mut self, now: &[u64], new: &[u64]) -> Result<usize, FilterError> {
+        let changed = now.iter().zip(new).filter(|(a, b)| a != b).count();
+        if changed > 0 {
+            self.write(new)?;
+        }
+        Ok(changed)
     }
 
     /// Pins the map at `path`, replacing whatever was pinned there in one rename.
@@ -153,57 +208,25 @@ impl FastMap {
         })?;
         fs::rename(&staging, path).map_err(|e| pin_err("moving the fast map's pin to", e))
     }
-
-    fn elem_op(&self, cmd: libc::c_long, value: *mut u64) -> io::Result<()> {
-        let key = 0u32;
-        let attr = ElemAttr {
-            map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::from_ref(&key) as u64,
-            value: value as u64,
-            // BPF_ANY for an update; ignored by a lookup.
-            flags: 0,
-        };
-        // SAFETY: `attr` names a live map fd, a 4-byte key and a buffer of the map's whole
-        // value (checked in `check_size`), all valid for the duration of the call. aya has no
-        // call that reads or writes a value this large without putting it on the stack.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                std::ptr::from_ref(&attr),
-                size_of::<ElemAttr>(),
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
 }
 
-/// One phase of an update of fast-map `words` towards `config` (the [`Config`] words) and
-/// `bitmaps` (a whole value whose config region is ignored): phase 1 ORs every word but the
-/// settings word, which it sets; phase 2 sets every word. Returns the words that changed.
-fn merge(words: &mut [u64], config: &[u64], bitmaps: &[u64], phase: Phase) -> usize {
-    let mut written = 0;
-    for (at, word) in words.iter_mut().enumerate() {
-        let want = if (fast::CONFIG..fast::CONFIG + Config::WORDS).contains(&at) {
-            config[at - fast::CONFIG]
-        } else {
-            bitmaps[at]
-        };
-        let new = match phase {
-            Phase::Add if at != fast::CONFIG => *word | want,
-            _ => want,
-        };
-        if new != *word {
-            *word = new;
-            written += 1;
-        }
+/// A whole fast-map value: `bitmaps` (a value whose config region is ignored) with `config`
+/// (the [`Config`] words) in its config region.
+pub(super) fn with_config(mut bitmaps: Vec<u64>, config: &[u64]) -> Vec<u64> {
+    bitmaps[..Config::WORDS].copy_from_slice(config);
+    bitmaps
+}
+
+/// Makes `now` the value phase 1 of an update writes: every bit of `now` and of `new`, but
+/// `new`'s settings word (the flags are not a set to merge). Returns the words that changed.
+pub(super) fn phase_one(now: &mut [u64], new: &[u64]) -> usize {
+    let mut changed = usize::from(now[0] != new[0]);
+    now[0] = new[0];
+    for (word, &want) in now.iter_mut().zip(new).skip(1) {
+        changed += usize::from(*word | want != *word);
+        *word |= want;
     }
-    written
+    changed
 }
 
 #[cfg(test)]
@@ -211,7 +234,7 @@ mod tests {
     use super::*;
 
     /// A value with `settings` and one port word, and one word set in each bitmap region.
-    fn value(settings: u64, port: u64, bits: u64) -> (Vec<u64>, Vec<u64>) {
+    fn value(settings: u64, port: u64, bits: u64) -> Vec<u64> {
         let mut config = vec![0; Config::WORDS];
         config[0] = settings;
         config[1 + 443 / 64] = port;
@@ -224,48 +247,51 @@ mod tests {
         ] {
             bitmaps[at + 3] = bits;
         }
-        (config, bitmaps)
+        with_config(bitmaps, &config)
     }
 
     #[test]
-    fn phase_one_keeps_the_old_bits_and_sets_the_new_settings() {
-        let (old_config, old_bitmaps) = value(1, 0b01, 0b0011);
-        let mut words = vec![0; fast::WORDS];
-        merge(&mut words, &old_config, &old_bitmaps, Phase::Prune);
-        let (config, bitmaps) = value(0, 0b10, 0b0110);
+    fn phase_one_keeps_the_old_bits_and_takes_the_new_settings() {
+        let old = value(1, 0b01, 0b0011);
+        let new = value(0, 0b10, 0b0110);
 
-        let written = merge(&mut words, &config, &bitmaps, Phase::Add);
+        let mut union = old.clone();
+        let changed = phase_one(&mut union, &new);
 
-        assert_eq!(words[fast::CONFIG], 0, "settings are set, not ORed");
-        assert_eq!(words[fast::CONFIG + 1 + 443 / 64], 0b11, "ports are ORed");
+        assert_eq!(
+            union[fast::CONFIG],
+            0,
+            "settings are the new ones, not ORed"
+        );
+        assert_eq!(union[fast::CONFIG + 1 + 443 / 64], 0b11, "ports are ORed");
         for at in [
             fast::V4_COARSE,
             fast::V4_SUMMARY,
             fast::V6_COARSE,
             fast::V6_SUMMARY,
         ] {
-            assert_eq!(words[at + 3], 0b0111, "bitmap words are ORed at {at}");
+            assert_eq!(union[at + 3], 0b0111, "bitmap words are ORed at {at}");
         }
-        assert_eq!(written, 1 + 1 + 4, "only the words that changed count");
+        let differ = union.iter().zip(&old).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ,
+            1 + 1 + 4,
+            "only the settings, one port word, four bitmap words"
+        );
+        assert_eq!(changed, differ, "the count is of the words that changed");
     }
 
     #[test]
-    fn phase_two_leaves_exactly_the_new_state() {
-        let (old_config, old_bitmaps) = value(1, 0b01, 0b0011);
-        let mut words = vec![0; fast::WORDS];
-        merge(&mut words, &old_config, &old_bitmaps, Phase::Prune);
-        let (config, bitmaps) = value(1, 0b10, 0b0110);
-        merge(&mut words, &config, &bitmaps, Phase::Add);
+    fn the_config_goes_first_and_the_bitmaps_stay() {
+        let mut bitmaps = vec![0; fast::WORDS];
+        bitmaps[fast::V4_COARSE] = 7;
+        bitmaps[0] = 9;
+        let config: Vec<u64> = (0..Config::WORDS as u64).collect();
 
-        merge(&mut words, &config, &bitmaps, Phase::Prune);
+        let value = with_config(bitmaps, &config);
 
-        let mut want = bitmaps.clone();
-        want[fast::CONFIG..fast::CONFIG + Config::WORDS].copy_from_slice(&config);
-        assert_eq!(words, want);
-        assert_eq!(
-            merge(&mut words, &config, &bitmaps, Phase::Prune),
-            0,
-            "nothing left to do"
-        );
+        assert_eq!(&value[..Config::WORDS], &config[..]);
+        assert_eq!(value[fast::V4_COARSE], 7);
+        assert_eq!(value.len(), fast::WORDS);
     }
 }
