@@ -125,9 +125,10 @@ pub mod index {
         top >> (32 - V6_NARROW_BITS)
     }
 
-    /// Leading IPv6 address bits the summary and the coarse bitmap skip: every global unicast address starts with
-    /// `001` (2000::/3), so those bits would only waste seven eighths of the bitmap. Any
-    /// address still maps to a bit, so the summary stays a superset for every prefix.
+    /// Leading IPv6 address bits the summary and the coarse bitmap skip: every global unicast
+    /// address starts with `001` (2000::/3), so those bits would only waste seven eighths of
+    /// the bitmap. Any address still maps to a bit, so the summary stays a superset for every
+    /// prefix.
     pub const V6_SUMMARY_SKIP_BITS: u32 = 3;
 
     /// Word index and bit mask of the summary bit for `top` (the address's top 32 bits; for

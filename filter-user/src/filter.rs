@@ -14,8 +14,8 @@
 //!
 //! Allowlist updates never open a gap: [`Filter::apply`] first writes the union of the old and
 //! new state (trie inserts, narrow keys, index and bitmap words `old | new`, ports `old | new`),
-//! then removes what the new state lacks. A prefix present before and after is present at every instant in
-//! between.
+//! then removes what the new state lacks. A prefix present before and after is present at every
+//! instant in between.
 
 mod fast;
 mod narrow;
@@ -458,9 +458,10 @@ impl Filter {
     /// program, first on every link, atomically per link.
     ///
     /// Before anything can run the new program, its fast map (created zeroed with it) gets the
-    /// pinned settings, and every bitmap and the narrow map are brought up to the tries: a map
-    /// the older program did not have was just created empty, and the new program must not run
-    /// on it (it would refuse every source until the next [`Filter::apply`]).
+    /// pinned settings and the bitmaps of the tries, and the indexes and the narrow map are
+    /// brought up to the tries: a map the older program did not have was just created empty,
+    /// and the new program must not run on it (it would refuse every source until the next
+    /// [`Filter::apply`]). Pins of maps the new program does not use go after the replacement.
     fn install_program(&mut self) -> Result<(), FilterError> {
         let config = self.config_words()?;
         let mut derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
@@ -812,10 +813,10 @@ impl Filter {
         }
     }
 
-    /// Benchmark hook: sets every coarse and summary bit, marks every index block "partial" and sets
-    /// [`Settings::FLAG_SKIP_NARROW`], so each lookup walks the LPM trie as a plain-trie filter
-    /// would. Verdicts stay correct; only the fast path is gone until the next
-    /// [`Filter::apply`] with a changed set rewrites the words.
+    /// Benchmark hook: sets every coarse and summary bit, marks every index block "partial" and
+    /// sets [`Settings::FLAG_SKIP_NARROW`], so each lookup walks the LPM trie as a plain-trie
+    /// filter would. Verdicts stay correct; only the fast path is gone until the next
+    /// [`Filter::apply`] rewrites the words (the fast map in any case, index words it changes).
     #[doc(hidden)]
     pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
         let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
