@@ -83,17 +83,7 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     let _cleanup = Cleanup(pins.clone());
     let (ns_a, ns_b) = (NetNs::new("hw-pins-a"), NetNs::new("hw-pins-b"));
     let veth = VethPair::new(&ns_a, &[], &ns_b, &[]);
-    let desired = Desired {
-        v4: vec!["203.0.113.0/24".parse().expect("literal")],
-        // A /48 and a /29 behind partial /24 blocks: allowed only through the narrow map, the
-        // /29 through the last of the eight /32 keys it expands to.
-        v6: vec![
-            "2001:db8:1::/48".parse().expect("literal"),
-            "2001:dc0::/29".parse().expect("literal"),
-        ],
-        ports: vec![443],
-        settings: settings(true, false),
-    };
+    let desired = allowlist();
     let mut first = Filter::open(pins.clone()).expect("first open");
     first.apply(&desired).expect("first apply");
     ns_a.run(|| first.attach(std::slice::from_ref(&veth.a), AttachMode::Native))
@@ -150,15 +140,7 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
 fn a_pinned_program_whose_fast_map_pin_is_gone_is_replaced_not_adopted() {
     let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
     let _cleanup = Cleanup(pins.clone());
-    let desired = Desired {
-        v4: vec!["203.0.113.0/24".parse().expect("literal")],
-        v6: vec![
-            "2001:db8:1::/48".parse().expect("literal"),
-            "2001:dc0::/29".parse().expect("literal"),
-        ],
-        ports: vec![443],
-        settings: settings(true, false),
-    };
+    let desired = allowlist();
     let mut first = Filter::open(pins.clone()).expect("first open");
     first.apply(&desired).expect("first apply");
     let first_id = first.program().expect("program").info().expect("info").id();
@@ -191,15 +173,7 @@ fn a_pinned_program_whose_fast_map_pin_is_gone_is_replaced_not_adopted() {
 fn after_re_adoption_the_first_apply_rewrites_the_fast_map_even_with_nothing_changed() {
     let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
     let _cleanup = Cleanup(pins.clone());
-    let desired = Desired {
-        v4: vec!["203.0.113.0/24".parse().expect("literal")],
-        v6: vec![
-            "2001:db8:1::/48".parse().expect("literal"),
-            "2001:dc0::/29".parse().expect("literal"),
-        ],
-        ports: vec![443],
-        settings: settings(true, false),
-    };
+    let desired = allowlist();
     let mut first = Filter::open(pins.clone()).expect("first open");
     first.apply(&desired).expect("first apply");
     let report = first.apply(&desired).expect("the same apply again");
@@ -303,6 +277,21 @@ fn assert_fast_map_is_the_programs(pins: &Pins, prog_id: u32) {
         maps.contains(&fast_id),
         "program {prog_id} reads maps {maps:?}, not the pinned fast map {fast_id}"
     );
+}
+
+/// The allowlist [`judge_allowlist`] judges against, enforced on port 443.
+fn allowlist() -> Desired {
+    Desired {
+        v4: vec!["203.0.113.0/24".parse().expect("literal")],
+        // A /48 and a /29 behind partial /24 blocks: allowed only through the narrow map, the
+        // /29 through the last of the eight /32 keys it expands to.
+        v6: vec![
+            "2001:db8:1::/48".parse().expect("literal"),
+            "2001:dc0::/29".parse().expect("literal"),
+        ],
+        ports: vec![443],
+        settings: settings(true, false),
+    }
 }
 
 /// Runs the filter's program on frames to the protected port from an allowed and a refused
