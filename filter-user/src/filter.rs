@@ -22,6 +22,9 @@ mod narrow;
 
 use fast::FastMap;
 
+#[doc(hidden)]
+pub use fast::read_pinned as read_pinned_fast_map;
+
 pub use narrow::v6_narrow_keys;
 
 use std::{
@@ -503,12 +506,9 @@ impl Filter {
 
     /// The pinned settings map's words.
     fn config_words(&self) -> Result<Vec<u64>, FilterError> {
-        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
-        Ok(config
-            .words()
-            .iter()
-            .map(|w| w.load(Ordering::Acquire))
-            .collect())
+        Ok(load_words(
+            IndexMmap::map(&self.config, map_names::SETTINGS)?.words(),
+        ))
     }
 
     /// Writes one phase of `derived` to the indexes and the narrow map; returns the words and
@@ -621,9 +621,23 @@ impl Filter {
             return Err(too_many_narrow_keys(needed));
         }
 
+        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
+        if config.words().len() != Config::WORDS {
+            return Err(map_err(
+                map_names::SETTINGS,
+                "checking the size",
+                io::Error::other(format!(
+                    "{} words, not {}",
+                    config.words().len(),
+                    Config::WORDS
+                )),
+            ));
+        }
         // The fast map's value now (if trusted), and after phase 2.
-        let mut fast_now =
-            fast::with_config(fast_bitmaps(&self.v4, &self.v6), &self.config_words()?);
+        let mut fast_now = fast::with_config(
+            fast_bitmaps(&self.v4, &self.v6),
+            &load_words(config.words()),
+        );
         let settings = u64::from(desired.settings.flags);
         let new_config: Vec<u64> = std::iter::once(settings)
             .chain(new_ports.iter().copied())
@@ -649,18 +663,6 @@ impl Filter {
         self.v4.extend(new_v4.iter().copied());
         self.v6.extend(new_v6.iter().copied());
         notify(&mut self.observer, "tries: inserted");
-        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
-        if config.words().len() != Config::WORDS {
-            return Err(map_err(
-                map_names::SETTINGS,
-                "checking the size",
-                io::Error::other(format!(
-                    "{} words, not {}",
-                    config.words().len(),
-                    Config::WORDS
-                )),
-            ));
-        }
         let (settings_word, port_cells) = config.words().split_at(1);
         report.words_written += or_words(port_cells, &new_ports);
         // The flags are the low half of word 0; the reserved half is always 0.
@@ -1289,6 +1291,11 @@ fn update_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize
 /// Phase 2 for an index: every word becomes exactly `new`.
 fn prune_index(data: &MapData, name: &'static str, new: &[u64]) -> Result<usize, FilterError> {
     Ok(set_words(IndexMmap::map(data, name)?.words(), new))
+}
+
+/// The cells' values now.
+fn load_words(cells: &[AtomicU64]) -> Vec<u64> {
+    cells.iter().map(|w| w.load(Ordering::Acquire)).collect()
 }
 
 /// Makes every cell `old | new`, each with one atomic store; returns the cells written.

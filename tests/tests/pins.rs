@@ -4,10 +4,7 @@
 //! program is replaced in place, and from that instant the new one judges as the old one did,
 //! even when it reads maps the old one did not have.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _},
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
     maps::{Array, Map, MapData},
@@ -19,7 +16,7 @@ use aya::{
 use filter_common::{Config, Meta, Settings, fast as fast_layout, map_names};
 use hookwall::{
     config::AttachMode,
-    filter::{Desired, Filter, FilterError, Origin, Pins, detach},
+    filter::{Desired, Filter, FilterError, Origin, Pins, detach, read_pinned_fast_map},
 };
 use hookwall_tests::{
     XDP_DROP, XDP_PASS,
@@ -224,44 +221,9 @@ fn after_re_adoption_the_first_apply_rewrites_the_fast_map_even_with_nothing_cha
     judge_allowlist(&again, "after the rewrite");
 }
 
-/// The pinned fast map's whole value, read with a heap buffer (aya's typed read would put its
-/// 2 MiB on the test thread's stack).
+/// The pinned fast map's whole value.
 fn read_fast(pins: &Pins) -> Vec<u64> {
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let map = MapData::from_pin(pins.map(map_names::FAST)).expect("the fast map is pinned");
-    let mut words = vec![0u64; fast_layout::WORDS];
-    let key = 0u32;
-    let attr = Attr {
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(&key) as u64,
-        value: words.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    // SAFETY: BPF_MAP_LOOKUP_ELEM (1) with a live fd, a 4-byte key and a buffer of the whole
-    // value, all valid for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            1,
-            std::ptr::from_ref(&attr),
-            size_of::<Attr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "reading the fast map: {}",
-        std::io::Error::last_os_error()
-    );
-    words
+    read_pinned_fast_map(&pins.map(map_names::FAST)).expect("reading the pinned fast map")
 }
 
 /// Asserts that the pinned fast map is one the program `prog_id` reads.

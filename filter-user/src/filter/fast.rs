@@ -24,7 +24,8 @@ use filter_common::{Config, fast, map_names};
 
 use super::{FilterError, boxed, map_err};
 
-/// `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
+/// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 /// The element-operation part of `union bpf_attr`.
@@ -121,42 +122,11 @@ impl FastMap {
     }
 
     /// Replaces the map's value with `words` ([`fast::WORDS`] of them).
-    fn write(&self, words: &[u64]) -> Result<(), FilterError> {
+    pub(super) fn replace(&mut self, words: &[u64]) -> Result<(), FilterError> {
         assert_eq!(words.len(), fast::WORDS, "a whole fast-map value");
-        let key = 0u32;
-        let attr = ElemAttr {
-            map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::from_ref(&key) as u64,
-            value: words.as_ptr() as u64,
-            // BPF_ANY.
-            flags: 0,
-        };
-        // SAFETY: `attr` names a live map fd, a 4-byte key and a buffer of the map's whole
-        // value (its size checked in `check_size`), all valid for the duration of the call; the
-        // kernel only reads them. aya's typed `Array::set` would need the 2 MiB value as one
-        // Rust value, on the stack.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                std::ptr::from_ref(&attr),
-                size_of::<ElemAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(map_err(
-                map_names::FAST,
-                "writing",
-                io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Writes `value`, a whole fast-map value.
-    pub(super) fn replace(&mut self, value: &[u64]) -> Result<(), FilterError> {
-        self.write(value)
+        // The kernel only reads the value for an update.
+        elem_op(&self.data, BPF_MAP_UPDATE_ELEM, words.as_ptr().cast_mut())
+            .map_err(|e| map_err(map_names::FAST, "writing", e))
     }
 
     /// Phase 1 of an update from `now` (what the map holds, if `trusted`) towards `new`:
@@ -170,7 +140,7 @@ impl FastMap {
     ) -> Result<usize, FilterError> {
         let changed = phase_one(now, new);
         if changed > 0 || !trusted {
-            self.write(now)?;
+            self.replace(now)?;
         }
         Ok(changed)
     }
@@ -179,7 +149,7 @@ impl FastMap {
     pub(super) fn prune(&mut self, now: &[u64], new: &[u64]) -> Result<usize, FilterError> {
         let changed = now.iter().zip(new).filter(|(a, b)| a != b).count();
         if changed > 0 {
-            self.write(new)?;
+            self.replace(new)?;
         }
         Ok(changed)
     }
@@ -207,6 +177,51 @@ impl FastMap {
             source: boxed(e),
         })?;
         fs::rename(&staging, path).map_err(|e| pin_err("moving the fast map's pin to", e))
+    }
+}
+
+/// The whole value of the fast map pinned at `path`: a diagnostic for tests, which cannot read
+/// it with aya's typed `Array::get` (that would put its 2 MiB on the stack).
+pub fn read_pinned(path: &Path) -> Result<Vec<u64>, FilterError> {
+    let data =
+        MapData::from_pin(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
+    let fast = FastMap {
+        data,
+        trusted: false,
+    };
+    fast.check_size()?;
+    let mut words = vec![0u64; fast::WORDS];
+    elem_op(&fast.data, BPF_MAP_LOOKUP_ELEM, words.as_mut_ptr())
+        .map_err(|e| map_err(map_names::FAST, "reading", e))?;
+    Ok(words)
+}
+
+/// `cmd` on the single element of `map`, whose whole value `value` points to: aya's typed calls
+/// would need the 2 MiB value as one Rust value, on the stack.
+fn elem_op(map: &MapData, cmd: libc::c_long, value: *mut u64) -> io::Result<()> {
+    let key = 0u32;
+    let attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: value as u64,
+        // BPF_ANY for an update; ignored by a lookup.
+        flags: 0,
+    };
+    // SAFETY: `attr` names a live map fd, a 4-byte key and a buffer of the map's whole value
+    // (every caller checked the map's size), all valid for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_ref(&attr),
+            size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
