@@ -21,9 +21,9 @@ pub mod map_names {
     pub const FAST: &str = "HW_FAST";
     /// The object's section (and the loader's name for the map) behind [`FAST`].
     pub const FAST_SECTION: &str = ".bss.hw_fast";
-    /// IPv6 second level behind the index's "partial" answer, `HashMap<u32, u8>` keyed by the
-    /// source's top 32 bits; see [`crate::index::V6_NARROW_BITS`].
-    pub const V6_NARROW: &str = "HW_V6_NARROW";
+    /// IPv6 second level behind the index's "partial" answer: a bitmap of the /32s long
+    /// prefixes touch, `Array<u64>` (mmap-able); see [`crate::index::narrow_locate`].
+    pub const V6_NARROW: &str = "HW_V6_NARROW_BM";
     /// One [`crate::Config`] at index 0 (mmap-able): the mode flags and the protected ports.
     /// The program reads the copy in [`FAST`]; this pinned map is the record that outlives a
     /// program replacement and that `hookwall status` reads.
@@ -47,16 +47,6 @@ pub const MAX_PREFIXES: u32 = 1 << 20;
 /// Largest number of prefixes per family an allowlist may hold: half of [`MAX_PREFIXES`],
 /// because during a reload the tries hold the old and the new prefixes together.
 pub const MAX_ALLOWED_PREFIXES: u32 = MAX_PREFIXES / 2;
-
-/// Entries of the IPv6 narrow map ([`map_names::V6_NARROW`]). Allocated on demand
-/// (`BPF_F_NO_PREALLOC`); the kernel still allocates a bucket array of 16 bytes per entry
-/// (8 MiB) up front.
-pub const V6_NARROW_ENTRIES: u32 = 1 << 19;
-
-/// Largest number of narrow keys (distinct /32s touched by IPv6 prefixes longer than the
-/// index's blocks) an allowlist may need: half of [`V6_NARROW_ENTRIES`], for the same reason as
-/// [`MAX_ALLOWED_PREFIXES`].
-pub const MAX_V6_NARROW_KEYS: u32 = V6_NARROW_ENTRIES / 2;
 
 /// Number of `u64` words in the protected-ports bitmap (65536 bits).
 pub const PORT_WORDS: u32 = 65536 / 64;
@@ -110,19 +100,40 @@ pub mod index {
     /// Words in the IPv6 coarse bitmap.
     pub const V6_COARSE_WORDS: u32 = 1 << (V6_COARSE_BITS - 6);
 
-    /// Behind an IPv6 block marked "partial", a hash of every /32 that an allowed prefix longer
-    /// than the block touches (a /25 to /31 touches 128 to 2 of them, a /32 or longer one): a
-    /// source whose /32 is not there is refused without walking the LPM trie. With many long
-    /// prefixes spread over the space, about one random source in a hundred lands in a partial
-    /// block, and nearly all of those in a /32 with no allowed prefix.
+    /// Behind an IPv6 block marked "partial", the narrow bitmap: a bit for every /32 that an
+    /// allowed prefix longer than the block touches (a /25 to /31 touches 128 to 2 of them, a
+    /// /32 or longer one), so that a source whose /32 has no bit is refused without walking the
+    /// LPM trie. With many long prefixes spread over the space, about one random source in a
+    /// hundred lands in a partial block, and nearly all of those in a /32 with no allowed
+    /// prefix.
+    ///
+    /// The 2^32 /32s share [`V6_NARROW_MAP_BITS`] bits by a multiplicative hash: a /32 that
+    /// shares a bit with an allowed one merely asks the trie, which decides exactly. An array
+    /// read, where a hash map cost a helper call and a hash; and no limit on the number of
+    /// /32s (more only means more sources ask the trie).
     pub const V6_NARROW_BITS: u32 = 32;
+    /// log2 of the bits in the narrow bitmap: 2^23 bits, 1 MiB. With 100,000 long prefixes
+    /// (at most a few hundred thousand /32s) a few percent of the bits are set.
+    pub const V6_NARROW_MAP_BITS: u32 = 23;
+    /// Words in the narrow bitmap.
+    pub const V6_NARROW_WORDS: u32 = 1 << (V6_NARROW_MAP_BITS - 6);
 
-    /// The narrow-map key of `top` (the address's top 32 bits, host order): its
+    /// The narrow key of `top` (the address's top 32 bits, host order): its
     /// [`V6_NARROW_BITS`]-bit block number.
     #[inline(always)]
     #[must_use]
     pub const fn narrow_key(top: u32) -> u32 {
         top >> (32 - V6_NARROW_BITS)
+    }
+
+    /// Word index and bit mask of narrow key `key` in the narrow bitmap. Fibonacci hashing
+    /// (multiply by 2^32 / golden ratio, keep the top bits) spreads the consecutive /32s of a
+    /// /25 over the whole bitmap.
+    #[inline(always)]
+    #[must_use]
+    pub const fn narrow_locate(key: u32) -> (u32, u64) {
+        let bit = key.wrapping_mul(0x9E37_79B9) >> (32 - V6_NARROW_MAP_BITS);
+        (bit >> 6, 1 << (bit & 63))
     }
 
     /// Leading IPv6 address bits the summary and the coarse bitmap skip: every global unicast
@@ -212,7 +223,7 @@ impl Settings {
     pub const FLAG_ENFORCE: u32 = 1;
     /// Judge non-first fragments by their source (they carry no port).
     pub const FLAG_STRICT_FRAGMENTS: u32 = 2;
-    /// Benchmark only: skip the IPv6 narrow map, so that every partial block asks the trie
+    /// Benchmark only: skip the IPv6 narrow bitmap, so that every partial block asks the trie
     /// (the plain-trie baseline). Never set by a config.
     pub const FLAG_SKIP_NARROW: u32 = 4;
 }

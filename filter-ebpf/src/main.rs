@@ -24,18 +24,15 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
-    Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, V6_NARROW_ENTRIES, fast,
-    index,
+    Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, fast, index,
 };
 
 /// `BPF_F_MMAPABLE`: userspace updates the bitmaps with plain atomic stores.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
-/// `BPF_F_NO_PREALLOC`: hash entries are allocated as inserted, not all up front.
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "HW_V4_TRIE")]
 static V4_TRIE: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
@@ -45,8 +42,8 @@ static V6_TRIE: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_PREFIXES, 0);
 static V4_INDEX: Array<u64> = Array::pinned(index::V4_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_V6_INDEX")]
 static V6_INDEX: Array<u64> = Array::pinned(index::V6_WORDS, BPF_F_MMAPABLE);
-#[map(name = "HW_V6_NARROW")]
-static V6_NARROW: HashMap<u32, u8> = HashMap::pinned(V6_NARROW_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "HW_V6_NARROW_BM")]
+static V6_NARROW: Array<u64> = Array::pinned(index::V6_NARROW_WORDS, BPF_F_MMAPABLE);
 #[map(name = "HW_COUNTERS")]
 static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
 // Used by userspace only; declared here so they are created and pinned with the rest.
@@ -478,7 +475,7 @@ fn v4_allowed(src: [u8; 4]) -> bool {
 }
 
 /// As [`v4_allowed`], with one more level before the trie: a partial block's source whose /32
-/// no long prefix touches is refused from the narrow hash.
+/// has no bit in the narrow bitmap is refused without the trie.
 #[inline(always)]
 fn v6_allowed(src: &[u8; 16]) -> bool {
     let top = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
@@ -498,12 +495,13 @@ fn v6_allowed(src: &[u8; 16]) -> bool {
     if w & index::partial_bit(bit) == 0 {
         return false;
     }
-    // Only the key's presence is read, never the value. The flag (benchmark only) is tested
-    // first so the plain-trie baseline pays no hash lookup; the settings word is hot.
-    if flags() & Settings::FLAG_SKIP_NARROW == 0
-        && V6_NARROW.get_ptr(&index::narrow_key(top)).is_none()
-    {
-        return false;
+    // The flag (benchmark only) is tested first so the plain-trie baseline pays no narrow
+    // read; the settings word is hot.
+    if flags() & Settings::FLAG_SKIP_NARROW == 0 {
+        let (word, mask) = index::narrow_locate(index::narrow_key(top));
+        if V6_NARROW.get(word).is_none_or(|&w| w & mask == 0) {
+            return false;
+        }
     }
     V6_TRIE.get(&Key::new(128, *src)).is_some()
 }

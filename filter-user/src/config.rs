@@ -25,14 +25,14 @@ use std::{
     time::Duration,
 };
 
-use filter_common::{MAX_ALLOWED_PREFIXES, MAX_V6_NARROW_KEYS};
+use filter_common::MAX_ALLOWED_PREFIXES;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use toml::de::{DeTable, DeValue};
 
 use crate::{
     allowlist::{self, Allowlist, Entry, Source},
-    filter, presets,
+    presets,
 };
 
 /// Where `hookwall run` and `hookwall check` look without `-c`.
@@ -1813,17 +1813,6 @@ impl Checker<'_> {
                     ),
                 );
             }
-        }
-        let limit = MAX_V6_NARROW_KEYS as usize;
-        if let Err(needed) = filter::v6_narrow_keys(&allowlist.v6, limit) {
-            self.error(
-                &key,
-                format!(
-                    "the IPv6 prefixes longer than /24 touch at least {needed} distinct /32s, more \
-                     than the {limit} the filter can load (a /25 counts 128, a /32 or longer \
-                     one): merge them into /24s or shorter prefixes, or list fewer"
-                ),
-            );
         }
     }
 
@@ -4561,32 +4550,15 @@ tolerance_seconds = 300
     }
 
     #[test]
-    fn an_allowlist_over_the_narrow_map_limit_is_refused_at_allow_with_the_fix() {
+    fn many_long_ipv6_prefixes_load_whatever_the_slash_32s_they_touch() {
+        // 4096 /25s touch 524,288 /32s: the narrow bitmap has no limit on them (the hash it
+        // replaced refused more than 262,144).
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("hookwall.toml");
         let text = lines(&["[allow]", "files = [\"long.txt\"]"]);
-        // Each /25 needs 128 narrow keys: the limit holds exactly this many of them.
-        let fits = MAX_V6_NARROW_KEYS / 128;
-        std::fs::write(dir.path().join("long.txt"), slash_25s(fits)).unwrap();
+        std::fs::write(dir.path().join("long.txt"), slash_25s(4096)).unwrap();
         let config = parse_with(&config_path, &text, &host()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.allowlist.v6.len(), fits as usize);
-
-        std::fs::write(dir.path().join("long.txt"), slash_25s(fits + 1)).unwrap();
-        let errors = parse_with(&config_path, &text, &host()).unwrap_err().0;
-        assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
-        let error = &errors[0];
-        assert_eq!(error.file, config_path);
-        assert_eq!(error.key.as_deref(), Some("allow"));
-        for part in [
-            "distinct /32s",
-            &MAX_V6_NARROW_KEYS.to_string(),
-            "merge them",
-        ] {
-            assert!(
-                error.message.contains(part),
-                "{part:?} missing from: {error}"
-            );
-        }
+        assert_eq!(config.allowlist.v6.len(), 4096);
     }
 
     // --- [server] and [metrics] errors ---

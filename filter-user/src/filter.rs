@@ -13,7 +13,7 @@
 //! detach`) is what removes the program from an interface.
 //!
 //! Allowlist updates never open a gap: [`Filter::apply`] first writes the union of the old and
-//! new state (trie inserts, narrow keys, index and bitmap words `old | new`, ports `old | new`),
+//! new state (trie inserts, index, narrow and bitmap words `old | new`, ports `old | new`),
 //! then removes what the new state lacks. A prefix present before and after is present at every
 //! instant in between.
 
@@ -25,7 +25,7 @@ use fast::FastMap;
 #[doc(hidden)]
 pub use fast::read_pinned as read_pinned_fast_map;
 
-pub use narrow::v6_narrow_keys;
+use narrow::v6_narrow_words;
 
 use std::{
     collections::BTreeSet,
@@ -40,7 +40,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -49,7 +49,7 @@ use aya::{
 };
 use filter_common::{
     Config, Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, PROGRAM_NAME, Settings,
-    V6_NARROW_ENTRIES, fast as fast_layout, index, map_names,
+    fast as fast_layout, index, map_names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::{Digest as _, Sha256};
@@ -284,7 +284,7 @@ pub struct ApplyReport {
     pub inserted: usize,
     /// Prefixes removed from the tries.
     pub removed: usize,
-    /// Bitmap and port words written, and narrow keys inserted or removed.
+    /// Index, bitmap and port words written.
     pub words_written: usize,
     /// Wall time of the whole update.
     pub elapsed: Duration,
@@ -313,8 +313,8 @@ pub struct Filter {
     /// The program's fast map: its copy of the settings and ports, and the coarse bitmaps and
     /// summaries derived from the tries.
     fast: FastMap,
-    /// The IPv6 narrow map, derived from the IPv6 trie like the bitmaps.
-    v6_narrow: narrow::Narrow,
+    /// The IPv6 narrow bitmap, derived from the IPv6 trie like the indexes.
+    v6_narrow: MapData,
     /// The pinned record of the [`Config`] (the mode and the ports), written word by word
     /// through a mapping; the program reads the copy in [`Filter::fast`].
     config: MapData,
@@ -334,11 +334,12 @@ pub struct Filter {
 pub type Observer = Box<dyn FnMut(&'static str) + Send>;
 
 /// The state derived from the tries: the index words in [`INDEXES`] order, the fast map's
-/// bitmaps (a whole fast-map value whose config region is left zero) and the IPv6 narrow keys.
+/// bitmaps (a whole fast-map value whose config region is left zero) and the IPv6 narrow
+/// bitmap.
 struct Derived {
     indexes: [Vec<u64>; INDEXES.len()],
     fast: Vec<u64>,
-    v6_narrow: BTreeSet<u32>,
+    v6_narrow: Vec<u64>,
 }
 
 /// Which half of a no-gap update [`Filter::write_derived`] performs.
@@ -434,10 +435,7 @@ impl Filter {
             v6_trie: take_map(&mut ebpf, map_names::V6_TRIE)?,
             indexes,
             fast,
-            v6_narrow: narrow::Narrow::open(take_map::<HashMap<MapData, u32, u8>>(
-                &mut ebpf,
-                map_names::V6_NARROW,
-            )?)?,
+            v6_narrow: take_map_data(&mut ebpf, map_names::V6_NARROW)?,
             config: take_map_data(&mut ebpf, map_names::SETTINGS)?,
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             meta,
@@ -461,13 +459,13 @@ impl Filter {
     /// program, first on every link, atomically per link.
     ///
     /// Before anything can run the new program, its fast map (created zeroed with it) gets the
-    /// pinned settings and the bitmaps of the tries, and the indexes and the narrow map are
+    /// pinned settings and the bitmaps of the tries, and the indexes and the narrow bitmap are
     /// brought up to the tries: a map the older program did not have was just created empty,
     /// and the new program must not run on it (it would refuse every source until the next
     /// [`Filter::apply`]). Pins of maps the new program does not use go after the replacement.
     fn install_program(&mut self) -> Result<(), FilterError> {
         let config = self.config_words()?;
-        let mut derived = derived(&self.v4, &self.v6, V6_NARROW_ENTRIES as usize)?;
+        let mut derived = derived(&self.v4, &self.v6);
         let value = fast::with_config(std::mem::take(&mut derived.fast), &config);
         self.write_derived(&derived, Phase::Add)?;
         self.fast.replace(&value)?;
@@ -511,30 +509,31 @@ impl Filter {
         ))
     }
 
-    /// Writes one phase of `derived` to the indexes and the narrow map; returns the words and
-    /// keys that changed. The caller writes the fast map: after this in phase 1, before it in
+    /// Writes one phase of `derived` to the indexes and the narrow bitmap; returns the words
+    /// that changed. The caller writes the fast map: after this in phase 1, before it in
     /// phase 2.
     ///
-    /// The narrow keys are added before any index word can call a block partial, and removed
+    /// The narrow bits are added before any index word can call a block partial, and removed
     /// only after the index words no longer do (a source whose block the index calls full never
-    /// reaches the narrow map, so a key is needed exactly while its block is partial).
+    /// reaches the narrow bitmap, so a bit is needed exactly while its block is partial).
     fn write_derived(&mut self, derived: &Derived, phase: Phase) -> Result<usize, FilterError> {
-        let mut written = 0;
-        if let Phase::Add = phase {
-            written += self.v6_narrow.add(&derived.v6_narrow)?;
-            notify(&mut self.observer, map_names::V6_NARROW);
-        }
         let write = match phase {
             Phase::Add => update_index,
             Phase::Prune => prune_index,
         };
-        for ((data, name), words) in self.indexes.iter().zip(INDEXES).zip(&derived.indexes) {
+        let narrow = (&self.v6_narrow, map_names::V6_NARROW, &derived.v6_narrow);
+        let indexes = self.indexes.iter().zip(INDEXES).zip(&derived.indexes);
+        let mut steps: Vec<_> = indexes
+            .map(|((data, name), words)| (data, name, words))
+            .collect();
+        match phase {
+            Phase::Add => steps.insert(0, narrow),
+            Phase::Prune => steps.push(narrow),
+        }
+        let mut written = 0;
+        for (data, name, words) in steps {
             written += write(data, name, words)?;
             notify(&mut self.observer, name);
-        }
-        if let Phase::Prune = phase {
-            written += self.v6_narrow.prune(&derived.v6_narrow)?;
-            notify(&mut self.observer, map_names::V6_NARROW);
         }
         Ok(written)
     }
@@ -600,7 +599,7 @@ impl Filter {
         let mut report = ApplyReport::default();
         let new_v4: BTreeSet<Ipv4Net> = desired.v4.iter().map(Ipv4Net::trunc).collect();
         let new_v6: BTreeSet<Ipv6Net> = desired.v6.iter().map(Ipv6Net::trunc).collect();
-        let mut derived = derived(&new_v4, &new_v6, V6_NARROW_ENTRIES as usize)?;
+        let mut derived = derived(&new_v4, &new_v6);
         let new_ports = port_words(&desired.ports);
         // Refuse before writing anything what phase 1 could not hold: old ∪ new.
         let limit = MAX_PREFIXES as usize;
@@ -615,10 +614,6 @@ impl Filter {
                     limit,
                 });
             }
-        }
-        let needed = self.v6_narrow.union_len(&derived.v6_narrow);
-        if needed > V6_NARROW_ENTRIES as usize {
-            return Err(too_many_narrow_keys(needed));
         }
 
         let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
@@ -1067,11 +1062,13 @@ const INDEXES: [&str; 2] = [map_names::V4_INDEX, map_names::V6_INDEX];
 
 /// Pins of maps an older hookwall had and this one does not (its bitmaps now live in the fast
 /// map): removed once the program that read them is replaced.
-const RETIRED_MAPS: [&str; 4] = [
+const RETIRED_MAPS: [&str; 5] = [
     "HW_V4_SUMMARY",
     "HW_V6_SUMMARY",
     "HW_V4_COARSE",
     "HW_V6_COARSE",
+    // The narrow map when it was a hash (now the bitmap `HW_V6_NARROW_BM`).
+    "HW_V6_NARROW",
 ];
 
 /// Calls the apply observer, if any, after the step `what`.
@@ -1081,26 +1078,13 @@ fn notify(observer: &mut Option<Observer>, what: &'static str) {
     }
 }
 
-/// The state derived from a set of prefixes; refused if it needs more than `narrow_limit`
-/// narrow keys.
-fn derived(
-    v4: &BTreeSet<Ipv4Net>,
-    v6: &BTreeSet<Ipv6Net>,
-    narrow_limit: usize,
-) -> Result<Derived, FilterError> {
+/// The state derived from a set of prefixes.
+fn derived(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> Derived {
     let (indexes, fast) = bitmap_words(v4, v6);
-    Ok(Derived {
+    Derived {
         indexes,
         fast,
-        v6_narrow: v6_narrow_keys(v6, narrow_limit).map_err(too_many_narrow_keys)?,
-    })
-}
-
-fn too_many_narrow_keys(needed: usize) -> FilterError {
-    FilterError::TooLarge {
-        what: "distinct /32s under IPv6 prefixes longer than /24",
-        needed,
-        limit: V6_NARROW_ENTRIES as usize,
+        v6_narrow: v6_narrow_words(v6),
     }
 }
 

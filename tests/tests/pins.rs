@@ -88,7 +88,7 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     drop(first);
 
     // Make the pins look like an older hookwall's: another object hash in META, and without
-    // the fast map and the narrow map, which that version did not have.
+    // the fast map and the narrow bitmap, which that version did not have.
     let mut meta: Array<MapData, Meta> = Array::try_from(Map::Array(
         MapData::from_pin(pins.map(map_names::META)).expect("META"),
     ))
@@ -99,12 +99,15 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     for name in [map_names::FAST, map_names::V6_NARROW] {
         std::fs::remove_file(pins.map(name)).expect("unpinning a map the old version lacked");
     }
-    // And with a map that version had and this one does not: its pin goes with the program.
-    let retired = pins.map("HW_V4_SUMMARY");
-    Array::<MapData, u64>::create(1, 0)
-        .expect("creating a stand-in for a retired map")
-        .pin(&retired)
-        .expect("pinning it");
+    // And with maps that version had and this one does not (a bitmap now in the fast map, the
+    // narrow hash now a bitmap): their pins go with the program.
+    let retired = ["HW_V4_SUMMARY", "HW_V6_NARROW"].map(|name| pins.map(name));
+    for path in &retired {
+        Array::<MapData, u64>::create(1, 0)
+            .expect("creating a stand-in for a retired map")
+            .pin(path)
+            .expect("pinning it");
+    }
 
     // Open alone (no apply yet) replaces the program on the link: from that moment the new
     // program is in force and must already let the allowed sources through.
@@ -126,7 +129,13 @@ fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     );
     judge_allowlist(&filter, "right after the replacement");
     assert_fast_map_is_the_programs(&pins, prog_id);
-    assert!(!retired.exists(), "the retired map's pin is removed");
+    for path in &retired {
+        assert!(
+            !path.exists(),
+            "the retired map's pin {} is removed",
+            path.display()
+        );
+    }
     filter.apply(&desired).expect("apply after the replacement");
     judge_allowlist(&filter, "after the next apply");
     drop(filter);
@@ -245,7 +254,7 @@ fn assert_fast_map_is_the_programs(pins: &Pins, prog_id: u32) {
 fn allowlist() -> Desired {
     Desired {
         v4: vec!["203.0.113.0/24".parse().expect("literal")],
-        // A /48 and a /29 behind partial /24 blocks: allowed only through the narrow map, the
+        // A /48 and a /29 behind partial /24 blocks: allowed only through the narrow bitmap, the
         // /29 through the last of the eight /32 keys it expands to.
         v6: vec![
             "2001:db8:1::/48".parse().expect("literal"),

@@ -130,7 +130,7 @@ fn v6net() -> impl Strategy<Value = Ipv6Net> {
         any::<u128>()
     ];
     // Besides the usual lengths, /24 to /33 often: around the index's blocks and the narrow
-    // map's /32 keys, where a /25 to /31 must expand to every /32 it covers. High bits vary
+    // bitmap's /32s, where a /25 to /31 must expand to every /32 it covers. High bits vary
     // too, so such prefixes land anywhere.
     let len = prop_oneof![3 => prefix_len(128), 1 => 24..=33u8];
     let high = prop_oneof![3 => Just(0u128), 1 => (0..256u128).prop_map(|b| b << 96)];

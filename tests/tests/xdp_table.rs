@@ -652,7 +652,7 @@ fn ipv4_prefix_boundaries_from_slash_0_to_slash_32() {
 #[test]
 #[rustfmt::skip]
 fn ipv6_prefix_boundaries_from_slash_0_to_slash_128() {
-    // /25 to /31 sit between the index's /24 blocks and the narrow map's /32 keys: their
+    // /25 to /31 sit between the index's /24 blocks and the narrow bitmap's /32s: their
     // last address is in the last of the /32s they expand to.
     let nets: [Ipv6Net; 13] = [
         "::/0",
@@ -701,7 +701,7 @@ fn ipv6_prefix_boundaries_from_slash_0_to_slash_128() {
             }
         }
         // A source in the same /24 block as the prefix but in a /32 it does not touch: the
-        // narrow map refuses it without the trie.
+        // narrow bitmap refuses it without the trie (or, if its bit is shared, the trie).
         let other_slash_32 = Ipv6Addr::from(first ^ (1u128 << 96));
         if net.prefix_len() > 32 {
             t.row(&format!("{net}: {other_slash_32} in the same /24, another /32, is dropped"), Packet::v6(other_slash_32, L4::tcp(HTTPS)).to_bytes(), DROP, DropNotAllowed);
@@ -712,8 +712,36 @@ fn ipv6_prefix_boundaries_from_slash_0_to_slash_128() {
     eprintln!("ipv6 prefixes: {rows} rows");
 }
 
+/// Thousands of /25s touch more /32s than the narrow hash of earlier versions held (262,144):
+/// the narrow bitmap takes them all, and every /25 still lets its own sources through and
+/// refuses the /25 beside it.
+#[test]
+#[rustfmt::skip]
+fn many_ipv6_slash_25s_all_pass_and_their_neighbours_are_dropped() {
+    const COUNT: u32 = 4096;
+    // Every other /25 of 2000::/13, so that none merge: /25 number 2i is allowed.
+    let slash_25 = |i: u32| u128::from(0x2000_0000u32 + (i << 7)) << 96;
+    let v6: Vec<Ipv6Net> = (0..COUNT)
+        .map(|i| Ipv6Net::new(Ipv6Addr::from(slash_25(2 * i)), 25).unwrap())
+        .collect();
+    let desired = Desired { v4: vec![], v6, ports: vec![HTTPS], settings: settings(true, false) };
+    let mut tf = TestFilter::new(&desired);
+    use Counter::*;
+    let mut t = Table::default();
+    for i in [0, 1, COUNT / 2, COUNT - 1] {
+        let allowed = slash_25(2 * i);
+        for (what, src) in [("first", allowed), ("last", allowed + (1u128 << 103) - 1), ("in its last /32", allowed + (127u128 << 96) + 9)] {
+            let src = Ipv6Addr::from(src);
+            t.row(&format!("/25 #{i}: {what} address {src} passes"), Packet::v6(src, L4::tcp(HTTPS)).to_bytes(), PASS, PassAllowed);
+        }
+        let beside = Ipv6Addr::from(slash_25(2 * i + 1) + 7);
+        t.row(&format!("/25 #{i}: {beside} in the /25 beside it is dropped"), Packet::v6(beside, L4::tcp(HTTPS)).to_bytes(), DROP, DropNotAllowed);
+    }
+    check(&mut tf, &desired, &t);
+}
+
 /// Reloads between allowlists whose lookups take different levels (a /24 the index calls full,
-/// long prefixes behind a partial block and the narrow map, /25s to /31s that expand to several
+/// long prefixes behind a partial block and the narrow bitmap, /25s to /31s that expand to several
 /// /32s), judging probe sources after every step of each apply: a source allowed before and
 /// after must pass at every step, one allowed by neither must be dropped at every step.
 #[test]
@@ -822,7 +850,7 @@ fn reloads_keep_every_source_allowed_before_and_after_at_every_step() {
         let steps = steps.lock().unwrap();
         assert!(
             steps.contains(&filter_common::map_names::V6_NARROW),
-            "the narrow map is among the steps observed: {steps:?}"
+            "the narrow bitmap is among the steps observed: {steps:?}"
         );
         let failures = failures.lock().unwrap();
         assert!(
@@ -834,8 +862,8 @@ fn reloads_keep_every_source_allowed_before_and_after_at_every_step() {
     }
 }
 
-/// The benchmark's plain-trie mode (every block partial, the narrow map skipped) must judge as
-/// the filter does, including sources allowed by prefixes the narrow map never holds (/24 and
+/// The benchmark's plain-trie mode (every block partial, the narrow bitmap skipped) must judge as
+/// the filter does, including sources allowed by prefixes the narrow bitmap never holds (/24 and
 /// shorter), which without the skip flag it would refuse.
 #[test]
 #[rustfmt::skip]

@@ -1,115 +1,77 @@
-//! The IPv6 narrow map: the /32s behind the index's partial blocks (see
-//! [`filter_common::index::V6_NARROW_BITS`]), and the two phases that bring it to a set of keys.
-//!
-//! The daemon is the map's only writer; [`Narrow`] mirrors what it holds, read back from the
-//! kernel when the filter is opened, so a restart (or an apply cut short) starts from the truth.
+//! The IPv6 narrow bitmap: the /32s behind the index's partial blocks (see
+//! [`filter_common::index::V6_NARROW_BITS`]), derived from the IPv6 prefixes like the index and
+//! written in the same two phases.
 
-use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 
-use aya::maps::{HashMap, MapData};
-use filter_common::{index, map_names};
+use filter_common::index;
 use ipnet::Ipv6Net;
 
-use super::{FilterError, map_err, v6_top};
+use super::v6_top;
 
-/// The narrow keys of `nets`: every /32 touched by a prefix longer than the index's blocks
-/// (a /25 to /31 touches 128 to 2 of them, a /32 or longer one). Prefixes of the block's
-/// length or shorter are answered "full" by the index and need none.
-///
-/// Stops and returns `Err(limit + 1)` as soon as there are more than `limit` keys, so that a
-/// config of a million /25s costs no more memory than the limit.
-pub fn v6_narrow_keys<'a>(
-    nets: impl IntoIterator<Item = &'a Ipv6Net>,
-    limit: usize,
-) -> Result<BTreeSet<u32>, usize> {
-    let mut keys = BTreeSet::new();
-    for net in nets {
-        let len = u32::from(net.prefix_len());
-        if len <= index::V6_BLOCK_BITS {
-            continue;
-        }
-        let span = index::V6_NARROW_BITS.saturating_sub(len);
-        let first = index::narrow_key(v6_top(net.network())) & !((1u32 << span) - 1);
-        // Inclusive: the last /32 of the space is key u32::MAX.
-        for key in first..=first + ((1u32 << span) - 1) {
-            keys.insert(key);
-            if keys.len() > limit {
-                return Err(limit + 1);
-            }
-        }
+/// The narrow keys of `net`: every /32 it touches when it is longer than the index's blocks
+/// (a /25 to /31 touches 128 to 2 of them, a /32 or longer one); none for a prefix of the
+/// block's length or shorter, which the index answers "full".
+#[must_use]
+pub fn v6_narrow_keys(net: &Ipv6Net) -> Option<RangeInclusive<u32>> {
+    let len = u32::from(net.prefix_len());
+    if len <= index::V6_BLOCK_BITS {
+        return None;
     }
-    Ok(keys)
+    let span = index::V6_NARROW_BITS.saturating_sub(len);
+    let first = index::narrow_key(v6_top(net.network())) & !((1u32 << span) - 1);
+    // Inclusive: the last /32 of the space is key u32::MAX.
+    Some(first..=first + ((1u32 << span) - 1))
 }
 
-/// The narrow map and a mirror of its keys.
-pub(super) struct Narrow {
-    map: HashMap<MapData, u32, u8>,
-    keys: BTreeSet<u32>,
-}
-
-impl Narrow {
-    /// Takes the map and reads its keys back.
-    pub(super) fn open(map: HashMap<MapData, u32, u8>) -> Result<Self, FilterError> {
-        let keys = map
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|e| map_err(map_names::V6_NARROW, "listing keys", e))?;
-        Ok(Self { map, keys })
-    }
-
-    /// How many keys the map would hold with `want` added to what it holds now.
-    pub(super) fn union_len(&self, want: &BTreeSet<u32>) -> usize {
-        self.keys.len() + want.difference(&self.keys).count()
-    }
-
-    /// Phase 1: inserts every key of `want` the map lacks; returns how many.
-    pub(super) fn add(&mut self, want: &BTreeSet<u32>) -> Result<usize, FilterError> {
-        let missing: Vec<u32> = want.difference(&self.keys).copied().collect();
-        for &key in &missing {
-            self.map.insert(&key, &1, 0).map_err(|e| {
-                map_err(
-                    map_names::V6_NARROW,
-                    &format!("inserting /32 key {key:#010x}"),
-                    e,
-                )
-            })?;
-            self.keys.insert(key);
+/// The narrow bitmap of `nets`: the bit of every narrow key of every prefix.
+#[must_use]
+pub fn v6_narrow_words<'a>(nets: impl IntoIterator<Item = &'a Ipv6Net>) -> Vec<u64> {
+    let mut words = vec![0u64; index::V6_NARROW_WORDS as usize];
+    for keys in nets.into_iter().filter_map(v6_narrow_keys) {
+        for key in keys {
+            let (word, mask) = index::narrow_locate(key);
+            words[word as usize] |= mask;
         }
-        Ok(missing.len())
     }
-
-    /// Phase 2: removes every key the map holds that `want` lacks; returns how many.
-    pub(super) fn prune(&mut self, want: &BTreeSet<u32>) -> Result<usize, FilterError> {
-        let gone: Vec<u32> = self.keys.difference(want).copied().collect();
-        for key in &gone {
-            self.map.remove(key).map_err(|e| {
-                map_err(
-                    map_names::V6_NARROW,
-                    &format!("removing /32 key {key:#010x}"),
-                    e,
-                )
-            })?;
-            self.keys.remove(key);
-        }
-        Ok(gone.len())
-    }
+    words
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn keys(nets: &[&str]) -> Vec<u32> {
-        let nets: Vec<Ipv6Net> = nets.iter().map(|n| n.parse().expect("literal")).collect();
-        v6_narrow_keys(&nets, usize::MAX)
-            .expect("no limit")
+    fn nets(nets: &[&str]) -> Vec<Ipv6Net> {
+        nets.iter().map(|n| n.parse().expect("literal")).collect()
+    }
+
+    fn keys(list: &[&str]) -> Vec<u32> {
+        let mut keys: Vec<u32> = nets(list)
+            .iter()
+            .filter_map(v6_narrow_keys)
+            .flatten()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// The keys whose bits are set in `words`, among `candidates`.
+    fn set_among(words: &[u64], candidates: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        candidates
             .into_iter()
+            .filter(|&key| {
+                let (word, mask) = index::narrow_locate(key);
+                words[word as usize] & mask != 0
+            })
             .collect()
     }
 
     #[test]
     fn a_prefix_of_the_block_length_or_shorter_needs_no_key() {
         assert!(keys(&["2001:d00::/24", "2001:db8::/16", "::/0"]).is_empty());
+        let words = v6_narrow_words(&nets(&["2001:d00::/24", "::/0"]));
+        assert!(words.iter().all(|&w| w == 0), "no bit set");
     }
 
     #[test]
@@ -146,9 +108,20 @@ mod tests {
     }
 
     #[test]
-    fn more_keys_than_the_limit_stop_the_count() {
-        let nets: Vec<Ipv6Net> = vec!["2001:d80::/25".parse().expect("literal")];
-        assert_eq!(v6_narrow_keys(&nets, 100), Err(101));
-        assert_eq!(v6_narrow_keys(&nets, 128).map(|k| k.len()), Ok(128));
+    fn the_bitmap_has_the_bit_of_every_key_and_few_others() {
+        let list = nets(&["2001:d80::/25", "2001:db8:1::/48", "3fff:ffff::/32"]);
+        let words = v6_narrow_words(&list);
+        let wanted: Vec<u32> = list.iter().filter_map(v6_narrow_keys).flatten().collect();
+        assert_eq!(set_among(&words, wanted.iter().copied()), wanted);
+        // Each key has its own bit: the /25's 128 consecutive /32s (the /48 is one of them)
+        // are spread, not folded, and the last /32 of the space adds one.
+        let set: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(set, 128 + 1);
+        // The /32s around them are mostly refused from the bitmap (a hash can share a bit).
+        let around = set_among(
+            &words,
+            (0x2001_0000..0x2001_0d80).chain(0x2001_0e00..0x2002_0000),
+        );
+        assert!(around.len() < 10, "{} neighbours share a bit", around.len());
     }
 }
