@@ -69,19 +69,25 @@ impl TestFilter {
     #[must_use]
     pub fn new(desired: &Desired) -> Self {
         let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-test-")));
-        let mut filter = Filter::open(pins.clone()).unwrap_or_else(|e| {
+        let filter = Filter::open(pins.clone()).unwrap_or_else(|e| {
+            // `open` may have made the pin directories before it failed (a verifier rejection).
+            if let Err(cleanup) = detach(&pins) {
+                eprintln!("cleaning up {}: {cleanup}", pins.root().display());
+            }
             panic!(
                 "loading the XDP program under {}: {e:?}",
                 pins.root().display()
             )
         });
-        filter
-            .apply(desired)
-            .unwrap_or_else(|e| panic!("applying {desired:?}: {e}"));
-        Self {
+        // Built before `apply`, so a failed apply unwinds through `Drop` and removes the pins.
+        let mut this = Self {
             filter: Some(filter),
             pins,
-        }
+        };
+        this.filter()
+            .apply(desired)
+            .unwrap_or_else(|e| panic!("applying {desired:?}: {e}"));
+        this
     }
 
     /// The underlying filter.
