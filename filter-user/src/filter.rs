@@ -354,8 +354,21 @@ enum Phase {
 impl Filter {
     /// Loads the filter, or re-adopts the one pinned under `pins`, without attaching anything
     /// new. A pinned program of another version is replaced on every existing link atomically.
+    ///
+    /// A first open (no program pinned) that fails takes back every pin and directory it made,
+    /// so a refused start leaves the pin path as it found it.
     pub fn open(pins: Pins) -> Result<Self, FilterError> {
         ensure_bpffs(pins.root())?;
+        let before = PinsBefore::take(&pins);
+        let opened = Self::load(pins.clone());
+        if opened.is_err() && !before.had_program {
+            before.restore(&pins);
+        }
+        opened
+    }
+
+    /// [`Filter::open`] after bpffs is mounted.
+    fn load(pins: Pins) -> Result<Self, FilterError> {
         for dir in [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()] {
             fs::create_dir_all(&dir).map_err(|e| FilterError::Pin {
                 op: "creating pin directory",
@@ -1070,6 +1083,62 @@ const RETIRED_MAPS: [&str; 5] = [
     // The narrow map when it was a hash (now the bitmap `HW_V6_NARROW_BM`).
     "HW_V6_NARROW",
 ];
+
+/// What a pin path held before [`Filter::open`] touched it.
+struct PinsBefore {
+    had_program: bool,
+    /// The pin directory and its subdirectories that existed, in creation order.
+    dirs: Vec<(PathBuf, bool)>,
+    maps: BTreeSet<std::ffi::OsString>,
+}
+
+impl PinsBefore {
+    fn take(pins: &Pins) -> Self {
+        let maps = fs::read_dir(pins.maps_dir())
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        Self {
+            had_program: pins.has_program(),
+            dirs: [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()]
+                .into_iter()
+                .map(|dir| {
+                    let existed = dir.exists();
+                    (dir, existed)
+                })
+                .collect(),
+            maps,
+        }
+    }
+
+    /// Removes the program pin, the map pins and the directories made since [`Self::take`].
+    /// Best effort: the error being returned matters more than a failed cleanup, which is
+    /// logged.
+    fn restore(&self, pins: &Pins) {
+        let mut made: Vec<PathBuf> = fs::read_dir(pins.maps_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| !self.maps.contains(&e.file_name()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !self.had_program && pins.prog().exists() {
+            made.push(pins.prog());
+        }
+        for path in made {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(pin = %path.display(), "removing a pin of a failed open: {e}");
+            }
+        }
+        for (dir, existed) in self.dirs.iter().rev() {
+            // Only if empty: a link pinned meanwhile by someone else stays.
+            if !existed && let Err(e) = fs::remove_dir(dir) {
+                tracing::warn!(dir = %dir.display(), "removing a directory of a failed open: {e}");
+            }
+        }
+    }
+}
 
 /// Calls the apply observer, if any, after the step `what`.
 fn notify(observer: &mut Option<Observer>, what: &'static str) {

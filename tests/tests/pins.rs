@@ -74,6 +74,49 @@ fn a_pinned_map_of_another_layout_is_refused_with_the_detach_hint_and_nothing_ch
     assert!(pins.has_program(), "the pinned program is left in place");
 }
 
+/// What is pinned under `pins`: the entries of the pin directory and of its two
+/// subdirectories, sorted.
+fn pinned(pins: &Pins) -> Vec<String> {
+    let mut names = Vec::new();
+    for dir in [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("listing a pin directory").path();
+            names.push(path.display().to_string());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn a_first_open_that_fails_leaves_the_pin_path_as_it_found_it() {
+    let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
+    let _cleanup = Cleanup(pins.clone());
+    // No program pinned, one map of another layout: the loader creates and pins the maps it
+    // meets before that one, then fails on it.
+    std::fs::create_dir_all(pins.maps_dir()).expect("creating the maps directory");
+    let old: Array<MapData, u32> = Array::create(1, 0).expect("creating the old-layout map");
+    old.pin(pins.map(map_names::SETTINGS))
+        .expect("pinning the old-layout map");
+    let before = pinned(&pins);
+    // The loader meets the maps in hash order: several attempts, so that the planted map is
+    // not the first one met every time.
+    for attempt in 0..4 {
+        let err = match Filter::open(pins.clone()) {
+            Ok(_) => panic!("open must refuse a settings map of another layout"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(err, FilterError::Incompatible { .. }),
+            "not the incompatible-pins error: {err:?}"
+        );
+        assert_eq!(pinned(&pins), before, "attempt {attempt} left pins behind");
+    }
+}
+
 #[test]
 fn a_program_of_another_version_is_replaced_without_a_gap_even_with_new_maps() {
     let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
