@@ -185,6 +185,12 @@ impl Pins {
         self.root.join("links")
     }
 
+    /// The pin path and its two subdirectories, parents first (the order to make them in).
+    #[must_use]
+    pub fn dirs(&self) -> [PathBuf; 3] {
+        [self.root.clone(), self.maps_dir(), self.links_dir()]
+    }
+
     /// Pin of the link on `interface` in `mode`.
     #[must_use]
     pub fn link(&self, mode: LinkMode, interface: &str) -> PathBuf {
@@ -369,7 +375,7 @@ impl Filter {
 
     /// [`Filter::open`] after bpffs is mounted.
     fn load(pins: Pins) -> Result<Self, FilterError> {
-        for dir in [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()] {
+        for dir in pins.dirs() {
             fs::create_dir_all(&dir).map_err(|e| FilterError::Pin {
                 op: "creating pin directory",
                 path: dir.clone(),
@@ -966,7 +972,7 @@ const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// bpffs at /sys/fs/bpf when that is the ancestor (the usual, empty mount point), otherwise at
 /// `path` itself. Serialised and re-checked so that concurrent callers never stack two mounts
 /// (a second mount would hide the first one's pins).
-fn ensure_bpffs(path: &Path) -> Result<(), FilterError> {
+pub fn ensure_bpffs(path: &Path) -> Result<(), FilterError> {
     static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = MOUNTING
         .lock()
@@ -1087,7 +1093,7 @@ const RETIRED_MAPS: [&str; 5] = [
 /// What a pin path held before [`Filter::open`] touched it.
 struct PinsBefore {
     had_program: bool,
-    /// The pin directory and its subdirectories that existed, in creation order.
+    /// [`Pins::dirs`], each with whether it existed.
     dirs: Vec<(PathBuf, bool)>,
     maps: BTreeSet<std::ffi::OsString>,
 }
@@ -1099,7 +1105,8 @@ impl PinsBefore {
             .unwrap_or_default();
         Self {
             had_program: pins.has_program(),
-            dirs: [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()]
+            dirs: pins
+                .dirs()
                 .into_iter()
                 .map(|dir| {
                     let existed = dir.exists();
@@ -1110,9 +1117,9 @@ impl PinsBefore {
         }
     }
 
-    /// Removes the program pin, the map pins and the directories made since [`Self::take`].
-    /// Best effort: the error being returned matters more than a failed cleanup, which is
-    /// logged.
+    /// Removes the program pin, the map pins and the directories made since [`Self::take`], for
+    /// a path that had no program (nothing can run on what was pinned). Best effort: the error
+    /// being returned matters more than a failed cleanup, which is logged.
     fn restore(&self, pins: &Pins) {
         let mut made: Vec<PathBuf> = fs::read_dir(pins.maps_dir())
             .map(|entries| {
@@ -1123,7 +1130,7 @@ impl PinsBefore {
                     .collect()
             })
             .unwrap_or_default();
-        if !self.had_program && pins.prog().exists() {
+        if pins.prog().exists() {
             made.push(pins.prog());
         }
         for path in made {
@@ -1423,8 +1430,7 @@ pub fn detach(pins: &Pins) -> Result<DetachReport, FilterError> {
         fs::remove_file(&prog).map_err(|e| pin_err("unpinning program", &prog, e))?;
         report.pins_removed += 1;
     }
-    let maps_dir = pins.maps_dir();
-    if let Ok(entries) = fs::read_dir(&maps_dir) {
+    if let Ok(entries) = fs::read_dir(pins.maps_dir()) {
         for entry in entries.flatten() {
             let path = entry.path();
             if path
@@ -1437,7 +1443,7 @@ pub fn detach(pins: &Pins) -> Result<DetachReport, FilterError> {
         }
     }
     // Remove the directories we made; leave anything else someone put there.
-    for dir in [pins.links_dir(), maps_dir, pins.root().to_path_buf()] {
+    for dir in pins.dirs().into_iter().rev() {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

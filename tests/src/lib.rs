@@ -69,11 +69,8 @@ impl TestFilter {
     #[must_use]
     pub fn new(desired: &Desired) -> Self {
         let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-test-")));
+        // A first open that fails (a verifier rejection) takes back what it pinned itself.
         let filter = Filter::open(pins.clone()).unwrap_or_else(|e| {
-            // `open` may have made the pin directories before it failed (a verifier rejection).
-            if let Err(cleanup) = detach(&pins) {
-                eprintln!("cleaning up {}: {cleanup}", pins.root().display());
-            }
             panic!(
                 "loading the XDP program under {}: {e:?}",
                 pins.root().display()

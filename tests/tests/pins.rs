@@ -16,7 +16,9 @@ use aya::{
 use filter_common::{Config, Meta, Settings, fast as fast_layout, map_names};
 use hookwall::{
     config::AttachMode,
-    filter::{Desired, Filter, FilterError, Origin, Pins, detach, read_pinned_fast_map},
+    filter::{
+        Desired, Filter, FilterError, Origin, Pins, detach, ensure_bpffs, read_pinned_fast_map,
+    },
 };
 use hookwall_tests::{
     XDP_DROP, XDP_PASS,
@@ -44,25 +46,17 @@ fn a_pinned_map_of_another_layout_is_refused_with_the_detach_hint_and_nothing_ch
     drop(Filter::open(pins.clone()).expect("first open"));
     assert!(pins.has_program(), "the first open pins the program");
 
-    // An older hookwall's settings map: one u32 per entry instead of one `Config`.
+    // An older hookwall's settings map in place of this one's.
     let settings = pins.map(map_names::SETTINGS);
     std::fs::remove_file(&settings).expect("unpinning the settings map");
-    let old: Array<MapData, u32> = Array::create(1, 0).expect("creating the old-layout map");
-    old.pin(&settings).expect("pinning the old-layout map");
+    pin_old_layout_settings(&pins);
     let pinned_id = || {
         let map = MapData::from_pin(&settings).expect("a map pinned as the settings map");
         map.info().expect("pinned map info").id()
     };
     let old_id = pinned_id();
 
-    let err = match Filter::open(pins.clone()) {
-        Ok(_) => panic!("open must refuse a settings map of another layout"),
-        Err(e) => e,
-    };
-    assert!(
-        matches!(err, FilterError::Incompatible { .. }),
-        "not the incompatible-pins error: {err:?}"
-    );
+    let err = open_refused_as_incompatible(&pins);
     let message = err.to_string();
     assert!(
         message.contains("hookwall detach") && message.contains(map_names::SETTINGS),
@@ -74,11 +68,32 @@ fn a_pinned_map_of_another_layout_is_refused_with_the_detach_hint_and_nothing_ch
     assert!(pins.has_program(), "the pinned program is left in place");
 }
 
+/// Pins an older hookwall's settings map (one u32 per entry instead of one `Config`) where
+/// this version's belongs; the pin must be free.
+fn pin_old_layout_settings(pins: &Pins) {
+    let old: Array<MapData, u32> = Array::create(1, 0).expect("creating the old-layout map");
+    old.pin(pins.map(map_names::SETTINGS))
+        .expect("pinning the old-layout map");
+}
+
+/// Opens `pins`, which must be refused with the incompatible-pins error; returns the error.
+fn open_refused_as_incompatible(pins: &Pins) -> FilterError {
+    let err = match Filter::open(pins.clone()) {
+        Ok(_) => panic!("open must refuse a settings map of another layout"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, FilterError::Incompatible { .. }),
+        "not the incompatible-pins error: {err:?}"
+    );
+    err
+}
+
 /// What is pinned under `pins`: the entries of the pin directory and of its two
 /// subdirectories, sorted.
 fn pinned(pins: &Pins) -> Vec<String> {
     let mut names = Vec::new();
-    for dir in [pins.root().to_path_buf(), pins.maps_dir(), pins.links_dir()] {
+    for dir in pins.dirs() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -96,23 +111,16 @@ fn a_first_open_that_fails_leaves_the_pin_path_as_it_found_it() {
     let pins = Pins::new(format!("/sys/fs/bpf/{}", unique_name("hw-pins-")));
     let _cleanup = Cleanup(pins.clone());
     // No program pinned, one map of another layout: the loader creates and pins the maps it
-    // meets before that one, then fails on it.
+    // meets before that one, then fails on it. bpffs first, as `open` would mount it: no test
+    // may have mounted it yet.
+    ensure_bpffs(pins.root()).expect("mounting bpffs");
     std::fs::create_dir_all(pins.maps_dir()).expect("creating the maps directory");
-    let old: Array<MapData, u32> = Array::create(1, 0).expect("creating the old-layout map");
-    old.pin(pins.map(map_names::SETTINGS))
-        .expect("pinning the old-layout map");
+    pin_old_layout_settings(&pins);
     let before = pinned(&pins);
     // The loader meets the maps in hash order: several attempts, so that the planted map is
     // not the first one met every time.
     for attempt in 0..4 {
-        let err = match Filter::open(pins.clone()) {
-            Ok(_) => panic!("open must refuse a settings map of another layout"),
-            Err(e) => e,
-        };
-        assert!(
-            matches!(err, FilterError::Incompatible { .. }),
-            "not the incompatible-pins error: {err:?}"
-        );
+        open_refused_as_incompatible(&pins);
         assert_eq!(pinned(&pins), before, "attempt {attempt} left pins behind");
     }
 }
