@@ -1,5 +1,6 @@
 //! Builds the XDP programs of `filter-ebpf` for the BPF target with the pinned nightly (see
-//! TOOLCHAIN.md) and leaves the objects in OUT_DIR for `include_bytes_aligned!`.
+//! docs/development.md, "Toolchain pins") and leaves the objects in OUT_DIR for
+//! `include_bytes_aligned!`.
 use std::path::Path;
 
 use anyhow::Context as _;

@@ -9,9 +9,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{capture, cargo, is_root, run_cmd, stdout_of};
 
-// The pins, in one place. They follow TOOLCHAIN.md (the recipe verified on this kind of machine,
-// kept in /work/shared/TOOLCHAIN.md): the nightly, llvm-22-dev and bpf-linker's `llvm-22` feature
-// must share one LLVM major, so move them together. `filter-user/build.rs` repeats the eBPF
+// The pins, in one place. They follow the recipe in docs/development.md ("Toolchain pins"): the
+// nightly, llvm-22-dev and bpf-linker's `llvm-22` feature must share one LLVM major, so move them
+// together. `filter-user/build.rs` repeats the eBPF
 // toolchain; the `pins_agree_with_the_repository` test below fails if they drift apart.
 
 /// Userspace toolchain (aya 0.16 needs rustc >= 1.98); every cargo xtask runs uses it.
@@ -20,8 +20,8 @@ pub const USER_TOOLCHAIN: &str = "1.98.0";
 pub const USER_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// eBPF toolchain: `-Z build-std=core` needs a nightly, and its LLVM (22) must match bpf-linker's.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-07-01";
-/// Components of the eBPF toolchain: `rust-src` for `-Z build-std=core` (TOOLCHAIN.md), plus
-/// `clippy`, which TOOLCHAIN.md does not list but the eBPF lint step of `cargo xtask test` runs.
+/// Components of the eBPF toolchain: `rust-src` for `-Z build-std=core`, plus `clippy` for the
+/// eBPF lint step of `cargo xtask test`.
 pub const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 /// The Debian package with the LLVM that bpf-linker links against (dynamically, so it must stay).
 pub const LLVM_PACKAGE: &str = "llvm-22-dev";
@@ -38,7 +38,7 @@ pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "nats-server"];
 
 /// Runs every setup step in order; the first failure stops it.
 pub fn setup() -> Result<()> {
-    println!("==> setup (pins from TOOLCHAIN.md)");
+    println!("==> setup (pins: docs/development.md)");
     let root = is_root()?;
     if !root {
         println!(
@@ -217,7 +217,8 @@ fn ensure_bpf_linker() -> Result<()> {
         ),
         None => println!("setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"),
     }
-    // The exact command of TOOLCHAIN.md, run in the project root so it uses the pinned 1.98.0.
+    // The command of docs/development.md's recipe, run in the project root so it uses the pinned
+    // 1.98.0.
     let mut cmd = cargo();
     cmd.env("LLVM_PREFIX", LLVM_PREFIX)
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
