@@ -14,7 +14,7 @@ use hookwall::{
 /// mimalloc instead of glibc's malloc: a stored request allocates on one thread and frees on
 /// another (the store's writer), and glibc spent about a fifth of the receiver's CPU per stored
 /// request on that. Version 2, not 3: 3 kept more memory resident after a large allowlist was
-/// loaded (BENCHMARKS.md, "An allocator for the receiver").
+/// loaded (docs/decisions/0004-mimalloc.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

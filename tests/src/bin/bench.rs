@@ -1,5 +1,5 @@
 //! `cargo xtask bench <filter|http|delivery>`: prints figures and ratios against baselines
-//! measured in the same run. Method and results: BENCHMARKS.md.
+//! measured in the same run. Method and results: docs/benchmarks.md.
 /// The daemon's allocator (filter-user's main.rs): the reload figures time `Filter::apply` in
 /// this process, and the cost of its large transient buffers depends on the allocator.
 #[global_allocator]

@@ -16,7 +16,7 @@
 //!    each request's scheduled send time to the application's receipt of that event (and to
 //!    JetStream's stored timestamp for the NATS sink).
 //!
-//! Method and results: BENCHMARKS.md.
+//! Method and results: docs/benchmarks.md.
 
 use std::{
     collections::HashMap,

@@ -8,7 +8,7 @@
 //! certificate, and are loaded by the same generator (below: tokio + rustls, HTTP/1.1 written by
 //! hand). Two phases per target: closed-loop maximum throughput with [`CONNS`] keep-alive
 //! connections, and open-loop latency at [`RATE`] requests per second. Method and results:
-//! BENCHMARKS.md.
+//! docs/benchmarks.md.
 
 use std::{
     collections::BTreeMap,
