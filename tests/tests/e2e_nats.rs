@@ -52,8 +52,54 @@ fn c2b_body(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// What a background sender saw: the ids whose callback hookwall acknowledged (200 with
+/// Daraja's "Accepted"), and everything else.
+#[derive(Debug, Default)]
+struct Sent {
+    acked: Vec<String>,
+    failed: Vec<String>,
+}
+
+/// Callbacks being sent from the client namespace, from an IPv4 and an IPv6 source at once.
+struct Sending {
+    progress: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Sent>>,
+}
+
+impl Sending {
+    /// Callbacks answered so far (acknowledged or not).
+    fn progress(&self) -> usize {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` callbacks were answered.
+    fn wait_progress(&self, n: usize, daemon: &Daemon) {
+        poll_until(
+            Duration::from_secs(60),
+            || self.progress() >= n,
+            || {
+                format!(
+                    "only {} callbacks answered; log:\n{}",
+                    self.progress(),
+                    daemon.log()
+                )
+            },
+        );
+    }
+
+    fn join(self) -> Sent {
+        let mut all = Sent::default();
+        for t in self.threads {
+            let sent = t.join().expect("sender thread");
+            all.acked.extend(sent.acked);
+            all.failed.extend(sent.failed);
+        }
+        all
+    }
+}
+
 /// One hookwall host: an HTTPS lab (its own namespaces, filter and store) with the M-Pesa route;
-/// [`write_config`] gives it the broker. A daemon is a local declared after it, so it is killed
+/// [`deliver_to`] gives it the broker. A daemon is a local declared after it, so it is killed
 /// first.
 fn new_host() -> Lab {
     let mut lab = Lab::https("hw-nats-host-");
@@ -64,7 +110,7 @@ fn new_host() -> Lab {
 
 /// Writes `host`'s config with delivery to `nats_url`: quick retries (so a broker outage of
 /// seconds is crossed in seconds) and attempts enough never to give up.
-fn write_config(host: &mut Lab, nats_url: &str) {
+fn deliver_to(host: &mut Lab, nats_url: &str) {
     let mut delivery = DeliverySpec::with_sink(Sink::Nats {
         url: nats_url.to_owned(),
         subject: SUBJECT.to_owned(),
@@ -76,6 +122,25 @@ fn write_config(host: &mut Lab, nats_url: &str) {
     delivery.max_age = Some("1h".to_owned());
     host.spec.delivery = Some(delivery);
     host.write_config();
+}
+
+/// Whether [`host_with_local_broker`] starts the broker.
+enum Broker {
+    Running,
+    /// Its port and store chosen, not started ([`NatsServer::prepare`]).
+    Down,
+}
+
+/// A host and a broker on its server namespace's loopback, the host's config delivering to it.
+fn host_with_local_broker(broker: Broker) -> (Lab, NatsServer) {
+    let mut host = new_host();
+    let localhost = IpAddr::from([127, 0, 0, 1]);
+    let nats = match broker {
+        Broker::Running => NatsServer::start_in(&host.net.srv, localhost),
+        Broker::Down => NatsServer::prepare(&host.net.srv, localhost),
+    };
+    deliver_to(&mut host, &nats.url());
+    (host, nats)
 }
 
 /// Sends one C2B confirmation per id over TLS from the client namespace, half from the allowed
@@ -139,52 +204,6 @@ fn wait_delivered(host: &Lab, n: u64, daemon: &Daemon) {
     );
 }
 
-/// What a background sender saw: the ids whose callback hookwall acknowledged (200 with
-/// Daraja's "Accepted"), and everything else.
-#[derive(Debug, Default)]
-struct Sent {
-    acked: Vec<String>,
-    failed: Vec<String>,
-}
-
-/// Callbacks being sent from the client namespace, from an IPv4 and an IPv6 source at once.
-struct Sending {
-    progress: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<Sent>>,
-}
-
-impl Sending {
-    /// Callbacks answered so far (acknowledged or not).
-    fn progress(&self) -> usize {
-        self.progress.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` callbacks were answered.
-    fn wait_progress(&self, n: usize, daemon: &Daemon) {
-        poll_until(
-            Duration::from_secs(60),
-            || self.progress() >= n,
-            || {
-                format!(
-                    "only {} callbacks answered; log:\n{}",
-                    self.progress(),
-                    daemon.log()
-                )
-            },
-        );
-    }
-
-    fn join(self) -> Sent {
-        let mut all = Sent::default();
-        for t in self.threads {
-            let sent = t.join().expect("sender thread");
-            all.acked.extend(sent.acked);
-            all.failed.extend(sent.failed);
-        }
-        all
-    }
-}
-
 /// How many messages of the stream carry each `Nats-Msg-Id`.
 fn count_ids(msgs: &[StreamMsg]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -224,10 +243,6 @@ fn deliveries(daemon: &Daemon, result: &str) -> f64 {
     )
 }
 
-fn localhost() -> IpAddr {
-    IpAddr::from([127, 0, 0, 1])
-}
-
 fn stream_of(ns: &NetNs, nats: &NatsServer) -> Vec<StreamMsg> {
     read_stream(&ns.path(), &nats.url(), STREAM)
         .unwrap_or_else(|e| panic!("reading stream {STREAM}: {e:#}; nats log:\n{}", nats.log()))
@@ -235,9 +250,7 @@ fn stream_of(ns: &NetNs, nats: &NatsServer) -> Vec<StreamMsg> {
 
 #[test]
 fn every_callback_reaches_the_stream_once_with_its_event_id_as_nats_msg_id() {
-    let mut host = new_host();
-    let nats = NatsServer::start_in(&host.net.srv, localhost());
-    write_config(&mut host, &nats.url());
+    let (host, nats) = host_with_local_broker(Broker::Running);
     let daemon = host.start();
     let ids: Vec<String> = (0..300).map(|i| trans_id('A', i)).collect();
     let acked = send_all(&host, &ids, &daemon);
@@ -277,9 +290,7 @@ fn every_callback_reaches_the_stream_once_with_its_event_id_as_nats_msg_id() {
 
 #[test]
 fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id() {
-    let mut host = new_host();
-    let mut nats = NatsServer::start_in(&host.net.srv, localhost());
-    write_config(&mut host, &nats.url());
+    let (host, mut nats) = host_with_local_broker(Broker::Running);
     let daemon = host.start();
     let ids: Vec<String> = (0..300).map(|i| trans_id('B', i)).collect();
     let sending = send(&host, &ids);
@@ -370,8 +381,8 @@ fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
         &["203.0.113.18/28"],
     );
     let nats = NatsServer::start_in(&broker, IpAddr::from([0, 0, 0, 0]));
-    write_config(&mut a, &nats.url_at(IpAddr::from([203, 0, 113, 1])));
-    write_config(&mut b, &nats.url_at(IpAddr::from([203, 0, 113, 17])));
+    deliver_to(&mut a, &nats.url_at(IpAddr::from([203, 0, 113, 1])));
+    deliver_to(&mut b, &nats.url_at(IpAddr::from([203, 0, 113, 17])));
     let daemon_a = a.start();
     let daemon_b = b.start();
 
@@ -406,9 +417,7 @@ fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
 
 #[test]
 fn nats_down_at_daemon_start_delays_delivery_and_loses_nothing() {
-    let mut host = new_host();
-    let mut nats = NatsServer::prepare(&host.net.srv, localhost());
-    write_config(&mut host, &nats.url());
+    let (host, mut nats) = host_with_local_broker(Broker::Down);
     let daemon = host.start();
     let ids: Vec<String> = (0..50).map(|i| trans_id('D', i)).collect();
     let acked = send_all(&host, &ids, &daemon);
@@ -435,9 +444,7 @@ fn nats_down_at_daemon_start_delays_delivery_and_loses_nothing() {
 
 #[test]
 fn a_broker_back_without_its_store_gets_the_stream_made_again() {
-    let mut host = new_host();
-    let mut nats = NatsServer::start_in(&host.net.srv, localhost());
-    write_config(&mut host, &nats.url());
+    let (host, mut nats) = host_with_local_broker(Broker::Running);
     let daemon = host.start();
     let before: Vec<String> = (0..20).map(|i| trans_id('G', i)).collect();
     send_all(&host, &before, &daemon);
