@@ -2,7 +2,7 @@
 //! application deliveries go to), set up by one constructor per kind of test so that each test
 //! file keeps only its own routes and helpers:
 //!
-//! - [`Lab::filter`]: the filter alone, the daemon serving a self-signed certificate
+//! - [`Lab::filter`]: the filter alone: no routes, so the daemon serves no HTTPS
 //!   ([`Lab::with_symlinked_config`] for exact reload counts);
 //! - [`Lab::https`]: the receiver, serving a certificate from a CA the test made, which the
 //!   lab's client trusts;
@@ -64,8 +64,8 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// The filter lab: enforce mode allowing `cidrs`, a self-signed certificate, no routes;
-    /// the config written to `DIR/hookwall.toml`.
+    /// The filter lab: enforce mode allowing `cidrs`, no routes (so no HTTPS); the config
+    /// written to `DIR/hookwall.toml`.
     ///
     /// # Panics
     /// If the directory, the namespaces or the config cannot be made.
