@@ -5,7 +5,6 @@
 //!   ready once `/metrics` answers; killed by its own PID on drop (never by name).
 //! - [`hookwall`] / [`hookwall_in`]: one-shot subcommands (`status`, `detach`, `check`).
 //! - [`PinsGuard`]: a unique pin path under /sys/fs/bpf, detached and removed on drop.
-//! - [`ConfigSpec`]: writes the TOML the tests run with.
 //! - [`metrics`], [`metric_value`]: a raw HTTP/1.1 scrape and a Prometheus text parser.
 //!
 //! Processes are put into a test namespace like `ip netns exec` does (network namespace, and a
@@ -14,7 +13,6 @@
 //! disappears with the process, and nobody else could see its pins.
 
 use std::{
-    fmt::Write as _,
     fs::{self, File},
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -738,170 +736,6 @@ impl Drop for PinsGuard {
             eprintln!("removing {}: {e}", self.path.display());
         }
     }
-}
-
-/// The config a test runs with; [`ConfigSpec::render`] writes the TOML.
-#[derive(Debug, Clone)]
-pub struct ConfigSpec {
-    /// `filter.interfaces`.
-    pub interfaces: Vec<String>,
-    /// `filter.mode`: `enforce` or `monitor`.
-    pub mode: String,
-    /// `filter.attach`.
-    pub attach: String,
-    /// `filter.protected_ports`.
-    pub protected_ports: Vec<u16>,
-    /// `filter.pin_path`.
-    pub pin_path: PathBuf,
-    /// `allow.cidrs` (`allow.presets` is always `[]`: the real provider addresses are never
-    /// used with sockets).
-    pub cidrs: Vec<String>,
-    /// `metrics.listen`.
-    pub metrics_listen: SocketAddr,
-    /// `server.listen`.
-    pub server_listen: String,
-    /// `store.path`.
-    pub store_path: PathBuf,
-    /// `[delivery]`, if any.
-    pub delivery: Option<DeliverySpec>,
-}
-
-/// The `[delivery]` section of a [`ConfigSpec`] (an HTTP sink).
-#[derive(Debug, Clone)]
-pub struct DeliverySpec {
-    /// `delivery.url`.
-    pub url: String,
-    /// The file `delivery.secret` is read from (`{ file = ... }`).
-    pub secret_file: PathBuf,
-    /// `delivery.timeout` (humantime text).
-    pub timeout: String,
-    /// `delivery.max_attempts`.
-    pub max_attempts: u32,
-    /// `delivery.backoff_initial`.
-    pub backoff_initial: String,
-    /// `delivery.backoff_max`.
-    pub backoff_max: String,
-    /// `delivery.concurrency`.
-    pub concurrency: usize,
-}
-
-impl DeliverySpec {
-    /// Delivery to `url` signed with the secret in `secret_file`, with test-sized backoffs
-    /// (50 ms to 500 ms), a 5 s timeout, 25 attempts and 8 in flight.
-    #[must_use]
-    pub fn new(url: &str, secret_file: &Path) -> Self {
-        Self {
-            url: url.to_owned(),
-            secret_file: secret_file.to_path_buf(),
-            timeout: "5s".into(),
-            max_attempts: 25,
-            backoff_initial: "50ms".into(),
-            backoff_max: "500ms".into(),
-            concurrency: 8,
-        }
-    }
-
-    fn render(&self, s: &mut String) {
-        let _ = writeln!(s, "[delivery]");
-        let _ = writeln!(s, "url = {:?}", self.url);
-        let _ = writeln!(
-            s,
-            "secret = {{ file = {:?} }}",
-            self.secret_file.display().to_string()
-        );
-        let _ = writeln!(s, "timeout = {:?}", self.timeout);
-        let _ = writeln!(s, "max_attempts = {}", self.max_attempts);
-        let _ = writeln!(s, "backoff_initial = {:?}", self.backoff_initial);
-        let _ = writeln!(s, "backoff_max = {:?}", self.backoff_max);
-        let _ = writeln!(s, "concurrency = {}", self.concurrency);
-    }
-}
-
-impl ConfigSpec {
-    /// Enforce mode on `interface`, port 8443, auto attach, metrics on 127.0.0.1:9184.
-    #[must_use]
-    pub fn new(interface: &str, pin_path: &Path, dir: &Path, cidrs: &[&str]) -> Self {
-        Self {
-            interfaces: vec![interface.to_owned()],
-            mode: "enforce".into(),
-            attach: "auto".into(),
-            protected_ports: vec![crate::netns::PROTECTED_PORT],
-            pin_path: pin_path.to_path_buf(),
-            cidrs: cidrs.iter().map(|&c| c.to_owned()).collect(),
-            metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
-            server_listen: format!("0.0.0.0:{}", crate::netns::PROTECTED_PORT),
-            store_path: dir.join("events.db"),
-            delivery: None,
-        }
-    }
-
-    /// The TOML text.
-    #[must_use]
-    pub fn render(&self) -> String {
-        let list = |items: &[String]| {
-            items
-                .iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let ports = self
-            .protected_ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut s = String::new();
-        let _ = writeln!(s, "[filter]");
-        let _ = writeln!(s, "interfaces = [{}]", list(&self.interfaces));
-        let _ = writeln!(s, "mode = {:?}", self.mode);
-        let _ = writeln!(s, "attach = {:?}", self.attach);
-        let _ = writeln!(s, "protected_ports = [{ports}]");
-        let _ = writeln!(s, "pin_path = {:?}", self.pin_path.display().to_string());
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[allow]");
-        let _ = writeln!(s, "presets = []");
-        let _ = writeln!(s, "cidrs = [{}]", list(&self.cidrs));
-        let _ = writeln!(s, "files = []");
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[server]");
-        let _ = writeln!(s, "listen = {:?}", self.server_listen);
-        let _ = writeln!(s, "tls = \"self-signed\"");
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[metrics]");
-        let _ = writeln!(s, "listen = {:?}", self.metrics_listen.to_string());
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[store]");
-        let _ = writeln!(s, "path = {:?}", self.store_path.display().to_string());
-        if let Some(delivery) = &self.delivery {
-            let _ = writeln!(s);
-            delivery.render(&mut s);
-        }
-        s
-    }
-
-    /// Writes the TOML to `path` atomically (see [`write_atomic`]).
-    pub fn write(&self, path: &Path) {
-        write_atomic(path, &self.render());
-    }
-}
-
-/// Replaces `path`'s content atomically: writes a temporary file beside it, then renames it
-/// over `path` (what careful editors and config management do). If `path` is a symlink, the
-/// file it points to is replaced instead and the symlink kept.
-///
-/// # Panics
-/// If writing or renaming fails.
-pub fn write_atomic(path: &Path, contents: &str) {
-    let target = match fs::read_link(path) {
-        Ok(dest) if dest.is_absolute() => dest,
-        Ok(dest) => path.parent().unwrap_or(Path::new(".")).join(dest),
-        Err(_) => path.to_path_buf(),
-    };
-    let tmp = target.with_extension("toml.tmp");
-    fs::write(&tmp, contents).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    fs::rename(&tmp, &target)
-        .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", tmp.display(), target.display()));
 }
 
 #[cfg(test)]

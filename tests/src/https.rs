@@ -1,7 +1,6 @@
 //! A real HTTPS client for the receiver's end-to-end tests: rustls over a blocking socket bound
-//! to a chosen source address, a test CA (rcgen) whose leaf certificates the daemon serves, the
-//! config text for `[server]` with those files and `[[route]]`s, and the signatures providers
-//! compute.
+//! to a chosen source address, a test CA (rcgen) whose leaf certificates the daemon serves, and
+//! the signatures providers compute.
 //!
 //! The client speaks HTTP/1.1 with `Connection: close`, one request per connection, written by
 //! hand so that tests control every byte (methods, headers, oversized bodies).
@@ -26,7 +25,7 @@ use rustls::{
 };
 use sha2::Sha256;
 
-use crate::{daemon::ConfigSpec, netns::connect_from};
+use crate::netns::connect_from;
 
 /// A certificate authority made for one test; the client trusts only it.
 pub struct TestCa {
@@ -396,30 +395,6 @@ fn parse_reply(raw: &[u8]) -> io::Result<Reply> {
         headers,
         body,
     })
-}
-
-/// The config of `spec` with `[server]` serving `cert`/`key`, `trusted_proxies`, and `routes`
-/// (TOML `[[route]]` tables) appended.
-#[must_use]
-pub fn render_config(
-    spec: &ConfigSpec,
-    cert: &Path,
-    key: &Path,
-    trusted_proxies: &[&str],
-    routes: &str,
-) -> String {
-    let trusted = trusted_proxies
-        .iter()
-        .map(|p| format!("{p:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let server = format!(
-        "tls_cert = {:?}\ntls_key = {:?}\ntrusted_proxies = [{trusted}]",
-        cert.display().to_string(),
-        key.display().to_string()
-    );
-    let text = spec.render().replace("tls = \"self-signed\"", &server);
-    format!("{text}\n{routes}")
 }
 
 type HmacSha256 = Hmac<Sha256>;

@@ -7,10 +7,12 @@
 //! - [`netns`]: network namespaces and veth pairs that remove themselves on drop.
 //! - [`daemon`]: runs the `hookwall` binary and stops it by PID.
 //! - [`https`]: a rustls client bound to a source address, a test CA, signed requests.
+//! - [`config`]: the `hookwall.toml` the tests run with, as typed parts.
 //! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
 //! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
-//! - [`lab`]: one HTTPS end-to-end test's world (lab, pins, config, certificate, daemon).
+//! - [`lab`]: one end-to-end test's world (namespaces, pins, config, certificate, application).
 pub mod app;
+pub mod config;
 pub mod daemon;
 pub mod frames;
 pub mod https;

@@ -4,7 +4,7 @@
 //! - [`NetNs`]: `ip netns add` / `ip netns del`; [`NetNs::run`] and [`NetNs::spawn`] run code on a
 //!   thread that has entered the namespace (`setns`), so tests open real sockets there.
 //! - [`VethPair`]: a veth between two namespaces, addressed (IPv6 without DAD), up.
-//! - [`Lab`]: the two-host topology of the end-to-end tests: a server namespace with the XDP
+//! - [`Topology`]: the two hosts of the end-to-end tests: a server namespace with the XDP
 //!   filter's interface and a client namespace with allowed and refused source addresses.
 //! - [`EchoServer`] and [`tcp_echo`]: a listener that echoes, and a client that binds its source
 //!   address, connects with a timeout and checks the echo.
@@ -306,12 +306,16 @@ pub const ALLOWED_V6_NET: &str = "2001:db8:1::/64";
 pub const REFUSED_V4_NET: &str = "198.51.100.0/24";
 /// The prefix of [`REFUSED_V6`].
 pub const REFUSED_V6_NET: &str = "2001:db8:2::/64";
+/// The client's allowed sources, one of each family.
+pub const ALLOWED: [IpAddr; 2] = [IpAddr::V4(ALLOWED_V4), IpAddr::V6(ALLOWED_V6)];
+/// The client's refused sources, one of each family.
+pub const REFUSED: [IpAddr; 2] = [IpAddr::V4(REFUSED_V4), IpAddr::V6(REFUSED_V6)];
 
-/// Two hosts on one veth: `srv` (where the filter attaches, on [`Lab::srv_if`]) and `cli`,
+/// Two hosts on one veth: `srv` (where the filter attaches, on [`Topology::srv_if`]) and `cli`,
 /// which has an allowed and a refused source address of each family. `srv` reaches the
 /// client-only prefixes through on-link routes on the same veth.
 #[derive(Debug)]
-pub struct Lab {
+pub struct Topology {
     /// The veth (`a` in `srv`, `b` in `cli`).
     pub veth: VethPair,
     /// The client namespace.
@@ -320,7 +324,7 @@ pub struct Lab {
     pub srv: NetNs,
 }
 
-impl Lab {
+impl Topology {
     /// Builds the topology.
     ///
     /// # Panics
@@ -371,6 +375,16 @@ impl Lab {
         }
     }
 
+    /// [`Topology::assert_connects`] for each of `srcs`, one after the other.
+    ///
+    /// # Panics
+    /// If any of them does not connect.
+    pub fn assert_all_connect(&self, srcs: &[IpAddr], port: u16) {
+        for &src in srcs {
+            self.assert_connects(src, port);
+        }
+    }
+
     /// Asserts that a connection from `src` to `port` times out (its SYNs are dropped) within
     /// `timeout`, and is neither refused nor answered.
     ///
@@ -385,8 +399,8 @@ impl Lab {
     }
 }
 
-impl Lab {
-    /// [`Lab::assert_times_out`] for several sources at once (in parallel, so the whole check
+impl Topology {
+    /// [`Topology::assert_times_out`] for several sources at once (in parallel, so the whole check
     /// takes one timeout).
     ///
     /// # Panics
@@ -414,7 +428,7 @@ impl Lab {
     }
 }
 
-impl Default for Lab {
+impl Default for Topology {
     fn default() -> Self {
         Self::new()
     }

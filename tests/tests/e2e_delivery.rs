@@ -1,9 +1,9 @@
-//! End-to-end tests of delivery (issue 4): a real `hookwall run` in the server namespace
-//! receives Daraja callbacks over TLS from the client namespace, stores them and delivers them to
-//! a real HTTP application ([`TestApp`]) on loopback in the server namespace, which checks
-//! hookwall's Standard Webhooks signature with the reference library and records every receipt.
-//! Ids are counted on both sides: what the provider had acknowledged against what the
-//! application received.
+//! End-to-end tests of delivery: a real `hookwall run` in the server namespace receives Daraja
+//! callbacks over TLS from the client namespace, stores them and delivers them to a real HTTP
+//! application ([`TestApp`](hookwall_tests::app::TestApp)) on loopback in the server namespace,
+//! which checks hookwall's Standard Webhooks signature with the reference library and records
+//! every receipt. Ids are counted on both sides: what the provider had acknowledged against what
+//! the application received.
 //!
 //! Run as root with bpffs mounted: `cargo build -p hookwall --bins &&
 //! HOOKWALL_BIN=$PWD/target/debug/hookwall cargo test -p hookwall-tests --test e2e_delivery`.
@@ -11,18 +11,16 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    ops::Deref,
-    process::Output,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use hookwall::store::{EventState, EventSummary, QueueCounts};
+use hookwall::store::EventState;
 use hookwall_tests::{
-    app::TestApp,
-    daemon::{Daemon, DeliverySpec, hookwall_in, output_text, poll_until},
+    config::{DeliverySpec, Route},
+    daemon::{Daemon, output_text, poll_until},
     https::{Reply, request},
-    lab::HttpsLab,
+    lab::Lab,
     netns::{ALLOWED_V4, PROTECTED_PORT, srv_addr},
 };
 
@@ -73,166 +71,97 @@ fn trans_ids(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// One test's world: the application, then an [`HttpsLab`] with delivery to it and three
-/// M-Pesa routes. Fields drop in order: the application stops, then the lab goes. A daemon is a
-/// local declared after the `Env`, so it is killed first.
-struct Env {
-    app: TestApp,
-    https: HttpsLab,
+/// A delivery lab (adjusted by `tune`) with three M-Pesa routes: a confirmation route and two
+/// validation routes asking the application, one rejecting and one accepting when it does not
+/// answer. The application is made but not listening.
+fn lab_with(tune: impl FnOnce(&mut DeliverySpec)) -> Lab {
+    let mut lab = Lab::delivery("hw-delivery-", APP_PORT, DELIVERY_SECRET, tune);
+    let token = lab.write_secret("token", TOKEN);
+    let validation_url = lab.app().validation_url();
+    let timeout = format!("{}ms", VALIDATION_TIMEOUT.as_millis());
+    lab.spec.routes = vec![
+        Route::mpesa(CONFIRMATION, &token),
+        Route::mpesa(VALIDATION, &token).validation(&validation_url, &timeout, "reject"),
+        Route::mpesa(VALIDATION_LENIENT, &token).validation(&validation_url, &timeout, "accept"),
+    ];
+    lab.write_config();
+    lab
 }
 
-/// So that tests reach the lab's parts and methods as the test's own.
-impl Deref for Env {
-    type Target = HttpsLab;
-
-    fn deref(&self) -> &HttpsLab {
-        &self.https
-    }
-}
-
-impl Env {
-    /// A lab, a config with delivery to the test application (adjusted by `tune`), the
-    /// application made but not listening.
-    fn new(tune: impl FnOnce(&mut DeliverySpec)) -> Self {
-        let mut https = HttpsLab::new("hw-delivery-");
-        let app = TestApp::new(&https.lab.srv, APP_PORT, DELIVERY_SECRET);
-        let secret_file = https.write_secret("delivery-secret", DELIVERY_SECRET);
-        let mut delivery = DeliverySpec::new(&app.delivery_url(), &secret_file);
-        tune(&mut delivery);
-        https.spec.delivery = Some(delivery);
-        let token = https.write_secret("token", TOKEN).display().to_string();
-        let validation_url = app.validation_url();
-        let timeout = format!("{}ms", VALIDATION_TIMEOUT.as_millis());
-        let routes = format!(
-            "[[route]]\npath = {CONFIRMATION:?}\nverify = \"mpesa\"\ntoken = {{ file = {token:?} }}\n\n\
-             [[route]]\npath = {VALIDATION:?}\nverify = \"mpesa\"\ntoken = {{ file = {token:?} }}\n\
-             validation = {{ url = {validation_url:?}, timeout = {timeout:?}, on_failure = \"reject\" }}\n\n\
-             [[route]]\npath = {VALIDATION_LENIENT:?}\nverify = \"mpesa\"\ntoken = {{ file = {token:?} }}\n\
-             validation = {{ url = {validation_url:?}, timeout = {timeout:?}, on_failure = \"accept\" }}\n"
-        );
-        https.write_config(&[], &routes);
-        Self { app, https }
-    }
-
-    /// POSTs `bodies` to `path` (the token appended) from the client namespace, over four
-    /// connections at a time; the answers in order.
-    fn post_all(&self, path: &str, bodies: Vec<Vec<u8>>) -> Vec<Reply> {
-        let src = IpAddr::V4(ALLOWED_V4);
-        let dst = srv_addr(src, PROTECTED_PORT);
-        let client = Arc::clone(&self.client);
-        let path = format!("{path}/{TOKEN}");
-        self.lab.cli.run(move || {
-            // Threads made here are in the client namespace too (they inherit it).
-            let chunk = bodies.len().div_ceil(4).max(1);
-            std::thread::scope(|s| {
-                let workers: Vec<_> = bodies
-                    .chunks(chunk)
-                    .map(|part| {
-                        let (client, path) = (&client, &path);
-                        s.spawn(move || {
-                            part.iter()
-                                .map(|body| {
-                                    request(src, dst, client, "POST", path, &[JSON], body)
-                                        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-                                })
-                                .collect::<Vec<_>>()
-                        })
+/// POSTs `bodies` to `path` (the token appended) from the client namespace, over four
+/// connections at a time; the answers in order.
+fn post_all(lab: &Lab, path: &str, bodies: Vec<Vec<u8>>) -> Vec<Reply> {
+    let src = IpAddr::V4(ALLOWED_V4);
+    let dst = srv_addr(src, PROTECTED_PORT);
+    let client = Arc::clone(lab.client());
+    let path = format!("{path}/{TOKEN}");
+    lab.net.cli.run(move || {
+        // Threads made here are in the client namespace too (they inherit it).
+        let chunk = bodies.len().div_ceil(4).max(1);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = bodies
+                .chunks(chunk)
+                .map(|part| {
+                    let (client, path) = (&client, &path);
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|body| {
+                                request(src, dst, client, "POST", path, &[JSON], body)
+                                    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+                            })
+                            .collect::<Vec<_>>()
                     })
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().expect("sender thread"))
-                    .collect()
-            })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("sender thread"))
+                .collect()
         })
-    }
+    })
+}
 
-    /// Sends a C2B confirmation for each id; asserts each is acknowledged as Daraja expects and
-    /// returns the acknowledged ids.
-    fn confirm(&self, ids: &[String], daemon: &Daemon) -> BTreeSet<String> {
-        let replies = self.post_all(
-            CONFIRMATION,
-            ids.iter().map(|id| confirmation(id)).collect(),
-        );
-        for (id, reply) in ids.iter().zip(&replies) {
-            assert!(
-                reply.status == 200 && reply.text() == ACCEPTED,
-                "confirmation {id}: {} {}; log:\n{}",
-                reply.status,
-                reply.text(),
-                daemon.log()
-            );
-        }
-        ids.iter().cloned().collect()
-    }
-
-    /// One C2B validation request to `route`; the answer and how long it took.
-    fn validate(&self, route: &str, id: &str) -> (Reply, Duration) {
-        let started = Instant::now();
-        let reply = self
-            .post_all(route, vec![validation(id)])
-            .pop()
-            .expect("one reply");
-        (reply, started.elapsed())
-    }
-
-    fn counts(&self) -> QueueCounts {
-        self.store().counts().expect("counting the queue")
-    }
-
-    /// The store's row for TransID `id`.
-    fn row(&self, id: &str) -> EventSummary {
-        self.store()
-            .list(None, 100_000, None)
-            .expect("listing the store")
-            .into_iter()
-            .find(|e| e.event_id == id)
-            .unwrap_or_else(|| panic!("no event {id} in the store"))
-    }
-
-    /// `hookwall queue -c CONFIG ARGS` (in the server namespace, like an operator on that host).
-    fn queue(&self, args: &[&str]) -> Output {
-        let config = self.config.to_str().expect("UTF-8 path");
-        let mut all = vec!["queue", "-c", config];
-        all.extend_from_slice(args);
-        hookwall_in(&self.lab.srv, &all)
-    }
-
-    /// `queue ARGS`, which must succeed; its standard output.
-    fn queue_ok(&self, args: &[&str]) -> String {
-        let out = self.queue(args);
+/// Sends a C2B confirmation for each id; asserts each is acknowledged as Daraja expects and
+/// returns the acknowledged ids.
+fn confirm(lab: &Lab, ids: &[String], daemon: &Daemon) -> BTreeSet<String> {
+    let replies = post_all(
+        lab,
+        CONFIRMATION,
+        ids.iter().map(|id| confirmation(id)).collect(),
+    );
+    for (id, reply) in ids.iter().zip(&replies) {
         assert!(
-            out.status.success(),
-            "hookwall queue {}: {}",
-            args.join(" "),
-            output_text(&out)
+            reply.status == 200 && reply.text() == ACCEPTED,
+            "confirmation {id}: {} {}; log:\n{}",
+            reply.status,
+            reply.text(),
+            daemon.log()
         );
-        String::from_utf8(out.stdout).expect("UTF-8 output")
     }
+    ids.iter().cloned().collect()
+}
 
-    /// `queue list --json ARGS`, parsed.
-    fn queue_list(&self, args: &[&str]) -> Vec<serde_json::Value> {
-        let mut all = vec!["list", "--json", "--limit", "100000"];
-        all.extend_from_slice(args);
-        self.queue_ok(&all)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-            .collect()
-    }
+/// One C2B validation request to `route`; the answer and how long it took.
+fn validate(lab: &Lab, route: &str, id: &str) -> (Reply, Duration) {
+    let started = Instant::now();
+    let reply = post_all(lab, route, vec![validation(id)])
+        .pop()
+        .expect("one reply");
+    (reply, started.elapsed())
 }
 
 /// Waits until the store's counts are `want`.
-fn wait_counts(env: &Env, daemon: &Daemon, want: (u64, u64, u64), timeout: Duration) {
+fn wait_counts(lab: &Lab, daemon: &Daemon, want: (u64, u64, u64), timeout: Duration) {
     poll_until(
         timeout,
         || {
-            let c = env.counts();
+            let c = lab.counts();
             (c.pending, c.delivered, c.dead) == want
         },
         || {
             format!(
                 "store counts {:?}, want (pending, delivered, dead) = {want:?}; log:\n{}",
-                env.counts(),
+                lab.counts(),
                 daemon.log()
             )
         },
@@ -258,8 +187,8 @@ fn deliveries_total(daemon: &Daemon, result: &str) -> f64 {
 
 /// Every receipt carries a good signature and the event id as both webhook-id and
 /// idempotency-key.
-fn assert_receipts_well_formed(env: &Env) {
-    for r in env.app.deliveries() {
+fn assert_receipts_well_formed(lab: &Lab) {
+    for r in lab.app().deliveries() {
         assert!(r.signature_ok, "bad signature on {r:?}");
         assert_eq!(
             r.idempotency_key.as_deref(),
@@ -273,13 +202,13 @@ fn assert_receipts_well_formed(env: &Env) {
 #[test]
 fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
     const N: usize = 200;
-    let env = Env::new(|_| {});
-    let daemon = env.start();
+    let lab = lab_with(|_| {});
+    let daemon = lab.start();
     let ids = trans_ids("DN", N);
-    let acknowledged = env.confirm(&ids, &daemon);
+    let acknowledged = confirm(&lab, &ids, &daemon);
     assert_eq!(acknowledged.len(), N);
     // Everything is stored before it is acknowledged; nothing can be delivered yet.
-    let c = env.counts();
+    let c = lab.counts();
     assert_eq!((c.pending, c.delivered, c.dead), (N as u64, 0, 0));
     gauge(&daemon, "pending", N as f64);
     daemon.wait_metric(
@@ -289,36 +218,36 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
         |v| v > 0.0,
     );
     assert!(
-        env.app.receipts().is_empty(),
+        lab.app().receipts().is_empty(),
         "the application is not listening"
     );
 
     let up = Instant::now();
-    env.app.up();
+    lab.app().up();
     poll_until(
         Duration::from_secs(60),
-        || env.app.accepted_counts().len() == N,
+        || lab.app().accepted_counts().len() == N,
         || {
             format!(
                 "{} of {N} ids delivered; log:\n{}",
-                env.app.accepted_counts().len(),
+                lab.app().accepted_counts().len(),
                 daemon.log()
             )
         },
     );
     let drained = up.elapsed();
-    wait_counts(&env, &daemon, (0, N as u64, 0), Duration::from_secs(10));
+    wait_counts(&lab, &daemon, (0, N as u64, 0), Duration::from_secs(10));
     eprintln!("backlog of {N} drained {drained:?} after the application came up");
 
     // Both sides agree, and a healthy application got each id exactly once.
-    let counts = env.app.accepted_counts();
+    let counts = lab.app().accepted_counts();
     let delivered: BTreeSet<String> = counts.keys().cloned().collect();
     assert_eq!(delivered, acknowledged, "provider-side ids == app-side ids");
     let duplicates: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
-    assert_eq!(env.app.deliveries().len(), N, "no other request arrived");
-    assert_receipts_well_formed(&env);
-    for r in env.app.deliveries() {
+    assert_eq!(lab.app().deliveries().len(), N, "no other request arrived");
+    assert_receipts_well_formed(&lab);
+    for r in lab.app().deliveries() {
         assert_eq!(
             r.body,
             confirmation(&r.webhook_id),
@@ -358,7 +287,7 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
         Duration::from_secs(10),
         |v| v == 0.0,
     );
-    let listed: BTreeSet<String> = env
+    let listed: BTreeSet<String> = lab
         .queue_list(&["--state", "delivered"])
         .iter()
         .map(|e| {
@@ -371,12 +300,12 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
         "`queue list --state delivered` agrees"
     );
     assert!(
-        env.queue_list(&["--state", "pending"]).is_empty(),
+        lab.queue_list(&["--state", "pending"]).is_empty(),
         "nothing pending"
     );
     // Daraja retries a few callbacks it already had acknowledged: duplicates, not new events,
     // so nothing is queued (and nothing delivered) again.
-    env.confirm(&ids[..5], &daemon);
+    confirm(&lab, &ids[..5], &daemon);
     assert_eq!(
         daemon.metric(
             "hookwall_http_requests_total",
@@ -384,7 +313,7 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
         ),
         5.0
     );
-    let c = env.counts();
+    let c = lab.counts();
     assert_eq!((c.pending, c.delivered, c.dead), (0, N as u64, 0));
     let log = daemon.log();
     assert!(
@@ -396,20 +325,20 @@ fn a_backlog_built_while_the_application_is_down_drains_once_it_is_up() {
 #[test]
 fn sigkill_during_delivery_loses_nothing_and_duplicates_keep_their_key() {
     const N: usize = 60;
-    let env = Env::new(|d| d.concurrency = 4);
-    let mut daemon = env.start();
+    let lab = lab_with(|d| d.concurrency = 4);
+    let mut daemon = lab.start();
     let ids = trans_ids("KL", N);
-    let acknowledged = env.confirm(&ids, &daemon);
+    let acknowledged = confirm(&lab, &ids, &daemon);
     // A slow application: four at a time, 200 ms each, so the backlog takes about 3 s.
-    env.app.set_delay(Duration::from_millis(200));
-    env.app.up();
+    lab.app().set_delay(Duration::from_millis(200));
+    lab.app().up();
     poll_until(
         Duration::from_secs(30),
-        || env.app.accepted_counts().len() >= 10,
+        || lab.app().accepted_counts().len() >= 10,
         || format!("deliveries did not start; log:\n{}", daemon.log()),
     );
     daemon.kill9();
-    let at_kill = env.counts();
+    let at_kill = lab.counts();
     assert!(
         at_kill.pending > 0,
         "killed mid-backlog: {at_kill:?} (the backlog was already delivered)"
@@ -418,13 +347,13 @@ fn sigkill_during_delivery_loses_nothing_and_duplicates_keep_their_key() {
         "SIGKILL with {} delivered, {} pending in the store, {} receipts at the application",
         at_kill.delivered,
         at_kill.pending,
-        env.app.deliveries().len()
+        lab.app().deliveries().len()
     );
 
-    let daemon = env.start();
-    wait_counts(&env, &daemon, (0, N as u64, 0), Duration::from_secs(60));
+    let daemon = lab.start();
+    wait_counts(&lab, &daemon, (0, N as u64, 0), Duration::from_secs(60));
 
-    let counts = env.app.accepted_counts();
+    let counts = lab.app().accepted_counts();
     let delivered: BTreeSet<String> = counts.keys().cloned().collect();
     let lost: Vec<_> = acknowledged.difference(&delivered).collect();
     assert!(
@@ -432,10 +361,10 @@ fn sigkill_during_delivery_loses_nothing_and_duplicates_keep_their_key() {
         "acknowledged but never delivered: {lost:?}"
     );
     assert_eq!(delivered, acknowledged, "nothing the provider did not send");
-    assert_receipts_well_formed(&env);
+    assert_receipts_well_formed(&lab);
     // A duplicate is the same event again: same key, same store row, same body.
     let mut by_id: HashMap<String, Vec<_>> = HashMap::new();
-    for r in env.app.deliveries() {
+    for r in lab.app().deliveries() {
         by_id.entry(r.webhook_id.clone()).or_default().push(r);
     }
     let mut duplicated = 0;
@@ -462,26 +391,26 @@ fn sigkill_during_delivery_loses_nothing_and_duplicates_keep_their_key() {
 
 #[test]
 fn a_400_is_a_dead_letter_at_once_and_queue_retry_replays_it() {
-    let env = Env::new(|_| {});
-    env.app.up();
-    let daemon = env.start();
+    let lab = lab_with(|_| {});
+    lab.app().up();
+    let daemon = lab.start();
     let refused = "RF00000001";
-    env.app.set_status_for(refused, 400);
+    lab.app().set_status_for(refused, 400);
     let ids = vec![
         refused.to_owned(),
         "OK00000001".to_owned(),
         "OK00000002".to_owned(),
     ];
-    env.confirm(&ids, &daemon);
-    wait_counts(&env, &daemon, (0, 2, 1), Duration::from_secs(20));
+    confirm(&lab, &ids, &daemon);
+    wait_counts(&lab, &daemon, (0, 2, 1), Duration::from_secs(20));
 
-    let row = env.row(refused);
+    let row = lab.row(refused);
     assert_eq!(row.state, EventState::Dead);
     assert_eq!(row.attempts, 1, "a 400 is not retried");
     let error = row.last_error.clone().unwrap_or_default();
     assert!(error.contains("400"), "last_error says 400: {error:?}");
     assert_eq!(
-        env.app
+        lab.app()
             .deliveries()
             .iter()
             .filter(|r| r.webhook_id == refused)
@@ -489,17 +418,17 @@ fn a_400_is_a_dead_letter_at_once_and_queue_retry_replays_it() {
         1
     );
 
-    let dead = env.queue_list(&["--state", "dead"]);
+    let dead = lab.queue_list(&["--state", "dead"]);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["event_id"], refused);
     let id = row.id.to_string();
-    let shown = env.queue_ok(&["show", &id]);
+    let shown = lab.queue_ok(&["show", &id]);
     assert!(
         shown.contains("dead") && shown.contains("400") && shown.contains(refused),
         "queue show: {shown}"
     );
     let shown: serde_json::Value =
-        serde_json::from_str(&env.queue_ok(&["show", &id, "--json"])).expect("show --json");
+        serde_json::from_str(&lab.queue_ok(&["show", &id, "--json"])).expect("show --json");
     assert_eq!(shown["state"], "dead");
     assert_eq!(shown["attempts"], 1);
     assert_eq!(
@@ -516,12 +445,12 @@ fn a_400_is_a_dead_letter_at_once_and_queue_retry_replays_it() {
     gauge(&daemon, "dead", 1.0);
 
     // The application is fixed; the operator replays the dead letter.
-    env.app.clear_status_for(refused);
-    let out = env.queue_ok(&["retry", &id]);
+    lab.app().clear_status_for(refused);
+    let out = lab.queue_ok(&["retry", &id]);
     assert!(out.contains("requeued"), "{out}");
-    wait_counts(&env, &daemon, (0, 3, 0), Duration::from_secs(10));
-    let replayed: Vec<_> = env
-        .app
+    wait_counts(&lab, &daemon, (0, 3, 0), Duration::from_secs(10));
+    let replayed: Vec<_> = lab
+        .app()
         .deliveries()
         .into_iter()
         .filter(|r| r.webhook_id == refused)
@@ -531,13 +460,13 @@ fn a_400_is_a_dead_letter_at_once_and_queue_retry_replays_it() {
         [400, 200],
         "refused once, delivered exactly once more"
     );
-    let row = env.row(refused);
+    let row = lab.row(refused);
     assert_eq!(row.state, EventState::Delivered);
     assert_eq!(row.attempts, 1, "attempts count again from the replay");
 
     // Replaying a delivered event is refused and changes nothing.
-    let before = env.row(refused);
-    let out = env.queue(&["retry", &id]);
+    let before = lab.row(refused);
+    let out = lab.queue(&["retry", &id]);
     assert!(
         !out.status.success(),
         "retry of a delivered id must fail: {}",
@@ -548,26 +477,26 @@ fn a_400_is_a_dead_letter_at_once_and_queue_retry_replays_it() {
         "{}",
         output_text(&out)
     );
-    assert_eq!(env.row(refused), before, "the delivered row is unchanged");
-    let out = env.queue(&["retry", "999999"]);
+    assert_eq!(lab.row(refused), before, "the delivered row is unchanged");
+    let out = lab.queue(&["retry", "999999"]);
     assert!(!out.status.success(), "retry of an unknown id must fail");
-    assert_eq!(env.counts().delivered, 3);
+    assert_eq!(lab.counts().delivered, 3);
     assert_eq!(deliveries_total(&daemon, "delivered"), 3.0);
 }
 
 #[test]
 fn failures_are_retried_with_backoff_and_max_attempts_makes_a_dead_letter() {
     const MAX_ATTEMPTS: u32 = 5;
-    let env = Env::new(|d| d.max_attempts = MAX_ATTEMPTS);
-    env.app.up();
-    let daemon = env.start();
+    let lab = lab_with(|d| d.max_attempts = MAX_ATTEMPTS);
+    lab.app().up();
+    let daemon = lab.start();
     let (flaky, broken) = ("FL00000001", "BR00000001");
-    env.app.set_status_for(flaky, 503);
-    env.app.set_status_for(broken, 503);
-    env.confirm(&[flaky.to_owned(), broken.to_owned()], &daemon);
+    lab.app().set_status_for(flaky, 503);
+    lab.app().set_status_for(broken, 503);
+    confirm(&lab, &[flaky.to_owned(), broken.to_owned()], &daemon);
 
     let receipts_of = |id: &str| -> Vec<_> {
-        env.app
+        lab.app()
             .deliveries()
             .into_iter()
             .filter(|r| r.webhook_id == id)
@@ -578,11 +507,11 @@ fn failures_are_retried_with_backoff_and_max_attempts_makes_a_dead_letter() {
         || receipts_of(flaky).len() >= 2,
         || format!("{flaky} not retried; log:\n{}", daemon.log()),
     );
-    env.app.clear_status_for(flaky);
+    lab.app().clear_status_for(flaky);
     // `broken` fails MAX_ATTEMPTS times and is then a dead letter; `flaky` gets through.
-    wait_counts(&env, &daemon, (0, 1, 1), Duration::from_secs(20));
+    wait_counts(&lab, &daemon, (0, 1, 1), Duration::from_secs(20));
 
-    let flaky_row = env.row(flaky);
+    let flaky_row = lab.row(flaky);
     assert_eq!(flaky_row.state, EventState::Delivered);
     assert!(flaky_row.attempts > 1, "{flaky_row:?}");
     let flaky_receipts = receipts_of(flaky);
@@ -601,7 +530,7 @@ fn failures_are_retried_with_backoff_and_max_attempts_makes_a_dead_letter() {
     assert_eq!(attempts, expected, "hookwall-attempt counts up");
     assert_eq!(flaky_row.attempts, *attempts.last().unwrap());
 
-    let broken_row = env.row(broken);
+    let broken_row = lab.row(broken);
     assert_eq!(broken_row.state, EventState::Dead, "dead, not deleted");
     assert_eq!(broken_row.attempts, MAX_ATTEMPTS);
     let error = broken_row.last_error.clone().unwrap_or_default();
@@ -641,12 +570,12 @@ fn failures_are_retried_with_backoff_and_max_attempts_makes_a_dead_letter() {
 
 #[test]
 fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
-    let env = Env::new(|_| {});
-    env.app.up();
-    let daemon = env.start();
+    let lab = lab_with(|_| {});
+    lab.app().up();
+    let daemon = lab.start();
     let margin = Duration::from_millis(700);
     let answer = |route: &str, id: &str| {
-        let (reply, took) = env.validate(route, id);
+        let (reply, took) = validate(&lab, route, id);
         assert_eq!(
             reply.status,
             200,
@@ -659,21 +588,21 @@ fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
     };
 
     // The application rejects: Daraja gets exactly that answer.
-    env.app.set_validation(REJECTED_12, Duration::ZERO);
+    lab.app().set_validation(REJECTED_12, Duration::ZERO);
     let (text, _) = answer(VALIDATION, "VA00000001");
     assert_eq!(text, REJECTED_12);
     // It accepts.
-    env.app.set_validation(ACCEPTED, Duration::ZERO);
+    lab.app().set_validation(ACCEPTED, Duration::ZERO);
     let (text, _) = answer(VALIDATION, "VA00000002");
     assert_eq!(text, ACCEPTED);
     // An answer within the deadline counts even when slowish.
-    env.app
+    lab.app()
         .set_validation(REJECTED_12, VALIDATION_TIMEOUT.mul_f64(0.3));
     let (text, _) = answer(VALIDATION_LENIENT, "VA00000003");
     assert_eq!(text, REJECTED_12);
 
     // Slower than the timeout: the route's on_failure answer, in time.
-    env.app.set_validation(ACCEPTED, Duration::from_secs(3));
+    lab.app().set_validation(ACCEPTED, Duration::from_secs(3));
     let (text, took) = answer(VALIDATION, "VA00000004");
     assert_eq!(text, REJECTED_16, "on_failure = reject");
     assert!(
@@ -681,19 +610,20 @@ fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
         "the fallback came after {took:?} (timeout {VALIDATION_TIMEOUT:?})"
     );
     eprintln!("fallback answer on a slow application after {took:?}");
-    env.app.set_validation(REJECTED_12, Duration::from_secs(3));
+    lab.app()
+        .set_validation(REJECTED_12, Duration::from_secs(3));
     let (text, took) = answer(VALIDATION_LENIENT, "VA00000005");
     assert_eq!(text, ACCEPTED, "on_failure = accept");
     assert!(took < VALIDATION_TIMEOUT + margin, "{took:?}");
 
     // Nonsense from the application: fallback.
-    env.app
+    lab.app()
         .set_validation(r#"{"ResultCode":"C2B00099"}"#, Duration::ZERO);
     let (text, _) = answer(VALIDATION, "VA00000006");
     assert_eq!(text, REJECTED_16);
 
     // The application is down: fallback, at once.
-    env.app.down();
+    lab.app().down();
     let (text, took) = answer(VALIDATION, "VA00000007");
     assert_eq!(text, REJECTED_16);
     assert!(took < VALIDATION_TIMEOUT, "{took:?}");
@@ -701,7 +631,7 @@ fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
     assert_eq!(text, ACCEPTED);
 
     // The application saw each question once, signed, with a validation id.
-    let asked = env.app.validations();
+    let asked = lab.app().validations();
     assert_eq!(
         asked
             .iter()
@@ -717,8 +647,8 @@ fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
         assert_eq!(r.body, validation(id), "Daraja's body forwarded unchanged");
     }
     // Questions are not events: nothing stored, nothing delivered.
-    assert_eq!(env.store().count().expect("count"), 0);
-    assert!(env.app.deliveries().is_empty());
+    assert_eq!(lab.store().count().expect("count"), 0);
+    assert!(lab.app().deliveries().is_empty());
 
     let validations = |route: &str, result: &str| {
         daemon.metric(
@@ -735,51 +665,51 @@ fn c2b_validation_passes_the_applications_answer_through_within_its_deadline() {
 
 #[test]
 fn queue_purge_removes_delivered_events_only() {
-    let env = Env::new(|d| d.max_attempts = 1000);
-    env.app.up();
-    let daemon = env.start();
+    let lab = lab_with(|d| d.max_attempts = 1000);
+    lab.app().up();
+    let daemon = lab.start();
     let (dead, pending) = ("PD00000001", "PP00000001");
-    env.app.set_status_for(dead, 400);
-    env.app.set_status_for(pending, 503);
+    lab.app().set_status_for(dead, 400);
+    lab.app().set_status_for(pending, 503);
     let mut ids = trans_ids("PG", 3);
     ids.push(dead.to_owned());
     ids.push(pending.to_owned());
-    env.confirm(&ids, &daemon);
-    wait_counts(&env, &daemon, (1, 3, 1), Duration::from_secs(20));
+    confirm(&lab, &ids, &daemon);
+    wait_counts(&lab, &daemon, (1, 3, 1), Duration::from_secs(20));
     poll_until(
         Duration::from_secs(10),
-        || env.row(pending).attempts >= 1,
+        || lab.row(pending).attempts >= 1,
         || "the failing event was not attempted".into(),
     );
 
-    let out = env.queue_ok(&["purge", "--older-than", "1h"]);
+    let out = lab.queue_ok(&["purge", "--older-than", "1h"]);
     assert!(out.contains("purged 0"), "{out}");
-    assert_eq!(env.counts().delivered, 3);
+    assert_eq!(lab.counts().delivered, 3);
 
-    let out = env.queue_ok(&["purge", "--older-than", "0s"]);
+    let out = lab.queue_ok(&["purge", "--older-than", "0s"]);
     assert!(out.contains("purged 3 "), "{out}");
-    let c = env.counts();
+    let c = lab.counts();
     assert_eq!((c.pending, c.delivered, c.dead), (1, 0, 1));
-    assert_eq!(env.row(dead).state, EventState::Dead);
-    assert_eq!(env.row(pending).state, EventState::Pending);
-    let out = env.queue_ok(&["purge", "--older-than", "0s"]);
+    assert_eq!(lab.row(dead).state, EventState::Dead);
+    assert_eq!(lab.row(pending).state, EventState::Pending);
+    let out = lab.queue_ok(&["purge", "--older-than", "0s"]);
     assert!(out.contains("purged 0"), "{out}");
-    assert_eq!(env.store().count().expect("count"), 2);
+    assert_eq!(lab.store().count().expect("count"), 2);
     drop(daemon);
 }
 
 #[test]
 fn sigterm_lets_attempts_in_flight_finish_and_records_them() {
     const N: usize = 40;
-    let env = Env::new(|d| d.concurrency = 4);
-    let mut daemon = env.start();
+    let lab = lab_with(|d| d.concurrency = 4);
+    let mut daemon = lab.start();
     let ids = trans_ids("TM", N);
-    let acknowledged = env.confirm(&ids, &daemon);
-    env.app.set_delay(Duration::from_millis(300));
-    env.app.up();
+    let acknowledged = confirm(&lab, &ids, &daemon);
+    lab.app().set_delay(Duration::from_millis(300));
+    lab.app().up();
     poll_until(
         Duration::from_secs(30),
-        || env.app.deliveries().len() >= 6,
+        || lab.app().deliveries().len() >= 6,
         || format!("deliveries did not start; log:\n{}", daemon.log()),
     );
     let status = daemon.term();
@@ -788,8 +718,8 @@ fn sigterm_lets_attempts_in_flight_finish_and_records_them() {
         "graceful stop: {status}; log:\n{}",
         daemon.log()
     );
-    let at_stop = env.counts();
-    let seen = env.app.deliveries().len();
+    let at_stop = lab.counts();
+    let seen = lab.app().deliveries().len();
     // Every request the application got was answered and recorded before the daemon exited.
     assert_eq!(
         at_stop.delivered as usize, seen,
@@ -797,9 +727,9 @@ fn sigterm_lets_attempts_in_flight_finish_and_records_them() {
     );
     assert!(at_stop.pending > 0, "stopped mid-backlog: {at_stop:?}");
 
-    let daemon = env.start();
-    wait_counts(&env, &daemon, (0, N as u64, 0), Duration::from_secs(60));
-    let counts = env.app.accepted_counts();
+    let daemon = lab.start();
+    wait_counts(&lab, &daemon, (0, N as u64, 0), Duration::from_secs(60));
+    let counts = lab.app().accepted_counts();
     assert_eq!(
         counts.keys().cloned().collect::<BTreeSet<_>>(),
         acknowledged

@@ -10,126 +10,27 @@
 //! cargo test -p hookwall-tests --test e2e_filter`.
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
 use hookwall_tests::{
-    daemon::{
-        ConfigSpec, Daemon, PinsGuard, hookwall, hookwall_in, output_text, poll_until, write_atomic,
-    },
+    config::write_atomic,
+    daemon::{hookwall, hookwall_in, output_text, poll_until},
+    lab::Lab,
     netns::{
-        ALLOWED_V4, ALLOWED_V4_NET, ALLOWED_V6, ALLOWED_V6_NET, ClientLoop, EchoServer, Lab,
-        PROTECTED_PORT, REFUSED_V4, REFUSED_V4_NET, REFUSED_V6, REFUSED_V6_NET, UNPROTECTED_PORT,
+        ALLOWED, ALLOWED_V4_NET, ALLOWED_V6_NET, ClientLoop, EchoServer, PROTECTED_PORT, REFUSED,
+        REFUSED_V4, REFUSED_V4_NET, REFUSED_V6_NET, UNPROTECTED_PORT,
     },
 };
 use serde_json::Value;
 
-const ALLOWED: [IpAddr; 2] = [IpAddr::V4(ALLOWED_V4), IpAddr::V6(ALLOWED_V6)];
-const REFUSED: [IpAddr; 2] = [IpAddr::V4(REFUSED_V4), IpAddr::V6(REFUSED_V6)];
 /// How long a connection from a refused source is given before it counts as dropped. SYNs are
 /// retransmitted after 1 s, so within this only the first SYN is ever sent.
 const REFUSED_TIMEOUT: Duration = Duration::from_millis(900);
 /// Connect timeout of the client loops: a dropped SYN (1 s retransmission) fails the attempt.
 const LOOP_TIMEOUT: Duration = Duration::from_millis(900);
 const PACKETS: &str = "hookwall_xdp_packets_total";
-
-/// One test's world. Fields drop in order: pins (detached) first, then the namespaces, then the
-/// directory with the config and logs. A daemon is a local declared after it, so it is killed
-/// before all of this.
-struct Env {
-    pins: PinsGuard,
-    lab: Lab,
-    spec: ConfigSpec,
-    /// The path the daemon is given (`-c`).
-    config: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    /// A lab and a config (enforce mode, `cidrs`) in `DIR/hookwall.toml`.
-    fn new(cidrs: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hw-e2e-")
-            .tempdir()
-            .expect("temporary directory");
-        let config = dir.path().join("hookwall.toml");
-        Self::build(dir, config, cidrs)
-    }
-
-    /// Like [`Env::new`], but the daemon is given `DIR/etc/hookwall.toml`, a symlink to
-    /// `DIR/real/hookwall.toml`, which is the file rewritten. The daemon watches the directory
-    /// of the path it was given, so a rewrite of the target raises no file event: the only
-    /// reloads are the ones the test signals, and the reload counters can be asserted exactly.
-    fn with_symlinked_config(cidrs: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hw-e2e-")
-            .tempdir()
-            .expect("temporary directory");
-        for sub in ["etc", "real"] {
-            std::fs::create_dir(dir.path().join(sub)).expect("config directory");
-        }
-        let real = dir.path().join("real/hookwall.toml");
-        std::fs::write(&real, "").expect("placeholder config");
-        let config = dir.path().join("etc/hookwall.toml");
-        std::os::unix::fs::symlink(&real, &config).expect("config symlink");
-        Self::build(dir, config, cidrs)
-    }
-
-    fn build(dir: tempfile::TempDir, config: PathBuf, cidrs: &[&str]) -> Self {
-        let lab = Lab::new();
-        let pins = PinsGuard::new();
-        let spec = ConfigSpec::new(lab.srv_if(), pins.path(), dir.path(), cidrs);
-        spec.write(&config);
-        Self {
-            pins,
-            lab,
-            spec,
-            config,
-            dir,
-        }
-    }
-
-    fn metrics_addr(&self) -> SocketAddr {
-        self.spec.metrics_listen
-    }
-
-    /// Starts `hookwall run -c CONFIG` in `srv` and waits until it serves metrics.
-    fn start(&self) -> Daemon {
-        Daemon::start(
-            &self.lab.srv,
-            &self.config,
-            self.metrics_addr(),
-            self.dir.path(),
-        )
-    }
-
-    /// Rewrites the config with these allowed prefixes (atomically, by rename).
-    fn write_cidrs(&self, cidrs: &[&str]) {
-        let mut spec = self.spec.clone();
-        spec.cidrs = cidrs.iter().map(|&c| c.to_owned()).collect();
-        spec.write(&self.config);
-    }
-
-    /// `hookwall status --json --pin-path PINS`.
-    fn status(&self) -> Value {
-        let out = hookwall(&["status", "--json", "--pin-path", self.pins.as_str()]);
-        assert!(
-            out.status.success(),
-            "hookwall status failed: {}",
-            output_text(&out)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", output_text(&out)))
-    }
-
-    fn assert_connect(&self, srcs: &[IpAddr], port: u16) {
-        for &src in srcs {
-            self.lab.assert_connects(src, port);
-        }
-    }
-}
 
 fn labels<'a>(verdict: &'a str, reason: &'a str) -> [(&'static str, &'a str); 2] {
     [("verdict", verdict), ("reason", reason)]
@@ -149,25 +50,25 @@ fn status_packets(status: &Value, verdict: &str, reason: &str) -> u64 {
 
 #[test]
 fn allowed_sources_pass_refused_ones_are_dropped_on_ipv4_and_ipv6() {
-    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    let _protected = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
-    let _unprotected = EchoServer::start(&env.lab.srv, UNPROTECTED_PORT);
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _protected = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    let _unprotected = EchoServer::start(&lab.net.srv, UNPROTECTED_PORT);
     // Without the filter every source gets through: what is dropped later is the filter's doing.
-    env.assert_connect(&REFUSED, PROTECTED_PORT);
+    lab.net.assert_all_connect(&REFUSED, PROTECTED_PORT);
 
-    let daemon = env.start();
-    let xdp = env.lab.srv.xdp_on(env.lab.srv_if());
+    let daemon = lab.start();
+    let xdp = lab.net.srv.xdp_on(lab.net.srv_if());
     assert!(
         xdp.is_some(),
         "no XDP program on {} after start",
-        env.lab.srv_if()
+        lab.net.srv_if()
     );
 
-    env.assert_connect(&ALLOWED, PROTECTED_PORT);
-    env.lab
+    lab.net.assert_all_connect(&ALLOWED, PROTECTED_PORT);
+    lab.net
         .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
     // Other ports are not judged: the refused sources reach them.
-    env.assert_connect(&REFUSED, UNPROTECTED_PORT);
+    lab.net.assert_all_connect(&REFUSED, UNPROTECTED_PORT);
 
     let text = daemon.metrics();
     let value = |verdict, reason| {
@@ -188,12 +89,12 @@ fn allowed_sources_pass_refused_ones_are_dropped_on_ipv4_and_ipv6() {
     };
     assert_eq!((family("ipv4"), family("ipv6")), (1.0, 1.0));
 
-    let status = env.status();
+    let status = lab.status();
     assert_eq!(status["loaded"], true, "{status:#}");
     assert_eq!(status["mode"], "enforce", "{status:#}");
     assert_eq!(
         status["links"],
-        serde_json::json!([{ "interface": env.lab.srv_if(), "mode": "native", "alive": true }]),
+        serde_json::json!([{ "interface": lab.net.srv_if(), "mode": "native", "alive": true }]),
         "attach = \"auto\" on a veth must give native XDP: {status:#}"
     );
     assert_eq!(status["daemon_running"], true, "{status:#}");
@@ -203,13 +104,13 @@ fn allowed_sources_pass_refused_ones_are_dropped_on_ipv4_and_ipv6() {
 #[test]
 fn fifty_reloads_never_drop_a_kept_prefix() {
     const RELOADS: u32 = 50;
-    let env = Env::with_symlinked_config(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
-    let mut daemon = env.start();
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]).with_symlinked_config();
+    let _server = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    let mut daemon = lab.start();
     let drops_before = daemon.metric(PACKETS, &labels("drop", "not_allowed"));
     assert_eq!(drops_before, 0.0, "no refused traffic was sent");
 
-    let clients = ClientLoop::start(&env.lab.cli, &ALLOWED, PROTECTED_PORT, LOOP_TIMEOUT);
+    let clients = ClientLoop::start(&lab.net.cli, &ALLOWED, PROTECTED_PORT, LOOP_TIMEOUT);
     clients.wait_for_more(4, Duration::from_secs(5));
     let started = Instant::now();
     for n in 1..=RELOADS {
@@ -233,7 +134,7 @@ fn fifty_reloads_never_drop_a_kept_prefix() {
             ],
             _ => &[ALLOWED_V6_NET, ALLOWED_V4_NET],
         };
-        env.write_cidrs(cidrs);
+        lab.write_cidrs(cidrs);
         daemon.hup();
         daemon.wait_metric(
             "hookwall_config_reloads_total",
@@ -295,13 +196,13 @@ fn fifty_reloads_never_drop_a_kept_prefix() {
 
 #[test]
 fn editing_the_file_adds_and_removes_a_prefix_without_a_signal() {
-    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
-    let daemon = env.start();
-    env.lab
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _server = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    let daemon = lab.start();
+    lab.net
         .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
 
-    env.write_cidrs(&[
+    lab.write_cidrs(&[
         ALLOWED_V4_NET,
         ALLOWED_V6_NET,
         REFUSED_V4_NET,
@@ -312,7 +213,7 @@ fn editing_the_file_adds_and_removes_a_prefix_without_a_signal() {
         poll_until(
             Duration::from_secs(5),
             || {
-                env.lab
+                lab.net
                     .echo(src, PROTECTED_PORT, Duration::from_millis(300))
                     .is_ok()
             },
@@ -333,7 +234,7 @@ fn editing_the_file_adds_and_removes_a_prefix_without_a_signal() {
     );
     assert_eq!(daemon.reloads("success"), 1.0, "one edit, one reload");
 
-    env.write_cidrs(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    lab.write_cidrs(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
     let edited = Instant::now();
     daemon.wait_metric(
         "hookwall_config_reloads_total",
@@ -342,9 +243,9 @@ fn editing_the_file_adds_and_removes_a_prefix_without_a_signal() {
         |v| v >= 2.0,
     );
     let took_remove = edited.elapsed();
-    env.lab
+    lab.net
         .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
-    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+    lab.net.assert_all_connect(&ALLOWED, PROTECTED_PORT);
     assert_eq!(daemon.reloads("success"), 2.0, "two edits, two reloads");
     assert_eq!(daemon.reloads("failure"), 0.0);
     eprintln!(
@@ -356,27 +257,27 @@ fn editing_the_file_adds_and_removes_a_prefix_without_a_signal() {
 
 #[test]
 fn the_filter_outlives_a_killed_daemon_is_re_adopted_and_detach_removes_it() {
-    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
-    let mut first = env.start();
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let _server = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    let mut first = lab.start();
     let first_pid = first.pid();
-    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+    lab.net.assert_all_connect(&ALLOWED, PROTECTED_PORT);
 
-    let clients = ClientLoop::start(&env.lab.cli, &ALLOWED, PROTECTED_PORT, LOOP_TIMEOUT);
+    let clients = ClientLoop::start(&lab.net.cli, &ALLOWED, PROTECTED_PORT, LOOP_TIMEOUT);
     clients.wait_for_more(4, Duration::from_secs(5));
     let killed = first.kill9();
     assert!(!killed.success(), "SIGKILL: {killed}");
     clients.wait_for_more(4, Duration::from_secs(5));
     // The pinned filter still enforces with no daemon at all.
-    env.lab
+    lab.net
         .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
 
-    let status = env.status();
+    let status = lab.status();
     assert_eq!(status["loaded"], true, "{status:#}");
     assert_eq!(status["mode"], "enforce", "{status:#}");
     assert_eq!(
         status["links"],
-        serde_json::json!([{ "interface": env.lab.srv_if(), "mode": "native", "alive": true }]),
+        serde_json::json!([{ "interface": lab.net.srv_if(), "mode": "native", "alive": true }]),
         "{status:#}"
     );
     assert_eq!(status["daemon_pid"], first_pid, "{status:#}");
@@ -395,7 +296,7 @@ fn the_filter_outlives_a_killed_daemon_is_re_adopted_and_detach_removes_it() {
     );
     assert!(status_packets(&status, "pass", "allowed") > 0, "{status:#}");
 
-    let mut second = env.start();
+    let mut second = lab.start();
     let log = second.log();
     assert!(
         log.contains("re-adopted"),
@@ -408,7 +309,7 @@ fn the_filter_outlives_a_killed_daemon_is_re_adopted_and_detach_removes_it() {
         "connections from allowed sources failed across kill and restart: {:?}",
         report.errors
     );
-    let status = env.status();
+    let status = lab.status();
     assert_eq!(status["daemon_pid"], second.pid(), "{status:#}");
     assert_eq!(status["daemon_running"], true, "{status:#}");
     // Kernel counters survive the restart.
@@ -425,10 +326,10 @@ fn the_filter_outlives_a_killed_daemon_is_re_adopted_and_detach_removes_it() {
         "hookwall run after SIGTERM: {stopped}; log:\n{}",
         second.log()
     );
-    env.lab
+    lab.net
         .assert_all_time_out(&[IpAddr::V4(REFUSED_V4)], PROTECTED_PORT, REFUSED_TIMEOUT);
 
-    let out = hookwall(&["detach", "--pin-path", env.pins.as_str()]);
+    let out = hookwall(&["detach", "--pin-path", lab.pins.as_str()]);
     assert!(
         out.status.success(),
         "hookwall detach: {}",
@@ -436,20 +337,20 @@ fn the_filter_outlives_a_killed_daemon_is_re_adopted_and_detach_removes_it() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(&format!("detached from {}", env.lab.srv_if())),
+        stdout.contains(&format!("detached from {}", lab.net.srv_if())),
         "detach must name the interface: {stdout}"
     );
     assert_eq!(
-        env.lab.srv.xdp_on(env.lab.srv_if()),
+        lab.net.srv.xdp_on(lab.net.srv_if()),
         None,
         "XDP still attached after detach"
     );
     assert!(
-        !env.pins.path().exists(),
+        !lab.pins.path().exists(),
         "{} still exists after detach",
-        env.pins.path().display()
+        lab.pins.path().display()
     );
-    env.assert_connect(&REFUSED, PROTECTED_PORT);
+    lab.net.assert_all_connect(&REFUSED, PROTECTED_PORT);
     eprintln!(
         "{} connections across SIGKILL and restart, 0 failed",
         report.ok
@@ -468,8 +369,8 @@ struct BadCase {
 
 #[test]
 fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
-    let env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    let good = env.spec.render();
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let good = lab.spec.render();
     let line_of = |needle: &str| {
         good.lines()
             .position(|l| l.starts_with(needle))
@@ -510,7 +411,7 @@ fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
             // Checked against the namespace's own interfaces, which the message lists.
             why: format!(
                 "no interface `hw-nosuch0` on this host (this host has: {}, lo)",
-                env.lab.srv_if()
+                lab.net.srv_if()
             ),
         },
         BadCase {
@@ -536,13 +437,13 @@ fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
             .join("\n")
             + "\n";
         assert_ne!(text, good, "{}: the case changed nothing", case.what);
-        let path = env.dir.path().join(format!("bad-{i}.toml"));
+        let path = lab.dir.path().join(format!("bad-{i}.toml"));
         write_atomic(&path, &text);
         let path_str = path.to_str().expect("UTF-8 path");
         let expected = format!("{path_str}:{}: `{}`", case.line, case.key);
         let what = case.what;
 
-        let check = hookwall_in(&env.lab.srv, &["check", "-c", path_str]);
+        let check = hookwall_in(&lab.net.srv, &["check", "-c", path_str]);
         let stderr = String::from_utf8_lossy(&check.stderr);
         assert_eq!(
             check.status.code(),
@@ -557,7 +458,7 @@ fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
             output_text(&check)
         );
 
-        let mut run = Daemon::spawn(&env.lab.srv, &path, env.metrics_addr(), env.dir.path());
+        let mut run = lab.spawn(&path);
         let status = run
             .wait_exit(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("run, {what}: still running 10 s with a bad config"));
@@ -569,12 +470,12 @@ fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
             case.why
         );
         assert!(
-            !env.pins.path().exists(),
+            !lab.pins.path().exists(),
             "run, {what}: created {} with a bad config",
-            env.pins.path().display()
+            lab.pins.path().display()
         );
         assert_eq!(
-            env.lab.srv.xdp_on(env.lab.srv_if()),
+            lab.net.srv.xdp_on(lab.net.srv_if()),
             None,
             "run, {what}: attached XDP with a bad config"
         );
@@ -583,17 +484,12 @@ fn bad_configs_are_refused_by_check_and_run_with_file_line_and_key() {
 
 #[test]
 fn a_failed_attach_at_start_leaves_nothing_behind() {
-    let mut env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let mut lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
     // A valid config the kernel refuses: loopback has no native XDP.
-    env.spec.interfaces = vec!["lo".into()];
-    env.spec.attach = "native".into();
-    env.spec.write(&env.config);
-    let mut run = Daemon::spawn(
-        &env.lab.srv,
-        &env.config,
-        env.metrics_addr(),
-        env.dir.path(),
-    );
+    lab.spec.interfaces = vec!["lo".into()];
+    lab.spec.attach = "native".into();
+    lab.write_config();
+    let mut run = lab.spawn(&lab.config);
     let status = run
         .wait_exit(Duration::from_secs(10))
         .expect("hookwall run exits when it cannot attach");
@@ -601,26 +497,26 @@ fn a_failed_attach_at_start_leaves_nothing_behind() {
     assert_eq!(status.code(), Some(1), "{status}; log:\n{log}");
     assert!(log.contains("interface lo in native mode"), "log:\n{log}");
     assert!(
-        !env.pins.path().exists(),
+        !lab.pins.path().exists(),
         "a run that attached nothing left pins under {}: {:?}; log:\n{log}",
-        env.pins.path().display(),
-        std::fs::read_dir(env.pins.path())
+        lab.pins.path().display(),
+        std::fs::read_dir(lab.pins.path())
             .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
 }
 
 #[test]
 fn an_invalid_config_on_reload_is_refused_and_the_old_one_stays() {
-    let env = Env::with_symlinked_config(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
-    let mut daemon = env.start();
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]).with_symlinked_config();
+    let _server = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    let mut daemon = lab.start();
     assert_eq!(
         (daemon.reloads("success"), daemon.reloads("failure")),
         (0.0, 0.0)
     );
 
     // If any of this were applied, the refused sources would get in and ALLOWED_V6 would not.
-    env.write_cidrs(&[
+    lab.write_cidrs(&[
         ALLOWED_V4_NET,
         REFUSED_V4_NET,
         REFUSED_V6_NET,
@@ -636,26 +532,26 @@ fn an_invalid_config_on_reload_is_refused_and_the_old_one_stays() {
     assert_eq!(daemon.reloads("failure"), 1.0);
     assert_eq!(daemon.reloads("success"), 0.0);
     let log = daemon.log();
-    let cidrs_line = env
+    let cidrs_line = lab
         .spec
         .render()
         .lines()
         .position(|l| l.starts_with("cidrs = "))
         .expect("cidrs line")
         + 1;
-    let expected = format!("{}:{cidrs_line}: `allow.cidrs[3]`", env.config.display());
+    let expected = format!("{}:{cidrs_line}: `allow.cidrs[3]`", lab.config.display());
     assert!(
         log.contains(&expected) && log.contains("2001:db8:zz::/64"),
         "the refused reload must be reported as `{expected}`; log:\n{log}"
     );
-    env.assert_connect(&ALLOWED, PROTECTED_PORT);
-    env.lab
+    lab.net.assert_all_connect(&ALLOWED, PROTECTED_PORT);
+    lab.net
         .assert_all_time_out(&REFUSED, PROTECTED_PORT, REFUSED_TIMEOUT);
     let prefixes = |f| daemon.metric("hookwall_allowlist_prefixes", &[("family", f)]);
     assert_eq!((prefixes("ipv4"), prefixes("ipv6")), (1.0, 1.0));
 
     // The daemon is still healthy: a good config after the bad one is applied.
-    env.write_cidrs(&[ALLOWED_V4_NET, ALLOWED_V6_NET, REFUSED_V4_NET]);
+    lab.write_cidrs(&[ALLOWED_V4_NET, ALLOWED_V6_NET, REFUSED_V4_NET]);
     daemon.hup();
     daemon.wait_metric(
         "hookwall_config_reloads_total",
@@ -663,24 +559,24 @@ fn an_invalid_config_on_reload_is_refused_and_the_old_one_stays() {
         Duration::from_secs(5),
         |v| v >= 1.0,
     );
-    env.lab
+    lab.net
         .assert_connects(IpAddr::V4(REFUSED_V4), PROTECTED_PORT);
 }
 
 #[test]
 fn monitor_mode_counts_refused_sources_and_lets_them_through() {
-    let mut env = Env::new(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
-    env.spec.mode = "monitor".into();
-    env.spec.write(&env.config);
-    let _server = EchoServer::start(&env.lab.srv, PROTECTED_PORT);
-    let daemon = env.start();
+    let mut lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    lab.spec.mode = "monitor".into();
+    lab.write_config();
+    let _server = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    let daemon = lab.start();
     assert!(
-        env.lab.srv.xdp_on(env.lab.srv_if()).is_some(),
+        lab.net.srv.xdp_on(lab.net.srv_if()).is_some(),
         "XDP attached in monitor mode too"
     );
 
-    env.assert_connect(&REFUSED, PROTECTED_PORT);
-    env.assert_connect(&ALLOWED, PROTECTED_PORT);
+    lab.net.assert_all_connect(&REFUSED, PROTECTED_PORT);
+    lab.net.assert_all_connect(&ALLOWED, PROTECTED_PORT);
 
     let text = daemon.metrics();
     let value = |verdict, reason| {
@@ -694,7 +590,7 @@ fn monitor_mode_counts_refused_sources_and_lets_them_through() {
         0.0,
         "monitor mode drops nothing"
     );
-    let status = env.status();
+    let status = lab.status();
     assert_eq!(status["mode"], "monitor", "{status:#}");
     assert!(
         status_packets(&status, "monitor", "not_allowed") >= 8,

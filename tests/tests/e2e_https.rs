@@ -8,18 +8,18 @@
 use std::{
     io::Write as _,
     net::IpAddr,
-    ops::Deref,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use hookwall_tests::{
-    daemon::{Daemon, poll_until},
+    config::Route,
+    daemon::poll_until,
     https::{
-        Reply, TestCa, github_signature, handshake, post_declared, standard_webhooks_signature,
+        TestCa, github_signature, handshake, post_declared, standard_webhooks_signature,
         stripe_signature,
     },
-    lab::{HttpsLab, SERVER_NAMES},
+    lab::{Lab, SERVER_NAMES, assert_reply, requests},
     netns::{ALLOWED_V4, ALLOWED_V6, PROTECTED_PORT, REFUSED_V4, srv_addr},
 };
 use rustls::ClientConfig;
@@ -45,59 +45,28 @@ const STK_SUCCESS: &[u8] = include_bytes!(concat!(
 ));
 const ACCEPTED: &str = r#"{"ResultCode":0,"ResultDesc":"Accepted"}"#;
 
-/// One test's world: an [`HttpsLab`] with this file's routes. A daemon is a local declared
-/// after it, so it is killed first.
-struct Env {
-    https: HttpsLab,
-}
-
-/// So that tests reach the lab's parts and methods as the test's own.
-impl Deref for Env {
-    type Target = HttpsLab;
-
-    fn deref(&self) -> &HttpsLab {
-        &self.https
-    }
-}
-
-impl Env {
-    /// The lab in `mode`, its secrets and its config (no trusted proxies).
-    fn new(mode: &str) -> Self {
-        let mut https = HttpsLab::new("hw-https-");
-        https.spec.mode = mode.to_owned();
-        for (name, secret) in [
-            ("token", TOKEN),
-            ("sw", SW_SECRET),
-            ("gh", GH_SECRET),
-            ("stripe", STRIPE_SECRET),
-            ("stripe-old", STRIPE_OLD_SECRET),
-        ] {
-            https.write_secret(name, secret);
-        }
-        let env = Self { https };
-        env.write_config(&[]);
-        env
-    }
-
-    /// Writes the config: the five routes, with `server.trusted_proxies` = `trusted_proxies`.
-    fn write_config(&self, trusted_proxies: &[&str]) {
-        let d = self.dir.path();
-        let routes = format!(
-            "[[route]]\npath = {MPESA:?}\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
-             [[route]]\npath = \"/mpesa/stk/result\"\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
-             [[route]]\npath = {SW:?}\nverify = \"standard-webhooks\"\nsecrets = [{{ file = {:?} }}]\n\n\
-             [[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n\n\
-             [[route]]\npath = {STRIPE:?}\nverify = \"stripe\"\n\
-             secrets = [{{ file = {:?} }}, {{ file = {:?} }}]\n",
-            d.join("token").display().to_string(),
-            d.join("token").display().to_string(),
-            d.join("sw").display().to_string(),
-            d.join("gh").display().to_string(),
-            d.join("stripe").display().to_string(),
-            d.join("stripe-old").display().to_string(),
-        );
-        self.https.write_config(trusted_proxies, &routes);
-    }
+/// An HTTPS lab in `mode` with this file's five routes (no trusted proxies).
+fn lab_in(mode: &str) -> Lab {
+    let mut lab = Lab::https("hw-https-");
+    lab.spec.mode = mode.to_owned();
+    let token = lab.write_secret("token", TOKEN);
+    let secret = |name, value| lab.write_secret(name, value);
+    lab.spec.routes = vec![
+        Route::mpesa(MPESA, &token),
+        Route::mpesa("/mpesa/stk/result", &token),
+        Route::signed(SW, "standard-webhooks", &[secret("sw", SW_SECRET)]),
+        Route::signed(GH, "github", &[secret("gh", GH_SECRET)]),
+        Route::signed(
+            STRIPE,
+            "stripe",
+            &[
+                secret("stripe", STRIPE_SECRET),
+                secret("stripe-old", STRIPE_OLD_SECRET),
+            ],
+        ),
+    ];
+    lab.write_config();
+    lab
 }
 
 fn v4() -> IpAddr {
@@ -111,39 +80,21 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn assert_reply(reply: &Reply, status: u16, what: &str, daemon: &Daemon) {
-    assert_eq!(
-        reply.status,
-        status,
-        "{what}: got {} {:?}; log:\n{}",
-        reply.status,
-        reply.text(),
-        daemon.log()
-    );
-}
-
-fn requests(daemon: &Daemon, route: &str, outcome: &str) -> f64 {
-    daemon.metric(
-        "hookwall_http_requests_total",
-        &[("route", route), ("outcome", outcome)],
-    )
-}
-
 #[test]
 fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
-    let env = Env::new("enforce");
-    let mut daemon = env.start();
+    let lab = lab_in("enforce");
+    let mut daemon = lab.start();
     let path = format!("{MPESA}/{TOKEN}");
 
-    let r = env.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
+    let r = lab.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
     assert_reply(&r, 200, "C2B confirmation", &daemon);
     assert_eq!(r.text(), ACCEPTED);
     assert_eq!(r.header("content-type"), Some("application/json"));
     // Daraja retries: the same TransID again gets the same answer and is not stored twice.
-    let r = env.post(IpAddr::V6(ALLOWED_V6), &path, &[JSON], C2B_CONFIRMATION);
+    let r = lab.post(IpAddr::V6(ALLOWED_V6), &path, &[JSON], C2B_CONFIRMATION);
     assert_reply(&r, 200, "replayed C2B confirmation (IPv6)", &daemon);
     assert_eq!(r.text(), ACCEPTED);
-    let r = env.post(
+    let r = lab.post(
         v4(),
         &format!("/mpesa/stk/result/{TOKEN}"),
         &[JSON],
@@ -152,26 +103,26 @@ fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
     assert_reply(&r, 200, "STK result", &daemon);
 
     // Refusals: wrong and missing token look like unknown paths.
-    let r = env.post(
+    let r = lab.post(
         v4(),
         &format!("{MPESA}/wrong-token"),
         &[JSON],
         C2B_CONFIRMATION,
     );
     assert_reply(&r, 404, "wrong token", &daemon);
-    let r = env.post(v4(), MPESA, &[JSON], C2B_CONFIRMATION);
+    let r = lab.post(v4(), MPESA, &[JSON], C2B_CONFIRMATION);
     assert_reply(&r, 404, "no token", &daemon);
-    let r = env.post(v4(), "/nowhere", &[JSON], b"{}");
+    let r = lab.post(v4(), "/nowhere", &[JSON], b"{}");
     assert_reply(&r, 404, "unknown path", &daemon);
     assert!(
         !r.text().contains("mpesa"),
         "404 gives no hint: {}",
         r.text()
     );
-    let r = env.send(v4(), "GET", &path, &[], b"");
+    let r = lab.send(v4(), "GET", &path, &[], b"");
     assert_reply(&r, 405, "GET", &daemon);
     assert_eq!(r.header("allow"), Some("POST"));
-    let r = env.post(
+    let r = lab.post(
         v4(),
         &path,
         &[("Content-Type", "text/plain")],
@@ -182,16 +133,16 @@ fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
         let (src, dst, client, path) = (
             v4(),
             srv_addr(v4(), PROTECTED_PORT),
-            Arc::clone(&env.client),
+            Arc::clone(lab.client()),
             path.clone(),
         );
-        env.lab.cli.run(move || {
+        lab.net.cli.run(move || {
             post_declared(src, dst, &client, &path, &[JSON], 1024 * 1024 + 1)
                 .unwrap_or_else(|e| panic!("oversized POST: {e}"))
         })
     };
     assert_reply(&r, 413, "oversized body", &daemon);
-    let r = env.post(v4(), &path, &[JSON], br#"{"hello":"world"}"#);
+    let r = lab.post(v4(), &path, &[JSON], br#"{"hello":"world"}"#);
     assert_reply(&r, 400, "not a Daraja body", &daemon);
 
     assert_eq!(requests(&daemon, MPESA, "accepted"), 1.0);
@@ -223,7 +174,7 @@ fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
         log.contains(r#""outcome":"duplicate""#) && log.contains(r#""event_id":"RKTQDM7W6S""#),
         "audit lines in the log:\n{log}"
     );
-    let store = env.store();
+    let store = lab.store();
     assert_eq!(store.count().expect("count"), 2, "C2B once, STK once");
     let event = store
         .find(MPESA, "RKTQDM7W6S")
@@ -234,8 +185,8 @@ fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
 
 #[test]
 fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
-    let env = Env::new("enforce");
-    let daemon = env.start();
+    let lab = lab_in("enforce");
+    let daemon = lab.start();
     let body = br#"{"test": 2432232314}"#;
     let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
     let ts = now().to_string();
@@ -246,11 +197,11 @@ fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
         ("webhook-timestamp", ts.as_str()),
         ("webhook-signature", sig.as_str()),
     ];
-    let r = env.post(v4(), SW, &headers, body);
+    let r = lab.post(v4(), SW, &headers, body);
     assert_reply(&r, 200, "fresh Standard Webhooks signature", &daemon);
-    let r = env.post(v4(), SW, &headers, body);
+    let r = lab.post(v4(), SW, &headers, body);
     assert_reply(&r, 200, "replayed webhook-id", &daemon);
-    let r = env.post(v4(), SW, &headers, br#"{"test": 2432232315}"#);
+    let r = lab.post(v4(), SW, &headers, br#"{"test": 2432232315}"#);
     assert_reply(&r, 401, "tampered body", &daemon);
     // The published vector is genuine but five years old: outside the tolerance.
     let old = [
@@ -262,7 +213,7 @@ fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
         ),
     ];
-    let r = env.post(v4(), SW, &old, body);
+    let r = lab.post(v4(), SW, &old, body);
     assert_reply(&r, 401, "published vector, stale timestamp", &daemon);
 
     let gh_body = b"Hello, World!";
@@ -277,9 +228,9 @@ fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
         ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
         ("X-Hub-Signature-256", gh_sig.as_str()),
     ];
-    let r = env.post(IpAddr::V6(ALLOWED_V6), GH, &gh_headers, gh_body);
+    let r = lab.post(IpAddr::V6(ALLOWED_V6), GH, &gh_headers, gh_body);
     assert_reply(&r, 200, "GitHub published vector", &daemon);
-    let r = env.post(v4(), GH, &gh_headers, b"Hello, World?");
+    let r = lab.post(v4(), GH, &gh_headers, b"Hello, World?");
     assert_reply(&r, 401, "GitHub tampered body", &daemon);
 
     assert_eq!(requests(&daemon, SW, "accepted"), 1.0);
@@ -293,22 +244,22 @@ fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
         assert!(!log.contains(secret), "no secret or signature in the log");
     }
     drop(daemon);
-    assert_eq!(env.store().count().expect("count"), 2);
+    assert_eq!(lab.store().count().expect("count"), 2);
 }
 
 #[test]
 fn refused_peer_gets_403_on_mpesa_routes_and_forwarded_headers_change_nothing() {
     // Monitor mode: the kernel lets the refused source through, so the userspace check is what
     // answers.
-    let env = Env::new("monitor");
-    let daemon = env.start();
+    let lab = lab_in("monitor");
+    let daemon = lab.start();
     let path = format!("{MPESA}/{TOKEN}");
     let refused = IpAddr::V4(REFUSED_V4);
-    let r = env.post(refused, &path, &[JSON], C2B_CONFIRMATION);
+    let r = lab.post(refused, &path, &[JSON], C2B_CONFIRMATION);
     assert_reply(&r, 403, "refused peer", &daemon);
     // An untrusted peer claiming an allowed address is judged by its socket address.
     let spoof = [JSON, ("X-Forwarded-For", "192.0.2.10")];
-    let r = env.post(refused, &path, &spoof, C2B_CONFIRMATION);
+    let r = lab.post(refused, &path, &spoof, C2B_CONFIRMATION);
     assert_reply(
         &r,
         403,
@@ -317,7 +268,7 @@ fn refused_peer_gets_403_on_mpesa_routes_and_forwarded_headers_change_nothing() 
     );
     // And an allowed peer claiming a refused address is still allowed.
     let spoof = [JSON, ("X-Forwarded-For", "198.51.100.20")];
-    let r = env.post(v4(), &path, &spoof, C2B_CONFIRMATION);
+    let r = lab.post(v4(), &path, &spoof, C2B_CONFIRMATION);
     assert_reply(&r, 200, "allowed peer with a forwarded header", &daemon);
     assert_eq!(requests(&daemon, MPESA, "forbidden_peer"), 2.0);
     let log = daemon.log();
@@ -327,16 +278,16 @@ fn refused_peer_gets_403_on_mpesa_routes_and_forwarded_headers_change_nothing() 
         "audit shows the socket address as the client:\n{log}"
     );
     drop(daemon);
-    assert_eq!(env.store().count().expect("count"), 1);
+    assert_eq!(lab.store().count().expect("count"), 1);
 }
 
 #[test]
 fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance() {
-    let env = Env::new("enforce");
-    let daemon = env.start();
+    let lab = lab_in("enforce");
+    let daemon = lab.start();
     let body = br#"{"id":"evt_1QxT3e2eZvKYlo2C","object":"event","type":"payment_intent.succeeded","data":{"object":{"id":"pi_3Qx","amount":2000}}}"#;
     let post = |signature: &str, body: &[u8]| {
-        env.post(v4(), STRIPE, &[JSON, ("Stripe-Signature", signature)], body)
+        lab.post(v4(), STRIPE, &[JSON, ("Stripe-Signature", signature)], body)
     };
     let r = post(&stripe_signature(&[STRIPE_SECRET], now(), body), body);
     assert_reply(&r, 200, "fresh Stripe signature", &daemon);
@@ -398,7 +349,7 @@ fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance()
         let r = post(signature, body);
         assert_reply(&r, *status, what, &daemon);
     }
-    let r = env.post(v4(), STRIPE, &[JSON], body);
+    let r = lab.post(v4(), STRIPE, &[JSON], body);
     assert_reply(&r, 401, "no Stripe-Signature header", &daemon);
 
     assert_eq!(requests(&daemon, STRIPE, "accepted"), 3.0);
@@ -415,7 +366,7 @@ fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance()
         assert!(!log.contains(secret), "no secret in the log");
     }
     drop(daemon);
-    let store = env.store();
+    let store = lab.store();
     let event = store
         .find(STRIPE, "evt_1QxT3e2eZvKYlo2C")
         .expect("read")
@@ -428,9 +379,10 @@ fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance()
 fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
     // The proxy is 198.51.100.20: trusted, but not itself on the allowlist. Monitor mode lets
     // its packets through the kernel, so the userspace client check is what answers.
-    let env = Env::new("monitor");
-    env.write_config(&[&format!("{REFUSED_V4}/32")]);
-    let daemon = env.start();
+    let mut lab = lab_in("monitor");
+    lab.spec.trusted_proxies = vec![format!("{REFUSED_V4}/32")];
+    lab.write_config();
+    let daemon = lab.start();
     let proxy = IpAddr::V4(REFUSED_V4);
     let path = format!("{MPESA}/{TOKEN}");
     let allowed = ALLOWED_V4.to_string();
@@ -472,11 +424,11 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
             .replace("RKTQDM7W6S", &format!("RKTQDM7W{n:02}"));
         let mut headers = vec![JSON];
         headers.extend_from_slice(forwarding);
-        let r = env.post(proxy, &path, &headers, body.as_bytes());
+        let r = lab.post(proxy, &path, &headers, body.as_bytes());
         assert_reply(&r, *status, what, &daemon);
     }
     // An untrusted peer's Forwarded header changes nothing.
-    let r = env.post(
+    let r = lab.post(
         v4(),
         &path,
         &[JSON, ("Forwarded", "for=203.0.113.9")],
@@ -497,19 +449,19 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
 
 #[test]
 fn tls_versions_alpn_and_certificate_reload_on_replacement_and_on_sighup() {
-    let env = Env::new("enforce");
-    let mut daemon = env.start();
+    let lab = lab_in("enforce");
+    let mut daemon = lab.start();
     let dst = srv_addr(v4(), PROTECTED_PORT);
     let src = v4();
-    let check = |config: Arc<ClientConfig>| env.lab.cli.run(move || handshake(src, dst, &config));
+    let check = |config: Arc<ClientConfig>| lab.net.cli.run(move || handshake(src, dst, &config));
     let (alpn, version) = check(
-        env.ca
+        lab.ca()
             .client(&[b"h2", b"http/1.1"], &[&rustls::version::TLS13]),
     )
     .expect("TLS 1.3 handshake");
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
-    let (alpn, version) = check(env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS12]))
+    let (alpn, version) = check(lab.ca().client(&[b"http/1.1"], &[&rustls::version::TLS12]))
         .expect("TLS 1.2 handshake");
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
@@ -517,7 +469,7 @@ fn tls_versions_alpn_and_certificate_reload_on_replacement_and_on_sighup() {
     // A certificate from another CA renamed over the files, as certbot does: the file watcher
     // swaps it in, no signal needed.
     let second = TestCa::new();
-    second.issue(env.dir.path(), &SERVER_NAMES);
+    second.issue(lab.dir.path(), &SERVER_NAMES);
     let second_client = second.http1_client();
     poll_until(
         Duration::from_secs(10),
@@ -530,7 +482,7 @@ fn tls_versions_alpn_and_certificate_reload_on_replacement_and_on_sighup() {
         },
     );
     assert!(
-        check(Arc::clone(&env.client)).is_err(),
+        check(Arc::clone(lab.client())).is_err(),
         "the old certificate is no longer served"
     );
 
@@ -543,7 +495,7 @@ fn tls_versions_alpn_and_certificate_reload_on_replacement_and_on_sighup() {
         let mut file = std::fs::File::options()
             .write(true)
             .truncate(true)
-            .open(env.dir.path().join(name))
+            .open(lab.dir.path().join(name))
             .expect("opening a PEM file");
         file.write_all(text.as_bytes()).expect("writing a PEM file");
         held.push(file);
@@ -572,23 +524,23 @@ fn tls_versions_alpn_and_certificate_reload_on_replacement_and_on_sighup() {
 
 #[test]
 fn an_acknowledged_event_survives_sigkill() {
-    let env = Env::new("enforce");
-    let mut daemon = env.start();
+    let lab = lab_in("enforce");
+    let mut daemon = lab.start();
     let path = format!("{MPESA}/{TOKEN}");
-    let r = env.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
+    let r = lab.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
     assert_reply(&r, 200, "C2B confirmation", &daemon);
     daemon.kill9();
-    let event = env
+    let event = lab
         .store()
         .find(MPESA, "RKTQDM7W6S")
         .expect("reading the store after SIGKILL")
         .expect("the acknowledged event is in the store");
     assert_eq!(event.body, C2B_CONFIRMATION);
 
-    let daemon = env.start();
-    let r = env.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
+    let daemon = lab.start();
+    let r = lab.post(v4(), &path, &[JSON], C2B_CONFIRMATION);
     assert_reply(&r, 200, "the retry after the restart", &daemon);
     assert_eq!(requests(&daemon, MPESA, "duplicate"), 1.0);
     drop(daemon);
-    assert_eq!(env.store().count().expect("count"), 1);
+    assert_eq!(lab.store().count().expect("count"), 1);
 }

@@ -9,16 +9,16 @@
 use std::{
     io,
     net::IpAddr,
-    ops::Deref,
     sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use hookwall_tests::{
+    config::Route,
     daemon::Daemon,
     https::{Reply, exchange, github_signature, hold_idle},
-    lab::HttpsLab,
+    lab::{Lab, assert_reply, requests},
     netns::{ALLOWED_V4, ALLOWED_V6, PROTECTED_PORT, srv_addr},
 };
 
@@ -26,75 +26,54 @@ const GH: &str = "/hooks/github";
 const GH_SECRET: &str = "It's a Secret to Everybody";
 const BODY: &[u8] = br#"{"zen":"Keep it logically awesome."}"#;
 
-/// One test's world: an [`HttpsLab`] with a GitHub route and small limits. A daemon is a local
-/// declared after it, so it is killed first.
-struct Env {
-    https: HttpsLab,
+/// An HTTPS lab with a GitHub route and `limits` (`[server.limits]`).
+fn lab_with(limits: &[(&str, u64)]) -> Lab {
+    let mut lab = Lab::https("hw-limits-");
+    let gh = lab.write_secret("gh", GH_SECRET);
+    lab.spec.routes = vec![Route::signed(GH, "github", &[gh])];
+    lab.spec.limits = limits.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
+    lab.write_config();
+    lab
 }
 
-/// So that tests reach the lab's parts and methods as the test's own.
-impl Deref for Env {
-    type Target = HttpsLab;
-
-    fn deref(&self) -> &HttpsLab {
-        &self.https
-    }
+/// A signed GitHub delivery `delivery` from `src` (accepted unless a limit refuses it).
+fn deliver(lab: &Lab, src: IpAddr, delivery: &str) -> Reply {
+    let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", delivery),
+        ("X-Hub-Signature-256", sig.as_str()),
+    ];
+    lab.post(src, GH, &headers, BODY)
 }
 
-impl Env {
-    /// A GitHub route and `limits` (the lines of `[server.limits]`).
-    fn new(limits: &str) -> Self {
-        let https = HttpsLab::new("hw-limits-");
-        let gh = https.write_secret("gh", GH_SECRET);
-        let routes = format!(
-            "[[route]]\npath = {GH:?}\nverify = \"github\"\nsecrets = [{{ file = {:?} }}]\n\n\
-             [server.limits]\n{limits}\n",
-            gh.display().to_string(),
-        );
-        https.write_config(&[], &routes);
-        Self { https }
-    }
+/// [`exchange`] from `src` in the client namespace, in the background, timed.
+fn exchange_bg(
+    lab: &Lab,
+    src: IpAddr,
+    head: String,
+    steps: Vec<(Duration, Vec<u8>)>,
+) -> JoinHandle<(io::Result<Reply>, Duration)> {
+    let (dst, client) = (srv_addr(src, PROTECTED_PORT), Arc::clone(lab.client()));
+    lab.net.cli.spawn(move || {
+        let steps: Vec<(Duration, &[u8])> = steps.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        let started = Instant::now();
+        let reply = exchange(src, dst, &client, &head, &steps);
+        (reply, started.elapsed())
+    })
+}
 
-    /// A signed GitHub delivery `delivery` from `src` (accepted unless a limit refuses it).
-    fn deliver(&self, src: IpAddr, delivery: &str) -> Reply {
-        let sig = github_signature(GH_SECRET.as_bytes(), BODY);
-        let headers = [
-            ("Content-Type", "application/json"),
-            ("X-GitHub-Event", "push"),
-            ("X-GitHub-Delivery", delivery),
-            ("X-Hub-Signature-256", sig.as_str()),
-        ];
-        self.post(src, GH, &headers, BODY)
-    }
-
-    /// [`exchange`] from `src` in the background, timed.
-    fn exchange_bg(
-        &self,
-        src: IpAddr,
-        head: String,
-        steps: Vec<(Duration, Vec<u8>)>,
-    ) -> JoinHandle<(io::Result<Reply>, Duration)> {
-        let (dst, client) = (srv_addr(src, PROTECTED_PORT), Arc::clone(&self.client));
-        self.lab.cli.spawn(move || {
-            let steps: Vec<(Duration, &[u8])> =
-                steps.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-            let started = Instant::now();
-            let reply = exchange(src, dst, &client, &head, &steps);
-            (reply, started.elapsed())
-        })
-    }
-
-    /// [`Env::exchange_bg`], waited for.
-    fn exchange(
-        &self,
-        src: IpAddr,
-        head: String,
-        steps: Vec<(Duration, Vec<u8>)>,
-    ) -> (io::Result<Reply>, Duration) {
-        self.exchange_bg(src, head, steps)
-            .join()
-            .expect("the client thread")
-    }
+/// [`exchange_bg`], waited for.
+fn exchange_timed(
+    lab: &Lab,
+    src: IpAddr,
+    head: String,
+    steps: Vec<(Duration, Vec<u8>)>,
+) -> (io::Result<Reply>, Duration) {
+    exchange_bg(lab, src, head, steps)
+        .join()
+        .expect("the client thread")
 }
 
 /// The head of a signed GitHub POST (up to and including the blank line) with `framing`
@@ -112,24 +91,6 @@ fn v4() -> IpAddr {
     IpAddr::V4(ALLOWED_V4)
 }
 
-fn assert_reply(reply: &Reply, status: u16, what: &str, daemon: &Daemon) {
-    assert_eq!(
-        reply.status,
-        status,
-        "{what}: got {} {:?}; log:\n{}",
-        reply.status,
-        reply.text(),
-        daemon.log()
-    );
-}
-
-fn requests(daemon: &Daemon, route: &str, outcome: &str) -> f64 {
-    daemon.metric(
-        "hookwall_http_requests_total",
-        &[("route", route), ("outcome", outcome)],
-    )
-}
-
 /// The sum of `hookwall_http_requests_total` over every route and outcome.
 fn all_requests(daemon: &Daemon) -> f64 {
     daemon
@@ -142,17 +103,17 @@ fn all_requests(daemon: &Daemon) -> f64 {
 
 #[test]
 fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_still_served() {
-    let env = Env::new("rate_per_second = 2\nrate_burst = 2");
-    let daemon = env.start();
+    let lab = lab_with(&[("rate_per_second", 2), ("rate_burst", 2)]);
+    let daemon = lab.start();
     // The burst of two, then 429 until a token comes back (one per 500 ms): the requests follow
     // each other within milliseconds.
-    let r = env.deliver(v4(), "d-1");
+    let r = deliver(&lab, v4(), "d-1");
     assert_reply(&r, 200, "first of the burst", &daemon);
-    let r = env.deliver(v4(), "d-2");
+    let r = deliver(&lab, v4(), "d-2");
     assert_reply(&r, 200, "second of the burst", &daemon);
     let mut limited = 0_u32;
     for n in 3..=5 {
-        let r = env.deliver(v4(), &format!("d-{n}"));
+        let r = deliver(&lab, v4(), &format!("d-{n}"));
         assert_reply(&r, 429, "over the rate", &daemon);
         let retry: u64 = r
             .header("retry-after")
@@ -162,7 +123,7 @@ fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_still_served(
         limited += 1;
     }
     // Another client address has its own budget.
-    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "d-6");
+    let r = deliver(&lab, IpAddr::V6(ALLOWED_V6), "d-6");
     assert_reply(&r, 200, "another client", &daemon);
 
     // Rate limiting comes before routing: the refusals carry route "none".
@@ -176,13 +137,13 @@ fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_still_served(
         "audit lines for 429"
     );
     drop(daemon);
-    assert_eq!(env.stored(), 3, "d-1, d-2 and d-6 only");
+    assert_eq!(lab.stored(), 3, "d-1, d-2 and d-6 only");
 }
 
 #[test]
 fn a_chunked_body_over_the_limit_gets_413() {
-    let env = Env::new("body_limit_bytes = 1000");
-    let daemon = env.start();
+    let lab = lab_with(&[("body_limit_bytes", 1000)]);
+    let daemon = lab.start();
     // 4000 bytes sent for real, chunked, with no Content-Length to refuse it by.
     let chunk = vec![b' '; 1000];
     let mut body = Vec::new();
@@ -192,7 +153,8 @@ fn a_chunked_body_over_the_limit_gets_413() {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(b"0\r\n\r\n");
-    let (r, _) = env.exchange(
+    let (r, _) = exchange_timed(
+        &lab,
         v4(),
         gh_head("Transfer-Encoding: chunked", "big-1"),
         vec![(Duration::ZERO, body)],
@@ -200,23 +162,24 @@ fn a_chunked_body_over_the_limit_gets_413() {
     let r = r.expect("an answer to the oversized chunked body");
     assert_reply(&r, 413, "chunked body over body_limit_bytes", &daemon);
     // A body within the limit is still accepted (the limit is not off by a lot).
-    let r = env.deliver(v4(), "small-1");
+    let r = deliver(&lab, v4(), "small-1");
     assert_reply(&r, 200, "a body within the limit", &daemon);
 
     assert_eq!(requests(&daemon, GH, "too_large"), 1.0);
     assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
     assert!(daemon.log().contains(r#""reason":"body""#), "audit reason");
     drop(daemon);
-    assert_eq!(env.stored(), 1, "only the small delivery");
+    assert_eq!(lab.stored(), 1, "only the small delivery");
 }
 
 #[test]
 fn a_stalled_body_gets_408_after_body_timeout() {
-    let env = Env::new("body_timeout_ms = 500");
-    let daemon = env.start();
+    let lab = lab_with(&[("body_timeout_ms", 500)]);
+    let daemon = lab.start();
     let declared = format!("Content-Length: {}", BODY.len());
     // Headers, ten bytes of the body, then nothing.
-    let (r, took) = env.exchange(
+    let (r, took) = exchange_timed(
+        &lab,
         v4(),
         gh_head(&declared, "slow-1"),
         vec![(Duration::ZERO, BODY[..10].to_vec())],
@@ -228,7 +191,7 @@ fn a_stalled_body_gets_408_after_body_timeout() {
         "408 after {took:?}, expected about 500 ms"
     );
     // The same delivery sent in time is accepted: only the stall was refused.
-    let r = env.deliver(v4(), "slow-1");
+    let r = deliver(&lab, v4(), "slow-1");
     assert_reply(&r, 200, "the delivery in time", &daemon);
 
     assert_eq!(requests(&daemon, GH, "timeout"), 1.0);
@@ -238,18 +201,19 @@ fn a_stalled_body_gets_408_after_body_timeout() {
         "audit reason"
     );
     drop(daemon);
-    assert_eq!(env.stored(), 1);
+    assert_eq!(lab.stored(), 1);
 }
 
 #[test]
 fn requests_beyond_max_in_flight_get_503_at_once() {
-    let env = Env::new("max_in_flight = 2\nbody_timeout_ms = 2000");
-    let daemon = env.start();
+    let lab = lab_with(&[("max_in_flight", 2), ("body_timeout_ms", 2000)]);
+    let daemon = lab.start();
     let declared = format!("Content-Length: {}", BODY.len());
     // Two requests held in flight: headers sent, the body stalled.
     let held: Vec<_> = (0..2)
         .map(|i| {
-            env.exchange_bg(
+            exchange_bg(
+                &lab,
                 v4(),
                 gh_head(&declared, &format!("held-{i}")),
                 vec![(Duration::ZERO, BODY[..5].to_vec())],
@@ -258,7 +222,7 @@ fn requests_beyond_max_in_flight_get_503_at_once() {
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     let started = Instant::now();
-    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "third");
+    let r = deliver(&lab, IpAddr::V6(ALLOWED_V6), "third");
     let took = started.elapsed();
     assert_reply(&r, 503, "beyond max_in_flight", &daemon);
     assert_eq!(r.header("retry-after"), Some("1"), "{:?}", r.headers);
@@ -272,7 +236,7 @@ fn requests_beyond_max_in_flight_get_503_at_once() {
         assert_reply(&r, 408, "a held request, its body stalled", &daemon);
     }
     // With the slots free again, the same delivery is accepted.
-    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "third");
+    let r = deliver(&lab, IpAddr::V6(ALLOWED_V6), "third");
     assert_reply(&r, 200, "after the held requests ended", &daemon);
 
     // The cap is checked before routing: route "none".
@@ -280,17 +244,17 @@ fn requests_beyond_max_in_flight_get_503_at_once() {
     assert_eq!(requests(&daemon, GH, "timeout"), 2.0);
     assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
     drop(daemon);
-    assert_eq!(env.stored(), 1, "only the delivery after the held ones");
+    assert_eq!(lab.stored(), 1, "only the delivery after the held ones");
 }
 
 #[test]
 fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() {
-    let env = Env::new("header_timeout_ms = 500");
-    let daemon = env.start();
+    let lab = lab_with(&[("header_timeout_ms", 500)]);
+    let daemon = lab.start();
     // Part of a request's headers, then nothing.
     let head =
         format!("POST {GH} HTTP/1.1\r\nHost: 192.0.2.1\r\nContent-Type: application/json\r\n");
-    let (r, took) = env.exchange(v4(), head, Vec::new());
+    let (r, took) = exchange_timed(&lab, v4(), head, Vec::new());
     let r = r.expect("an answer to the slow headers");
     assert_reply(&r, 408, "slow headers", &daemon);
     assert_eq!(r.header("connection"), Some("close"));
@@ -299,7 +263,7 @@ fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() 
         "408 after {took:?}, expected about 500 ms"
     );
     // A connection that sends nothing after the handshake is closed, silently, as quickly.
-    let (r, took) = env.exchange(v4(), String::new(), Vec::new());
+    let (r, took) = exchange_timed(&lab, v4(), String::new(), Vec::new());
     let err = r.expect_err("an idle connection gets no answer");
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     assert!(
@@ -307,7 +271,7 @@ fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() 
         "closed after {took:?}, expected about 500 ms"
     );
     // A request sent in time is served.
-    let r = env.deliver(v4(), "fast-1");
+    let r = deliver(&lab, v4(), "fast-1");
     assert_reply(&r, 200, "headers in time", &daemon);
 
     assert_eq!(requests(&daemon, "none", "timeout"), 1.0);
@@ -317,14 +281,14 @@ fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() 
         "audit line for the 408"
     );
     drop(daemon);
-    assert_eq!(env.stored(), 1);
+    assert_eq!(lab.stored(), 1);
 }
 
 #[test]
 fn an_http2_connection_that_carries_no_request_is_closed_after_header_timeout() {
-    let env = Env::new("header_timeout_ms = 500");
-    let daemon = env.start();
-    let h2 = env.ca.client(&[b"h2"], &[&rustls::version::TLS13]);
+    let lab = lab_with(&[("header_timeout_ms", 500)]);
+    let daemon = lab.start();
+    let h2 = lab.ca().client(&[b"h2"], &[&rustls::version::TLS13]);
     let dst = srv_addr(v4(), PROTECTED_PORT);
     // The client preface and an empty SETTINGS frame, then silence; and silence from the start.
     let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -333,8 +297,8 @@ fn an_http2_connection_that_carries_no_request_is_closed_after_header_timeout() 
         (&b""[..], "without a preface"),
     ] {
         let h2 = Arc::clone(&h2);
-        let (alpn, received, took) = env
-            .lab
+        let (alpn, received, took) = lab
+            .net
             .cli
             .run(move || hold_idle(v4(), dst, &h2, first))
             .unwrap_or_else(|e| panic!("{what}: {e}; log:\n{}", daemon.log()));
@@ -356,7 +320,7 @@ fn an_http2_connection_that_carries_no_request_is_closed_after_header_timeout() 
         "X-GitHub-Delivery: h2-after-idle".to_owned(),
         format!("X-Hub-Signature-256: {sig}"),
     ];
-    let (version, code) = curl_h2(&env, &headers, BODY);
+    let (version, code) = curl_h2(&lab, &headers, BODY);
     assert_eq!(
         (version.as_str(), code),
         ("2", 200),
@@ -364,21 +328,22 @@ fn an_http2_connection_that_carries_no_request_is_closed_after_header_timeout() 
         daemon.log()
     );
     drop(daemon);
-    assert_eq!(env.stored(), 1);
+    assert_eq!(lab.stored(), 1);
 }
 
 #[test]
 fn connections_beyond_max_connections_are_closed_unanswered() {
-    let env = Env::new("max_connections = 2\nheader_timeout_ms = 1500");
-    let daemon = env.start();
+    let lab = lab_with(&[("max_connections", 2), ("header_timeout_ms", 1500)]);
+    let daemon = lab.start();
     // Two connections held open, idle after the handshake (closed by the header timeout).
     let held: Vec<_> = (0..2)
-        .map(|_| env.exchange_bg(v4(), String::new(), Vec::new()))
+        .map(|_| exchange_bg(&lab, v4(), String::new(), Vec::new()))
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     // A third is closed at once: no handshake, no answer, nothing stored.
     let started = Instant::now();
-    let (r, _) = env.exchange(
+    let (r, _) = exchange_timed(
+        &lab,
         IpAddr::V6(ALLOWED_V6),
         gh_head(&format!("Content-Length: {}", BODY.len()), "over-cap"),
         vec![(Duration::ZERO, BODY.to_vec())],
@@ -395,19 +360,19 @@ fn connections_beyond_max_connections_are_closed_unanswered() {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
     // With the held connections gone, a new one is served.
-    let r = env.deliver(IpAddr::V6(ALLOWED_V6), "after-cap");
+    let r = deliver(&lab, IpAddr::V6(ALLOWED_V6), "after-cap");
     assert_reply(&r, 200, "after the held connections closed", &daemon);
     // Refused connections are not requests: only the accepted one is counted.
     assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
     assert_eq!(all_requests(&daemon), 1.0, "{}", daemon.metrics());
     drop(daemon);
-    assert_eq!(env.stored(), 1);
+    assert_eq!(lab.stored(), 1);
 }
 
 /// `curl --http2` (ALPN h2) from 192.0.2.10 in the client namespace: `(http_version, status)`.
 /// `cargo xtask setup` installs curl; a missing curl fails the test rather than skipping it.
-fn curl_h2(env: &Env, headers: &[String], body: &[u8]) -> (String, u16) {
-    let d = env.dir.path();
+fn curl_h2(lab: &Lab, headers: &[String], body: &[u8]) -> (String, u16) {
+    let d = lab.dir.path();
     let body_file = d.join("h2-body");
     std::fs::write(&body_file, body).expect("body file");
     let cacert = d.join("cert.pem").display().to_string();
@@ -434,7 +399,7 @@ fn curl_h2(env: &Env, headers: &[String], body: &[u8]) -> (String, u16) {
         args.extend(["-H", h.as_str()]);
     }
     args.push(&url);
-    let out = env.lab.cli.exec(&args);
+    let out = lab.net.cli.exec(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (version, code) = text.split_once(' ').unwrap_or_else(|| {
@@ -445,8 +410,8 @@ fn curl_h2(env: &Env, headers: &[String], body: &[u8]) -> (String, u16) {
 
 #[test]
 fn http2_chosen_by_alpn_is_served_under_the_same_limits() {
-    let env = Env::new("body_limit_bytes = 1000");
-    let daemon = env.start();
+    let lab = lab_with(&[("body_limit_bytes", 1000)]);
+    let daemon = lab.start();
     let sig = github_signature(GH_SECRET.as_bytes(), BODY);
     let headers = |delivery: &str, sig: &str| {
         vec![
@@ -456,7 +421,7 @@ fn http2_chosen_by_alpn_is_served_under_the_same_limits() {
             format!("X-Hub-Signature-256: {sig}"),
         ]
     };
-    let (version, code) = curl_h2(&env, &headers("h2-1", &sig), BODY);
+    let (version, code) = curl_h2(&lab, &headers("h2-1", &sig), BODY);
     assert_eq!(
         (version.as_str(), code),
         ("2", 200),
@@ -465,7 +430,7 @@ fn http2_chosen_by_alpn_is_served_under_the_same_limits() {
     );
     let big = vec![b' '; 4000];
     let big_sig = github_signature(GH_SECRET.as_bytes(), &big);
-    let (version, code) = curl_h2(&env, &headers("h2-big", &big_sig), &big);
+    let (version, code) = curl_h2(&lab, &headers("h2-big", &big_sig), &big);
     // The server answers 413 from Content-Length at once and then resets the stream, whose body
     // it will not read. curl, still sending, sees the answer or (a race on the client side) only
     // the reset; what the server did is asserted on its own metrics and store below.
@@ -477,5 +442,5 @@ fn http2_chosen_by_alpn_is_served_under_the_same_limits() {
     assert_eq!(requests(&daemon, GH, "accepted"), 1.0);
     assert_eq!(requests(&daemon, GH, "too_large"), 1.0);
     drop(daemon);
-    assert_eq!(env.stored(), 1);
+    assert_eq!(lab.stored(), 1);
 }

@@ -9,7 +9,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    ops::Deref,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -18,11 +17,12 @@ use std::{
 };
 
 use hookwall_tests::{
+    config::{DeliverySpec, Route, Sink},
     daemon::{Daemon, poll_until},
     https::request,
-    lab::HttpsLab,
+    lab::Lab,
     nats::{NatsServer, StreamMsg, publish_with_id, read_stream},
-    netns::{ALLOWED_V4, ALLOWED_V6, NetNs, PROTECTED_PORT, VethPair, srv_addr},
+    netns::{ALLOWED, NetNs, PROTECTED_PORT, VethPair, srv_addr},
 };
 
 const MPESA: &str = "/mpesa/c2b/confirmation";
@@ -50,21 +50,6 @@ fn c2b_body(id: &str) -> Vec<u8> {
     String::from_utf8_lossy(C2B_CONFIRMATION)
         .replace(FIXTURE_ID, id)
         .into_bytes()
-}
-
-/// One hookwall host: an [`HttpsLab`] (its own namespaces, filter and store) with a config for
-/// `[delivery.nats]`. A daemon is a local declared after it, so it is killed first.
-struct Host {
-    https: HttpsLab,
-}
-
-/// So that tests reach the lab's parts and methods as the host's own.
-impl Deref for Host {
-    type Target = HttpsLab;
-
-    fn deref(&self) -> &HttpsLab {
-        &self.https
-    }
 }
 
 /// What a background sender saw: the ids whose callback hookwall acknowledged (200 with
@@ -113,93 +98,110 @@ impl Sending {
     }
 }
 
-impl Host {
-    fn new() -> Self {
-        let https = HttpsLab::new("hw-nats-host-");
-        https.write_secret("token", TOKEN);
-        Self { https }
-    }
+/// One hookwall host: an HTTPS lab (its own namespaces, filter and store) with the M-Pesa route;
+/// [`deliver_to`] gives it the broker. A daemon is a local declared after it, so it is killed
+/// first.
+fn new_host() -> Lab {
+    let mut lab = Lab::https("hw-nats-host-");
+    let token = lab.write_secret("token", TOKEN);
+    lab.spec.routes = vec![Route::mpesa(MPESA, &token)];
+    lab
+}
 
-    /// Writes the config: one M-Pesa route, delivery to `nats_url` with quick retries (so a
-    /// broker outage of seconds is crossed in seconds) and attempts enough never to give up.
-    fn write_config(&self, nats_url: &str) {
-        let token = self.dir.path().join("token");
-        let routes = format!(
-            "[[route]]\npath = {MPESA:?}\nverify = \"mpesa\"\ntoken = {{ file = {:?} }}\n\n\
-             [delivery]\ntimeout = \"2s\"\nmax_attempts = 1000\nmax_age = \"1h\"\n\
-             backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\nconcurrency = 8\n\n\
-             [delivery.nats]\nurl = {nats_url:?}\nsubject = {SUBJECT:?}\nstream = {STREAM:?}\n\
-             duplicate_window = \"2m\"\n",
-            token.display().to_string(),
-        );
-        self.https.write_config(&[], &routes);
-    }
+/// Writes `host`'s config with delivery to `nats_url`: quick retries (so a broker outage of
+/// seconds is crossed in seconds) and attempts enough never to give up.
+fn deliver_to(host: &mut Lab, nats_url: &str) {
+    let mut delivery = DeliverySpec::with_sink(Sink::Nats {
+        url: nats_url.to_owned(),
+        subject: SUBJECT.to_owned(),
+        stream: STREAM.to_owned(),
+        duplicate_window: Some("2m".to_owned()),
+    });
+    delivery.timeout = "2s".to_owned();
+    delivery.max_attempts = 1000;
+    delivery.max_age = Some("1h".to_owned());
+    host.spec.delivery = Some(delivery);
+    host.write_config();
+}
 
-    /// Sends one C2B confirmation per id over TLS from the client namespace, half from the
-    /// allowed IPv4 source and half from the IPv6 one, in the background.
-    fn send(&self, ids: &[String]) -> Sending {
-        let progress = Arc::new(AtomicUsize::new(0));
-        let path = format!("{MPESA}/{TOKEN}");
-        let threads = [IpAddr::V4(ALLOWED_V4), IpAddr::V6(ALLOWED_V6)]
-            .into_iter()
-            .enumerate()
-            .map(|(k, src)| {
-                let mine: Vec<String> = ids.iter().skip(k).step_by(2).cloned().collect();
-                let (client, progress, path) = (
-                    Arc::clone(&self.client),
-                    Arc::clone(&progress),
-                    path.clone(),
-                );
-                self.lab.cli.spawn(move || {
-                    let dst = srv_addr(src, PROTECTED_PORT);
-                    let mut sent = Sent::default();
-                    for id in mine {
-                        let reply =
-                            request(src, dst, &client, "POST", &path, &[JSON], &c2b_body(&id));
-                        match reply {
-                            Ok(r) if r.status == 200 && r.text() == ACCEPTED => sent.acked.push(id),
-                            Ok(r) => sent.failed.push(format!("{id}: {} {}", r.status, r.text())),
-                            Err(e) => sent.failed.push(format!("{id}: {e}")),
-                        }
-                        progress.fetch_add(1, Ordering::Relaxed);
+/// Whether [`host_with_local_broker`] starts the broker.
+enum Broker {
+    Running,
+    /// Its port and store chosen, not started ([`NatsServer::prepare`]).
+    Down,
+}
+
+/// A host and a broker on its server namespace's loopback, the host's config delivering to it.
+fn host_with_local_broker(broker: Broker) -> (Lab, NatsServer) {
+    let mut host = new_host();
+    let localhost = IpAddr::from([127, 0, 0, 1]);
+    let nats = match broker {
+        Broker::Running => NatsServer::start_in(&host.net.srv, localhost),
+        Broker::Down => NatsServer::prepare(&host.net.srv, localhost),
+    };
+    deliver_to(&mut host, &nats.url());
+    (host, nats)
+}
+
+/// Sends one C2B confirmation per id over TLS from the client namespace, half from the allowed
+/// IPv4 source and half from the IPv6 one, in the background.
+fn send(host: &Lab, ids: &[String]) -> Sending {
+    let progress = Arc::new(AtomicUsize::new(0));
+    let path = format!("{MPESA}/{TOKEN}");
+    let threads = ALLOWED
+        .into_iter()
+        .enumerate()
+        .map(|(k, src)| {
+            let mine: Vec<String> = ids.iter().skip(k).step_by(2).cloned().collect();
+            let (client, progress, path) = (
+                Arc::clone(host.client()),
+                Arc::clone(&progress),
+                path.clone(),
+            );
+            host.net.cli.spawn(move || {
+                let dst = srv_addr(src, PROTECTED_PORT);
+                let mut sent = Sent::default();
+                for id in mine {
+                    let reply = request(src, dst, &client, "POST", &path, &[JSON], &c2b_body(&id));
+                    match reply {
+                        Ok(r) if r.status == 200 && r.text() == ACCEPTED => sent.acked.push(id),
+                        Ok(r) => sent.failed.push(format!("{id}: {} {}", r.status, r.text())),
+                        Err(e) => sent.failed.push(format!("{id}: {e}")),
                     }
-                    sent
-                })
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                sent
             })
-            .collect();
-        Sending { progress, threads }
-    }
+        })
+        .collect();
+    Sending { progress, threads }
+}
 
-    /// Sends and waits: every callback must be acknowledged.
-    fn send_all(&self, ids: &[String], daemon: &Daemon) -> Vec<String> {
-        let sent = self.send(ids).join();
-        assert!(
-            sent.failed.is_empty(),
-            "callbacks not acknowledged: {:?}; log:\n{}",
-            sent.failed,
-            daemon.log()
-        );
-        sent.acked
-    }
+/// Sends and waits: every callback must be acknowledged.
+fn send_all(host: &Lab, ids: &[String], daemon: &Daemon) -> Vec<String> {
+    let sent = send(host, ids).join();
+    assert!(
+        sent.failed.is_empty(),
+        "callbacks not acknowledged: {:?}; log:\n{}",
+        sent.failed,
+        daemon.log()
+    );
+    sent.acked
+}
 
-    fn counts(&self) -> hookwall::store::QueueCounts {
-        self.store().counts().expect("reading the queue counts")
-    }
-
-    /// Waits until `n` events are delivered (JetStream acknowledged them).
-    fn wait_delivered(&self, n: u64, daemon: &Daemon) {
-        poll_until(
-            DRAIN,
-            || self.counts().delivered >= n,
-            || {
-                format!(
-                    "{:?} after {DRAIN:?}; log:\n{}",
-                    self.counts(),
-                    daemon.log()
-                )
-            },
-        );
-    }
+/// Waits until `n` events are delivered (JetStream acknowledged them).
+fn wait_delivered(host: &Lab, n: u64, daemon: &Daemon) {
+    poll_until(
+        DRAIN,
+        || host.counts().delivered >= n,
+        || {
+            format!(
+                "{:?} after {DRAIN:?}; log:\n{}",
+                host.counts(),
+                daemon.log()
+            )
+        },
+    );
 }
 
 /// How many messages of the stream carry each `Nats-Msg-Id`.
@@ -241,10 +243,6 @@ fn deliveries(daemon: &Daemon, result: &str) -> f64 {
     )
 }
 
-fn localhost() -> IpAddr {
-    IpAddr::from([127, 0, 0, 1])
-}
-
 fn stream_of(ns: &NetNs, nats: &NatsServer) -> Vec<StreamMsg> {
     read_stream(&ns.path(), &nats.url(), STREAM)
         .unwrap_or_else(|e| panic!("reading stream {STREAM}: {e:#}; nats log:\n{}", nats.log()))
@@ -252,16 +250,14 @@ fn stream_of(ns: &NetNs, nats: &NatsServer) -> Vec<StreamMsg> {
 
 #[test]
 fn every_callback_reaches_the_stream_once_with_its_event_id_as_nats_msg_id() {
-    let host = Host::new();
-    let nats = NatsServer::start_in(&host.lab.srv, localhost());
-    host.write_config(&nats.url());
+    let (host, nats) = host_with_local_broker(Broker::Running);
     let daemon = host.start();
     let ids: Vec<String> = (0..300).map(|i| trans_id('A', i)).collect();
-    let acked = host.send_all(&ids, &daemon);
+    let acked = send_all(&host, &ids, &daemon);
     assert_eq!(acked.len(), ids.len());
-    host.wait_delivered(300, &daemon);
+    wait_delivered(&host, 300, &daemon);
 
-    let msgs = stream_of(&host.lab.srv, &nats);
+    let msgs = stream_of(&host.net.srv, &nats);
     assert_each_once(&msgs, &ids);
     for m in &msgs {
         let id = m.msg_id.as_deref().expect("checked above");
@@ -294,12 +290,10 @@ fn every_callback_reaches_the_stream_once_with_its_event_id_as_nats_msg_id() {
 
 #[test]
 fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id() {
-    let host = Host::new();
-    let mut nats = NatsServer::start_in(&host.lab.srv, localhost());
-    host.write_config(&nats.url());
+    let (host, mut nats) = host_with_local_broker(Broker::Running);
     let daemon = host.start();
     let ids: Vec<String> = (0..300).map(|i| trans_id('B', i)).collect();
-    let sending = host.send(&ids);
+    let sending = send(&host, &ids);
     sending.wait_progress(80, &daemon);
     nats.stop();
     // Callbacks keep arriving and are acknowledged while the broker is down; deliveries fail.
@@ -320,9 +314,9 @@ fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id(
         sent.failed
     );
     assert_eq!(sent.acked.len(), ids.len());
-    host.wait_delivered(300, &daemon);
+    wait_delivered(&host, 300, &daemon);
 
-    let msgs = stream_of(&host.lab.srv, &nats);
+    let msgs = stream_of(&host.net.srv, &nats);
     let counts = count_ids(&msgs);
     let lost: Vec<&String> = sent
         .acked
@@ -347,7 +341,7 @@ fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id(
     // lost in the outage) adds nothing. The first ids were stored before the broker stopped.
     for id in &ids[..5] {
         let duplicate = publish_with_id(
-            &host.lab.srv.path(),
+            &host.net.srv.path(),
             &nats.url(),
             SUBJECT,
             id,
@@ -359,7 +353,7 @@ fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id(
             "{id} sent again after the restart is a duplicate"
         );
     }
-    assert_eq!(stream_of(&host.lab.srv, &nats).len(), 300);
+    assert_eq!(stream_of(&host.net.srv, &nats).len(), 300);
     assert!(
         pending_while_down > 0,
         "the outage held events back (else it tested nothing)"
@@ -372,23 +366,23 @@ fn nats_restarted_mid_stream_loses_nothing_and_duplicates_are_dropped_by_msg_id(
 fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
     // The broker on a third host, routed to both hookwall hosts over their own links.
     let broker = NetNs::new("hw-nats-");
-    let a = Host::new();
-    let b = Host::new();
+    let mut a = new_host();
+    let mut b = new_host();
     let _link_a = VethPair::new(
         &broker,
         &["203.0.113.1/28"],
-        &a.lab.srv,
+        &a.net.srv,
         &["203.0.113.2/28"],
     );
     let _link_b = VethPair::new(
         &broker,
         &["203.0.113.17/28"],
-        &b.lab.srv,
+        &b.net.srv,
         &["203.0.113.18/28"],
     );
     let nats = NatsServer::start_in(&broker, IpAddr::from([0, 0, 0, 0]));
-    a.write_config(&nats.url_at(IpAddr::from([203, 0, 113, 1])));
-    b.write_config(&nats.url_at(IpAddr::from([203, 0, 113, 17])));
+    deliver_to(&mut a, &nats.url_at(IpAddr::from([203, 0, 113, 1])));
+    deliver_to(&mut b, &nats.url_at(IpAddr::from([203, 0, 113, 17])));
     let daemon_a = a.start();
     let daemon_b = b.start();
 
@@ -399,14 +393,14 @@ fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
     let only_b: Vec<String> = (0..20).map(|i| trans_id('F', i)).collect();
     let to_a: Vec<String> = both.iter().chain(&only_a).cloned().collect();
     let to_b: Vec<String> = only_b.iter().chain(&both).cloned().collect();
-    let (sa, sb) = (a.send(&to_a), b.send(&to_b));
+    let (sa, sb) = (send(&a, &to_a), send(&b, &to_b));
     let (sa, sb) = (sa.join(), sb.join());
     assert!(
         sa.failed.is_empty() && sb.failed.is_empty(),
         "{sa:?} {sb:?}"
     );
-    a.wait_delivered(170, &daemon_a);
-    b.wait_delivered(170, &daemon_b);
+    wait_delivered(&a, 170, &daemon_a);
+    wait_delivered(&b, 170, &daemon_b);
 
     let msgs = stream_of(&broker, &nats);
     let all: Vec<String> = both.iter().chain(&only_a).chain(&only_b).cloned().collect();
@@ -423,12 +417,10 @@ fn two_hosts_feed_one_stream_and_a_retry_on_the_other_host_is_stored_once() {
 
 #[test]
 fn nats_down_at_daemon_start_delays_delivery_and_loses_nothing() {
-    let host = Host::new();
-    let mut nats = NatsServer::prepare(&host.lab.srv, localhost());
-    host.write_config(&nats.url());
+    let (host, mut nats) = host_with_local_broker(Broker::Down);
     let daemon = host.start();
     let ids: Vec<String> = (0..50).map(|i| trans_id('D', i)).collect();
-    let acked = host.send_all(&ids, &daemon);
+    let acked = send_all(&host, &ids, &daemon);
     assert_eq!(
         acked.len(),
         ids.len(),
@@ -444,30 +436,28 @@ fn nats_down_at_daemon_start_delays_delivery_and_loses_nothing() {
     assert_eq!((q.pending, q.delivered), (50, 0), "held in the store");
 
     nats.start();
-    host.wait_delivered(50, &daemon);
-    let msgs = stream_of(&host.lab.srv, &nats);
+    wait_delivered(&host, 50, &daemon);
+    let msgs = stream_of(&host.net.srv, &nats);
     assert_each_once(&msgs, &ids);
     assert_eq!(deliveries(&daemon, "dead"), 0.0);
 }
 
 #[test]
 fn a_broker_back_without_its_store_gets_the_stream_made_again() {
-    let host = Host::new();
-    let mut nats = NatsServer::start_in(&host.lab.srv, localhost());
-    host.write_config(&nats.url());
+    let (host, mut nats) = host_with_local_broker(Broker::Running);
     let daemon = host.start();
     let before: Vec<String> = (0..20).map(|i| trans_id('G', i)).collect();
-    host.send_all(&before, &daemon);
-    host.wait_delivered(20, &daemon);
+    send_all(&host, &before, &daemon);
+    wait_delivered(&host, 20, &daemon);
     // The broker loses its data (a new machine, a wiped volume): the stream hookwall found at
     // its first publish is gone, and publishes find no stream until hookwall makes it again.
     nats.stop();
     nats.wipe_store();
     nats.start();
     let after: Vec<String> = (0..20).map(|i| trans_id('H', i)).collect();
-    host.send_all(&after, &daemon);
-    host.wait_delivered(40, &daemon);
-    let msgs = stream_of(&host.lab.srv, &nats);
+    send_all(&host, &after, &daemon);
+    wait_delivered(&host, 40, &daemon);
+    let msgs = stream_of(&host.net.srv, &nats);
     assert_each_once(&msgs, &after);
     assert_eq!(deliveries(&daemon, "dead"), 0.0);
 }

@@ -21,7 +21,8 @@ use hookwall::config::AttachMode;
 use hookwall::filter::{Desired, FLOOR_OBJECT, PROBE_OBJECT};
 use hookwall_tests::{
     TestFilter, XDP_DROP, XDP_PASS,
-    daemon::{ConfigSpec, Daemon, PinsGuard},
+    config::ConfigSpec,
+    daemon::{Daemon, PinsGuard},
     netns::{NetNs, VethPair},
     settings,
 };

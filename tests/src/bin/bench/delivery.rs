@@ -32,8 +32,9 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use hookwall::store::{HashedBody, NewEvent, Store};
 use hookwall_tests::{
-    daemon::{ConfigSpec, Daemon, PinsGuard},
-    https::{TestCa, render_config},
+    config::{ConfigSpec, Route},
+    daemon::{Daemon, PinsGuard},
+    https::TestCa,
     nats::{NatsServer, with_jetstream},
     netns::{ALLOWED_V4_NET, NetNs, VethPair},
 };
@@ -338,16 +339,17 @@ impl Lab<'_> {
         spec.server_listen = format!("127.0.0.1:{HOOKWALL_PORT}");
         spec.protected_ports = vec![HOOKWALL_PORT];
         spec.store_path = store.to_path_buf();
-        let routes = format!(
-            "[[route]]\npath = {ROUTE:?}\nverify = \"standard-webhooks\"\nsecrets = [{{ file = {:?} }}]\n\n{delivery}",
-            self.dir.join("sw").display().to_string()
-        );
+        spec.tls = Some((self.cert.0.to_path_buf(), self.cert.1.to_path_buf()));
+        spec.routes = vec![Route::signed(
+            ROUTE,
+            "standard-webhooks",
+            &[self.dir.join("sw")],
+        )];
         let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            render_config(&spec, self.cert.0, self.cert.1, &[], &routes),
-        )
-        .context("writing the config")?;
+        // `delivery` is appended as written: the bench keeps hookwall's own delivery defaults,
+        // which `DeliverySpec` would replace with the tests' quick retries.
+        std::fs::write(&path, format!("{}\n{delivery}", spec.render()))
+            .context("writing the config")?;
         Ok((path, spec.metrics_listen))
     }
 

@@ -24,8 +24,9 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use hookwall_tests::{
-    daemon::{ConfigSpec, Daemon, NsEntry, PinsGuard, hookwall_bin},
-    https::{TestCa, render_config, standard_webhooks_signature},
+    config::{ConfigSpec, Route},
+    daemon::{Daemon, NsEntry, PinsGuard, hookwall_bin},
+    https::{TestCa, standard_webhooks_signature},
     netns::{ALLOWED_V4_NET, NetNs, VethPair},
 };
 use rustls::{ClientConfig, pki_types::ServerName};
@@ -178,14 +179,12 @@ pub fn bench_http(latency_only: bool) -> anyhow::Result<()> {
     let mut spec = ConfigSpec::new(&veth.a, pins.path(), dir.path(), &[ALLOWED_V4_NET]);
     spec.server_listen = format!("127.0.0.1:{HOOKWALL_PORT}");
     spec.protected_ports = vec![HOOKWALL_PORT];
-    std::fs::write(dir.path().join("sw"), SECRET).context("writing the secret file")?;
-    let routes = format!(
-        "[[route]]\npath = {ROUTE:?}\nverify = \"standard-webhooks\"\nsecrets = [{{ file = {:?} }}]\n",
-        dir.path().join("sw").display().to_string()
-    );
+    spec.tls = Some((cert.clone(), key.clone()));
+    let secret_file = dir.path().join("sw");
+    std::fs::write(&secret_file, SECRET).context("writing the secret file")?;
+    spec.routes = vec![Route::signed(ROUTE, "standard-webhooks", &[secret_file])];
     let config = dir.path().join("hookwall.toml");
-    std::fs::write(&config, render_config(&spec, &cert, &key, &[], &routes))
-        .context("writing the config")?;
+    std::fs::write(&config, spec.render()).context("writing the config")?;
     let daemon = Daemon::start(&ns, &config, spec.metrics_listen, dir.path());
     let uvicorn = Uvicorn::start(&ns, &venv, dir.path(), &cert, &key)?;
 
