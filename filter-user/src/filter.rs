@@ -48,7 +48,7 @@ use aya::{
     },
 };
 use filter_common::{
-    Config, Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, PROGRAM_NAME, Settings,
+    Counter, CounterValue, MAX_PREFIXES, Meta, PORT_WORDS, PROGRAM_NAME, Policy, Settings,
     fast as fast_layout, index, map_names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -321,9 +321,9 @@ pub struct Filter {
     fast: FastMap,
     /// The IPv6 narrow bitmap, derived from the IPv6 trie like the indexes.
     v6_narrow: MapData,
-    /// The pinned record of the [`Config`] (the mode and the ports), written word by word
+    /// The pinned record of the [`Policy`] (the mode and the ports), written word by word
     /// through a mapping; the program reads the copy in [`Filter::fast`].
-    config: MapData,
+    policy: MapData,
     counters: PerCpuArray<MapData, CounterValue>,
     meta: Array<MapData, Meta>,
     /// The pinned program, when it was adopted rather than loaded by this process.
@@ -340,7 +340,7 @@ pub struct Filter {
 pub type Observer = Box<dyn FnMut(&'static str) + Send>;
 
 /// The state derived from the tries: the index words in [`INDEXES`] order, the fast map's
-/// bitmaps (a whole fast-map value whose config region is left zero) and the IPv6 narrow
+/// bitmaps (a whole fast-map value whose policy region is left zero) and the IPv6 narrow
 /// bitmap.
 struct Derived {
     indexes: [Vec<u64>; INDEXES.len()],
@@ -455,7 +455,7 @@ impl Filter {
             indexes,
             fast,
             v6_narrow: take_map_data(&mut ebpf, map_names::V6_NARROW)?,
-            config: take_map_data(&mut ebpf, map_names::SETTINGS)?,
+            policy: take_map_data(&mut ebpf, map_names::SETTINGS)?,
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             meta,
             adopted,
@@ -483,9 +483,9 @@ impl Filter {
     /// and the new program must not run on it (it would refuse every source until the next
     /// [`Filter::apply`]). Pins of maps the new program does not use go after the replacement.
     fn install_program(&mut self) -> Result<(), FilterError> {
-        let config = self.config_words()?;
+        let policy = self.policy_words()?;
         let mut derived = derived(&self.v4, &self.v6);
-        let value = fast::with_config(std::mem::take(&mut derived.fast), &config);
+        let value = fast::with_policy(std::mem::take(&mut derived.fast), &policy);
         self.write_derived(&derived, Phase::Add)?;
         self.fast.replace(&value)?;
         notify(&mut self.observer, map_names::FAST);
@@ -522,9 +522,9 @@ impl Filter {
     }
 
     /// The pinned settings map's words.
-    fn config_words(&self) -> Result<Vec<u64>, FilterError> {
+    fn policy_words(&self) -> Result<Vec<u64>, FilterError> {
         Ok(load_words(
-            IndexMmap::map(&self.config, map_names::SETTINGS)?.words(),
+            IndexMmap::map(&self.policy, map_names::SETTINGS)?.words(),
         ))
     }
 
@@ -635,28 +635,28 @@ impl Filter {
             }
         }
 
-        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
-        if config.words().len() != Config::WORDS {
+        let policy = IndexMmap::map(&self.policy, map_names::SETTINGS)?;
+        if policy.words().len() != Policy::WORDS {
             return Err(map_err(
                 map_names::SETTINGS,
                 "checking the size",
                 io::Error::other(format!(
                     "{} words, not {}",
-                    config.words().len(),
-                    Config::WORDS
+                    policy.words().len(),
+                    Policy::WORDS
                 )),
             ));
         }
         // The fast map's value now (if trusted), and after phase 2.
-        let mut fast_now = fast::with_config(
+        let mut fast_now = fast::with_policy(
             fast_bitmaps(&self.v4, &self.v6),
-            &load_words(config.words()),
+            &load_words(policy.words()),
         );
-        let settings = u64::from(desired.settings.flags);
-        let new_config: Vec<u64> = std::iter::once(settings)
+        let settings = desired.settings.word();
+        let new_policy: Vec<u64> = std::iter::once(settings)
             .chain(new_ports.iter().copied())
             .collect();
-        let new_fast = fast::with_config(std::mem::take(&mut derived.fast), &new_config);
+        let new_fast = fast::with_policy(std::mem::take(&mut derived.fast), &new_policy);
         let trusted = std::mem::replace(&mut self.fast.trusted, false);
 
         // Phase 1: add. After it, the kernel holds old ∪ new.
@@ -677,9 +677,8 @@ impl Filter {
         self.v4.extend(new_v4.iter().copied());
         self.v6.extend(new_v6.iter().copied());
         notify(&mut self.observer, "tries: inserted");
-        let (settings_word, port_cells) = config.words().split_at(1);
+        let (settings_word, port_cells) = policy.words().split_at(1);
         report.words_written += or_words(port_cells, &new_ports);
-        // The flags are the low half of word 0; the reserved half is always 0.
         settings_word[0].store(settings, Ordering::Release);
         notify(&mut self.observer, "ports and settings: added");
         report.words_written += self.write_derived(&derived, Phase::Add)?;
@@ -830,14 +829,15 @@ impl Filter {
     }
 
     /// Benchmark hook: sets every coarse and summary bit, marks every index block "partial" and
-    /// sets [`Settings::FLAG_SKIP_NARROW`], so each lookup walks the LPM trie as a plain-trie
+    /// sets [`Settings::skip_narrow`], so each lookup walks the LPM trie as a plain-trie
     /// filter would. Verdicts stay correct; only the fast path is gone until the next
     /// [`Filter::apply`] rewrites the words (the fast map in any case, index words it changes).
     #[doc(hidden)]
     pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
-        let config = IndexMmap::map(&self.config, map_names::SETTINGS)?;
-        if let Some(settings) = config.words().first() {
-            settings.fetch_or(u64::from(Settings::FLAG_SKIP_NARROW), Ordering::Release);
+        let policy = IndexMmap::map(&self.policy, map_names::SETTINGS)?;
+        if let Some(settings) = policy.words().first() {
+            let skip_narrow = Settings::default().with_skip_narrow().word();
+            settings.fetch_or(skip_narrow, Ordering::Release);
         }
         let all_partial = u64::from(u32::MAX) << index::BLOCKS_PER_WORD;
         for (data, name) in self.indexes.iter().zip(INDEXES) {
@@ -847,8 +847,9 @@ impl Filter {
             }
         }
         let mut value =
-            fast::with_config(vec![u64::MAX; fast_layout::WORDS], &self.config_words()?);
-        value[fast_layout::CONFIG] |= u64::from(Settings::FLAG_SKIP_NARROW);
+            fast::with_policy(vec![u64::MAX; fast_layout::WORDS], &self.policy_words()?);
+        let settings = Settings::from_word(value[fast_layout::POLICY]);
+        value[fast_layout::POLICY] = settings.with_skip_narrow().word();
         self.fast.trusted = false;
         self.fast.replace(&value)
     }
@@ -1165,7 +1166,7 @@ fn derived(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> Derived {
 }
 
 /// The words of the indexes (in [`INDEXES`] order) and of the fast map's bitmaps (laid out as
-/// [`fast_layout`], the config region left zero) for a set of prefixes.
+/// [`fast_layout`], the policy region left zero) for a set of prefixes.
 fn bitmap_words(
     v4: &BTreeSet<Ipv4Net>,
     v6: &BTreeSet<Ipv6Net>,
@@ -1181,7 +1182,7 @@ fn bitmap_words(
     )
 }
 
-/// The fast map's bitmaps for a set of prefixes: a whole value, its config region zero.
+/// The fast map's bitmaps for a set of prefixes: a whole value, its policy region zero.
 fn fast_bitmaps(v4: &BTreeSet<Ipv4Net>, v6: &BTreeSet<Ipv6Net>) -> Vec<u64> {
     let v4_tops = || v4.iter().map(|n| (u32::from(n.network()), n.prefix_len()));
     let v6_skipped = || {

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use filter_common::{Config, Counter, CounterValue, Meta, Settings, map_names};
+use filter_common::{Counter, CounterValue, Meta, Policy, map_names};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -141,18 +141,13 @@ pub fn read(pins: &Pins) -> Result<Status, StatusError> {
         return Ok(status);
     }
 
-    let config: Array<MapData, Config> = typed(pins, map_names::SETTINGS)?;
-    let flags = config
+    let policy: Array<MapData, Policy> = typed(pins, map_names::SETTINGS)?;
+    let settings = policy
         .get(&0, 0)
         .map_err(|e| map_read_err(pins, map_names::SETTINGS, e))?
-        .settings
-        .flags;
-    status.mode = Some(if flags & Settings::FLAG_ENFORCE != 0 {
-        "enforce"
-    } else {
-        "monitor"
-    });
-    status.strict_fragments = flags & Settings::FLAG_STRICT_FRAGMENTS != 0;
+        .settings;
+    status.mode = Some(settings.mode_name());
+    status.strict_fragments = settings.strict_fragments();
 
     let v4: LpmTrie<MapData, [u8; 4], u8> = typed(pins, map_names::V4_TRIE)?;
     status.ipv4_prefixes = v4.keys().filter(Result::is_ok).count();
