@@ -22,7 +22,7 @@ use std::{
 use aya::{maps::MapData, programs::Xdp};
 use filter_common::{Policy, fast, map_names};
 
-use super::{FilterError, boxed, map_err};
+use super::{FilterError, boxed, map_err, pinned};
 
 /// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -81,7 +81,7 @@ impl FastMap {
             return Ok(None);
         }
         let data =
-            MapData::from_pin(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
+            pinned::open_map(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
         let id = data
             .info()
             .map_err(|e| map_err(map_names::FAST, "reading info", e))?
@@ -184,7 +184,7 @@ impl FastMap {
 /// it with aya's typed `Array::get` (that would put its 2 MiB on the stack).
 pub fn read_pinned(path: &Path) -> Result<Vec<u64>, FilterError> {
     let data =
-        MapData::from_pin(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
+        pinned::open_map(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
     let fast = FastMap {
         data,
         trusted: false,
