@@ -28,7 +28,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use filter_common::{
-    Config, Counter, CounterValue, MAX_PREFIXES, Meta, Reason, Settings, fast, index,
+    Counter, CounterValue, MAX_PREFIXES, Meta, Policy, Reason, Settings, fast, index,
 };
 
 /// `BPF_F_MMAPABLE`: userspace updates the bitmaps with plain atomic stores.
@@ -48,7 +48,7 @@ static V6_NARROW: Array<u64> = Array::pinned(index::V6_NARROW_WORDS, BPF_F_MMAPA
 static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(Counter::COUNT, 0);
 // Used by userspace only; declared here so they are created and pinned with the rest.
 #[map(name = "HW_SETTINGS")]
-static CONFIG: Array<Config> = Array::pinned(1, BPF_F_MMAPABLE);
+static POLICY: Array<Policy> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map(name = "HW_META")]
 static META: Array<Meta> = Array::pinned(1, 0);
 
@@ -107,16 +107,16 @@ pub fn hookwall(ctx: XdpContext) -> u32 {
     };
     let mut index = counter as u32;
     // Monitor mode passes what enforce would drop, under the matching monitor counter.
-    if counter.drops() && flags() & Settings::FLAG_ENFORCE == 0 {
+    if counter.drops() && !settings().enforce() {
         index += Counter::MONITOR_OFFSET;
     }
     finish(&ctx, index)
 }
 
-/// The settings flags: the low half of the settings word.
+/// The settings: the first word of the fast map's policy.
 #[inline(always)]
-fn flags() -> u32 {
-    fast_word(fast::CONFIG) as u32
+fn settings() -> Settings {
+    Settings::from_word(fast_word(fast::POLICY))
 }
 
 /// The first `LEN` bytes of the packet, checked once to lie inside it, so that the fast paths
@@ -311,7 +311,7 @@ fn classify(ctx: &XdpContext) -> Result<Judged, Reason> {
 #[inline(always)]
 fn judge(ctx: &XdpContext, l3: &L3, allowed: impl Fn() -> bool) -> Result<Judged, Reason> {
     if l3.later_fragment {
-        if flags() & Settings::FLAG_STRICT_FRAGMENTS == 0 {
+        if !settings().strict_fragments() {
             return Ok(Judged::Pass(Counter::PassFragment));
         }
         return Ok(by_source(allowed(), Reason::Fragment));
@@ -448,8 +448,8 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<([u8; 16], L3), Reason>
 /// whose transport header we found is judged by its destination port.
 #[inline(always)]
 fn port_protected(port: u16) -> bool {
-    // Word 0 of the config is the settings; the ports follow.
-    fast_word(fast::CONFIG + 1 + usize::from(port >> 6)) & (1u64 << (port & 63)) != 0
+    // Word 0 of the policy is the settings; the ports follow.
+    fast_word(fast::POLICY + 1 + usize::from(port >> 6)) & (1u64 << (port & 63)) != 0
 }
 
 /// Coarse bitmap, summary, index, then trie: each level answers "no" for most sources it sees.
@@ -497,7 +497,7 @@ fn v6_allowed(src: &[u8; 16]) -> bool {
     }
     // The flag (benchmark only) is tested first so the plain-trie baseline pays no narrow
     // read; the settings word is hot.
-    if flags() & Settings::FLAG_SKIP_NARROW == 0 {
+    if !settings().skip_narrow() {
         let (word, mask) = index::narrow_locate(index::narrow_key(top));
         if V6_NARROW.get(word).is_none_or(|&w| w & mask == 0) {
             return false;

@@ -64,21 +64,14 @@ impl InForce {
 /// What the kernel maps must hold for `config`.
 #[must_use]
 pub fn desired(config: &Config) -> Desired {
-    let mut flags = 0;
-    if config.filter.mode == Mode::Enforce {
-        flags |= Settings::FLAG_ENFORCE;
-    }
-    if config.filter.strict_fragments {
-        flags |= Settings::FLAG_STRICT_FRAGMENTS;
-    }
     Desired {
         v4: config.allowlist.v4.clone(),
         v6: config.allowlist.v6.clone(),
         ports: config.filter.protected_ports.clone(),
-        settings: Settings {
-            flags,
-            _reserved: 0,
-        },
+        settings: Settings::new(
+            config.filter.mode == Mode::Enforce,
+            config.filter.strict_fragments,
+        ),
     }
 }
 

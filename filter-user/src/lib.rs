@@ -6,6 +6,7 @@
 //! - [`allowlist`]: turns presets, CIDRs and files into the normalised, merged prefix sets.
 //! - [`filter`]: loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
 //! - [`status`]: reads the pinned maps, with or without a running daemon.
+//! - [`cli`]: what the subcommands print.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
 //! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
 //! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
@@ -16,6 +17,7 @@
 //! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hookwall::{
-    config, daemon,
+    cli, config, daemon,
     filter::{self, Pins},
     presets, queue, status,
     store::EventState,
@@ -228,11 +228,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let status = status::read(&pins).with_context(|| {
                 format!("reading the filter pinned under {}", pins.root().display())
             })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status.render());
-            }
+            cli::status::print(&status, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach { pins } => {

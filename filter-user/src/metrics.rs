@@ -6,7 +6,6 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicI64, AtomicU64},
@@ -15,8 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use aya::maps::{Map, MapData, PerCpuArray};
-use filter_common::{Counter, CounterValue, map_names};
+use filter_common::{Counter, CounterValue};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
@@ -29,7 +27,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::filter::{Pins, read_counters};
+use crate::filter::{Pins, pinned::PinnedFilter};
 
 /// Labels of `hookwall_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,7 +113,7 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// The delivery metrics (issue 4); part of [`Metrics`].
+/// The delivery metrics; part of [`Metrics`].
 #[derive(Clone)]
 pub struct DeliveryMetrics {
     /// `hookwall_delivery_queue_events{state}`: stored events by delivery state.
@@ -248,9 +246,7 @@ impl Metrics {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
         let delivery = DeliveryMetrics::register(&mut registry);
-        registry.register_collector(Box::new(XdpCollector {
-            counters_pin: pins.map(map_names::COUNTERS),
-        }));
+        registry.register_collector(Box::new(XdpCollector { pins: pins.clone() }));
         Self {
             registry: Arc::new(registry),
             reloads,
@@ -305,7 +301,7 @@ fn unix_now_f64() -> f64 {
 /// Reads the kernel's per-CPU verdict counters at scrape time.
 #[derive(Debug)]
 struct XdpCollector {
-    counters_pin: PathBuf,
+    pins: Pins,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -316,10 +312,7 @@ struct VerdictLabels {
 
 impl XdpCollector {
     fn read(&self) -> Option<[CounterValue; Counter::COUNT as usize]> {
-        let data = MapData::from_pin(&self.counters_pin).ok()?;
-        let map: PerCpuArray<MapData, CounterValue> =
-            PerCpuArray::try_from(Map::PerCpuArray(data)).ok()?;
-        read_counters(&map).ok()
+        PinnedFilter::new(&self.pins).counters().ok()
     }
 }
 

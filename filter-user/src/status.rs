@@ -1,27 +1,16 @@
-//! `hookwall status`: what the pinned filter is doing, read straight from the pins, so it works
-//! while the daemon runs and after it has died.
+//! `hookwall status`: what the pinned filter is doing, read straight from the pins (through
+//! [`crate::filter::pinned`]), so it works while the daemon runs and after it has died. The
+//! command's output, text or JSON, is [`crate::cli::status`]'s.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
-use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
-use filter_common::{Config, Counter, CounterValue, Meta, Settings, map_names};
+use filter_common::Counter;
 use serde::Serialize;
-use thiserror::Error;
 
-use crate::filter::{LinkMode, Pins, object_sha256, read_counters};
+use crate::filter::{Pins, object_sha256, pinned::PinnedFilter};
 
-/// Why the status could not be read.
-#[derive(Debug, Error)]
-pub enum StatusError {
-    /// A pinned map is missing or unreadable.
-    #[error("reading pinned map {path}: {source}")]
-    Map {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
+/// Why the status could not be read: a pinned map is missing or unreadable.
+pub use crate::filter::pinned::PinnedError as StatusError;
 
 /// One interface the program is attached to.
 #[derive(Debug, Serialize)]
@@ -76,45 +65,15 @@ pub struct Status {
     pub counters: Vec<CounterStatus>,
 }
 
-fn open_map(pins: &Pins, name: &str) -> Result<Map, StatusError> {
-    let path = pins.map(name);
-    MapData::from_pin(&path)
-        .and_then(Map::from_map_data)
-        .map_err(|e| StatusError::Map {
-            path,
-            source: Box::new(e),
-        })
-}
-
-fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
-    pins: &Pins,
-    name: &str,
-) -> Result<T, StatusError> {
-    T::try_from(open_map(pins, name)?).map_err(|e| StatusError::Map {
-        path: pins.map(name),
-        source: Box::new(e),
-    })
-}
-
-fn map_read_err(
-    pins: &Pins,
-    name: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> StatusError {
-    StatusError::Map {
-        path: pins.map(name),
-        source: Box::new(e),
-    }
-}
-
 /// Reads the status of the filter pinned under `pins`.
 ///
 /// # Errors
 /// If a program is pinned but its maps cannot be read.
 pub fn read(pins: &Pins) -> Result<Status, StatusError> {
+    let pinned = PinnedFilter::new(pins);
     let mut status = Status {
         pin_path: pins.root().to_path_buf(),
-        loaded: pins.has_program(),
+        loaded: pinned.loaded(),
         links: Vec::new(),
         mode: None,
         strict_fragments: false,
@@ -126,43 +85,26 @@ pub fn read(pins: &Pins) -> Result<Status, StatusError> {
         program_matches_binary: false,
         counters: Vec::new(),
     };
-    for (mode, interface, path) in pins.links().unwrap_or_default() {
-        let alive = PinnedLink::from_pin(&path)
-            .map(FdLink::from)
-            .and_then(|l| l.info())
-            .is_ok();
-        status.links.push(LinkStatus {
-            interface,
-            mode: mode_name(mode),
-            alive,
-        });
-    }
+    status.links = pinned
+        .links()
+        .into_iter()
+        .map(|link| LinkStatus {
+            interface: link.interface,
+            mode: link.mode.as_str(),
+            alive: link.alive,
+        })
+        .collect();
     if !status.loaded {
         return Ok(status);
     }
 
-    let config: Array<MapData, Config> = typed(pins, map_names::SETTINGS)?;
-    let flags = config
-        .get(&0, 0)
-        .map_err(|e| map_read_err(pins, map_names::SETTINGS, e))?
-        .settings
-        .flags;
-    status.mode = Some(if flags & Settings::FLAG_ENFORCE != 0 {
-        "enforce"
-    } else {
-        "monitor"
-    });
-    status.strict_fragments = flags & Settings::FLAG_STRICT_FRAGMENTS != 0;
+    let settings = pinned.policy()?.settings;
+    status.mode = Some(settings.mode_name());
+    status.strict_fragments = settings.strict_fragments();
 
-    let v4: LpmTrie<MapData, [u8; 4], u8> = typed(pins, map_names::V4_TRIE)?;
-    status.ipv4_prefixes = v4.keys().filter(Result::is_ok).count();
-    let v6: LpmTrie<MapData, [u8; 16], u8> = typed(pins, map_names::V6_TRIE)?;
-    status.ipv6_prefixes = v6.keys().filter(Result::is_ok).count();
+    (status.ipv4_prefixes, status.ipv6_prefixes) = pinned.prefix_counts()?;
 
-    let meta: Array<MapData, Meta> = typed(pins, map_names::META)?;
-    let meta = meta
-        .get(&0, 0)
-        .map_err(|e| map_read_err(pins, map_names::META, e))?;
+    let meta = pinned.meta()?;
     status.applied_at = meta.applied_at;
     status.program_matches_binary = meta.object_sha256 == object_sha256();
     if meta.daemon_pid != 0 {
@@ -170,9 +112,7 @@ pub fn read(pins: &Pins) -> Result<Status, StatusError> {
         status.daemon_running = process_is_hookwall(meta.daemon_pid);
     }
 
-    let counters: PerCpuArray<MapData, CounterValue> = typed(pins, map_names::COUNTERS)?;
-    let values =
-        read_counters(&counters).map_err(|e| map_read_err(pins, map_names::COUNTERS, e))?;
+    let values = pinned.counters()?;
     status.counters = Counter::ALL
         .iter()
         .map(|&c| CounterStatus {
@@ -185,87 +125,7 @@ pub fn read(pins: &Pins) -> Result<Status, StatusError> {
     Ok(status)
 }
 
-const fn mode_name(mode: LinkMode) -> &'static str {
-    mode.as_str()
-}
-
 /// Whether `pid` is a live process named hookwall (a recycled PID of another program is not).
 fn process_is_hookwall(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "hookwall")
-}
-
-impl Status {
-    /// The human-readable report.
-    #[must_use]
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "pin path:    {}", self.pin_path.display());
-        if !self.loaded {
-            let _ = writeln!(out, "filter:      not loaded (nothing pinned here)");
-            if !self.links.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "warning:     link pins without a program pin; run `hookwall detach`"
-                );
-            }
-            return out;
-        }
-        let _ = writeln!(
-            out,
-            "filter:      loaded, mode {}{}",
-            self.mode.unwrap_or("?"),
-            if self.strict_fragments {
-                ", strict fragments"
-            } else {
-                ""
-            }
-        );
-        let enforcing = if self.links.iter().any(|l| l.alive) {
-            "the pinned filter keeps enforcing"
-        } else {
-            "and the filter is attached nowhere"
-        };
-        let daemon = match (self.daemon_pid, self.daemon_running) {
-            (Some(pid), true) => format!("running (pid {pid})"),
-            (Some(pid), false) => format!("not running (last pid {pid}); {enforcing}"),
-            (None, _) => format!("not running; {enforcing}"),
-        };
-        let _ = writeln!(out, "daemon:      {daemon}");
-        if !self.program_matches_binary {
-            let _ = writeln!(
-                out,
-                "program:     differs from this binary's; `hookwall run` replaces it in place"
-            );
-        }
-        if self.links.is_empty() {
-            let _ = writeln!(out, "interfaces:  none (not attached)");
-        }
-        for link in &self.links {
-            let _ = writeln!(
-                out,
-                "interface:   {} ({}){}",
-                link.interface,
-                link.mode,
-                if link.alive { "" } else { " LINK GONE" }
-            );
-        }
-        let _ = writeln!(
-            out,
-            "allowlist:   {} IPv4 and {} IPv6 prefixes, applied at unix time {}",
-            self.ipv4_prefixes, self.ipv6_prefixes, self.applied_at
-        );
-        let _ = writeln!(
-            out,
-            "counters:    {:<8} {:<12} {:>14} {:>16}",
-            "verdict", "reason", "packets", "bytes"
-        );
-        for c in &self.counters {
-            let _ = writeln!(
-                out,
-                "             {:<8} {:<12} {:>14} {:>16}",
-                c.verdict, c.reason, c.packets, c.bytes
-            );
-        }
-        out
-    }
 }

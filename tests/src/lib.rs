@@ -173,15 +173,5 @@ impl Drop for TestFilter {
 /// Settings for enforce mode, optionally with strict fragments.
 #[must_use]
 pub fn settings(enforce: bool, strict_fragments: bool) -> Settings {
-    let mut flags = 0;
-    if enforce {
-        flags |= Settings::FLAG_ENFORCE;
-    }
-    if strict_fragments {
-        flags |= Settings::FLAG_STRICT_FRAGMENTS;
-    }
-    Settings {
-        flags,
-        _reserved: 0,
-    }
+    Settings::new(enforce, strict_fragments)
 }

@@ -56,8 +56,8 @@ pub fn classify(
     ports: &[u16],
     settings: Settings,
 ) -> Counter {
-    let enforce = settings.flags & Settings::FLAG_ENFORCE != 0;
-    let strict = settings.flags & Settings::FLAG_STRICT_FRAGMENTS != 0;
+    let enforce = settings.enforce();
+    let strict = settings.strict_fragments();
     let policy = Policy {
         allow_v4,
         allow_v6,
@@ -275,10 +275,7 @@ mod tests {
     use crate::frames::{Ext, Ipv6, L4, Packet};
 
     fn enforce() -> Settings {
-        Settings {
-            flags: Settings::FLAG_ENFORCE,
-            _reserved: 0,
-        }
+        Settings::new(true, false)
     }
 
     #[test]

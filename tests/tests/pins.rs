@@ -13,7 +13,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use filter_common::{Config, Meta, Settings, fast as fast_layout, map_names};
+use filter_common::{Meta, Policy, fast as fast_layout, map_names};
 use hookwall::{
     config::AttachMode,
     filter::{
@@ -68,7 +68,7 @@ fn a_pinned_map_of_another_layout_is_refused_with_the_detach_hint_and_nothing_ch
     assert!(pins.has_program(), "the pinned program is left in place");
 }
 
-/// Pins an older hookwall's settings map (one u32 per entry instead of one `Config`) where
+/// Pins an older hookwall's settings map (one u32 per entry instead of one `Policy`) where
 /// this version's belongs; the pin must be free.
 fn pin_old_layout_settings(pins: &Pins) {
     let old: Array<MapData, u32> = Array::create(1, 0).expect("creating the old-layout map");
@@ -250,10 +250,10 @@ fn after_re_adoption_the_first_apply_rewrites_the_fast_map_even_with_nothing_cha
     // The hook also set its flag in the settings map, which alone would force a rewrite; take
     // it out there, so that only the fast map differs from what the pins record.
     let settings_pin = MapData::from_pin(pins.map(map_names::SETTINGS)).expect("settings map");
-    let mut settings_map: Array<MapData, Config> =
+    let mut settings_map: Array<MapData, Policy> =
         Array::try_from(Map::Array(settings_pin)).expect("settings as an array");
     let mut recorded = settings_map.get(&0, 0).expect("reading the settings");
-    recorded.settings.flags &= !Settings::FLAG_SKIP_NARROW;
+    recorded.settings = recorded.settings.without_skip_narrow();
     settings_map
         .set(0, &recorded, 0)
         .expect("writing the settings");
@@ -269,8 +269,8 @@ fn after_re_adoption_the_first_apply_rewrites_the_fast_map_even_with_nothing_cha
     );
     let words = read_fast(&pins);
     assert_eq!(
-        words[fast_layout::CONFIG],
-        u64::from(desired.settings.flags),
+        words[fast_layout::POLICY],
+        desired.settings.word(),
         "the settings are the config's, without the bench flag"
     );
     let set: u32 = words[bitmaps].iter().map(|w| w.count_ones()).sum();

@@ -20,9 +20,9 @@ use std::{
 };
 
 use aya::{maps::MapData, programs::Xdp};
-use filter_common::{Config, fast, map_names};
+use filter_common::{Policy, fast, map_names};
 
-use super::{FilterError, boxed, map_err};
+use super::{FilterError, boxed, map_err, pinned};
 
 /// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -49,8 +49,8 @@ pub(super) struct FastMap {
     pub(super) trusted: bool,
 }
 
-// `with_config` and `phase_one` rely on the config coming first.
-const _: () = assert!(fast::CONFIG == 0);
+// `with_policy` and `phase_one` rely on the policy coming first.
+const _: () = assert!(fast::POLICY == 0);
 
 impl FastMap {
     /// The map the loader created for the program it just loaded (still all zeros).
@@ -81,7 +81,7 @@ impl FastMap {
             return Ok(None);
         }
         let data =
-            MapData::from_pin(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
+            pinned::open_map(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
         let id = data
             .info()
             .map_err(|e| map_err(map_names::FAST, "reading info", e))?
@@ -184,7 +184,7 @@ impl FastMap {
 /// it with aya's typed `Array::get` (that would put its 2 MiB on the stack).
 pub fn read_pinned(path: &Path) -> Result<Vec<u64>, FilterError> {
     let data =
-        MapData::from_pin(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
+        pinned::open_map(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;
     let fast = FastMap {
         data,
         trusted: false,
@@ -225,10 +225,10 @@ fn elem_op(map: &MapData, cmd: libc::c_long, value: *mut u64) -> io::Result<()> 
     }
 }
 
-/// A whole fast-map value: `bitmaps` (a value whose config region is ignored) with `config`
-/// (the [`Config`] words) in its config region.
-pub(super) fn with_config(mut bitmaps: Vec<u64>, config: &[u64]) -> Vec<u64> {
-    bitmaps[..Config::WORDS].copy_from_slice(config);
+/// A whole fast-map value: `bitmaps` (a value whose policy region is ignored) with `policy`
+/// (the [`Policy`] words) in its policy region.
+pub(super) fn with_policy(mut bitmaps: Vec<u64>, policy: &[u64]) -> Vec<u64> {
+    bitmaps[..Policy::WORDS].copy_from_slice(policy);
     bitmaps
 }
 
@@ -250,9 +250,9 @@ mod tests {
 
     /// A value with `settings` and one port word, and one word set in each bitmap region.
     fn value(settings: u64, port: u64, bits: u64) -> Vec<u64> {
-        let mut config = vec![0; Config::WORDS];
-        config[0] = settings;
-        config[1 + 443 / 64] = port;
+        let mut policy = vec![0; Policy::WORDS];
+        policy[0] = settings;
+        policy[1 + 443 / 64] = port;
         let mut bitmaps = vec![0; fast::WORDS];
         for at in [
             fast::V4_COARSE,
@@ -262,7 +262,7 @@ mod tests {
         ] {
             bitmaps[at + 3] = bits;
         }
-        with_config(bitmaps, &config)
+        with_policy(bitmaps, &policy)
     }
 
     #[test]
@@ -274,11 +274,11 @@ mod tests {
         let changed = phase_one(&mut union, &new);
 
         assert_eq!(
-            union[fast::CONFIG],
+            union[fast::POLICY],
             0,
             "settings are the new ones, not ORed"
         );
-        assert_eq!(union[fast::CONFIG + 1 + 443 / 64], 0b11, "ports are ORed");
+        assert_eq!(union[fast::POLICY + 1 + 443 / 64], 0b11, "ports are ORed");
         for at in [
             fast::V4_COARSE,
             fast::V4_SUMMARY,
@@ -297,15 +297,15 @@ mod tests {
     }
 
     #[test]
-    fn the_config_goes_first_and_the_bitmaps_stay() {
+    fn the_policy_goes_first_and_the_bitmaps_stay() {
         let mut bitmaps = vec![0; fast::WORDS];
         bitmaps[fast::V4_COARSE] = 7;
         bitmaps[0] = 9;
-        let config: Vec<u64> = (0..Config::WORDS as u64).collect();
+        let policy: Vec<u64> = (0..Policy::WORDS as u64).collect();
 
-        let value = with_config(bitmaps, &config);
+        let value = with_policy(bitmaps, &policy);
 
-        assert_eq!(&value[..Config::WORDS], &config[..]);
+        assert_eq!(&value[..Policy::WORDS], &policy[..]);
         assert_eq!(value[fast::V4_COARSE], 7);
         assert_eq!(value.len(), fast::WORDS);
     }

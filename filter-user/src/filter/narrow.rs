@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use filter_common::index;
 use ipnet::Ipv6Net;
 
-use super::v6_top;
+use super::words::v6_top;
 
 /// The narrow keys of `net`: every /32 it touches when it is longer than the index's blocks
 /// (a /25 to /31 touches 128 to 2 of them, a /32 or longer one); none for a prefix of the
