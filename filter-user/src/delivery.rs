@@ -57,13 +57,6 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How often the queue gauges are refreshed from the store.
 pub const GAUGES_EVERY: Duration = Duration::from_secs(2);
 
-/// Installs rustls' ring provider as the process default (reqwest and async-nats take the
-/// default); the server already uses ring, so the binary carries one provider only.
-pub fn install_crypto_provider() {
-    // An error means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Retry policy
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +259,7 @@ pub fn delivery_signer(config: &DeliveryConfig) -> anyhow::Result<Option<Signer>
 /// # Errors
 /// If the TLS stack cannot be set up.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    install_crypto_provider();
+    crate::receiver::install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("hookwall/", env!("CARGO_PKG_VERSION")))
         // The application's address is configured, not discovered: never follow a redirect

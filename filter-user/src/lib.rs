@@ -10,10 +10,11 @@
 //! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
 //! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
 //! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
-//! - [`server`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then answer.
+//! - [`receiver`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then
+//!   answer; [`receiver::validation`]: M-Pesa C2B validation pass-through.
 //! - [`delivery`]: the worker that takes stored events to the application (HTTP) or NATS.
-//! - [`validation`]: M-Pesa C2B validation pass-through, answered by the application.
-//! - [`queue`]: `hookwall queue`: inspect the store, replay dead letters, purge delivered events.
+//! - [`cli`]: what the commands print: `hookwall queue`, `hookwall presets`.
+//! - [`time`]: RFC 3339 timestamps, as the audit log and the command line print them.
 //! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
@@ -24,10 +25,9 @@ pub mod delivery;
 pub mod filter;
 pub mod metrics;
 pub mod presets;
-pub mod queue;
-pub mod server;
+pub mod receiver;
 pub mod status;
 pub mod store;
-pub mod validation;
+pub mod time;
 pub mod verify;
 pub mod watch;

@@ -5,9 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hookwall::{
-    cli, config, daemon,
-    filter::{self, Pins},
-    presets, queue, status,
+    cli::{self, queue},
+    config, daemon,
+    filter::Pins,
+    status,
     store::EventState,
 };
 
@@ -232,58 +233,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach { pins } => {
-            let pins = pins.pins();
-            let report = filter::detach(&pins).with_context(|| {
-                format!(
-                    "detaching the filter pinned under {}",
-                    pins.root().display()
-                )
-            })?;
-            if report.links.is_empty() && report.pins_removed == 0 {
-                println!(
-                    "nothing pinned under {}; nothing to do",
-                    pins.root().display()
-                );
-            }
-            for (iface, mode) in &report.links {
-                println!("detached from {iface} ({})", mode.as_str());
-            }
-            if report.pins_removed > 0 {
-                println!(
-                    "removed {} pins under {}",
-                    report.pins_removed,
-                    pins.root().display()
-                );
-            }
+            cli::detach::main(&pins.pins())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Presets => {
-            print!("{}", presets::render());
+            cli::presets::main();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { config, command } => {
-            let loaded = match config::load(&config) {
-                Ok(loaded) => loaded,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    anyhow::bail!(
-                        "{}: {} error(s); `hookwall queue` reads store.path from it",
-                        config.display(),
-                        errors.0.len()
-                    );
-                }
-            };
-            let output = queue::run(
-                &loaded.store.path,
-                loaded.store.retention,
-                &queue::Command::from(command),
-            )?;
-            print!("{}", output.text);
-            Ok(if output.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Queue { config, command } => queue::main(&config, &queue::Command::from(command)),
     }
 }

@@ -49,7 +49,7 @@ pub struct HttpLabels {
     /// The route's configured path, or `none` when no route matched (never the request's path:
     /// that would let any client create series).
     pub route: String,
-    /// What became of the request (see `server::Outcome`).
+    /// What became of the request (see `receiver::Outcome`).
     pub outcome: &'static str,
 }
 

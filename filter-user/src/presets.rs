@@ -1,8 +1,6 @@
 //! Built-in provider address lists (`allow.presets`), each entry with the source it was taken
 //! from, so that an operator can check every address hookwall lets in by default.
 
-use std::fmt::Write as _;
-
 /// A named, built-in list of provider source addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preset {
@@ -77,29 +75,6 @@ pub fn find(name: &str) -> Option<&'static Preset> {
 /// The names of all presets, for error messages that list what exists.
 pub fn names() -> impl Iterator<Item = &'static str> {
     PRESETS.iter().map(|preset| preset.name)
-}
-
-/// What `hookwall presets` prints: each preset with its description and every entry with its
-/// source.
-pub fn render() -> String {
-    let mut out = String::new();
-    for (i, preset) in PRESETS.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        // Writing to a String cannot fail.
-        let _ = writeln!(out, "{}: {}", preset.name, preset.description);
-        let width = preset
-            .entries
-            .iter()
-            .map(|e| e.cidr.len())
-            .max()
-            .unwrap_or(0);
-        for entry in preset.entries {
-            let _ = writeln!(out, "  {:<width$}  {}", entry.cidr, entry.source);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -183,21 +158,5 @@ mod tests {
         assert!(find("MPESA").is_none());
         assert!(find("stripe").is_none());
         assert_eq!(names().collect::<Vec<_>>(), ["mpesa", "mpesa-extra"]);
-    }
-
-    #[test]
-    fn render_lists_every_entry_with_its_source() {
-        let text = render();
-        assert!(text.starts_with("mpesa: Safaricom M-Pesa"), "{text}");
-        assert!(text.contains("\nmpesa-extra: opt-in"), "{text}");
-        for preset in PRESETS {
-            for entry in preset.entries {
-                let line = text
-                    .lines()
-                    .find(|line| line.trim_start().starts_with(&format!("{} ", entry.cidr)))
-                    .unwrap_or_else(|| panic!("{} missing from:\n{text}", entry.cidr));
-                assert!(line.ends_with(entry.source), "{line}");
-            }
-        }
     }
 }

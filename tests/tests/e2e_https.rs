@@ -147,7 +147,10 @@ fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
 
     assert_eq!(requests(&daemon, MPESA, "accepted"), 1.0);
     assert_eq!(requests(&daemon, MPESA, "duplicate"), 1.0);
-    assert_eq!(requests(&daemon, MPESA, "refused"), 3.0);
+    // A wrong or missing token is counted like an unknown path (under the route it probed);
+    // only the body that is not Daraja's is a refusal.
+    assert_eq!(requests(&daemon, MPESA, "refused"), 1.0);
+    assert_eq!(requests(&daemon, MPESA, "not_found"), 2.0);
     assert_eq!(requests(&daemon, "none", "not_found"), 1.0);
     assert_eq!(requests(&daemon, MPESA, "method_not_allowed"), 1.0);
     assert_eq!(requests(&daemon, MPESA, "unsupported_media_type"), 1.0);
@@ -173,6 +176,16 @@ fn mpesa_callbacks_are_stored_once_and_answered_as_daraja_expects() {
     assert!(
         log.contains(r#""outcome":"duplicate""#) && log.contains(r#""event_id":"RKTQDM7W6S""#),
         "audit lines in the log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            r#""route":"{MPESA}","outcome":"not_found","status":404,"reason":"bad_token""#
+        )) && log.contains(r#""outcome":"not_found","status":404,"reason":"missing_token""#),
+        "a wrong token is audited as not_found, its reason kept:\n{log}"
+    );
+    assert!(
+        log.contains(r#""route":"none","outcome":"not_found""#) && !log.contains(r#""route":null"#),
+        "an unknown path is audited under route none, as it is counted:\n{log}"
     );
     let store = lab.store();
     assert_eq!(store.count().expect("count"), 2, "C2B once, STK once");

@@ -280,6 +280,12 @@ fn slow_headers_get_408_and_an_idle_connection_is_closed_after_header_timeout() 
         daemon.log().contains(r#""reason":"header_timeout""#),
         "audit line for the 408"
     );
+    assert!(
+        daemon
+            .log()
+            .contains(r#""route":"none","outcome":"timeout","status":408"#),
+        "the 408's audit line names route none, as its metric does"
+    );
     drop(daemon);
     assert_eq!(lab.stored(), 1);
 }

@@ -1,1 +1,4 @@
+pub mod detach;
+pub mod presets;
+pub mod queue;
 pub mod status;

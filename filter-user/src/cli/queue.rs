@@ -8,14 +8,16 @@
 use std::{
     fmt::Write as _,
     path::Path,
+    process::ExitCode,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 
 use crate::{
-    server::rfc3339,
+    config,
     store::{Admin, EventState, EventSummary, RetryOutcome, StoredEvent, unix_ms},
+    time::rfc3339,
 };
 
 /// What `hookwall queue` was asked to do.
@@ -60,6 +62,33 @@ pub struct Output {
     pub text: String,
     /// False when part of the request could not be done (e.g. an id that is not a dead letter).
     pub ok: bool,
+}
+
+/// `hookwall queue`: reads `store.path` and `store.retention` from the config at
+/// `config_path`, runs `command` and prints what it came to; the exit status says whether all of
+/// it was done.
+///
+/// # Errors
+/// The config is invalid (its errors are printed first), or [`run`] failed.
+pub fn main(config_path: &Path, command: &Command) -> anyhow::Result<ExitCode> {
+    let loaded = match config::load(config_path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            anyhow::bail!(
+                "{}: {} error(s); `hookwall queue` reads store.path from it",
+                config_path.display(),
+                errors.0.len()
+            );
+        }
+    };
+    let output = run(&loaded.store.path, loaded.store.retention, command)?;
+    print!("{}", output.text);
+    Ok(if output.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Runs `command` against the store at `store_path`; `retention` is `store.retention`.

@@ -1,0 +1,144 @@
+//! `hookwall run`: load or re-adopt the filter, attach it, serve metrics, reload on SIGHUP and on
+//! config (or allowlist file) change, and stop gracefully on SIGTERM/SIGINT, leaving the filter in
+//! force.
+//!
+//! A reload is all or nothing: the new config is validated in full first; if applying it to the
+//! kernel then fails, the previous state is applied again, so an invalid or failing config never
+//! leaves the filter half-changed. What a reload applies and what waits for a restart is decided
+//! in [`reload`]; the services and their stop order are in [`services`].
+
+mod reload;
+mod services;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+pub use self::reload::desired;
+use self::{
+    reload::{InForce, Reloaded},
+    services::{Receiver, Services},
+};
+use crate::{
+    config,
+    filter::{Filter, Origin, Pins},
+    metrics::{self, Metrics},
+    receiver,
+    watch::FileWatcher,
+};
+
+/// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+/// If the config is invalid at start, or the filter cannot be loaded, attached or fed.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP's default action would end a daemon still starting up.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let config = config::load(config_path)?;
+    receiver::install_crypto_provider();
+    // Bind, open and connect everything that can fail for a reason outside the kernel before
+    // touching it, so a busy port, an unreadable store or secret fails the start with nothing
+    // attached. Serving starts only once the filter is in force.
+    let metrics_listener = metrics::bind(config.metrics.listen).await?;
+    let pins = Pins::new(&config.filter.pin_path);
+    let metrics = Metrics::new(&pins);
+    // Without routes there is nothing to serve: the listener would answer 404 to everything.
+    let receiver = Receiver::open(&config, &metrics).await?;
+    let mut filter = Filter::open(pins.clone())?;
+    match filter.origin() {
+        Origin::Fresh => tracing::info!(pin_path = %pins.root().display(), "loaded a new filter"),
+        Origin::Adopted => tracing::info!(
+            pin_path = %pins.root().display(),
+            "re-adopted the pinned filter; it never stopped enforcing"
+        ),
+        Origin::Replaced => tracing::info!(
+            pin_path = %pins.root().display(),
+            "replaced the pinned program with this version's, atomically on every interface"
+        ),
+    }
+    let mut in_force = InForce::from_config(&config, receiver.is_some());
+    let started = reload::bring_up(&mut filter, &in_force.applied);
+    let (report, attached) = match started {
+        Ok(done) => done,
+        Err(e) if filter.origin() == Origin::Fresh => {
+            // Nothing was in force before this start: leave nothing behind either.
+            drop(filter);
+            if let Err(cleanup) = crate::filter::detach(&pins) {
+                tracing::error!("removing the half-started filter failed: {cleanup}");
+            }
+            return Err(e);
+        }
+        // An adopted filter was protecting before this start; it stays as it was.
+        Err(e) => return Err(e),
+    };
+    let (v4, v6) = filter.prefix_counts();
+    tracing::info!(
+        ipv4_prefixes = v4,
+        ipv6_prefixes = v6,
+        interfaces = ?attached,
+        elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+        "filter in force"
+    );
+
+    metrics.set_prefixes(v4, v6);
+    metrics.mark_loaded();
+
+    let retention = config.store.retention;
+    drop(config);
+    trim_heap();
+    let mut services = Services::start(receiver, retention, metrics_listener, &metrics);
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
+    let mut watcher = FileWatcher::new(reload_tx)?;
+    watcher.watch(&in_force.applied.watched);
+
+    let outcome: anyhow::Result<()> = loop {
+        let trigger = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            Some(t) = reload_rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while reload_rx.try_recv().is_ok() {}
+                t
+            }
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            ended = services.ended() => break ended,
+        };
+        match reload::reload(
+            &mut filter,
+            &mut in_force,
+            &metrics,
+            services.server(),
+            trigger,
+        ) {
+            Reloaded::Yes | Reloaded::Refused => watcher.watch(&in_force.applied.watched),
+            Reloaded::Detached => break Ok(()),
+        }
+    };
+    services.stop().await;
+    tracing::info!("stopped; the filter stays in force (`hookwall detach` removes it)");
+    outcome
+}
+
+/// Hands the heap freed after parsing a config back to the kernel. A 100,000-line allowlist
+/// needs tens of MiB while it is parsed and checked but a few MiB once applied; without this,
+/// the allocator keeps the difference resident for the daemon's whole life. Both allocators:
+/// the binary's Rust code allocates with mimalloc, SQLite (C) with glibc's malloc.
+fn trim_heap() {
+    // SAFETY: both only release free memory; they are safe to call at any time, also when
+    // mimalloc is not the process's allocator (as in this library's tests).
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        #[cfg(target_env = "gnu")]
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,264 @@
+//! What is in force, and the one place that decides what a reload applies: the allowlist,
+//! settings, interfaces and watched files at once (all or nothing); the certificate and routes
+//! right after (the receiver is told to apply them); `filter.pin_path` never (the reload is
+//! refused); `metrics.listen`, `[delivery]`, `server.listen` and `server.limits` at the next
+//! restart (a warning says so).
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use filter_common::Settings;
+
+use super::trim_heap;
+use crate::{
+    config::{self, AttachMode, Config, DeliveryConfig, Limits, Mode, Tls},
+    filter::{ApplyReport, Desired, Filter, LinkMode},
+    metrics::Metrics,
+    receiver::Server,
+};
+
+/// What the running daemon has in force: what a reload compares against or falls back to.
+pub(super) struct InForce {
+    pub(super) config_path: PathBuf,
+    /// Fixed for the daemon's life: a change refuses the reload.
+    pin_path: PathBuf,
+    /// Read at start; a change waits for a restart.
+    started: Started,
+    /// What a reload replaces.
+    pub(super) applied: Applied,
+}
+
+/// The parts of the config read once, at start.
+struct Started {
+    metrics_listen: SocketAddr,
+    /// `[delivery]` as started.
+    delivery: Option<DeliveryConfig>,
+    /// `server.listen` and `server.limits` when the receiver serves (the config has routes).
+    receiver: Option<(SocketAddr, Limits)>,
+}
+
+/// The parts of the config a reload applies to the filter, and the files it watches.
+pub(super) struct Applied {
+    pub(super) desired: Desired,
+    pub(super) interfaces: Vec<String>,
+    pub(super) attach: AttachMode,
+    pub(super) watched: BTreeSet<PathBuf>,
+}
+
+impl Applied {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            desired: desired(config),
+            interfaces: config.filter.interfaces.clone(),
+            attach: config.filter.attach,
+            watched: watched_files(config),
+        }
+    }
+}
+
+/// Changes that wait for a restart, as the warnings that say so: those of the daemon's own
+/// parts, logged before the filter is changed, and the receiver's, logged when its certificate
+/// and routes are applied.
+struct WaitingForRestart {
+    daemon: Vec<&'static str>,
+    receiver: Vec<&'static str>,
+}
+
+impl InForce {
+    /// What `config` puts in force at start; `serving` is whether the receiver runs.
+    pub(super) fn from_config(config: &Config, serving: bool) -> Self {
+        Self {
+            config_path: absolute(&config.path),
+            pin_path: config.filter.pin_path.clone(),
+            started: Started {
+                metrics_listen: config.metrics.listen,
+                delivery: config.delivery.clone(),
+                receiver: serving.then_some((config.server.listen, config.server.limits)),
+            },
+            applied: Applied::from_config(config),
+        }
+    }
+
+    /// What of `config` differs from what was read at start.
+    fn waiting_for_restart(&self, config: &Config) -> WaitingForRestart {
+        let mut daemon = Vec::new();
+        if config.metrics.listen != self.started.metrics_listen {
+            daemon.push("metrics.listen changed; it takes effect when hookwall restarts");
+        }
+        if config.delivery != self.started.delivery {
+            daemon.push("[delivery] changed; it takes effect when hookwall restarts");
+        }
+        let mut receiver = Vec::new();
+        if let Some((listen, limits)) = self.started.receiver {
+            if config.server.listen != listen {
+                receiver.push("server.listen changed; it takes effect when hookwall restarts");
+            }
+            if config.server.limits != limits {
+                receiver.push("server.limits changed; they take effect when hookwall restarts");
+            }
+        }
+        WaitingForRestart { daemon, receiver }
+    }
+}
+
+/// What the kernel maps must hold for `config`.
+#[must_use]
+pub fn desired(config: &Config) -> Desired {
+    Desired {
+        v4: config.allowlist.v4.clone(),
+        v6: config.allowlist.v6.clone(),
+        ports: config.filter.protected_ports.clone(),
+        settings: Settings::new(
+            config.filter.mode == Mode::Enforce,
+            config.filter.strict_fragments,
+        ),
+    }
+}
+
+fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    files.insert(absolute(&config.path));
+    let base = config.path.parent().unwrap_or(Path::new("."));
+    for f in &config.allow.files {
+        files.insert(absolute(&base.join(f)));
+    }
+    // A renewed certificate (certbot and the like replace the files) is picked up like a
+    // config change.
+    if !config.routes.is_empty()
+        && let Tls::Files { cert, key } = &config.server.tls
+    {
+        files.insert(absolute(cert));
+        files.insert(absolute(key));
+    }
+    files
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Writes the maps, then attaches: a newly attached interface starts with the full allowlist.
+pub(super) fn bring_up(
+    filter: &mut Filter,
+    applied: &Applied,
+) -> anyhow::Result<(ApplyReport, Vec<(String, LinkMode)>)> {
+    let report = filter
+        .apply(&applied.desired)
+        .context("writing the allowlist to the kernel maps")?;
+    let attached = filter
+        .attach(&applied.interfaces, applied.attach)
+        .context("attaching the filter")?;
+    filter
+        .set_daemon_pid(std::process::id())
+        .context("recording the daemon PID in the pinned META map")?;
+    Ok((report, attached))
+}
+
+/// What a reload came to.
+pub(super) enum Reloaded {
+    Yes,
+    Refused,
+    /// The pinned program is gone: the daemon stops.
+    Detached,
+}
+
+/// Reloads the config at `in_force.config_path`: all of the filter part or none of it, then the
+/// receiver's certificate and routes.
+pub(super) fn reload(
+    filter: &mut Filter,
+    in_force: &mut InForce,
+    metrics: &Metrics,
+    server: Option<&Server>,
+    trigger: &str,
+) -> Reloaded {
+    tracing::info!(trigger, "reloading");
+    if !filter.pins().has_program() {
+        tracing::warn!("the pinned filter was removed (`hookwall detach`); stopping");
+        return Reloaded::Detached;
+    }
+    let config = match config::load(&in_force.config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            tracing::error!("config refused; the previous config stays in force");
+            metrics.record_reload(false);
+            return Reloaded::Refused;
+        }
+    };
+    if config.filter.pin_path != in_force.pin_path {
+        tracing::error!(
+            "filter.pin_path changed; a running daemon cannot move its pins: restart hookwall \
+             (the previous config stays in force)"
+        );
+        metrics.record_reload(false);
+        return Reloaded::Refused;
+    }
+    let waiting = in_force.waiting_for_restart(&config);
+    for change in &waiting.daemon {
+        tracing::warn!("{change}");
+    }
+    let next = Applied::from_config(&config);
+    // The certificate and routes are read now, while the config is at hand; they are swapped in
+    // only if the filter part succeeds below.
+    let server_reload = server.map(|server| (server, config.clone()));
+    drop(config);
+    let applied = filter
+        .apply(&next.desired)
+        .map_err(anyhow::Error::from)
+        .and_then(|report| {
+            filter
+                .attach(&next.interfaces, next.attach)
+                .map(|_| report)
+                .map_err(anyhow::Error::from)
+        });
+    match applied {
+        Ok(report) => {
+            let (v4, v6) = filter.prefix_counts();
+            metrics.set_prefixes(v4, v6);
+            metrics.record_reload(true);
+            tracing::info!(
+                ipv4_prefixes = v4,
+                ipv6_prefixes = v6,
+                inserted = report.inserted,
+                removed = report.removed,
+                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+                "reloaded"
+            );
+            in_force.applied = next;
+            if let Some((server, config)) = server_reload {
+                for change in &waiting.receiver {
+                    tracing::warn!("{change}");
+                }
+                if let Err(e) = server.apply(&config) {
+                    tracing::error!(
+                        "reloading the HTTPS certificate or routes failed: {e:#}; the previous \
+                         ones stay in force"
+                    );
+                }
+            }
+            trim_heap();
+            Reloaded::Yes
+        }
+        Err(e) => {
+            tracing::error!("applying the new config failed: {e:#}; restoring the previous one");
+            let previous = &in_force.applied;
+            let restored = filter
+                .attach(&previous.interfaces, previous.attach)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| filter.apply(&previous.desired).map_err(anyhow::Error::from));
+            if let Err(e) = restored {
+                tracing::error!("restoring the previous config failed too: {e:#}");
+            }
+            let (v4, v6) = filter.prefix_counts();
+            metrics.set_prefixes(v4, v6);
+            metrics.record_reload(false);
+            Reloaded::Refused
+        }
+    }
+}

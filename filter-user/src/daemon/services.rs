@@ -1,0 +1,208 @@
+//! The services `hookwall run` runs beside the filter, and the order they stop in.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    config::Config,
+    delivery::{self, Worker},
+    metrics::{self, Metrics},
+    receiver::Server,
+    store::{Reader, Store},
+};
+
+/// What serves callbacks, opened before the filter is touched so that a busy port or an
+/// unreadable store or secret fails the start with nothing attached.
+pub(super) struct Receiver {
+    store: Store,
+    server: Arc<Server>,
+    worker: Option<Worker>,
+    queue_reader: Reader,
+}
+
+impl Receiver {
+    /// The store, the bound HTTPS server, the delivery worker (if `[delivery]`) and the store
+    /// reader for the queue gauges; `None` when the config has no routes (nothing to serve).
+    pub(super) async fn open(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Self>> {
+        if config.routes.is_empty() {
+            tracing::warn!(
+                "no [[route]] in the config: not serving HTTPS (the filter is in force)"
+            );
+            return Ok(None);
+        }
+        let store = Store::open(&config.store.path)
+            .with_context(|| "opening the event store (store.path)".to_owned())?;
+        let server = Server::bind(config, store.handle(), metrics.clone()).await?;
+        let worker = match &config.delivery {
+            Some(delivery_config) => Some(
+                Worker::new(delivery_config, store.handle(), metrics.delivery.clone())
+                    .await
+                    .context("starting the delivery worker ([delivery])")?,
+            ),
+            None => None,
+        };
+        let queue_reader =
+            Reader::open(&config.store.path).context("opening the event store for reading")?;
+        Ok(Some(Self {
+            store,
+            server: Arc::new(server),
+            worker,
+            queue_reader,
+        }))
+    }
+}
+
+/// The running services. They stop in the order [`Services::stop`] gives, the one place it is
+/// written.
+pub(super) struct Services {
+    stop: watch::Sender<bool>,
+    metrics_task: JoinHandle<anyhow::Result<()>>,
+    /// The HTTPS server's task; `None` without routes, or once it has ended.
+    server_task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The server itself, which a reload tells what to apply.
+    server: Option<Arc<Server>>,
+    /// The delivery worker, the queue gauges and the retention purge.
+    upkeep: Vec<JoinHandle<()>>,
+    store: Option<Store>,
+}
+
+impl Services {
+    /// Starts the upkeep tasks beside the store (`retention` is `store.retention`), the HTTPS
+    /// server and the metrics listener.
+    pub(super) fn start(
+        receiver: Option<Receiver>,
+        retention: Duration,
+        metrics_listener: TcpListener,
+        metrics: &Metrics,
+    ) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let until_stopped = || {
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        };
+        let (mut upkeep, mut server_task, mut server, mut store) = (Vec::new(), None, None, None);
+        if let Some(receiver) = receiver {
+            upkeep = start_upkeep(
+                &receiver.store,
+                receiver.worker,
+                receiver.queue_reader,
+                retention,
+                metrics,
+                &stop_rx,
+            );
+            let serving = Arc::clone(&receiver.server);
+            let shutdown = until_stopped();
+            server_task = Some(tokio::spawn(async move { serving.serve(shutdown).await }));
+            server = Some(receiver.server);
+            store = Some(receiver.store);
+        }
+        let metrics_task = tokio::spawn(metrics::serve(
+            metrics_listener,
+            metrics.clone(),
+            until_stopped(),
+        ));
+        Self {
+            stop,
+            metrics_task,
+            server_task,
+            server,
+            upkeep,
+            store,
+        }
+    }
+
+    /// The HTTPS server, if serving.
+    pub(super) fn server(&self) -> Option<&Server> {
+        self.server.as_deref()
+    }
+
+    /// Completes when the metrics listener or the HTTPS server ends on its own (an error, or a
+    /// panic), with what it ended with.
+    pub(super) async fn ended(&mut self) -> anyhow::Result<()> {
+        let Self {
+            metrics_task,
+            server_task,
+            ..
+        } = self;
+        tokio::select! {
+            result = metrics_task => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("metrics task failed: {e}")),
+            },
+            Some(result) = async { match server_task.as_mut() {
+                Some(task) => Some(task.await),
+                None => std::future::pending().await,
+            } } => {
+                *server_task = None;
+                match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("HTTPS server task failed: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Stops everything, in this order:
+    /// 1. the HTTPS server: it stops accepting at once and gives requests in flight their grace
+    ///    period, so every answer it still sends has its event stored;
+    /// 2. the upkeep: the delivery worker lets attempts in flight finish (bounded);
+    /// 3. the store, closed after both, so the last inserts and delivery results are recorded;
+    /// 4. the metrics listener last (at most 5 s), so the shutdown can be watched to the end.
+    pub(super) async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.server_task {
+            let _ = task.await;
+        }
+        for task in self.upkeep {
+            let _ = task.await;
+        }
+        drop(self.server);
+        if let Some(store) = self.store
+            && let Err(e) = store.close().await
+        {
+            tracing::error!("closing the event store: {e}");
+        }
+        if !self.metrics_task.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.metrics_task).await;
+        }
+    }
+}
+
+/// Starts what runs beside the receiver on the store: the delivery worker (if `[delivery]` is
+/// configured), the queue gauges and the retention purge. They stop when `stop` turns true.
+fn start_upkeep(
+    store: &Store,
+    worker: Option<Worker>,
+    queue_reader: Reader,
+    retention: Duration,
+    metrics: &Metrics,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(delivery::watch_queue(
+        Arc::new(queue_reader),
+        metrics.delivery.clone(),
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(delivery::purge_loop(
+        store.handle(),
+        retention,
+        stop.clone(),
+    )));
+    match worker {
+        Some(worker) => {
+            tracing::info!(sink = worker.sink_label(), "delivering stored events");
+            tasks.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        None => tracing::warn!(
+            "no [delivery] in the config: events are stored only (`hookwall queue list` shows them)"
+        ),
+    }
+    tasks
+}

@@ -1,0 +1,283 @@
+//! The HTTPS receiver: TLS (rustls, TLS 1.2 and 1.3, ALPN h2 and http/1.1) on `server.listen`,
+//! one handler for every `[[route]]`, an audit line and metrics for every request.
+//!
+//! What a request goes through, in order (each refusal has its own outcome label and status;
+//! docs/design/receiver.md says why this order):
+//! 1. client address: the socket peer, or, when the peer is a trusted proxy, the right-most
+//!    `Forwarded` / `X-Forwarded-For` hop that is not itself a trusted proxy ([`client_addr`]);
+//! 2. per-client rate limit (429 with `Retry-After`) and the cap on requests in flight (503);
+//!    the limits are `[server.limits]` ([`Limits`]), read at start.
+//! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
+//!    `{path}/{token}`;
+//! 4. `mpesa` routes: the client address must be on the allowlist (403), also in monitor mode;
+//! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
+//!    (415);
+//! 6. the body, up to `server.limits.body_limit_bytes` (413) within
+//!    `server.limits.body_timeout_ms` (408);
+//! 7. the route's verifier (401, 400); a wrong or missing `mpesa` token gets the 404 and the
+//!    `not_found` outcome of an unknown path;
+//! 8. the store: the answer leaves only after the event is committed (`accepted`) or found
+//!    (`duplicate`); both get the provider's success answer; a store error gets 503, never a
+//!    false success. A route with `validation` asks the application instead and stores nothing.
+//!
+//! The certificate and the routes can be swapped while serving ([`Server::apply`]), without
+//! closing a connection. A graceful stop closes the listener, lets requests in flight finish and
+//! waits for their connections (at most [`SHUTDOWN_GRACE`]).
+
+mod audit;
+mod client;
+mod conn;
+mod pipeline;
+mod routing;
+mod tls;
+pub mod validation;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use axum::Router;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+pub use self::{audit::Outcome, client::client_addr, tls::install_crypto_provider};
+use self::{routing::Routing, tls::SelfSigned};
+use crate::{
+    config::{Config, Limits, Tls},
+    metrics::{HttpLabels, Metrics},
+    store::StoreHandle,
+};
+
+/// Time a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How often the rate limiter forgets clients whose budget is full again: without it, every
+/// address that ever called (or a flood of spoofed-then-dropped ones reaching userspace in
+/// monitor mode) would keep an entry for the daemon's whole life.
+pub const LIMITER_CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
+/// What every request is handled with: the routes in force, the store, the metrics and the
+/// limits. [`router`] serves it; [`Server`] puts TLS and a listener in front.
+pub struct App {
+    routing: ArcSwap<Routing>,
+    store: StoreHandle,
+    metrics: Metrics,
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    in_flight: Semaphore,
+    /// The limits in force (read at start).
+    limits: Limits,
+}
+
+impl App {
+    /// The routes and limits of `config`, storing into `store`; every route's request series is
+    /// registered at zero, so dashboards see a route before its first request.
+    ///
+    /// # Errors
+    /// If a route secret cannot be read, or a `validation` route has no `delivery.secret`.
+    pub fn new(config: &Config, store: StoreHandle, metrics: Metrics) -> anyhow::Result<Self> {
+        let routing = Routing::from_config(config)?;
+        for route in &routing.routes {
+            for outcome in Outcome::ALL {
+                let _ = metrics.http_requests.get_or_create(&HttpLabels {
+                    route: route.path.clone(),
+                    outcome: outcome.as_str(),
+                });
+            }
+        }
+        let limits = config.server.limits;
+        let quota =
+            Quota::per_second(NonZeroU32::new(limits.rate_per_second).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN));
+        Ok(Self {
+            routing: ArcSwap::from_pointee(routing),
+            store,
+            metrics,
+            limiter: RateLimiter::keyed(quota),
+            in_flight: Semaphore::new(limits.max_in_flight),
+            limits,
+        })
+    }
+}
+
+/// The socket peer of a request's connection, set as a request extension by the connection
+/// layer. A request without one (a test driving [`router`] directly) counts as coming from
+/// `0.0.0.0:0`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// The request handler for `app`, with no socket or TLS: every path goes to the one pipeline.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(pipeline::handle).with_state(app)
+}
+
+/// A bound HTTPS server; [`Server::serve`] runs it, [`Server::apply`] swaps its certificate
+/// and routes.
+pub struct Server {
+    listener: std::sync::Mutex<Option<TcpListener>>,
+    listen: SocketAddr,
+    tls: ArcSwap<rustls::ServerConfig>,
+    self_signed: SelfSigned,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Builds the TLS config and the routes from `config` and binds `server.listen`.
+    ///
+    /// # Errors
+    /// If a certificate, key or route secret cannot be read, or the address cannot be bound.
+    pub async fn bind(
+        config: &Config,
+        store: StoreHandle,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let listen = config.server.listen;
+        let self_signed = if config.server.tls == Tls::SelfSigned {
+            tracing::warn!(
+                "!!! server.tls = \"self-signed\": serving HTTPS with a certificate generated now, \
+                 which no provider will trust. For a first run only: set server.tls_cert and \
+                 server.tls_key before giving this URL to a provider !!!"
+            );
+            tls::make_self_signed(listen)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let tls = tls::tls_config(&config.server.tls, &self_signed)?;
+        let app = App::new(config, store, metrics)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the HTTPS listener on {listen} (server.listen)"))?;
+        Ok(Self {
+            listener: std::sync::Mutex::new(Some(listener)),
+            listen,
+            tls: ArcSwap::new(tls),
+            self_signed,
+            app: Arc::new(app),
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(self.listen)
+    }
+
+    /// Re-reads the certificate (PEM files; a self-signed one is kept) and the routes from
+    /// `config` and swaps them in for new connections and requests; nothing else of `config` is
+    /// read (what a reload applies is the daemon's decision). On any error the old ones stay in
+    /// force.
+    ///
+    /// # Errors
+    /// If the certificate, key or a route secret cannot be read.
+    pub fn apply(&self, config: &Config) -> anyhow::Result<()> {
+        let tls = if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
+            // Switching to self-signed while running: make one now.
+            tls::tls_config(&config.server.tls, &tls::make_self_signed(self.listen)?)?
+        } else {
+            tls::tls_config(&config.server.tls, &self.self_signed)?
+        };
+        let routing = Routing::from_config(config)?;
+        self.tls.store(tls);
+        self.app.routing.store(Arc::new(routing));
+        tracing::info!("HTTPS certificate and routes reloaded");
+        Ok(())
+    }
+
+    /// Accepts connections until `shutdown` completes, then stops accepting, lets requests in
+    /// flight finish (at most [`SHUTDOWN_GRACE`]) and returns.
+    ///
+    /// # Errors
+    /// If called twice.
+    pub async fn serve(&self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .context("the HTTPS server is already serving")?;
+        tracing::info!(listen = %self.listen, "serving HTTPS");
+        let graceful = GracefulShutdown::new();
+        let limits = self.app.limits;
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let shared = Arc::new(conn::Shared {
+            app: Arc::clone(&self.app),
+            router: router(Arc::clone(&self.app)),
+            http1: builder.clone().http1_only(),
+            http2: builder.http2_only(),
+        });
+        tokio::pin!(shutdown);
+        let mut cleanup = tokio::time::interval(LIMITER_CLEANUP_EVERY);
+        cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                _ = cleanup.tick() => {
+                    forget_idle_clients(&self.app.limiter);
+                    continue;
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting an HTTPS connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tracing::debug!(%peer, "connection cap reached; closing a new connection");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(conn::serve(
+                tcp,
+                peer,
+                permit,
+                TlsAcceptor::from(self.tls.load_full()),
+                Arc::clone(&shared),
+                graceful.watcher(),
+            ));
+        }
+        drop(listener);
+        tracing::info!("HTTPS listener closed; finishing requests in flight");
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+        Ok(())
+    }
+}
+
+/// Drops the rate-limit state of clients whose budget has refilled (they are indistinguishable
+/// from new clients), and gives the memory back.
+fn forget_idle_clients(limiter: &DefaultKeyedRateLimiter<IpAddr>) {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
