@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML schema, loading and validation with file/line errors.
+//! - [`cli`]: what the command line prints (`hookwall check`).
 //! - [`presets`]: the built-in provider address lists, with the source of each entry.
 //! - [`allowlist`]: turns presets, CIDRs and files into the normalised, merged prefix sets.
 //! - [`filter`]: loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
@@ -16,6 +17,7 @@
 //! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
 pub mod allowlist;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
