@@ -234,3 +234,111 @@ fn section(out: &mut String, heading: impl fmt::Display) {
 fn row(out: &mut String, label: &str, value: impl fmt::Display) {
     line(out, format_args!("  {label:<17} {value}"));
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{MPESA_ROUTE, SPEC_EXAMPLE, http_delivery, lines, parse_ok};
+
+    #[test]
+    fn render_check_shows_settings_sources_and_secret_origins() {
+        let mut text = SPEC_EXAMPLE.to_owned();
+        text.push_str("\n[[route]]\npath = \"/hooks/gh\"\nverify = \"github\"\nsecrets = [{ file = \"/run/gh\" }, { env = \"GH_OLD\" }]\n");
+        let shown = parse_ok(&text).render_check();
+        for needle in [
+            "/etc/hookwall/hookwall.toml: valid",
+            "interfaces        eth0\n",
+            "mode              enforce (",
+            "attach            auto",
+            "protected ports   443",
+            "pin path          /sys/fs/bpf/hookwall",
+            "[allow] 12 IPv4 and 1 IPv6 prefixes after merging 14 entries",
+            "196.201.214.200/32  preset mpesa (Safaricom Daraja documentation, published callback IP whitelist)",
+            "203.0.113.0/24      config line 11",
+            "2001:db8::/48       config line 11",
+            "listen            127.0.0.1:9184",
+            "listen            0.0.0.0:443",
+            "/mpesa/c2b/confirmation  mpesa              token from env HOOKWALL_MPESA_TOKEN",
+            "/hooks/stripe            stripe             secrets from env STRIPE_WEBHOOK_SECRET",
+            "/hooks/gh                github             secrets from file /run/gh, env GH_OLD",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+        assert!(!shown.contains("port 22"));
+
+        let shown = parse_ok(&lines(&["[filter]", "protected_ports = [22, 443]"])).render_check();
+        assert!(
+            shown.contains("interfaces        eth0 (the default route's)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("note              port 22 is protected"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn render_check_hides_the_query_of_delivery_and_validation_urls() {
+        let mut text = lines(&[
+            "[delivery]",
+            "url = \"https://app.example/hooks?key=QUERYSECRET1\"",
+            "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }",
+        ]);
+        text.push_str(&lines(MPESA_ROUTE));
+        text.push_str(
+            "validation = { url = \"https://app.example/v?key=QUERYSECRET2\", on_failure = \"accept\" }\n",
+        );
+        let shown = parse_ok(&text).render_check();
+        assert!(
+            shown.contains("POST https://app.example/hooks?…"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("validation by https://app.example/v?…"),
+            "{shown}"
+        );
+        assert!(!shown.contains("QUERYSECRET"), "{shown}");
+    }
+
+    #[test]
+    fn render_check_shows_the_delivery_and_validation_routes() {
+        let shown = parse_ok("").render_check();
+        for needle in [
+            "retention         30days (delivered events older than this are purged)",
+            "[delivery]\n  sink              none (events are stored only)",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+
+        let mut text = http_delivery(&["max_attempts = 10", "backoff_max = \"1h\""]);
+        text.push_str(&lines(MPESA_ROUTE));
+        text.push_str(
+            "validation = { url = \"http://127.0.0.1:8000/v\", timeout = \"2s\", on_failure = \"reject\" }\n",
+        );
+        let shown = parse_ok(&text).render_check();
+        for needle in [
+            "sink              POST http://127.0.0.1:8000/hookwall",
+            "signing secret    from env HOOKWALL_DELIVERY_SECRET",
+            "attempts          10s per attempt, 8 in flight; dead letter after 10 attempts or 3days",
+            "backoff           1s doubling up to 1h, with jitter (half to all of it)",
+            "mpesa              token from env HOOKWALL_MPESA_TOKEN; validation by \
+             http://127.0.0.1:8000/v within 2s, else reject",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+
+        let shown = parse_ok(&lines(&[
+            "[delivery.nats]",
+            "url = \"nats://127.0.0.1:4222\"",
+            "token = { file = \"/run/nats-token\" }",
+        ]))
+        .render_check();
+        for needle in [
+            "sink              NATS JetStream nats://127.0.0.1:4222",
+            "subject           hookwall.events (stream HOOKWALL, duplicate window 2m)",
+            "nats token        from file /run/nats-token",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+        assert!(!shown.contains("signing secret"), "{shown}");
+    }
+}
