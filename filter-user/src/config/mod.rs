@@ -19,13 +19,13 @@
 //! Layout: each section of the file (`[filter]`, `[allow]`, `[server]`, `[store]`, `[metrics]`,
 //! `[delivery]`, `[[route]]`) has one file under `check/` holding its `Raw*` schema, its resolved
 //! type, its defaults and its checks, so that a key is added in one place. What is shared lives
-//! beside it: [`diagnostics`] (errors, key paths, suggestions, the list of known keys), `host`
-//! (interfaces and default routes), [`secret`] (secret references) and `url`.
+//! beside it: `diagnostics` (errors, key paths, suggestions, the keys each table accepts), `host`
+//! (interfaces and default routes), `secret` (secret references) and `url` (URLs as text).
 
 mod check;
-pub mod diagnostics;
+mod diagnostics;
 mod host;
-pub mod secret;
+mod secret;
 mod url;
 
 #[cfg(test)]

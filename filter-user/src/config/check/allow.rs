@@ -15,7 +15,8 @@ use crate::{
 /// `allow.presets` default: Safaricom's published callback addresses.
 const DEFAULT_PRESETS: &[&str] = &["mpesa"];
 
-/// `[allow]` as written; the merged result is [`Config::allowlist`].
+/// `[allow]` as written; the merged result is
+/// [`Config::allowlist`](crate::config::Config::allowlist).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowConfig {
     /// Built-in lists by name. Default: `["mpesa"]`.

@@ -52,7 +52,7 @@ const DAY: u64 = 24 * HOUR;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct RawConfig {
+pub(super) struct RawConfig {
     filter: RawFilter,
     allow: RawAllow,
     server: RawServer,
@@ -85,14 +85,14 @@ pub(crate) const SCHEMA: &[&[Table]] = &[
 /// Its methods return `None` exactly when they have recorded an error (so an optional setting comes
 /// back as `Option<Option<T>>`); callers run every check first and combine the results with `?`
 /// only afterwards, so that one bad key never hides another.
-pub(crate) struct Checker<'a> {
-    pub(crate) file: &'a Path,
+pub(super) struct Checker<'a> {
+    pub(super) file: &'a Path,
     /// The config file's directory, for relative paths of files it names.
-    pub(crate) dir: &'a Path,
-    pub(crate) text: &'a str,
-    pub(crate) doc: &'a DeTable<'a>,
-    pub(crate) host: &'a dyn Host,
-    pub(crate) errors: Vec<ConfigError>,
+    pub(super) dir: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) doc: &'a DeTable<'a>,
+    pub(super) host: &'a dyn Host,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
@@ -115,7 +115,7 @@ impl Checker<'_> {
         });
     }
 
-    pub(crate) fn unknown_key(&mut self, key: &KeyPath) {
+    pub(super) fn unknown_key(&mut self, key: &KeyPath) {
         let name = key.last_key().unwrap_or_default();
         let known = known_keys(key.parent());
         let elsewhere = if key.parent().is_empty() {
@@ -150,7 +150,7 @@ impl Checker<'_> {
     }
 
     /// Resolves everything; `None` only if an error was recorded.
-    pub(crate) fn resolve(&mut self, mut raw: RawConfig) -> Option<Config> {
+    pub(super) fn resolve(&mut self, mut raw: RawConfig) -> Option<Config> {
         let server = self.server(raw.server);
         let listen = server.as_ref().map(|s| s.listen);
         let metrics = self.metrics(raw.metrics, listen);
