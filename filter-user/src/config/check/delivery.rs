@@ -72,7 +72,7 @@ const DUPLICATE_WINDOW: DurationRule = DurationRule {
     examples: "\"2m\" or \"1h\"",
 };
 /// Examples for URLs in messages.
-pub(crate) const DELIVERY_URL_EXAMPLE: &str = "http://127.0.0.1:8000/hookwall";
+const DELIVERY_URL_EXAMPLE: &str = "http://127.0.0.1:8000/hookwall";
 const NATS_URL_EXAMPLE: &str = "nats://127.0.0.1:4222";
 
 /// `[delivery]`, resolved: how stored events reach the application.
@@ -80,7 +80,7 @@ const NATS_URL_EXAMPLE: &str = "nats://127.0.0.1:4222";
 pub struct DeliveryConfig {
     /// Where events go: `url` or `[delivery.nats]`, exactly one.
     pub sink: Sink,
-    /// The Standard Webhooks signing key for deliveries and validation forwards ("whsec_<base64>"
+    /// The Standard Webhooks signing key for deliveries and validation forwards (`whsec_<base64>`
     /// or raw bytes). Always set with [`Sink::Http`] and when a route has `validation`.
     pub secret: Option<SecretRef>,
     /// Time one attempt may take. Default: [`DEFAULT_DELIVERY_TIMEOUT`]; 100ms to 5m.
