@@ -6,14 +6,13 @@
 //! - [`allowlist`]: turns presets, CIDRs and files into the normalised, merged prefix sets.
 //! - [`filter`]: loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
 //! - [`status`]: reads the pinned maps, with or without a running daemon.
-//! - [`cli`]: what the subcommands print.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
 //! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
 //! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
 //! - [`receiver`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then
 //!   answer; [`receiver::validation`]: M-Pesa C2B validation pass-through.
 //! - [`delivery`]: the worker that takes stored events to the application (HTTP) or NATS.
-//! - [`cli`]: what the commands print: `hookwall queue`, `hookwall presets`.
+//! - [`cli`]: what the commands print: `check`, `status`, `queue`, `presets`, `detach`.
 //! - [`time`]: RFC 3339 timestamps, as the audit log and the command line print them.
 //! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.

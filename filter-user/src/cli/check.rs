@@ -1,0 +1,344 @@
+//! `hookwall check`: what it prints for a valid config.
+
+use std::fmt::{self, Write as _};
+
+use ipnet::IpNet;
+
+use crate::config::{Config, Mode, SecretRef, Sink, Tls, human, without_query};
+
+impl Config {
+    /// What `hookwall check` prints for a valid config: every resolved setting, the effective
+    /// allowlist with the source of each entry, and the routes with where their secrets come
+    /// from (never the secrets).
+    pub fn render_check(&self) -> String {
+        let mut out = format!("{}: valid\n", self.path.display());
+        self.render_filter(&mut out);
+        self.render_allowlist(&mut out);
+        self.render_services(&mut out);
+        self.render_routes(&mut out);
+        out
+    }
+
+    fn render_filter(&self, out: &mut String) {
+        let filter = &self.filter;
+        let from = if filter.interfaces_from_default_route {
+            " (the default route's)"
+        } else {
+            ""
+        };
+        let mode = match filter.mode {
+            Mode::Enforce => "enforce (packets from sources not allowed are dropped)",
+            Mode::Monitor => "monitor (nothing is dropped; would-be drops are counted)",
+        };
+        let ports: Vec<String> = filter.protected_ports.iter().map(u16::to_string).collect();
+        let fragments = if filter.strict_fragments {
+            "dropped unless the source is allowed (strict_fragments)"
+        } else {
+            "passed (their ports cannot be read)"
+        };
+        section(out, "[filter]");
+        row(
+            out,
+            "interfaces",
+            format_args!("{}{from}", filter.interfaces.join(", ")),
+        );
+        row(out, "mode", mode);
+        row(out, "attach", filter.attach);
+        row(out, "protected ports", ports.join(", "));
+        row(out, "pin path", filter.pin_path.display());
+        row(out, "later fragments", fragments);
+        if filter.protected_ports.contains(&22) {
+            row(
+                out,
+                "note",
+                "port 22 is protected: SSH from sources not allowed will be cut off",
+            );
+        }
+    }
+
+    fn render_allowlist(&self, out: &mut String) {
+        let list = &self.allowlist;
+        section(
+            out,
+            format_args!(
+                "[allow] {} IPv4 and {} IPv6 prefixes after merging {} entries",
+                list.v4.len(),
+                list.v6.len(),
+                list.entries.len()
+            ),
+        );
+        let nets: Vec<String> = list.entries.iter().map(|e| e.net.to_string()).collect();
+        let width = nets.iter().map(String::len).max().unwrap_or(0);
+        for (net, entry) in nets.iter().zip(&list.entries) {
+            line(out, format_args!("  {net:<width$}  {}", entry.source));
+        }
+    }
+
+    fn render_services(&self, out: &mut String) {
+        let server = &self.server;
+        section(out, "[server]");
+        row(out, "listen", server.listen);
+        match &server.tls {
+            Tls::Files { cert, key } => {
+                row(
+                    out,
+                    "tls",
+                    format_args!("{} + {}", cert.display(), key.display()),
+                );
+            }
+            Tls::SelfSigned => row(out, "tls", "self-signed (for a first run only)"),
+        }
+        let proxies: Vec<String> = server
+            .trusted_proxies
+            .iter()
+            .map(IpNet::to_string)
+            .collect();
+        row(
+            out,
+            "trusted proxies",
+            if proxies.is_empty() {
+                "none".to_owned()
+            } else {
+                proxies.join(", ")
+            },
+        );
+        let l = &server.limits;
+        row(
+            out,
+            "limits",
+            format_args!(
+                "{}/s per client (burst {}), {} connections, {} in flight, body {} bytes, \
+                 headers {} ms, body {} ms",
+                l.rate_per_second,
+                l.rate_burst,
+                l.max_connections,
+                l.max_in_flight,
+                l.body_limit_bytes,
+                l.header_timeout.as_millis(),
+                l.body_timeout.as_millis()
+            ),
+        );
+        section(out, "[store]");
+        row(out, "path", self.store.path.display());
+        row(
+            out,
+            "retention",
+            format_args!(
+                "{} (delivered events older than this are purged)",
+                human(self.store.retention)
+            ),
+        );
+        self.render_delivery(out);
+        section(out, "[metrics]");
+        row(out, "listen", self.metrics.listen);
+    }
+
+    fn render_delivery(&self, out: &mut String) {
+        section(out, "[delivery]");
+        let Some(delivery) = &self.delivery else {
+            row(out, "sink", "none (events are stored only)");
+            return;
+        };
+        // Userinfo is refused at load; a query string may still carry a key, so it is not shown.
+        match &delivery.sink {
+            Sink::Http { url } => row(out, "sink", format_args!("POST {}", without_query(url))),
+            Sink::Nats(nats) => {
+                row(out, "sink", format_args!("NATS JetStream {}", nats.url));
+                row(
+                    out,
+                    "subject",
+                    format_args!(
+                        "{} (stream {}, duplicate window {})",
+                        nats.subject,
+                        nats.stream,
+                        human(nats.duplicate_window)
+                    ),
+                );
+                if let Some(token) = &nats.token {
+                    row(out, "nats token", format_args!("from {token}"));
+                }
+            }
+        }
+        if let Some(secret) = &delivery.secret {
+            row(out, "signing secret", format_args!("from {secret}"));
+        }
+        row(
+            out,
+            "attempts",
+            format_args!(
+                "{} per attempt, {} in flight; dead letter after {} attempts or {}",
+                human(delivery.timeout),
+                delivery.concurrency,
+                delivery.max_attempts,
+                human(delivery.max_age)
+            ),
+        );
+        row(
+            out,
+            "backoff",
+            format_args!(
+                "{} doubling up to {}, with jitter (half to all of it)",
+                human(delivery.backoff_initial),
+                human(delivery.backoff_max)
+            ),
+        );
+    }
+
+    fn render_routes(&self, out: &mut String) {
+        section(out, format_args!("routes: {}", self.routes.len()));
+        let width = self.routes.iter().map(|r| r.path.len()).max().unwrap_or(0);
+        for route in &self.routes {
+            let secrets = match &route.token {
+                Some(token) => format!("token from {token}"),
+                None => {
+                    let from: Vec<String> =
+                        route.secrets.iter().map(SecretRef::to_string).collect();
+                    format!("secrets from {}", from.join(", "))
+                }
+            };
+            let verify = route.verify.as_str();
+            let validation = route
+                .validation
+                .as_ref()
+                .map(|v| {
+                    format!(
+                        "; validation by {} within {}, else {}",
+                        without_query(&v.url),
+                        human(v.timeout),
+                        v.on_failure
+                    )
+                })
+                .unwrap_or_default();
+            line(
+                out,
+                format_args!(
+                    "  {:<width$}  {verify:<17}  {secrets}{validation}",
+                    route.path
+                ),
+            );
+        }
+    }
+}
+
+/// Appends one line to `out`. Writing to a String cannot fail, hence the ignored result.
+fn line(out: &mut String, text: impl fmt::Display) {
+    let _ = writeln!(out, "{text}");
+}
+
+/// A blank line and a section heading.
+fn section(out: &mut String, heading: impl fmt::Display) {
+    line(out, format_args!("\n{heading}"));
+}
+
+/// An aligned `label  value` row of a section.
+fn row(out: &mut String, label: &str, value: impl fmt::Display) {
+    line(out, format_args!("  {label:<17} {value}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{MPESA_ROUTE, SPEC_EXAMPLE, http_delivery, lines, parse_ok};
+
+    #[test]
+    fn render_check_shows_settings_sources_and_secret_origins() {
+        let mut text = SPEC_EXAMPLE.to_owned();
+        text.push_str("\n[[route]]\npath = \"/hooks/gh\"\nverify = \"github\"\nsecrets = [{ file = \"/run/gh\" }, { env = \"GH_OLD\" }]\n");
+        let shown = parse_ok(&text).render_check();
+        for needle in [
+            "/etc/hookwall/hookwall.toml: valid",
+            "interfaces        eth0\n",
+            "mode              enforce (",
+            "attach            auto",
+            "protected ports   443",
+            "pin path          /sys/fs/bpf/hookwall",
+            "[allow] 12 IPv4 and 1 IPv6 prefixes after merging 14 entries",
+            "196.201.214.200/32  preset mpesa (Safaricom Daraja documentation, published callback IP whitelist)",
+            "203.0.113.0/24      config line 11",
+            "2001:db8::/48       config line 11",
+            "listen            127.0.0.1:9184",
+            "listen            0.0.0.0:443",
+            "/mpesa/c2b/confirmation  mpesa              token from env HOOKWALL_MPESA_TOKEN",
+            "/hooks/stripe            stripe             secrets from env STRIPE_WEBHOOK_SECRET",
+            "/hooks/gh                github             secrets from file /run/gh, env GH_OLD",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+        assert!(!shown.contains("port 22"));
+
+        let shown = parse_ok(&lines(&["[filter]", "protected_ports = [22, 443]"])).render_check();
+        assert!(
+            shown.contains("interfaces        eth0 (the default route's)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("note              port 22 is protected"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn render_check_hides_the_query_of_delivery_and_validation_urls() {
+        let mut text = lines(&[
+            "[delivery]",
+            "url = \"https://app.example/hooks?key=QUERYSECRET1\"",
+            "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }",
+        ]);
+        text.push_str(&lines(MPESA_ROUTE));
+        text.push_str(
+            "validation = { url = \"https://app.example/v?key=QUERYSECRET2\", on_failure = \"accept\" }\n",
+        );
+        let shown = parse_ok(&text).render_check();
+        assert!(
+            shown.contains("POST https://app.example/hooks?…"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("validation by https://app.example/v?…"),
+            "{shown}"
+        );
+        assert!(!shown.contains("QUERYSECRET"), "{shown}");
+    }
+
+    #[test]
+    fn render_check_shows_the_delivery_and_validation_routes() {
+        let shown = parse_ok("").render_check();
+        for needle in [
+            "retention         30days (delivered events older than this are purged)",
+            "[delivery]\n  sink              none (events are stored only)",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+
+        let mut text = http_delivery(&["max_attempts = 10", "backoff_max = \"1h\""]);
+        text.push_str(&lines(MPESA_ROUTE));
+        text.push_str(
+            "validation = { url = \"http://127.0.0.1:8000/v\", timeout = \"2s\", on_failure = \"reject\" }\n",
+        );
+        let shown = parse_ok(&text).render_check();
+        for needle in [
+            "sink              POST http://127.0.0.1:8000/hookwall",
+            "signing secret    from env HOOKWALL_DELIVERY_SECRET",
+            "attempts          10s per attempt, 8 in flight; dead letter after 10 attempts or 3days",
+            "backoff           1s doubling up to 1h, with jitter (half to all of it)",
+            "mpesa              token from env HOOKWALL_MPESA_TOKEN; validation by \
+             http://127.0.0.1:8000/v within 2s, else reject",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+
+        let shown = parse_ok(&lines(&[
+            "[delivery.nats]",
+            "url = \"nats://127.0.0.1:4222\"",
+            "token = { file = \"/run/nats-token\" }",
+        ]))
+        .render_check();
+        for needle in [
+            "sink              NATS JetStream nats://127.0.0.1:4222",
+            "subject           hookwall.events (stream HOOKWALL, duplicate window 2m)",
+            "nats token        from file /run/nats-token",
+        ] {
+            assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+        }
+        assert!(!shown.contains("signing secret"), "{shown}");
+    }
+}

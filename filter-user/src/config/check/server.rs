@@ -1,0 +1,294 @@
+//! `[server]` and `[server.limits]`: the HTTPS endpoint and its abuse limits.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{Checker, KeyPath, Table, serde_names};
+use crate::allowlist;
+
+/// `server.listen` default: the public HTTPS port on every IPv4 address.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 443);
+/// `server.tls_cert` default (the name certbot and most ACME clients use).
+const DEFAULT_TLS_CERT: &str = "/etc/hookwall/tls/fullchain.pem";
+/// `server.tls_key` default.
+const DEFAULT_TLS_KEY: &str = "/etc/hookwall/tls/privkey.pem";
+/// `server.limits.rate_per_second` default: requests per second each client address may make on
+/// average (429 beyond it).
+pub const DEFAULT_RATE_PER_SECOND: u32 = 200;
+/// `server.limits.rate_burst` default: requests a client may make at once before the rate applies.
+pub const DEFAULT_RATE_BURST: u32 = 400;
+/// `server.limits.max_connections` default: open connections at most (more are closed at once).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// `server.limits.max_in_flight` default: requests being handled at most (more get 503).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// `server.limits.body_limit_bytes` default: provider callbacks are a few KiB (413 above it).
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// `server.limits.header_timeout_ms` default: time to send a request's headers (408 after it).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.limits.body_timeout_ms` default: time to send the body once the headers arrived (408).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for the rates and counts in `[server.limits]`.
+const MAX_LIMIT_COUNT: i64 = 1_000_000;
+/// Upper bound for `server.limits.body_limit_bytes`: 64 MiB; no provider sends callbacks that big.
+const MAX_BODY_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+/// Bounds for `server.limits.*_timeout_ms`: shorter fails honest clients on a slow network,
+/// longer lets slow clients hold sockets.
+const TIMEOUT_MS_RANGE: (i64, i64) = (100, 300_000);
+
+/// Where the HTTPS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// PEM files (`server.tls_cert`, `server.tls_key`), resolved against the config file's
+    /// directory. Defaults: `/etc/hookwall/tls/fullchain.pem` and `/etc/hookwall/tls/privkey.pem`.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// `server.tls = "self-signed"`: a certificate generated at start, for a first run only.
+    SelfSigned,
+}
+
+/// `[server]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Default: `0.0.0.0:443`.
+    pub listen: SocketAddr,
+    /// Default: [`Tls::Files`] with the default paths; never self-signed unless asked for.
+    pub tls: Tls,
+    /// Peers whose `X-Forwarded-For` is believed. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[server.limits]`: abuse limits. Defaults: [`Limits::default`].
+    pub limits: Limits,
+}
+
+/// `[server.limits]`, resolved: the receiver's abuse limits, each with its own outcome label.
+/// Read at start; a reload keeps the ones in force (they take effect at the next restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `rate_per_second`: requests per second per client address on average (429 with
+    /// `Retry-After` beyond it). Default: [`DEFAULT_RATE_PER_SECOND`].
+    pub rate_per_second: u32,
+    /// `rate_burst`: requests a client may make at once. Default: [`DEFAULT_RATE_BURST`].
+    pub rate_burst: u32,
+    /// `max_connections`: open connections at most; more are closed at once, unanswered.
+    /// Default: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `max_in_flight`: requests being handled at most; more get 503 (outcome `overloaded`).
+    /// Default: [`DEFAULT_MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
+    /// `body_limit_bytes`: largest body accepted (413 above it, declared or sent).
+    /// Default: [`DEFAULT_BODY_LIMIT_BYTES`].
+    pub body_limit_bytes: usize,
+    /// `header_timeout_ms`: time to send a request's headers (HTTP/1.1; 408 if part of a request
+    /// arrived, a silent close if the connection sat idle). Default: [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// `body_timeout_ms`: time to send the whole body once the headers arrived (408).
+    /// Default: [`DEFAULT_BODY_TIMEOUT`].
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate_per_second: DEFAULT_RATE_PER_SECOND,
+            rate_burst: DEFAULT_RATE_BURST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawServer {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls: Option<String>,
+    trusted_proxies: Vec<String>,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLimits {
+    rate_per_second: Option<i64>,
+    rate_burst: Option<i64>,
+    max_connections: Option<i64>,
+    max_in_flight: Option<i64>,
+    body_limit_bytes: Option<i64>,
+    header_timeout_ms: Option<i64>,
+    body_timeout_ms: Option<i64>,
+}
+
+/// The only value of `server.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum TlsKind {
+    SelfSigned,
+}
+
+/// The tables of this section in the schema.
+pub(crate) const TABLES: &[Table] = &[
+    Table {
+        path: "server",
+        array: false,
+        keys: serde_names::<RawServer>,
+        secret_refs: &[],
+        secret_ref_lists: &[],
+    },
+    Table {
+        path: "server.limits",
+        array: false,
+        keys: serde_names::<RawLimits>,
+        secret_refs: &[],
+        secret_ref_lists: &[],
+    },
+];
+
+impl Checker<'_> {
+    pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
+        let listen = self.socket_addr(&KeyPath::of("server.listen"), raw.listen, DEFAULT_LISTEN);
+        let tls = self.tls(raw.tls, raw.tls_cert, raw.tls_key);
+        let mut trusted_proxies = Vec::new();
+        for (index, text) in raw.trusted_proxies.iter().enumerate() {
+            match allowlist::parse_entry(text) {
+                Ok(net) => trusted_proxies.push(net),
+                Err(message) => {
+                    self.error(&KeyPath::of("server.trusted_proxies").index(index), message);
+                }
+            }
+        }
+        let limits = self.limits(raw.limits);
+        Some(ServerConfig {
+            listen: listen?,
+            tls: tls?,
+            trusted_proxies,
+            limits: limits?,
+        })
+    }
+
+    /// One `[server.limits]` integer: `default` if unset, else within `min..=max`.
+    fn limit(
+        &mut self,
+        name: &str,
+        raw: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
+        self.integer(
+            &KeyPath::of("server.limits").key(name),
+            raw,
+            default,
+            (min, max),
+        )
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Option<Limits> {
+        let d = Limits::default();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let ms = |t: Duration| i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
+        let (t_min, t_max) = TIMEOUT_MS_RANGE;
+        let rate = self.limit(
+            "rate_per_second",
+            raw.rate_per_second,
+            i64::from(d.rate_per_second),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let burst = self.limit(
+            "rate_burst",
+            raw.rate_burst,
+            i64::from(d.rate_burst),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let connections = self.limit(
+            "max_connections",
+            raw.max_connections,
+            count(d.max_connections),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let in_flight = self.limit(
+            "max_in_flight",
+            raw.max_in_flight,
+            count(d.max_in_flight),
+            1,
+            MAX_LIMIT_COUNT,
+        );
+        let body = self.limit(
+            "body_limit_bytes",
+            raw.body_limit_bytes,
+            count(d.body_limit_bytes),
+            1,
+            MAX_BODY_LIMIT_BYTES,
+        );
+        let header = self.limit(
+            "header_timeout_ms",
+            raw.header_timeout_ms,
+            ms(d.header_timeout),
+            t_min,
+            t_max,
+        );
+        let body_timeout = self.limit(
+            "body_timeout_ms",
+            raw.body_timeout_ms,
+            ms(d.body_timeout),
+            t_min,
+            t_max,
+        );
+        // Every value is within bounds that fit u32 and usize.
+        let as_u32 = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        let as_usize = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
+        let as_ms = |v: i64| Duration::from_millis(v.unsigned_abs());
+        Some(Limits {
+            rate_per_second: as_u32(rate?),
+            rate_burst: as_u32(burst?),
+            max_connections: as_usize(connections?),
+            max_in_flight: as_usize(in_flight?),
+            body_limit_bytes: as_usize(body?),
+            header_timeout: as_ms(header?),
+            body_timeout: as_ms(body_timeout?),
+        })
+    }
+
+    fn tls(
+        &mut self,
+        kind: Option<String>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Option<Tls> {
+        let Some(kind) = kind else {
+            let cert = cert.unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_CERT));
+            let key = key.unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_KEY));
+            return Some(Tls::Files {
+                cert: self.beside_config(&cert),
+                key: self.beside_config(&key),
+            });
+        };
+        // Only one value exists; parsing still rejects (and suggests for) anything else.
+        self.choice(&KeyPath::of("server.tls"), Some(kind), TlsKind::SelfSigned)?;
+        if cert.is_some() || key.is_some() {
+            self.error(
+                &KeyPath::of("server.tls"),
+                "tls = \"self-signed\" and tls_cert/tls_key both say where the certificate comes \
+                 from: keep the files and remove tls, or remove tls_cert and tls_key",
+            );
+            return None;
+        }
+        Some(Tls::SelfSigned)
+    }
+}

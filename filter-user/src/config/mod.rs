@@ -1,0 +1,170 @@
+//! The config file: its schema, defaults, loading and validation.
+//!
+//! Every key hookwall reads, its default and its rules live in this module. A config is
+//! either valid as a whole or refused with every problem found, each with file, line, key and a
+//! message that says why and how to fix it: an operator fixing a config on a production host should
+//! not have to run `hookwall check` once per typo.
+//!
+//! Loading goes in three steps:
+//! 1. parse the TOML (a syntax error stops here: nothing after it can be trusted);
+//! 2. deserialise into permissive `Raw*` structs (strings for enums and addresses, untyped values
+//!    for secrets) while `serde_ignored` collects every unknown key, so that value problems are
+//!    found by our own checks, all of them, instead of by serde, which stops at the first;
+//! 3. check and resolve every value into the typed [`Config`], looking up each offending key's
+//!    line in the spans of the parsed document.
+//!
+//! Secrets are never read at load time (the variable may be set only in the daemon's environment);
+//! [`SecretRef::resolve`] reads them when needed.
+//!
+//! Layout: each section of the file (`[filter]`, `[allow]`, `[server]`, `[store]`, `[metrics]`,
+//! `[delivery]`, `[[route]]`) has one file under `check/` holding its `Raw*` schema, its resolved
+//! type, its defaults and its checks, so that a key is added in one place. What is shared lives
+//! beside it: `diagnostics` (errors, key paths, suggestions, the keys each table accepts), `host`
+//! (interfaces and default routes), `secret` (secret references) and `url` (URLs as text).
+
+mod check;
+mod diagnostics;
+mod host;
+mod secret;
+mod url;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use toml::de::DeTable;
+
+pub(crate) use check::human;
+pub use check::{
+    allow::AllowConfig,
+    delivery::{
+        DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_CONCURRENCY,
+        DEFAULT_DELIVERY_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS,
+        DEFAULT_NATS_STREAM, DEFAULT_NATS_SUBJECT, DeliveryConfig, NatsConfig, Sink,
+    },
+    filter::{AttachMode, DEFAULT_PIN_PATH, FilterConfig, Mode},
+    metrics::MetricsConfig,
+    routes::{
+        DEFAULT_VALIDATION_TIMEOUT, Encoding, OnFailure, RouteConfig, ValidationConfig, VerifyKind,
+    },
+    server::{
+        DEFAULT_BODY_LIMIT_BYTES, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE_BURST,
+        DEFAULT_RATE_PER_SECOND, Limits, ServerConfig, Tls,
+    },
+    store::{DEFAULT_RETENTION, StoreConfig},
+};
+pub use diagnostics::{ConfigError, ConfigErrors, accepted_keys, line_of};
+pub use secret::{Secret, SecretError, SecretRef};
+pub(crate) use url::without_query;
+
+use crate::allowlist::Allowlist;
+use check::{Checker, RawConfig};
+use diagnostics::{KeyPath, key_at, segments};
+use host::{Host, LiveHost};
+
+/// Where `hookwall run` and `hookwall check` look without `-c`.
+pub const DEFAULT_PATH: &str = "/etc/hookwall/hookwall.toml";
+
+/// A valid config, with every default applied and every path resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from, as given.
+    pub path: PathBuf,
+    /// `[filter]`: where and how the XDP program runs.
+    pub filter: FilterConfig,
+    /// `[allow]`: the inputs of the allowlist, as written (see [`Config::allowlist`] for the result).
+    pub allow: AllowConfig,
+    /// `[server]`: the HTTPS endpoint.
+    pub server: ServerConfig,
+    /// `[store]`: the durable event store.
+    pub store: StoreConfig,
+    /// `[metrics]`: the Prometheus listener.
+    pub metrics: MetricsConfig,
+    /// `[delivery]`: where stored events are delivered; `None`: they are stored only.
+    pub delivery: Option<DeliveryConfig>,
+    /// `[[route]]`: the webhook routes, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// The effective allowlist built from presets, CIDRs and files.
+    pub allowlist: Allowlist,
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!(
+                "cannot read the config file: {err}: create it (the repository's \
+                 filter-user/hookwall.dev.toml is an example) or pass another with -c FILE"
+            ),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config `text` as if read from `path` (named in errors; relative `allow.files` and
+/// secret files resolve against its directory). Interfaces are checked against this host.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(path, text, &LiveHost)
+}
+
+fn parse_with(path: &Path, text: &str, host: &dyn Host) -> Result<Config, ConfigErrors> {
+    let error_at = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: span.map(|span| line_of(text, span.start)),
+        key,
+        message,
+    };
+    let doc = DeTable::parse(text).map_err(|err| {
+        let message = format!("{}: fix the TOML syntax", err.message());
+        ConfigErrors(vec![error_at(err.span(), None, message)])
+    })?;
+
+    let mut unknown = Vec::new();
+    let raw: Result<RawConfig, _> =
+        serde_ignored::deserialize(toml::Deserializer::from(doc.clone()), |ignored| {
+            unknown.push(KeyPath(segments(&ignored)));
+        });
+
+    let mut checker = Checker {
+        file: path,
+        dir: path.parent().unwrap_or(Path::new("")),
+        text,
+        doc: doc.get_ref(),
+        host,
+        errors: Vec::new(),
+    };
+    for key in &unknown {
+        checker.unknown_key(key);
+    }
+    let config = match raw {
+        Ok(raw) => checker.resolve(raw),
+        Err(err) => {
+            // A value of the wrong type: serde stops there, so this is the last thing we learn.
+            let key = err
+                .span()
+                .and_then(|span| key_at(doc.get_ref(), span.start));
+            let message = format!("{}: fix the value's type", err.message());
+            checker
+                .errors
+                .push(error_at(err.span(), key.map(|k| k.to_string()), message));
+            None
+        }
+    };
+    let mut errors = checker.errors;
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => {
+            // The config file's own errors first, each file's in line order.
+            errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.line.unwrap_or(usize::MAX)));
+            Err(ConfigErrors(errors))
+        }
+    }
+}

@@ -1,0 +1,1273 @@
+//! Configs that are refused, as one table: each row is a config and every error it must give, in
+//! order, with its key, line and fragments of its message. One test runs every row and reports
+//! every row that fails.
+
+use std::path::Path;
+
+use super::{FILE, HTTP_DELIVERY, MPESA_ROUTE, host, http_delivery, lines};
+use crate::config::{ConfigError, ConfigErrors, parse_with};
+
+/// One error a row expects.
+struct Expect {
+    /// `None`: the error names no key (a TOML syntax error).
+    key: Option<String>,
+    /// `None`: the key is not in the file, so the error has no line.
+    line: Option<usize>,
+    /// Each must be in the message.
+    fragments: Vec<String>,
+    /// The whole message, where the row pins it down.
+    exact: Option<String>,
+}
+
+/// An error at `key` on `line` whose message contains every fragment.
+fn at(key: &str, line: usize, fragments: &[&str]) -> Expect {
+    Expect {
+        key: Some(key.to_owned()),
+        line: Some(line),
+        fragments: fragments.iter().map(|&f| f.to_owned()).collect(),
+        exact: None,
+    }
+}
+
+/// An error at `key` on `line` with exactly this message.
+fn exact(key: &str, line: usize, message: &str) -> Expect {
+    Expect {
+        exact: Some(message.to_owned()),
+        ..at(key, line, &[])
+    }
+}
+
+/// An error at `key`, which is not in the file.
+fn unplaced(key: &str, fragments: &[&str]) -> Expect {
+    Expect {
+        line: None,
+        ..at(key, 0, fragments)
+    }
+}
+
+/// An error on `line` that names no key.
+fn keyless(line: usize, fragments: &[&str]) -> Expect {
+    Expect {
+        key: None,
+        ..at("", line, fragments)
+    }
+}
+
+/// One refused config.
+struct Case {
+    name: String,
+    toml: String,
+    errors: Vec<Expect>,
+    /// Text that must not appear anywhere in the errors shown (secrets, passwords).
+    hidden: Vec<String>,
+}
+
+fn case(name: impl Into<String>, toml: String, errors: Vec<Expect>) -> Case {
+    Case {
+        name: name.into(),
+        toml,
+        errors,
+        hidden: Vec::new(),
+    }
+}
+
+impl Case {
+    fn hiding(mut self, hidden: &[&str]) -> Self {
+        self.hidden = hidden.iter().map(|&h| h.to_owned()).collect();
+        self
+    }
+}
+
+/// `base` followed by `extra`, one per line.
+fn with(base: &[&str], extra: &[&str]) -> String {
+    let mut text = base.to_vec();
+    text.extend(extra);
+    lines(&text)
+}
+
+/// A `[delivery]`, then an M-Pesa route whose line 8 is `validation`.
+fn validation_route(validation: &str) -> String {
+    let mut text = HTTP_DELIVERY.to_vec();
+    text.extend(MPESA_ROUTE);
+    text.push(validation);
+    lines(&text)
+}
+
+const STRIPE_ROUTE: &[&str] = &[
+    "[[route]]",
+    "path = \"/s\"",
+    "verify = \"stripe\"",
+    "secrets = [{ env = \"S\" }]",
+];
+
+const HMAC_ROUTE: &[&str] = &[
+    "[[route]]",
+    "path = \"/h\"",
+    "verify = \"hmac-sha256\"",
+    "secrets = [{ env = \"H\" }]",
+];
+
+const NATS: &[&str] = &["[delivery.nats]", "url = \"nats://127.0.0.1:4222\""];
+
+fn filter_cases() -> Vec<Case> {
+    vec![
+        case(
+            "a bad mode or attach lists the values",
+            lines(&["[filter]", "mode = \"Enforce\"", "attach = \"skb\""]),
+            vec![
+                at(
+                    "filter.mode",
+                    2,
+                    &[
+                        "\"Enforce\" is not one of \"enforce\", \"monitor\"",
+                        "did you mean \"enforce\"?",
+                    ],
+                ),
+                at("filter.attach", 3, &["\"auto\", \"native\", \"generic\""]),
+            ],
+        ),
+        case(
+            "a missing interface is named with those that exist",
+            lines(&[
+                "[filter]",
+                "interfaces = [",
+                "  \"eth0\",",
+                "  \"eht1\",",
+                "]",
+            ]),
+            vec![at(
+                "filter.interfaces[1]",
+                4,
+                &["no interface `eht1` on this host (this host has: eth0, lo)"],
+            )],
+        ),
+        case(
+            "bad interface names and duplicates",
+            lines(&[
+                "[filter]",
+                "interfaces = [\"eth0\", \"eth0\", \"\", \"a-very-long-interface\"]",
+            ]),
+            vec![
+                at("filter.interfaces[1]", 2, &["listed twice"]),
+                at("filter.interfaces[2]", 2, &["not a valid interface name"]),
+                at("filter.interfaces[3]", 2, &[]),
+            ],
+        ),
+        case(
+            "bad ports are each reported",
+            lines(&[
+                "[filter]",
+                "protected_ports = [",
+                "  443,",
+                "  0,",
+                "  70000,",
+                "  -1,",
+                "]",
+            ]),
+            vec![
+                at("filter.protected_ports[1]", 4, &[]),
+                at(
+                    "filter.protected_ports[2]",
+                    5,
+                    &["70000 is not a port: ports are 1 to 65535"],
+                ),
+                at("filter.protected_ports[3]", 6, &[]),
+            ],
+        ),
+        case(
+            "an empty port list",
+            lines(&["[filter]", "protected_ports = []"]),
+            vec![at("filter.protected_ports", 2, &["protects nothing"])],
+        ),
+        case(
+            "listen port zero cannot be the default protected port",
+            lines(&["[server]", "listen = \"127.0.0.1:0\""]),
+            vec![unplaced("filter.protected_ports", &["set protected_ports"])],
+        ),
+        case(
+            "a relative pin path",
+            lines(&["[filter]", "pin_path = \"bpf/hookwall\""]),
+            vec![at("filter.pin_path", 2, &["absolute path"])],
+        ),
+    ]
+}
+
+fn allow_cases() -> Vec<Case> {
+    vec![
+        case(
+            "a bad cidr is reported at its element",
+            lines(&[
+                "[allow]",
+                "cidrs = [",
+                "  \"198.51.100.7\",",
+                "  \"2001:db8::/48\",",
+                "  \"203.0.113.5/24\",",
+                "]",
+            ]),
+            vec![exact(
+                "allow.cidrs[2]",
+                5,
+                "203.0.113.5/24 has host bits set: write 203.0.113.0/24 for the network or \
+                 203.0.113.5/32 for the one address",
+            )],
+        ),
+        case(
+            "an unknown preset lists the known ones",
+            lines(&["[allow]", "presets = [\"mpesa\", \"mpsea\"]"]),
+            vec![at(
+                "allow.presets[1]",
+                2,
+                &[
+                    "unknown preset \"mpsea\" (did you mean \"mpesa\"?)",
+                    "mpesa, mpesa-extra",
+                ],
+            )],
+        ),
+        case(
+            "an empty allowlist in enforce mode",
+            lines(&["[filter]", "mode = \"enforce\"", "[allow]", "presets = []"]),
+            vec![exact(
+                "allow",
+                3,
+                "an empty allowlist in enforce mode would drop every packet to the protected \
+                 ports: add presets, cidrs or files, or set filter.mode = \"monitor\"",
+            )],
+        ),
+        case(
+            "an empty allowlist is reported beside other filter errors",
+            lines(&[
+                "[filter]",
+                "interfaces = [\"eth7\"]",
+                "[allow]",
+                "presets = []",
+            ]),
+            vec![at("filter.interfaces[0]", 2, &[]), at("allow", 3, &[])],
+        ),
+        case(
+            "an empty allowlist after bad entries reports only the entries",
+            lines(&["[allow]", "presets = []", "cidrs = [\"nope\"]"]),
+            vec![at("allow.cidrs[0]", 3, &["`nope` is not an IP address"])],
+        ),
+    ]
+}
+
+fn server_cases() -> Vec<Case> {
+    let mut cases = vec![
+        case(
+            "server.limits out of range are each reported at their line",
+            lines(&[
+                "[server.limits]",
+                "rate_per_second = 0",
+                "rate_burst = -1",
+                "max_connections = 0",
+                "max_in_flight = 1000001",
+                "body_limit_bytes = 0",
+                "header_timeout_ms = 0",
+                "body_timeout_ms = 300001",
+            ]),
+            vec![
+                at(
+                    "server.limits.rate_per_second",
+                    2,
+                    &["0 is out of range: use 1 to 1000000 (default 200)"],
+                ),
+                at("server.limits.rate_burst", 3, &[]),
+                at("server.limits.max_connections", 4, &[]),
+                at("server.limits.max_in_flight", 5, &[]),
+                at("server.limits.body_limit_bytes", 6, &[]),
+                at(
+                    "server.limits.header_timeout_ms",
+                    7,
+                    &["use 100 to 300000 (default 10000)"],
+                ),
+                at("server.limits.body_timeout_ms", 8, &[]),
+            ],
+        ),
+        case(
+            "server.limits.body_limit_bytes above 64 MiB",
+            lines(&["[server.limits]", "body_limit_bytes = 67108865"]),
+            vec![at(
+                "server.limits.body_limit_bytes",
+                2,
+                &["use 1 to 67108864 (default 1048576)"],
+            )],
+        ),
+        case(
+            "an unknown server.limits key",
+            lines(&["[server.limits]", "rate_per_secnd = 5"]),
+            vec![at(
+                "server.limits.rate_per_secnd",
+                2,
+                &["did you mean `rate_per_second`?"],
+            )],
+        ),
+        case(
+            "a server.limits value of the wrong type",
+            lines(&["[server.limits]", "body_timeout_ms = \"5s\""]),
+            vec![at(
+                "server.limits.body_timeout_ms",
+                2,
+                &["fix the value's type"],
+            )],
+        ),
+        case(
+            "a bad listen address says how to write one",
+            lines(&["[server]", "listen = \"443\""]),
+            vec![at("server.listen", 2, &["\"443\" is not an address:port"])],
+        ),
+        case(
+            "tls self-signed and files conflict",
+            lines(&["[server]", "tls = \"self-signed\"", "tls_key = \"/k.pem\""]),
+            vec![at("server.tls", 2, &["remove tls_cert and tls_key"])],
+        ),
+        case(
+            "a misspelled tls kind",
+            lines(&["[server]", "tls = \"selfsigned\""]),
+            vec![at("server.tls", 2, &["did you mean \"self-signed\"?"])],
+        ),
+        case(
+            "a bad trusted proxy is reported at its element",
+            lines(&[
+                "[server]",
+                "trusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3/16\"]",
+            ]),
+            vec![at("server.trusted_proxies[1]", 2, &["host bits set"])],
+        ),
+    ];
+    for (server, metrics) in [
+        ("0.0.0.0:443", "0.0.0.0:443"),
+        ("0.0.0.0:443", "127.0.0.1:443"),
+        ("203.0.113.1:8443", "[::]:8443"),
+        ("[::ffff:127.0.0.1]:9184", "127.0.0.1:9184"),
+    ] {
+        cases.push(case(
+            format!("metrics {metrics} on the public listener {server}"),
+            lines(&[
+                "[server]",
+                &format!("listen = \"{server}\""),
+                "[metrics]",
+                &format!("listen = \"{metrics}\""),
+            ]),
+            vec![at("metrics.listen", 4, &["public listener"])],
+        ));
+    }
+    cases
+}
+
+fn store_and_duration_cases() -> Vec<Case> {
+    vec![
+        case(
+            "store.retention below its minimum",
+            lines(&["[store]", "retention = \"10m\""]),
+            vec![at(
+                "store.retention",
+                2,
+                &[
+                    "\"10m\" is out of range: use at least 1h (default 30days)",
+                    "duplicate",
+                ],
+            )],
+        ),
+        case(
+            "a bad duration says why and how to write one",
+            http_delivery(&["max_age = \"3 dayz\""]),
+            vec![at(
+                "delivery.max_age",
+                4,
+                &[
+                    "\"3 dayz\" is not a duration: unknown time unit \"dayz\"",
+                    "; write e.g. \"72h\" or \"3d\"",
+                ],
+            )],
+        ),
+        case(
+            "an empty duration",
+            http_delivery(&["timeout = \"\""]),
+            vec![at("delivery.timeout", 4, &["\"\" is not a duration"])],
+        ),
+        case(
+            "a duration of the wrong type says to write a unit",
+            http_delivery(&["timeout = 10", "max_age = true", "backoff_max = 1.5"]),
+            vec![
+                at(
+                    "delivery.timeout",
+                    4,
+                    &["10 has no unit: durations are strings with one, e.g. \"10s\""],
+                ),
+                at(
+                    "delivery.max_age",
+                    5,
+                    &["this is a boolean, not a duration"],
+                ),
+                at(
+                    "delivery.backoff_max",
+                    6,
+                    &["this is a number, not a duration"],
+                ),
+            ],
+        ),
+        // Unlike serde's type errors, these do not stop the other checks.
+        case(
+            "a duration of the wrong type does not hide other errors",
+            lines(&[
+                "[store]",
+                "retention = 30",
+                "[delivery]",
+                "url = \"http://a\"",
+                "secret = { env = \"S\" }",
+                "max_attempts = 0",
+            ]),
+            vec![
+                at("store.retention", 2, &[]),
+                at("delivery.max_attempts", 6, &[]),
+            ],
+        ),
+    ]
+}
+
+fn delivery_cases() -> Vec<Case> {
+    let password = "hunter2-Sup3rS3cret";
+    let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let token = "nats-T0ken-Sup3rS3cret";
+    let mut cases = vec![
+        case(
+            "delivery values out of range are each reported at their line",
+            http_delivery(&[
+                "timeout = \"50ms\"",
+                "max_attempts = 0",
+                "max_age = \"999ms\"",
+                "backoff_initial = \"0s\"",
+                "backoff_max = \"2days\"",
+                "concurrency = 257",
+            ]),
+            vec![
+                at(
+                    "delivery.timeout",
+                    4,
+                    &["\"50ms\" is out of range: use 100ms to 5m (default 10s)"],
+                ),
+                at(
+                    "delivery.max_attempts",
+                    5,
+                    &["0 is out of range: use 1 to 1000 (default 25)"],
+                ),
+                at("delivery.max_age", 6, &["use at least 1s (default 3days)"]),
+                at(
+                    "delivery.backoff_initial",
+                    7,
+                    &["use 1ms to 1day (default 1s)"],
+                ),
+                at("delivery.backoff_max", 8, &[]),
+                at(
+                    "delivery.concurrency",
+                    9,
+                    &["257 is out of range: use 1 to 256 (default 8)"],
+                ),
+            ],
+        ),
+        case(
+            "delivery.max_attempts above its maximum",
+            http_delivery(&["max_attempts = 1001"]),
+            vec![at("delivery.max_attempts", 4, &["use 1 to 1000"])],
+        ),
+        case(
+            "delivery.timeout above its maximum",
+            http_delivery(&["timeout = \"6m\""]),
+            vec![at("delivery.timeout", 4, &["use 100ms to 5m"])],
+        ),
+        case(
+            "backoff_max below backoff_initial",
+            http_delivery(&["backoff_initial = \"30s\"", "backoff_max = \"10s\""]),
+            vec![at(
+                "delivery.backoff_max",
+                5,
+                &["backoff_max (10s) is below backoff_initial (30s)"],
+            )],
+        ),
+        // Against the default backoff_max, the error points at [delivery].
+        case(
+            "the default backoff_max below backoff_initial",
+            http_delivery(&["backoff_initial = \"1h\""]),
+            vec![at(
+                "delivery.backoff_max",
+                1,
+                &["backoff_max (10m) is below backoff_initial (1h)"],
+            )],
+        ),
+        case(
+            "a delivery integer of the wrong type",
+            http_delivery(&["max_attempts = \"25\""]),
+            vec![at("delivery.max_attempts", 4, &["fix the value's type"])],
+        ),
+        case(
+            "delivery without a sink",
+            lines(&["[delivery]", "secret = { env = \"S\" }"]),
+            vec![at(
+                "delivery",
+                1,
+                &[
+                    "[delivery] needs where to deliver: url = ",
+                    "remove [delivery] to only store events",
+                ],
+            )],
+        ),
+        case(
+            "delivery with two sinks",
+            http_delivery(NATS),
+            vec![at(
+                "delivery.url",
+                2,
+                &["`url` and [delivery.nats] both say where events go"],
+            )],
+        ),
+        case(
+            "an http delivery needs its signing secret",
+            lines(&["", "[delivery]", "url = \"http://127.0.0.1:8000/hookwall\""]),
+            vec![at(
+                "delivery",
+                2,
+                &[
+                    "delivery.url needs `secret`",
+                    "secret = { env = \"HOOKWALL_DELIVERY_SECRET\" }",
+                ],
+            )],
+        ),
+        case(
+            "a delivery url with credentials",
+            lines(&[
+                "[delivery]",
+                "secret = { env = \"S\" }",
+                &format!("url = \"https://app:{password}@127.0.0.1:8000/hookwall\""),
+            ]),
+            vec![at(
+                "delivery.url",
+                3,
+                &["carries credentials (user:password@)"],
+            )],
+        )
+        .hiding(&[password]),
+        case(
+            "a nats url with credentials",
+            lines(&[
+                "[delivery.nats]",
+                &format!("url = \"nats://user:{password}@127.0.0.1:4222\""),
+            ]),
+            vec![at(
+                "delivery.nats.url",
+                2,
+                &["use token = { env = \"NATS_TOKEN\" }"],
+            )],
+        )
+        .hiding(&[password]),
+        // Even a URL that does not parse is not echoed when it has credentials.
+        case(
+            "an unparsable url with credentials",
+            lines(&[
+                "[delivery]",
+                "secret = { env = \"S\" }",
+                &format!("url = \"http://u:{password} x@app\""),
+            ]),
+            vec![at("delivery.url", 3, &[])],
+        )
+        .hiding(&[password]),
+        case(
+            "[delivery.nats] without url",
+            lines(&["[delivery.nats]", "subject = \"a.b\""]),
+            vec![at(
+                "delivery.nats",
+                1,
+                &["needs the server to publish to: url = \"nats://127.0.0.1:4222\""],
+            )],
+        ),
+        case(
+            "a nats duplicate window below its minimum",
+            with(NATS, &["duplicate_window = \"500ms\""]),
+            vec![at(
+                "delivery.nats.duplicate_window",
+                3,
+                &["use at least 1s (default 2m)"],
+            )],
+        ),
+        case(
+            "inline delivery secrets are refused without repeating them",
+            lines(&[
+                "[delivery]",
+                &format!("secret = \"{signing}\""),
+                "[delivery.nats]",
+                "url = \"nats://127.0.0.1:4222\"",
+                &format!("token = \"{token}\""),
+            ]),
+            vec![
+                at("delivery.secret", 2, &["write secret = { env = \"NAME\" }"]),
+                at(
+                    "delivery.nats.token",
+                    5,
+                    &["write token = { env = \"NAME\" }"],
+                ),
+            ],
+        )
+        .hiding(&[signing, token]),
+        case(
+            "a malformed delivery secret reference",
+            lines(&[
+                "[delivery]",
+                "url = \"http://a\"",
+                "secret = { env = \"A\", file = \"/b\" }",
+            ]),
+            vec![at("delivery.secret", 3, &["a secret reference is exactly"])],
+        ),
+        case(
+            "an unknown delivery key suggests the known one",
+            http_delivery(&["max_atempts = 3"]),
+            vec![at(
+                "delivery.max_atempts",
+                4,
+                &["did you mean `max_attempts`?"],
+            )],
+        ),
+        case(
+            "an unknown delivery.nats key suggests the known one",
+            lines(&["[delivery.nats]", "url = \"nats://a:1\"", "sbject = \"x\""]),
+            vec![at("delivery.nats.sbject", 3, &["did you mean `subject`?"])],
+        ),
+        case(
+            "an unknown delivery key far from any lists the known ones",
+            http_delivery(&["nats_url = \"x\""]),
+            vec![at(
+                "delivery.nats_url",
+                4,
+                &["remove it; the keys here are: url, secret, timeout"],
+            )],
+        ),
+    ];
+    for (url, needle) in [
+        ("ftp://app/x", "has scheme \"ftp\": only http and https"),
+        ("127.0.0.1:8000/hookwall", "is not an absolute URL"),
+        ("/hookwall", "is not an absolute URL"),
+        ("http://", "is not a URL"),
+        ("http://app/a b", "is not a URL"),
+    ] {
+        cases.push(case(
+            format!("delivery url {url:?}"),
+            lines(&[
+                "[delivery]",
+                "secret = { env = \"S\" }",
+                &format!("url = \"{url}\""),
+            ]),
+            vec![at(
+                "delivery.url",
+                3,
+                &[needle, "write e.g. \"http://127.0.0.1:8000/hookwall\""],
+            )],
+        ));
+    }
+    for (url, needle) in [
+        (
+            "http://127.0.0.1:4222",
+            "a scheme other than nats:// or tls://",
+        ),
+        ("nats://127.0.0.1", "needs a host and a port"),
+        ("nats.internal", "needs a host and a port"),
+        ("nats://127.0.0.1:4222/x", "has a path"),
+    ] {
+        cases.push(case(
+            format!("nats url {url:?}"),
+            lines(&["[delivery.nats]", &format!("url = \"{url}\"")]),
+            vec![at("delivery.nats.url", 2, &[needle])],
+        ));
+    }
+    for subject in ["", "a..b", "hookwall.*", "hookwall.>", "a b", ".a"] {
+        cases.push(case(
+            format!("nats subject {subject:?}"),
+            with(NATS, &[&format!("subject = \"{subject}\"")]),
+            vec![at(
+                "delivery.nats.subject",
+                3,
+                &["is not a subject to publish to"],
+            )],
+        ));
+    }
+    for stream in ["", "A.B", "A B", "A/B", "A*"] {
+        cases.push(case(
+            format!("nats stream {stream:?}"),
+            with(NATS, &[&format!("stream = \"{stream}\"")]),
+            vec![at(
+                "delivery.nats.stream",
+                3,
+                &["is not a JetStream stream name"],
+            )],
+        ));
+    }
+    cases
+}
+
+fn validation_cases() -> Vec<Case> {
+    let mut cases = vec![
+        case(
+            "validation is for mpesa routes only",
+            http_delivery(&[
+                "[[route]]",
+                "path = \"/s\"",
+                "verify = \"stripe\"",
+                "secrets = [{ env = \"S\" }]",
+                "validation = { url = \"http://a/v\", on_failure = \"accept\" }",
+            ]),
+            vec![at(
+                "route[0].validation",
+                8,
+                &[
+                    "`validation` applies only to verify = mpesa (M-Pesa C2B validation), not \
+                     \"stripe\"",
+                ],
+            )],
+        ),
+        // Missing on_failure and url are reported at the table, together.
+        case(
+            "validation without url and on_failure",
+            validation_route("validation = { timeout = \"2s\" }"),
+            vec![
+                at(
+                    "route[0].validation",
+                    8,
+                    &["needs the application's endpoint that decides"],
+                ),
+                at(
+                    "route[0].validation",
+                    8,
+                    &["needs on_failure = \"accept\" or \"reject\""],
+                ),
+            ],
+        ),
+        case(
+            "a misspelled on_failure",
+            validation_route("validation = { url = \"http://a/v\", on_failure = \"accpet\" }"),
+            vec![at(
+                "route[0].validation.on_failure",
+                8,
+                &[
+                    "\"accpet\" is not one of \"accept\", \"reject\"",
+                    "did you mean \"accept\"?",
+                ],
+            )],
+        ),
+        case(
+            "a validation url that is not http",
+            validation_route("validation = { url = \"tcp://a/v\", on_failure = \"accept\" }"),
+            vec![at(
+                "route[0].validation.url",
+                8,
+                &[
+                    "only http and https",
+                    "\"http://127.0.0.1:8000/mpesa/validate\"",
+                ],
+            )],
+        ),
+        case(
+            "an unknown validation key",
+            validation_route(
+                "validation = { url = \"http://a/v\", on_failure = \"accept\", urll = \"x\" }",
+            ),
+            vec![at("route[0].validation.urll", 8, &["did you mean `url`?"])],
+        ),
+        case(
+            "validation written as a string",
+            validation_route("validation = \"http://a/v\""),
+            vec![at(
+                "route[0].validation",
+                8,
+                &["expected a table: validation = {"],
+            )],
+        ),
+        case(
+            "validation without [delivery]",
+            with(
+                MPESA_ROUTE,
+                &["validation = { url = \"http://a/v\", on_failure = \"reject\" }"],
+            ),
+            vec![at(
+                "route[0].validation",
+                5,
+                &["there is no [delivery] section"],
+            )],
+        ),
+        // [delivery] with NATS needs no secret of its own, but validation does.
+        case(
+            "validation with a [delivery] without secret",
+            with(
+                &[NATS, MPESA_ROUTE].concat(),
+                &["validation = { url = \"http://a/v\", on_failure = \"reject\" }"],
+            ),
+            vec![at(
+                "route[0].validation",
+                7,
+                &[
+                    "signed with delivery.secret, which is not set: add secret = { env = \
+                     \"HOOKWALL_DELIVERY_SECRET\" } to [delivery]",
+                ],
+            )],
+        ),
+    ];
+    for (timeout, needle) in [
+        (
+            "\"8s\"",
+            "\"8s\" is out of range: use 100ms to 7s (default 5s)",
+        ),
+        ("\"50ms\"", "Safaricom waits about 8 s"),
+        ("5", "5 has no unit"),
+    ] {
+        cases.push(case(
+            format!("validation timeout {timeout}"),
+            validation_route(&format!(
+                "validation = {{ url = \"http://a/v\", timeout = {timeout}, on_failure = \"accept\" }}"
+            )),
+            vec![at("route[0].validation.timeout", 8, &[needle])],
+        ));
+    }
+    cases
+}
+
+fn route_cases() -> Vec<Case> {
+    let token = "tok3n-VALUE-Sup3rS3cret";
+    let signing = "whsec_0123456789abcdefSECRET";
+    let number = "8675309112233";
+    let mut cases = vec![
+        case(
+            "route paths must be paths and unique",
+            lines(&[
+                "[[route]]",
+                "path = \"/a\"",
+                "verify = \"github\"",
+                "secrets = [{ env = \"A\" }]",
+                "[[route]]",
+                "path = \"/a\"",
+                "verify = \"stripe\"",
+                "secrets = [{ env = \"B\" }]",
+                "[[route]]",
+                "path = \"hooks\"",
+                "verify = \"stripe\"",
+                "secrets = [{ env = \"C\" }]",
+            ]),
+            vec![
+                at("route[1].path", 6, &["already used by route[0] (line 2)"]),
+                at(
+                    "route[2].path",
+                    10,
+                    &["must start with '/', e.g. \"/hooks\""],
+                ),
+            ],
+        ),
+        case(
+            "a route needs path and verify",
+            lines(&["[[route]]", "token = { env = \"T\" }"]),
+            vec![
+                at("route[0]", 1, &["needs a `path`"]),
+                at(
+                    "route[0]",
+                    1,
+                    &["needs `verify`, one of: mpesa, standard-webhooks"],
+                ),
+            ],
+        ),
+        case(
+            "an unknown verify kind suggests one",
+            lines(&["[[route]]", "path = \"/x\"", "verify = \"hmac-sha-256\""]),
+            vec![at("route[0].verify", 3, &["did you mean \"hmac-sha256\"?"])],
+        ),
+        case(
+            "an mpesa route needs a token",
+            lines(&["[[route]]", "path = \"/m\"", "verify = \"mpesa\""]),
+            vec![at("route[0]", 1, &["needs token = { env = \"NAME\" }"])],
+        ),
+        case(
+            "an mpesa route takes no secrets",
+            with(MPESA_ROUTE, &["secrets = [{ env = \"S\" }]"]),
+            vec![at("route[0].secrets", 5, &["remove secrets"])],
+        ),
+        case(
+            "a signed route needs secrets",
+            lines(&STRIPE_ROUTE[..3]),
+            vec![at(
+                "route[0]",
+                1,
+                &["needs the signing secret: secrets = [{ env = \"NAME\" }]"],
+            )],
+        ),
+        case(
+            "a signed route with an empty secrets list",
+            with(&STRIPE_ROUTE[..3], &["secrets = []"]),
+            vec![at("route[0].secrets", 4, &[])],
+        ),
+        case(
+            "secrets written as one table",
+            with(&STRIPE_ROUTE[..3], &["secrets = { env = \"S\" }"]),
+            vec![at("route[0].secrets", 4, &["is a list"])],
+        ),
+        case(
+            "a signed route takes no token",
+            with(STRIPE_ROUTE, &["token = { env = \"T\" }"]),
+            vec![at("route[0].token", 5, &["for verify = \"mpesa\" only"])],
+        ),
+        case(
+            "inline route secrets are refused without repeating them",
+            lines(&[
+                "[[route]]",
+                "path = \"/mpesa/c2b/confirmation\"",
+                "verify = \"mpesa\"",
+                &format!("token = \"{token}\""),
+                "[[route]]",
+                "path = \"/hooks/stripe\"",
+                "verify = \"stripe\"",
+                &format!("secrets = [{{ env = \"OK\" }}, \"{signing}\", {number}]"),
+                "[[route]]",
+                "path = \"/hooks/github\"",
+                "verify = \"github\"",
+                &format!("secrets = \"{signing}\""),
+            ]),
+            vec![
+                at(
+                    "route[0].token",
+                    4,
+                    &[
+                        "secrets are never written inline",
+                        "write token = { env = \"NAME\" }",
+                    ],
+                ),
+                at("route[1].secrets[1]", 8, &["this is a string"]),
+                at("route[1].secrets[2]", 8, &["this is a number"]),
+                at(
+                    "route[2].secrets",
+                    12,
+                    &["write secrets = [{ env = \"NAME\" }]"],
+                ),
+            ],
+        )
+        .hiding(&[token, signing, number]),
+        case(
+            "tolerance on a kind without timestamps",
+            lines(&[
+                "[[route]]",
+                "path = \"/g\"",
+                "verify = \"github\"",
+                "secrets = [{ env = \"G\" }]",
+                "tolerance_seconds = 300",
+            ]),
+            vec![at(
+                "route[0].tolerance_seconds",
+                5,
+                &["no signed timestamp"],
+            )],
+        ),
+        case(
+            "an hmac route needs its header",
+            lines(HMAC_ROUTE),
+            vec![at(
+                "route[0]",
+                1,
+                &["needs the name of the header that carries the signature"],
+            )],
+        ),
+        case(
+            "an invalid header name",
+            with(HMAC_ROUTE, &["header = \"X Sig\""]),
+            vec![at("route[0].header", 5, &[])],
+        ),
+        case(
+            "an unknown encoding",
+            with(HMAC_ROUTE, &["header = \"X-Sig\"", "encoding = \"b64\""]),
+            vec![at("route[0].encoding", 6, &["\"hex\", \"base64\""])],
+        ),
+        case(
+            "a wrong type inside a route names the route",
+            with(
+                MPESA_ROUTE,
+                &[
+                    "[[route]]",
+                    "path = \"/x\"",
+                    "verify = \"stripe\"",
+                    "tolerance_seconds = \"5\"",
+                ],
+            ),
+            vec![at("route[1].tolerance_seconds", 8, &[])],
+        ),
+    ];
+    for (reference, why) in [
+        ("{ env = \"A\", file = \"/b\" }", "both"),
+        ("{ env = \"\" }", "empty name"),
+        ("{ env = \"A=B\" }", "an '=' in the name"),
+        ("{ path = \"/b\" }", "neither env nor file"),
+        ("{ env = 5 }", "not a string"),
+        ("{}", "empty"),
+    ] {
+        cases.push(case(
+            format!("a malformed secret reference: {why}"),
+            lines(&[
+                "[[route]]",
+                "path = \"/g\"",
+                "verify = \"github\"",
+                &format!("secrets = [{reference}]"),
+            ]),
+            vec![at(
+                "route[0].secrets[0]",
+                4,
+                &["a secret reference is exactly { env = \"NAME\" }"],
+            )],
+        ));
+    }
+    for bad in ["0", "-5", "86400"] {
+        cases.push(case(
+            format!("tolerance_seconds = {bad}"),
+            with(STRIPE_ROUTE, &[&format!("tolerance_seconds = {bad}")]),
+            vec![at("route[0].tolerance_seconds", 5, &["out of range"])],
+        ));
+    }
+    for (line, key) in [
+        ("header = \"X\"", "header"),
+        ("encoding = \"hex\"", "encoding"),
+        ("prefix = \"v1=\"", "prefix"),
+    ] {
+        cases.push(case(
+            format!("{key} on a stripe route"),
+            with(STRIPE_ROUTE, &[line]),
+            vec![at(
+                &format!("route[0].{key}"),
+                5,
+                &["applies only to verify ="],
+            )],
+        ));
+    }
+    cases
+}
+
+fn syntax_and_unknown_key_cases() -> Vec<Case> {
+    vec![
+        case(
+            "a syntax error is reported with its line",
+            lines(&["[filter]", "mode = \"enforce\"", "attach = auto"]),
+            vec![keyless(3, &["fix the TOML syntax"])],
+        ),
+        case(
+            "a wrong type is reported with its key and line",
+            lines(&[
+                "[filter]",
+                "mode = \"monitor\"",
+                "strict_fragments = \"yes\"",
+            ]),
+            vec![at("filter.strict_fragments", 3, &["expected a boolean"])],
+        ),
+        case(
+            "an unknown key suggests the closest known one",
+            lines(&["[filter]", "interface = [\"eth0\"]"]),
+            vec![at("filter.interface", 2, &["did you mean `interfaces`?"])],
+        ),
+        case(
+            "a key outside its section names the section",
+            lines(&["mode = \"monitor\""]),
+            vec![at("mode", 1, &["did you mean `filter.mode`?"])],
+        ),
+        case(
+            "a key outside its sections names them all",
+            lines(&["listen = \"0.0.0.0:443\""]),
+            vec![at("listen", 1, &["`server.listen` or `metrics.listen`"])],
+        ),
+        case(
+            "store.retention outside its section",
+            lines(&["retention = \"30d\""]),
+            vec![at("retention", 1, &["did you mean `store.retention`?"])],
+        ),
+        case(
+            "an unknown key far from any lists the known ones",
+            lines(&["[server]", "workers = 4"]),
+            vec![at(
+                "server.workers",
+                2,
+                &["listen, tls_cert, tls_key, tls, trusted_proxies"],
+            )],
+        ),
+        case(
+            "an unknown section lists the sections",
+            lines(&["[logging]", "level = \"debug\""]),
+            vec![at(
+                "logging",
+                1,
+                &["filter, allow, server, store, metrics, route"],
+            )],
+        ),
+        case(
+            "an unknown key in a route",
+            with(MPESA_ROUTE, &["secret = { env = \"X\" }"]),
+            vec![at("route[0].secret", 5, &["did you mean `secrets`?"])],
+        ),
+        case(
+            "a misspelled section",
+            lines(&["[[routes]]", "path = \"/x\""]),
+            vec![at("routes", 1, &["did you mean `route`?"])],
+        ),
+        case(
+            "every unknown key is reported",
+            lines(&[
+                "[filter]",
+                "mod = \"monitor\"",
+                "attatch = \"auto\"",
+                "[allow]",
+                "cidr = []",
+            ]),
+            vec![
+                at("filter.mod", 2, &[]),
+                at("filter.attatch", 3, &[]),
+                at("allow.cidr", 5, &[]),
+            ],
+        ),
+        case(
+            "every error in a file is reported in line order",
+            lines(&[
+                "[filter]",                                      // 1
+                "interfaces = [\"eth9\"]",                       // 2
+                "mode = \"enforcing\"",                          // 3
+                "protected_ports = [0]",                         // 4
+                "pin_path = \"relative\"",                       // 5
+                "colour = \"blue\"",                             // 6
+                "[allow]",                                       // 7
+                "presets = [\"mpesa\", \"stripe\"]",             // 8
+                "cidrs = [\"10.0.0.1/8\"]",                      // 9
+                "files = [\"/nonexistent/hookwall/allow.txt\"]", // 10
+                "[server]",                                      // 11
+                "listen = \"0.0.0.0:443\"",                      // 12
+                "[metrics]",                                     // 13
+                "listen = \"0.0.0.0:443\"",                      // 14
+                "[[route]]",                                     // 15
+                "path = \"nope\"",                               // 16
+                "verify = \"mpesa\"",                            // 17
+                "token = \"inline\"",                            // 18
+            ]),
+            vec![
+                at("filter.interfaces[0]", 2, &[]),
+                at("filter.mode", 3, &[]),
+                at("filter.protected_ports[0]", 4, &[]),
+                at("filter.pin_path", 5, &[]),
+                at("filter.colour", 6, &[]),
+                at("allow.presets[1]", 8, &[]),
+                at("allow.cidrs[0]", 9, &[]),
+                at("allow.files[0]", 10, &[]),
+                at("metrics.listen", 14, &[]),
+                at("route[0].path", 16, &[]),
+                at("route[0].token", 18, &[]),
+            ],
+        ),
+    ]
+}
+
+fn cases() -> Vec<Case> {
+    [
+        filter_cases(),
+        allow_cases(),
+        server_cases(),
+        store_and_duration_cases(),
+        delivery_cases(),
+        validation_cases(),
+        route_cases(),
+        syntax_and_unknown_key_cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// What is wrong with `errors` for `case`; empty if nothing.
+fn mismatches(case: &Case, errors: &[ConfigError]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if errors.len() != case.errors.len() {
+        wrong.push(format!(
+            "{} errors, expected {}",
+            errors.len(),
+            case.errors.len()
+        ));
+    }
+    for (index, (error, expect)) in errors.iter().zip(&case.errors).enumerate() {
+        if error.file != Path::new(FILE) {
+            wrong.push(format!("error {index} is in {}", error.file.display()));
+        }
+        if error.key != expect.key {
+            wrong.push(format!(
+                "error {index} has key {:?}, expected {:?}",
+                error.key, expect.key
+            ));
+        }
+        if error.line != expect.line {
+            wrong.push(format!(
+                "error {index} is on line {:?}, expected {:?}",
+                error.line, expect.line
+            ));
+        }
+        for fragment in &expect.fragments {
+            if !error.message.contains(fragment.as_str()) {
+                wrong.push(format!("error {index} lacks {fragment:?}"));
+            }
+        }
+        if let Some(message) = &expect.exact
+            && &error.message != message
+        {
+            wrong.push(format!("error {index} is not exactly {message:?}"));
+        }
+    }
+    // Display: one error per line, each "FILE:LINE: `key`: message" without the unknown parts.
+    let shown = ConfigErrors(errors.to_vec()).to_string();
+    for (index, (shown, error)) in shown.lines().zip(errors).enumerate() {
+        let line = error.line.map(|l| format!(":{l}")).unwrap_or_default();
+        let key = error
+            .key
+            .as_ref()
+            .map(|k| format!(": `{k}`"))
+            .unwrap_or_default();
+        let expected = format!("{FILE}{line}{key}: {}", error.message);
+        if shown != expected {
+            wrong.push(format!("error {index} is shown as {shown:?}"));
+        }
+    }
+    if shown.lines().count() != errors.len() {
+        wrong.push("the errors are not shown one per line".to_owned());
+    }
+    for hidden in &case.hidden {
+        if shown.contains(hidden.as_str()) {
+            wrong.push(format!("{hidden:?} is shown"));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn every_refused_config_gives_its_errors() {
+    let cases = cases();
+    let mut failures = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for case in &cases {
+        if !names.insert(case.name.as_str()) {
+            failures.push(format!("{}: the name is used twice", case.name));
+        }
+        let wrong = match parse_with(Path::new(FILE), &case.toml, &host()) {
+            Ok(_) => vec!["accepted".to_owned()],
+            Err(errors) => mismatches(case, &errors.0),
+        };
+        if !wrong.is_empty() {
+            let got = match parse_with(Path::new(FILE), &case.toml, &host()) {
+                Ok(_) => String::new(),
+                Err(errors) => errors.to_string(),
+            };
+            failures.push(format!(
+                "{}: {}\n  got:\n{}",
+                case.name,
+                wrong.join("; "),
+                got.lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

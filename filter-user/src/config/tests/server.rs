@@ -1,0 +1,102 @@
+//! `[server]`, `[server.limits]` and `[metrics]`: configs they accept.
+
+use super::*;
+
+#[test]
+fn relative_tls_files_resolve_beside_the_config() {
+    let config = parse_ok(&lines(&["[server]", "tls_cert = \"tls/cert.pem\""]));
+    assert_eq!(
+        config.server.tls,
+        Tls::Files {
+            cert: "/etc/hookwall/tls/cert.pem".into(),
+            key: "/etc/hookwall/tls/privkey.pem".into(),
+        }
+    );
+}
+
+#[test]
+fn trusted_proxies_are_parsed() {
+    let config = parse_ok(&lines(&[
+        "[server]",
+        "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]",
+    ]));
+    let proxies: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(proxies, ["10.0.0.0/8", "::1/128"]);
+}
+
+#[test]
+fn server_limits_default_to_the_documented_values() {
+    let limits = parse_ok("").server.limits;
+    assert_eq!(
+        limits,
+        Limits {
+            rate_per_second: 200,
+            rate_burst: 400,
+            max_connections: 4096,
+            max_in_flight: 1024,
+            body_limit_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    );
+    // An empty table changes nothing.
+    assert_eq!(
+        parse_ok(&lines(&["[server.limits]"])).server.limits,
+        Limits::default()
+    );
+}
+
+#[test]
+fn server_limits_are_read() {
+    let config = parse_ok(&lines(&[
+        "[server]",
+        "listen = \"0.0.0.0:443\"",
+        "",
+        "[server.limits]",
+        "rate_per_second = 2",
+        "rate_burst = 3",
+        "max_connections = 10",
+        "max_in_flight = 4",
+        "body_limit_bytes = 1000",
+        "header_timeout_ms = 500",
+        "body_timeout_ms = 750",
+    ]));
+    assert_eq!(
+        config.server.limits,
+        Limits {
+            rate_per_second: 2,
+            rate_burst: 3,
+            max_connections: 10,
+            max_in_flight: 4,
+            body_limit_bytes: 1000,
+            header_timeout: Duration::from_millis(500),
+            body_timeout: Duration::from_millis(750),
+        }
+    );
+    // The inline form is the same table.
+    let config = parse_ok(&lines(&["[server]", "limits = { rate_burst = 7 }"]));
+    assert_eq!(config.server.limits.rate_burst, 7);
+    assert_eq!(config.server.limits.rate_per_second, 200);
+    assert!(config.render_check().contains("200/s per client (burst 7)"));
+}
+
+#[test]
+fn metrics_may_share_the_port_or_the_address_but_not_both() {
+    for (server, metrics) in [
+        ("0.0.0.0:443", "0.0.0.0:9184"),
+        ("203.0.113.1:443", "127.0.0.1:443"),
+    ] {
+        let text = lines(&[
+            "[server]",
+            &format!("listen = \"{server}\""),
+            "[metrics]",
+            &format!("listen = \"{metrics}\""),
+        ]);
+        parse_ok(&text);
+    }
+}
