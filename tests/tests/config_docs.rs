@@ -1,8 +1,8 @@
 //! docs/configuration.md and filter-user/hookwall.example.toml against the config schema.
 //!
-//! The schema's key set is read from the config loader's own answer to an unknown key (it lists
-//! the keys of the table it was found in), so a key added to or removed from the schema without
-//! its row in the reference fails here, and so does a row for a key the loader does not read.
+//! The schema's key set is `config::accepted_keys`, read from the same tables as the loader's
+//! unknown-key check, so a key added to or removed from the schema without its row in the
+//! reference fails here, and so does a row for a key the loader does not read.
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -12,10 +12,6 @@ const REFERENCE: &str = include_str!("../../docs/configuration.md");
 const EXAMPLE: &str = include_str!("../../filter-user/hookwall.example.toml");
 const EXAMPLE_PATH: &str = "filter-user/hookwall.example.toml";
 
-/// A key no table has, far enough from every real key that no suggestion replaces the list.
-const PROBE: &str = "zzzzzzzzzzzzzzzzzzzzzzzz";
-/// What precedes the list of a table's keys in the unknown-key message.
-const KEYS_HERE: &str = "the keys here are: ";
 
 /// The first column of every table row of the reference that is a key in backticks.
 fn documented_keys() -> Vec<String> {
@@ -26,73 +22,35 @@ fn documented_keys() -> Vec<String> {
         .collect()
 }
 
-/// One step of a table path: its name and whether it is an array of tables (`[[name]]`).
-type Step = (String, bool);
+/// The keys of secret references (`{ env = "NAME" }`, `{ file = "PATH" }`): the reference
+/// documents the secret key itself (`delivery.secret`), and the forms once, in prose.
+const SECRET_REF_KEYS: [&str; 2] = ["env", "file"];
 
-/// The keys the loader accepts in the table at `path`, or `None` if no table is there (a value
-/// key: the probe then fails on the value's type, not as an unknown key).
-fn keys_of(path: &[Step]) -> Option<Vec<String>> {
-    let mut text = String::new();
-    for depth in 1..=path.len() {
-        let dotted: Vec<&str> = path[..depth]
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let (open, close) = if path[depth - 1].1 {
-            ("[[", "]]")
-        } else {
-            ("[", "]")
-        };
-        // Array ancestors need their own header; the innermost table always does.
-        if path[depth - 1].1 || depth == path.len() {
-            text.push_str(&format!("{open}{}{close}\n", dotted.join(".")));
-        }
-    }
-    text.push_str(&format!("{PROBE} = 1\n"));
-    let errors = match config::parse(Path::new("probe.toml"), &text) {
-        Ok(_) => panic!("a config with key {PROBE} was accepted:\n{text}"),
-        Err(errors) => errors.0,
+/// Every value key the loader accepts (`server.limits.rate_per_second`, `route[].verify`),
+/// from the schema the unknown-key check reads: `accepted_keys` less the tables (a key with
+/// keys below it other than a secret reference's) and the keys inside secret references.
+fn schema_keys() -> BTreeSet<String> {
+    let accepted = config::accepted_keys();
+    let is_secret_form = |key: &str| {
+        SECRET_REF_KEYS.iter().any(|inner| {
+            key.strip_suffix(inner)
+                .and_then(|k| k.strip_suffix('.'))
+                .map(|parent| parent.strip_suffix("[]").unwrap_or(parent))
+                .is_some_and(|parent| accepted.iter().any(|k| k == parent))
+        })
     };
-    errors
+    let is_table = |key: &str| {
+        accepted.iter().any(|other| {
+            !is_secret_form(other)
+                && (other.starts_with(&format!("{key}."))
+                    || other.starts_with(&format!("{key}[].")))
+        })
+    };
+    accepted
         .iter()
-        .filter(|e| e.key.as_deref().is_some_and(|k| k.ends_with(PROBE)))
-        .find_map(|e| e.message.split_once(KEYS_HERE))
-        .map(|(_, list)| list.split(", ").map(str::to_owned).collect())
-}
-
-/// Every value key of the schema below `path`, written as the reference writes them
-/// (`server.limits.rate_per_second`, `route[].validation.url`).
-fn schema_keys(path: &mut Vec<Step>, found: &mut BTreeSet<String>) {
-    let keys = keys_of(path).unwrap_or_else(|| panic!("no table at {path:?}"));
-    for key in keys {
-        let mut as_table = None;
-        for is_array in [false, true] {
-            path.push((key.clone(), is_array));
-            if keys_of(path).is_some() {
-                as_table = Some(is_array);
-            }
-            path.pop();
-            if as_table.is_some() {
-                break;
-            }
-        }
-        match as_table {
-            Some(is_array) => {
-                path.push((key, is_array));
-                schema_keys(path, found);
-                path.pop();
-            }
-            None => {
-                let mut written = String::new();
-                for (name, is_array) in path.iter() {
-                    written.push_str(name);
-                    written.push_str(if *is_array { "[]." } else { "." });
-                }
-                written.push_str(&key);
-                found.insert(written);
-            }
-        }
-    }
+        .filter(|key| !is_secret_form(key) && !is_table(key))
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -104,9 +62,8 @@ fn the_reference_documents_exactly_the_keys_the_loader_reads() {
         documented.len(),
         "a key has two rows in docs/configuration.md"
     );
-    let mut schema = BTreeSet::new();
-    schema_keys(&mut Vec::new(), &mut schema);
-    // The probe itself must see the schema, or the comparison below proves nothing.
+    let schema = schema_keys();
+    // The schema must be seen, or the comparison below proves nothing.
     for key in [
         "filter.mode",
         "server.limits.rate_per_second",
@@ -114,7 +71,7 @@ fn the_reference_documents_exactly_the_keys_the_loader_reads() {
         "route[].validation.on_failure",
         "delivery.nats.url",
     ] {
-        assert!(schema.contains(key), "the probe missed {key}: {schema:?}");
+        assert!(schema.contains(key), "the schema lacks {key}: {schema:?}");
     }
     let undocumented: Vec<_> = schema.difference(&unique).collect();
     let unknown: Vec<_> = unique.difference(&schema).collect();
