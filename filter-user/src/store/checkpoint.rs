@@ -26,9 +26,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Copies committed WAL frames into the database file on its own thread and connection, off
 /// the writer's commit path. PASSIVE checkpoints never wait for the writer or readers. After
 /// each pass it raises `tail_due`, and the writer copies what was committed during the pass
-/// (see [`Writer::checkpoint_tail`](super::writer::Writer::checkpoint_tail)); once everything
-/// is copied, the writer's next transaction restarts the WAL from its beginning, so the WAL
-/// stays small. Stops (after a last checkpoint) when dropped.
+/// (see `Writer::checkpoint_tail` in `writer.rs`); once everything is copied, the writer's next
+/// transaction restarts the WAL from its beginning, so the WAL stays small. Stops (after a last
+/// checkpoint) when dropped.
 pub(super) struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
