@@ -8,7 +8,8 @@
 //! - [`status`]: reads the pinned maps, with or without a running daemon.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
 //! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
-//! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O.
+//! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O; signs
+//!   what hookwall itself sends (Standard Webhooks).
 //! - [`receiver`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then
 //!   answer; [`receiver::validation`]: M-Pesa C2B validation pass-through.
 //! - [`delivery`]: the worker that takes stored events to the application (HTTP) or NATS.

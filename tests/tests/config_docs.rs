@@ -12,7 +12,6 @@ const REFERENCE: &str = include_str!("../../docs/configuration.md");
 const EXAMPLE: &str = include_str!("../../filter-user/hookwall.example.toml");
 const EXAMPLE_PATH: &str = "filter-user/hookwall.example.toml";
 
-
 /// The first column of every table row of the reference that is a key in backticks.
 fn documented_keys() -> Vec<String> {
     REFERENCE

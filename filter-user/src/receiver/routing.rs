@@ -11,7 +11,7 @@ use crate::{
     allowlist::Allowlist,
     config::{Config, RouteConfig, VerifyKind},
     delivery,
-    verify::Verifier,
+    verify::{self, Verifier},
 };
 
 /// One route with its verifier.
@@ -37,7 +37,7 @@ impl Routing {
             let signer = config
                 .delivery
                 .as_ref()
-                .map(delivery::delivery_signer)
+                .map(verify::delivery_signer)
                 .transpose()?
                 .flatten()
                 .context("a route with `validation` needs delivery.secret to sign its forwards")?;

@@ -13,8 +13,7 @@ use bytes::Bytes;
 
 use crate::{
     config::{OnFailure, ValidationConfig},
-    delivery,
-    verify::{C2bRejection, Signer, mpesa_accept_body, mpesa_reject_body},
+    verify::{C2bRejection, Signer, mpesa_accept_body, mpesa_reject_body, signed_post},
 };
 
 /// Largest answer read from the application: a Daraja answer is about 50 bytes.
@@ -98,7 +97,7 @@ impl Validator {
     /// answer. Returns within the route's timeout (plus a few milliseconds); the reason for a
     /// fallback is logged.
     pub async fn ask(&self, trans_id: &str, body: Bytes) -> Decision {
-        let request = delivery::signed_post(
+        let request = signed_post(
             &self.client,
             self.url.clone(),
             &self.signer,

@@ -53,23 +53,6 @@ pub(super) fn standard_webhooks(
     })
 }
 
-/// The `webhook-signature` value hookwall sends: `v1,<base64 HMAC-SHA256(key, id.timestamp.body)>`.
-pub(super) fn standard_webhooks_signature(
-    key: &[u8],
-    id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> String {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
-}
-
 /// The decodable `v1` signatures of a `webhook-signature` header; `None` if it has no `v1` entry
 /// at all (other versions, such as the asymmetric `v1a`, are not ours to check).
 fn standard_webhooks_signatures(header: &str) -> Option<Vec<Vec<u8>>> {

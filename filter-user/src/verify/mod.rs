@@ -17,8 +17,14 @@
 //!
 //! The kinds live in two submodules: `mpesa` (Daraja's path token, callback bodies and answers)
 //! and `signed` (the HMAC schemes and shared secrets).
+//!
+//! `sign` is the other direction: [`Signer`] signs what hookwall itself sends (deliveries,
+//! validation forwards) the Standard Webhooks way, with the same key decoding as a
+//! `standard-webhooks` route. It reads `delivery.secret` and builds the HTTP request, the one
+//! part of this module that does.
 
 mod mpesa;
+mod sign;
 mod signed;
 
 use std::{
@@ -32,7 +38,11 @@ use sha2::{Digest as _, Sha256};
 use subtle::{Choice, ConstantTimeEq as _};
 use zeroize::Zeroizing;
 
-pub use self::mpesa::{C2bRejection, mpesa_accept_body, mpesa_reject_body};
+pub(crate) use self::sign::header_value;
+pub use self::{
+    mpesa::{C2bRejection, mpesa_accept_body, mpesa_reject_body},
+    sign::{Signer, delivery_signer, signed_post},
+};
 use crate::config::{Encoding, RouteConfig, Secret, SecretError, SecretRef, VerifyKind};
 
 // ---------------------------------------------------------------------------------------------
@@ -531,29 +541,6 @@ impl Key {
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Key(<redacted>)")
-    }
-}
-
-/// Signs what hookwall itself sends (deliveries to the application, validation forwards) the
-/// Standard Webhooks way, so the application verifies the last hop with any Standard Webhooks
-/// library. The key is a `whsec_` secret, decoded exactly as a `standard-webhooks` route's.
-#[derive(Debug)]
-pub struct Signer(Key);
-
-impl Signer {
-    /// Decodes a `whsec_...` secret (the prefix is optional; the rest must be base64).
-    ///
-    /// # Errors
-    /// What is wrong with the secret (never the secret itself).
-    pub fn from_secret(secret: &Secret) -> Result<Signer, &'static str> {
-        Key::from_whsec(secret).map(Signer)
-    }
-
-    /// The `webhook-signature` value for message `id` sent at `timestamp` (unix seconds):
-    /// `v1,` and the base64 of HMAC-SHA256 over `{id}.{timestamp}.{body}`.
-    #[must_use]
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        signed::standard_webhooks_signature(self.0.expose(), id, timestamp, body)
     }
 }
 

@@ -1,0 +1,499 @@
+//! Delivery: every stored event reaches the user's application at least once.
+//!
+//! # Design
+//! - **The store is the queue.** An event is `pending` from the moment it is stored (before the
+//!   provider is answered) until an attempt succeeds (`delivered`) or the retry policy gives up
+//!   (`dead`). Nothing is deleted on failure; dead letters wait for `hookwall queue retry`.
+//! - **At least once, one idempotency key.** Each attempt carries the event id (`webhook-id`,
+//!   `idempotency-key`, `Nats-Msg-Id`), and the result is committed only after the sink answered.
+//!   A crash between the two leads to the same event being sent again with the same key, never to
+//!   a lost one; the application (or JetStream's duplicate window) drops the second copy.
+//! - **The worker** ([`Worker::run`]) wakes when the store commits new events, when the next
+//!   retry is due, and at least every [`IDLE_POLL`] (so `queue retry` from another process is
+//!   seen); it keeps at most `delivery.concurrency` attempts in flight and never runs two attempts
+//!   of the same event at once. Each result is recorded through the store's group commit.
+//! - **Sinks.** `delivery.url`: an HTTP POST of the stored body, signed by hookwall with Standard
+//!   Webhooks headers so the application can trust the last hop. `[delivery.nats]`: a JetStream
+//!   publish, acknowledged by the server once stored. Several hookwall hosts can feed one stream;
+//!   `Nats-Msg-Id` lets JetStream drop the copy a provider's retry made on another host.
+//! - **Retry policy** ([`Policy`]): 2xx delivers; 4xx other than 408 and 429 is final (dead at
+//!   once: the application says the event itself is wrong, and repeating it would not help);
+//!   anything else is retried with exponential backoff and jitter, honouring `Retry-After`, until
+//!   `max_attempts` or `max_age`.
+//!
+//! # Layout
+//! - this file: the [`Worker`], the [`Sink`] it sends through, and the queue upkeep (gauges,
+//!   retention purge);
+//! - `policy`: what one attempt came to, and what follows it (retry when, or dead);
+//! - `http`: the POST to `delivery.url`;
+//! - `nats`: the JetStream publish.
+
+mod http;
+mod nats;
+mod policy;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::{sync::watch, task::JoinSet};
+
+use self::policy::duration_ms;
+pub use self::{
+    http::{HttpSink, http_client},
+    nats::NatsSink,
+    policy::{Attempt, Next, Policy, classify},
+};
+use crate::{
+    config::{DeliveryConfig, Sink as SinkConfig},
+    metrics::{DeliveryLabels, DeliveryMetrics, SinkLabels},
+    store::{Reader, StoreHandle, StoredEvent, Update, unix_ms},
+};
+
+/// Longest sleep of an idle worker: bounds how long an event re-queued by `hookwall queue retry`
+/// (another process, so no in-process wake-up) waits for its attempt.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// How long a stopping worker lets attempts in flight finish before abandoning them (they stay
+/// pending and are sent again, with the same id, after the restart).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often delivered events older than `store.retention` are purged.
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often the queue gauges are refreshed from the store.
+pub const GAUGES_EVERY: Duration = Duration::from_secs(2);
+
+/// Where events go.
+pub enum Sink {
+    /// POST to the application.
+    Http(HttpSink),
+    /// Publish to NATS JetStream (boxed: the JetStream context is large, and one sink exists).
+    Nats(Box<NatsSink>),
+}
+
+impl Sink {
+    /// Builds the sink `config` names; a NATS sink connects in the background (a broker that is
+    /// down at start only delays deliveries).
+    ///
+    /// # Errors
+    /// The delivery secret cannot be read or decoded, the URL is invalid, or the HTTP client
+    /// cannot be built.
+    pub async fn from_config(config: &DeliveryConfig) -> anyhow::Result<Sink> {
+        match &config.sink {
+            SinkConfig::Http { url } => {
+                let signer = crate::verify::delivery_signer(config)?
+                    .context("delivery.url needs delivery.secret to sign what it sends")?;
+                Ok(Sink::Http(HttpSink::new(
+                    url,
+                    Arc::new(signer),
+                    config.timeout,
+                )?))
+            }
+            SinkConfig::Nats(nats) => Ok(Sink::Nats(Box::new(
+                NatsSink::connect(nats, config.timeout).await?,
+            ))),
+        }
+    }
+
+    /// The `sink` label of the metrics.
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Sink::Http(_) => "http",
+            Sink::Nats(_) => "nats",
+        }
+    }
+
+    /// Sends one event; `attempt` counts this one (1 = the first).
+    pub async fn send(&self, event: &StoredEvent, attempt: u32) -> Attempt {
+        match self {
+            Sink::Http(http) => http.send(event, attempt).await,
+            Sink::Nats(nats) => nats.send(event).await,
+        }
+    }
+}
+
+/// Takes due events from the store to the sink until stopped.
+pub struct Worker {
+    sink: Arc<Sink>,
+    policy: Policy,
+    concurrency: usize,
+    store: StoreHandle,
+    reader: Arc<Reader>,
+    metrics: DeliveryMetrics,
+}
+
+impl Worker {
+    /// A worker for `config`, reading the store at `store.path()` through its own connection.
+    ///
+    /// # Errors
+    /// The sink cannot be built or the store cannot be opened for reading.
+    pub async fn new(
+        config: &DeliveryConfig,
+        store: StoreHandle,
+        metrics: DeliveryMetrics,
+    ) -> anyhow::Result<Self> {
+        let sink = Sink::from_config(config).await?;
+        let reader = Reader::open(store.path()).with_context(|| {
+            format!(
+                "opening the event store {} for the delivery worker",
+                store.path().display()
+            )
+        })?;
+        let label = sink.label();
+        for result in ["delivered", "retry", "dead"] {
+            let _ = metrics.deliveries.get_or_create(&DeliveryLabels {
+                sink: label,
+                result,
+            });
+        }
+        Ok(Self {
+            sink: Arc::new(sink),
+            policy: Policy::from_config(config),
+            concurrency: config.concurrency.max(1),
+            store,
+            reader: Arc::new(reader),
+            metrics,
+        })
+    }
+
+    /// The sink's metrics label (`http` or `nats`).
+    #[must_use]
+    pub fn sink_label(&self) -> &'static str {
+        self.sink.label()
+    }
+
+    /// Delivers until `stop` turns true, then lets attempts in flight finish (at most
+    /// [`STOP_GRACE`]).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut inserted = self.store.inserted();
+        // Events being attempted, by the task attempting them (a panicked task reports only its
+        // task id).
+        let mut in_flight: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut attempts: JoinSet<()> = JoinSet::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let wake = match self.fill(&mut in_flight, &mut attempts).await {
+                Ok(wake) => wake,
+                Err(e) => {
+                    tracing::error!("delivery: reading due events failed: {e:#}; retrying");
+                    IDLE_POLL
+                }
+            };
+            tokio::select! {
+                Some(done) = attempts.join_next_with_id() => {
+                    let task = match done {
+                        Ok((task, ())) => task,
+                        Err(e) => {
+                            tracing::error!("delivery: an attempt failed to complete: {e}");
+                            e.id()
+                        }
+                    };
+                    in_flight.remove(&task);
+                }
+                _ = inserted.changed() => {}
+                () = tokio::time::sleep(wake) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        let grace = tokio::time::timeout(STOP_GRACE, async {
+            while attempts.join_next().await.is_some() {}
+        })
+        .await;
+        if grace.is_err() {
+            tracing::warn!(
+                in_flight = attempts.len(),
+                "delivery: stopping with attempts in flight; they stay pending and are sent \
+                 again (same id) after the restart"
+            );
+            attempts.abort_all();
+        }
+    }
+
+    /// Starts attempts for due events while there is room; returns how long to sleep before
+    /// looking again if nothing else wakes the worker.
+    async fn fill(
+        &self,
+        in_flight: &mut HashMap<tokio::task::Id, i64>,
+        attempts: &mut JoinSet<()>,
+    ) -> anyhow::Result<Duration> {
+        let now = unix_ms(SystemTime::now());
+        let room = self.concurrency.saturating_sub(in_flight.len());
+        // Events in flight are still pending in the store: ask for enough to skip them. Both
+        // reads go in one trip to the blocking pool.
+        let limit = if room > 0 { room + in_flight.len() } else { 0 };
+        let reader = Arc::clone(&self.reader);
+        let (due, next) = tokio::task::spawn_blocking(move || {
+            let due = if limit > 0 {
+                reader.due(now, limit)?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, crate::store::StoreError>((due, reader.next_due_after(now)?))
+        })
+        .await
+        .context("the store read task")??;
+        let busy: HashSet<i64> = in_flight.values().copied().collect();
+        for event in due.into_iter().filter(|e| !busy.contains(&e.id)).take(room) {
+            let id = event.id;
+            let task = attempts.spawn(attempt(
+                Arc::clone(&self.sink),
+                self.policy,
+                self.store.clone(),
+                self.metrics.clone(),
+                event,
+            ));
+            in_flight.insert(task.id(), id);
+        }
+        Ok(next.map_or(IDLE_POLL, |at| {
+            Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_POLL)
+        }))
+    }
+}
+
+/// One attempt of one event, and the record of its result.
+async fn attempt(
+    sink: Arc<Sink>,
+    policy: Policy,
+    store: StoreHandle,
+    metrics: DeliveryMetrics,
+    event: StoredEvent,
+) {
+    let number = event.attempts.saturating_add(1);
+    let label = sink.label();
+    let started = Instant::now();
+    let result = sink.send(&event, number).await;
+    metrics
+        .attempt_duration
+        .get_or_create(&SinkLabels { sink: label })
+        .observe(started.elapsed().as_secs_f64());
+    let now = unix_ms(SystemTime::now());
+    let (update, result_label) = match result {
+        Attempt::Delivered => {
+            let age = Duration::from_millis(u64::try_from(now - event.received_at_ms).unwrap_or(0));
+            metrics
+                .latency
+                .get_or_create(&SinkLabels { sink: label })
+                .observe(age.as_secs_f64());
+            tracing::debug!(id = event.id, event_id = %event.event_id, attempt = number, "delivered");
+            (
+                Update::Delivered {
+                    id: event.id,
+                    attempts: number,
+                    at_ms: now,
+                },
+                "delivered",
+            )
+        }
+        Attempt::Rejected { error } => {
+            tracing::warn!(id = event.id, event_id = %event.event_id, attempt = number, %error,
+                "the application refused an event; it is a dead letter now (`hookwall queue retry` replays it)");
+            (
+                Update::Dead {
+                    id: event.id,
+                    attempts: number,
+                    error: format!("{error}; not retried (a 4xx other than 408/429 is final)"),
+                },
+                "dead",
+            )
+        }
+        Attempt::Failed { error, retry_after } => match policy.after_failure(
+            number,
+            event.received_at_ms,
+            now,
+            retry_after,
+            fastrand::f64(),
+        ) {
+            Next::RetryAt(at) => {
+                tracing::info!(id = event.id, event_id = %event.event_id, attempt = number, %error,
+                    retry_in_ms = at - now, "delivery failed; will retry");
+                (
+                    Update::Retry {
+                        id: event.id,
+                        attempts: number,
+                        next_at_ms: at,
+                        error,
+                    },
+                    "retry",
+                )
+            }
+            Next::Dead(why) => {
+                tracing::warn!(id = event.id, event_id = %event.event_id, attempt = number, %error,
+                    "{why}; the event is a dead letter now (`hookwall queue retry` replays it)");
+                (
+                    Update::Dead {
+                        id: event.id,
+                        attempts: number,
+                        error: format!("{error}; {why}"),
+                    },
+                    "dead",
+                )
+            }
+        },
+    };
+    metrics
+        .deliveries
+        .get_or_create(&DeliveryLabels {
+            sink: label,
+            result: result_label,
+        })
+        .inc();
+    if result_label == "dead" {
+        metrics.dead_letters.inc();
+    }
+    if let Err(e) = store.update(vec![update]).await {
+        // The row stays as it was (pending, due): it is attempted again, with the same id. The
+        // pause keeps a failing disk from turning that into a busy loop.
+        tracing::error!(
+            id = event.id,
+            "delivery: recording the result failed: {e}; the event stays pending"
+        );
+        tokio::time::sleep(IDLE_POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queue upkeep: gauges and retention
+// ---------------------------------------------------------------------------------------------
+
+/// Refreshes the queue gauges every [`GAUGES_EVERY`] until `stop`.
+pub async fn watch_queue(
+    reader: Arc<Reader>,
+    metrics: DeliveryMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(GAUGES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let reader = Arc::clone(&reader);
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((reader.counts()?, reader.oldest_pending_ms()?))
+        })
+        .await;
+        match read {
+            Ok(Ok((counts, oldest))) => {
+                for (state, n) in [
+                    ("pending", counts.pending),
+                    ("delivered", counts.delivered),
+                    ("dead", counts.dead),
+                ] {
+                    metrics
+                        .queue_events
+                        .get_or_create(&crate::metrics::StateLabels { state })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                let age_ms = oldest.map_or(0, |at| (unix_ms(SystemTime::now()) - at).max(0));
+                #[expect(clippy::cast_precision_loss, reason = "an age in ms fits f64 exactly")]
+                metrics.oldest_pending_age.set(age_ms as f64 / 1e3);
+            }
+            Ok(Err(e)) => tracing::warn!("reading the queue for its gauges failed: {e}"),
+            Err(e) => tracing::warn!("the queue gauge task failed: {e}"),
+        }
+    }
+}
+
+/// Purges delivered events older than `retention` now and every [`PURGE_EVERY`] until `stop`.
+/// Pending and dead events are never purged.
+pub async fn purge_loop(store: StoreHandle, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let before = unix_ms(SystemTime::now()).saturating_sub(duration_ms(retention));
+        match store.purge_delivered(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                purged = n,
+                retention = %humantime::format_duration(retention),
+                "purged delivered events older than store.retention"
+            ),
+            Err(e) => tracing::error!("purging delivered events failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_retention_purge_removes_old_delivered_events_only() {
+        use crate::store::{HashedBody, NewEvent, Store};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("events.db")).expect("open");
+        let handle = store.handle();
+        let now = unix_ms(SystemTime::now());
+        let hour = 3_600_000;
+        let mut ids = Vec::new();
+        for name in ["old-delivered", "new-delivered", "old-dead", "old-pending"] {
+            let event = NewEvent {
+                route: "/r".to_owned(),
+                event_id: name.to_owned(),
+                kind: "test".to_owned(),
+                received_at_ms: now - 3 * hour,
+                body: HashedBody::new(b"{}".to_vec()),
+                headers: Vec::new(),
+            };
+            ids.push(handle.insert(event).await.expect("insert").id());
+        }
+        let updates = vec![
+            Update::Delivered {
+                id: ids[0],
+                attempts: 1,
+                at_ms: now - 2 * hour,
+            },
+            Update::Delivered {
+                id: ids[1],
+                attempts: 1,
+                at_ms: now - hour / 2,
+            },
+            Update::Dead {
+                id: ids[2],
+                attempts: 3,
+                error: "HTTP 400".to_owned(),
+            },
+        ];
+        assert_eq!(handle.update(updates).await.expect("update"), 3);
+        // The loop purges at once (its first tick), then waits an hour: stop it after the first.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let purge = tokio::spawn(purge_loop(
+            handle.clone(),
+            Duration::from_secs(3600),
+            stop_rx,
+        ));
+        let reader = store.reader();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reader.get(ids[0]).expect("read").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the old delivered event was not purged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).expect("stop");
+        purge.await.expect("the purge task");
+        for (id, what) in [
+            (ids[1], "a recent delivered"),
+            (ids[2], "a dead"),
+            (ids[3], "a pending"),
+        ] {
+            assert!(
+                reader.get(id).expect("read").is_some(),
+                "{what} event was purged"
+            );
+        }
+    }
+}
