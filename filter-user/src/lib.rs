@@ -17,17 +17,17 @@
 //! - [`time`]: RFC 3339 timestamps, as the audit log and the command line print them.
 //! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
 //! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
-pub mod allowlist;
+pub(crate) mod allowlist;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod filter;
-pub mod metrics;
-pub mod presets;
-pub mod receiver;
+pub(crate) mod metrics;
+pub(crate) mod presets;
+pub(crate) mod receiver;
 pub mod status;
 pub mod store;
-pub mod time;
-pub mod verify;
-pub mod watch;
+pub(crate) mod time;
+pub(crate) mod verify;
+pub(crate) mod watch;

@@ -57,6 +57,7 @@ pub struct FileWatcher {
     watches: Watches,
     watched: Arc<Mutex<Watched>>,
     /// Events read from inotify, of interest or not: what the mask lets wake the watcher.
+    #[cfg(test)]
     events: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
@@ -99,6 +100,7 @@ impl FileWatcher {
         Ok(Self {
             watches,
             watched,
+            #[cfg(test)]
             events: events_read,
             task,
         })
@@ -142,6 +144,7 @@ impl FileWatcher {
     }
 
     /// Events read so far, whether they concerned a watched file or not.
+    #[cfg(test)]
     pub fn events_read(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
     }

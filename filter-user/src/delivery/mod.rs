@@ -45,7 +45,7 @@ use self::policy::duration_ms;
 pub use self::{
     http::{HttpSink, http_client},
     nats::NatsSink,
-    policy::{Attempt, Next, Policy, classify},
+    policy::{Attempt, Next, Policy},
 };
 use crate::{
     config::{DeliveryConfig, Sink as SinkConfig},

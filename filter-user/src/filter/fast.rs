@@ -25,6 +25,7 @@ use filter_common::{Policy, fast, map_names};
 use super::{FilterError, boxed, map_err, pinned};
 
 /// `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_UPDATE_ELEM` from linux/bpf.h.
+#[cfg(feature = "bench")]
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
@@ -182,6 +183,7 @@ impl FastMap {
 
 /// The whole value of the fast map pinned at `path`: a diagnostic for tests, which cannot read
 /// it with aya's typed `Array::get` (that would put its 2 MiB on the stack).
+#[cfg(feature = "bench")]
 pub fn read_pinned(path: &Path) -> Result<Vec<u64>, FilterError> {
     let data =
         pinned::open_map(path).map_err(|e| map_err(map_names::FAST, "opening the pin", e))?;

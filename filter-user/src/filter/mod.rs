@@ -21,6 +21,8 @@
 //! - [`narrow`]: the IPv6 narrow bitmap.
 //! - See `docs/design/filter.md` for the lookup, the reload order and upgrades.
 
+#[cfg(feature = "bench")]
+mod bench;
 mod bpffs;
 mod fast;
 mod mmap;
@@ -50,17 +52,16 @@ use aya::{
     },
 };
 use filter_common::{
-    Counter, CounterValue, MAX_PREFIXES, Meta, PROGRAM_NAME, Policy, Settings, fast as fast_layout,
-    index, map_names,
+    Counter, CounterValue, MAX_PREFIXES, Meta, PROGRAM_NAME, Policy, Settings, map_names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
 pub use bpffs::ensure_bpffs;
-#[doc(hidden)]
+#[cfg(feature = "bench")]
 pub use fast::read_pinned as read_pinned_fast_map;
 pub use object::{EBPF_OBJECT, object_sha256};
-#[doc(hidden)]
+#[cfg(feature = "bench")]
 pub use object::{FLOOR_OBJECT, PROBE_OBJECT};
 pub use pins::{DetachReport, LinkMode, Pins, detach};
 pub use words::{index_words, port_words, summary_words};
@@ -199,7 +200,6 @@ pub struct Filter {
 }
 
 /// A test hook called after each step of [`Filter::apply`] with the step's name.
-#[doc(hidden)]
 pub type Observer = Box<dyn FnMut(&'static str) + Send>;
 
 /// Which half of a no-gap update [`Filter::write_derived`] performs.
@@ -409,14 +409,6 @@ impl Filter {
             notify(&mut self.observer, name);
         }
         Ok(written)
-    }
-
-    /// Test hook: calls `observer` after each step of every later [`Filter::apply`] (trie
-    /// inserts, each map written, trie removals) with the step's name, so a test can judge
-    /// packets between the steps.
-    #[doc(hidden)]
-    pub fn observe_apply(&mut self, observer: Option<Observer>) {
-        self.observer = observer;
     }
 
     /// How this filter came to be held.
@@ -680,32 +672,6 @@ impl Filter {
             Some(prog) => Ok(prog),
             None => xdp_program(&mut self.ebpf),
         }
-    }
-
-    /// Benchmark hook: sets every coarse and summary bit, marks every index block "partial" and
-    /// sets [`Settings::skip_narrow`], so each lookup walks the LPM trie as a plain-trie
-    /// filter would. Verdicts stay correct; only the fast path is gone until the next
-    /// [`Filter::apply`] rewrites the words (the fast map in any case, index words it changes).
-    #[doc(hidden)]
-    pub fn force_trie_lookups_for_bench(&mut self) -> Result<(), FilterError> {
-        let policy = IndexMmap::map(&self.policy, map_names::SETTINGS)?;
-        if let Some(settings) = policy.words().first() {
-            let skip_narrow = Settings::default().with_skip_narrow().word();
-            settings.fetch_or(skip_narrow, Ordering::Release);
-        }
-        let all_partial = u64::from(u32::MAX) << index::BLOCKS_PER_WORD;
-        for (data, name) in self.indexes.iter().zip(INDEXES) {
-            let mmap = IndexMmap::map(data, name)?;
-            for cell in mmap.words() {
-                cell.store(all_partial, Ordering::Release);
-            }
-        }
-        let mut value =
-            fast::with_policy(vec![u64::MAX; fast_layout::WORDS], &self.policy_words()?);
-        let settings = Settings::from_word(value[fast_layout::POLICY]);
-        value[fast_layout::POLICY] = settings.with_skip_narrow().word();
-        self.fast.trusted = false;
-        self.fast.replace(&value)
     }
 
     /// Records which daemon holds the filter, for `hookwall status`.

@@ -8,12 +8,12 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-filter"));
 
 /// A program that drops at once: the floor the filter benchmark measures against.
-#[doc(hidden)]
+#[cfg(feature = "bench")]
 pub static FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-floor"));
 
 /// The floor plus one random read of a summary-sized array: a diagnostic of the benchmark.
-#[doc(hidden)]
+#[cfg(feature = "bench")]
 pub static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hookwall-probe"));
 

@@ -53,7 +53,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-pub use self::{audit::Outcome, client::client_addr, tls::install_crypto_provider};
+pub use self::{audit::Outcome, tls::install_crypto_provider};
 use self::{routing::Routing, tls::SelfSigned};
 use crate::{
     config::{Config, Limits, Tls},
@@ -167,17 +167,6 @@ impl Server {
             self_signed,
             app: Arc::new(app),
         })
-    }
-
-    /// The bound address.
-    #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .unwrap_or(self.listen)
     }
 
     /// Re-reads the certificate (PEM files; a self-signed one is kept) and the routes from
