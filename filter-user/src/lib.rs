@@ -1,22 +1,29 @@
 //! hookwall: guards a payment-callback endpoint, from the kernel up.
 //!
 //! # Layout
-//! - [`config`]: the TOML schema, loading and validation with file/line errors.
-//! - [`presets`]: the built-in provider address lists, with the source of each entry.
-//! - [`allowlist`]: turns presets, CIDRs and files into the normalised, merged prefix sets.
-//! - [`filter`]: loads, pins, attaches, re-adopts, feeds and detaches the XDP program.
-//! - [`status`]: reads the pinned maps, with or without a running daemon.
-//! - [`metrics`]: the Prometheus registry and the `/metrics` listener.
-//! - [`store`]: the durable event store (SQLite, WAL, group commit): stored before answered.
-//! - [`verify`]: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O; signs
+//! One module per concern; the binary (`main.rs`) parses the command line and dispatches.
+//! - `config`: the TOML schema, one file per section under `config/check/`, loading and
+//!   validation with `file:line` errors and "did you mean", secret references, host probes.
+//! - `allowlist`: presets, CIDRs and files turned into normalised, merged prefix sets;
+//!   `allowlist::presets` holds the built-in provider lists with the source of each entry.
+//! - `filter`: the XDP program's life: load, pin, attach, re-adopt, apply without a gap,
+//!   detach; `filter::pinned` is the one read-only view of the pinned maps.
+//! - `status`: what `hookwall status` reports, read through `filter::pinned`.
+//! - `metrics`: the Prometheus registry and the `/metrics` listener.
+//! - `receiver`: the HTTPS receiver: TLS, connections, routing, client address, the request
+//!   pipeline (verify, then store, then answer), the audit line, C2B validation pass-through.
+//! - `verify`: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O; signs
 //!   what hookwall itself sends (Standard Webhooks).
-//! - [`receiver`]: the HTTPS receiver: TLS, routes, limits, audit; verify, then store, then
-//!   answer; [`receiver::validation`]: M-Pesa C2B validation pass-through.
-//! - [`delivery`]: the worker that takes stored events to the application (HTTP) or NATS.
-//! - [`cli`]: what the commands print: `check`, `status`, `queue`, `presets`, `detach`.
-//! - [`time`]: RFC 3339 timestamps, as the audit log and the command line print them.
-//! - [`watch`]: asks for a reload when the config, allowlist or certificate files are edited.
-//! - [`daemon`]: `hookwall run`: the long-running loop, reloads on SIGHUP and file change.
+//! - `store`: the durable event store (SQLite, WAL, group commit): stored before answered.
+//! - `delivery`: the worker that takes stored events to the application (HTTP) or NATS.
+//! - `watch`: asks for a reload when the config, allowlist or certificate files are edited.
+//! - `daemon`: `hookwall run`: the start order, reloads (what applies, what waits for a
+//!   restart), the stop order.
+//! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `detach`.
+//! - `time`: RFC 3339 timestamps, as the audit log and the command line print them.
+//!
+//! The public surface is what the binary and the `hookwall-tests` crate use; the `bench`
+//! feature adds the hooks that crate's kernel tests and benchmarks need.
 pub(crate) mod allowlist;
 pub mod cli;
 pub mod config;
@@ -24,7 +31,6 @@ pub mod daemon;
 pub(crate) mod delivery;
 pub mod filter;
 pub(crate) mod metrics;
-pub(crate) mod presets;
 pub(crate) mod receiver;
 pub mod status;
 pub mod store;

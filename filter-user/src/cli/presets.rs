@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::presets::PRESETS;
+use crate::allowlist::presets::PRESETS;
 
 /// `hookwall presets`: prints [`render`].
 pub fn main() {

@@ -3,7 +3,7 @@
 //! Runs beside the daemon, as another process: it opens the store read-write with
 //! [`Admin`], each change one short transaction (or a few, for a large purge) that waits for the
 //! daemon's writer rather than failing. The daemon's delivery worker sees a replayed event within
-//! a second ([`crate::delivery::IDLE_POLL`]).
+//! a second (`crate::delivery::IDLE_POLL`).
 
 use std::{
     fmt::Write as _,

@@ -5,7 +5,7 @@
 //! A reload is all or nothing: the new config is validated in full first; if applying it to the
 //! kernel then fails, the previous state is applied again, so an invalid or failing config never
 //! leaves the filter half-changed. What a reload applies and what waits for a restart is decided
-//! in [`reload`]; the services and their stop order are in [`services`].
+//! in `reload`; the services and their stop order are in `services`.
 
 mod reload;
 mod services;

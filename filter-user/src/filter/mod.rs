@@ -11,14 +11,14 @@
 //! then removes what the new state lacks. A prefix present before and after is present at every
 //! instant in between.
 //!
-//! - [`object`]: the eBPF objects this binary carries.
-//! - [`bpffs`]: makes sure the pin path is on a bpffs.
-//! - [`pins`]: the pin layout, the rollback of a failed first open, `hookwall detach`.
+//! - `object`: the eBPF objects this binary carries.
+//! - `bpffs`: makes sure the pin path is on a bpffs.
+//! - `pins`: the pin layout, the rollback of a failed first open, `hookwall detach`.
 //! - [`pinned`]: a read-only view of the pinned maps, for `hookwall status` and the metrics.
-//! - [`words`]: the index, bitmap and port words derived from the prefixes and ports.
-//! - [`mmap`]: atomic word stores through mappings of the mmap-able maps.
-//! - [`fast`]: the program's fast map, written whole in the two phases of an update.
-//! - [`narrow`]: the IPv6 narrow bitmap.
+//! - `words`: the index, bitmap and port words derived from the prefixes and ports.
+//! - `mmap`: atomic word stores through mappings of the mmap-able maps.
+//! - `fast`: the program's fast map, written whole in the two phases of an update.
+//! - `narrow`: the IPv6 narrow bitmap.
 //! - See `docs/design/filter.md` for the lookup, the reload order and upgrades.
 
 #[cfg(feature = "bench")]

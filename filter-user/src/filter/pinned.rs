@@ -2,8 +2,8 @@
 //! metrics collector read, straight from the pins, so it works while a daemon holds the filter
 //! and after it has died.
 //!
-//! This is the only code that opens a pinned map; [`super::fast`] adopts the pinned fast map
-//! through [`open_map`].
+//! This is the only code that opens a pinned map; `super::fast` adopts the pinned fast map
+//! through `open_map`.
 
 use std::path::{Path, PathBuf};
 

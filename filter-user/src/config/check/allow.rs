@@ -7,9 +7,8 @@ use serde::Deserialize;
 
 use super::{Checker, KeyPath, Table, closest, filter::Mode, serde_names};
 use crate::{
-    allowlist::{self, Allowlist, Entry, Source},
+    allowlist::{self, Allowlist, Entry, Source, presets},
     config::ConfigError,
-    presets,
 };
 
 /// `allow.presets` default: Safaricom's published callback addresses.

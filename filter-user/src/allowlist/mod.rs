@@ -14,10 +14,12 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+pub mod presets;
+
 /// Where an allowlist entry came from, so `hookwall check` can justify every prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A built-in provider list (see [`crate::presets`]).
+    /// A built-in provider list (see [`presets`]).
     Preset {
         /// The preset's name, e.g. `mpesa`.
         name: String,
