@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
-use hmac::{Hmac, Mac as _};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use reqwest::header::HeaderValue;
 use sha2::Sha256;
 

@@ -8,7 +8,7 @@ use base64::{
     Engine as _, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
-use hmac::{Hmac, Mac as _};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use http::HeaderName;
 use sha2::Sha256;
 use subtle::{Choice, ConstantTimeEq as _};
