@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load or re-adopt the filter, attach it, serve metrics; reload on SIGHUP and file change.
+    /// Load or re-adopt the filter, attach it, serve HTTPS and metrics, deliver stored events;
+    /// reload on SIGHUP and file change.
     Run {
         /// Config file.
         #[arg(short, long, default_value = config::DEFAULT_PATH)]

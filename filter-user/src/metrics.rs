@@ -205,7 +205,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric of SPEC.md; kernel counters come from the maps under `pins`.
+    /// A registry with every metric `docs/operations.md` lists; kernel counters come from the maps
+    /// under `pins`.
     #[must_use]
     pub fn new(pins: &Pins) -> Self {
         let mut registry = Registry::with_prefix("hookwall");

@@ -41,7 +41,8 @@ struct Cli {
 /// The xtask subcommands.
 #[derive(Debug, Subcommand)]
 enum XtaskCommand {
-    /// Install the pinned toolchains, llvm-22-dev, bpf-linker and iproute2 (skips what is there).
+    /// Install the pinned toolchains, llvm-22-dev, bpf-linker and the test tools (iproute2, curl,
+    /// nats-server); skips what is there.
     Setup,
     /// Set up, then build `hookwall` and the binaries of `hookwall-tests`.
     Build {

@@ -140,7 +140,8 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert!(config.routes.is_empty());
 }
 
-/// The example in SPEC.md, verbatim.
+/// A config with every section but `[delivery]` and two routes, commented as an operator would
+/// write it: the base many tests start from.
 pub(crate) const SPEC_EXAMPLE: &str = r#"
 [filter]
 interfaces = ["eth0"]        # where the XDP program attaches
