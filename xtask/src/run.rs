@@ -42,7 +42,7 @@ pub fn run(release: bool, args: &[String]) -> Result<()> {
         println!("note: XDP needs root; running hookwall under sudo");
         let mut sudo = Command::new("sudo");
         // sudo drops the environment by default; the token and the log filter must get through.
-        sudo.arg(format!("--preserve-env={TOKEN_VAR},RUST_LOG"))
+        sudo.arg(format!("--preserve-env={TOKEN_VAR},HOOKWALL_LOG"))
             .arg("--")
             .arg(&bin);
         sudo

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Number of steps after setup, for the `[n/STEPS]` headers.
-const STEPS: usize = 4;
+const STEPS: usize = 5;
 /// Prefix of the network namespaces the end-to-end tests create.
 pub const TEST_NETNS_PREFIX: &str = "hw-";
 
@@ -44,7 +44,7 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
         .args(["clippy", "-p", "filter-common", "-p", "hookwall"])
         .args(["-p", "hookwall-tests", "-p", "xtask", "--all-targets"])
         .args(["--", "-D", "warnings"]);
-    step(2, "clippy (userspace)", &mut clippy, "fix the lints above")?;
+    step(3, "clippy (userspace)", &mut clippy, "fix the lints above")?;
 
     // The eBPF crate only builds for the BPF target, with core from source, so it needs its own
     // pass with the pinned nightly; `--release` matches how filter-user/build.rs builds it.
@@ -59,7 +59,7 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
             "bpfel-unknown-none",
         ])
         .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
-    step(3, "clippy (eBPF)", &mut ebpf_clippy, "fix the lints above")?;
+    step(4, "clippy (eBPF)", &mut ebpf_clippy, "fix the lints above")?;
 
     println!("==> [{STEPS}/{STEPS}] tests");
     if !root {
@@ -83,7 +83,9 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
 fn build_and_test(cargo_test_args: &[String]) -> Result<()> {
     let mut build = cargo();
     build.args(["build", "-p", "hookwall", "--bins"]);
-    run_cmd(&mut build).context("step 4/4 (tests) failed while building the hookwall binary")?;
+    run_cmd(&mut build).with_context(|| {
+        format!("step {STEPS}/{STEPS} (tests) failed while building the hookwall binary")
+    })?;
     // The end-to-end tests start the real binary; an absolute path keeps them independent of
     // the working directory cargo gives each test.
     let bin = target_dir().join("debug").join("hookwall");
@@ -93,7 +95,7 @@ fn build_and_test(cargo_test_args: &[String]) -> Result<()> {
         .args(["test", "-p", "filter-common", "-p", "hookwall"])
         .args(["-p", "hookwall-tests", "-p", "xtask"])
         .args(cargo_test_args);
-    run_cmd(&mut tests).context("step 4/4 (tests) failed")
+    run_cmd(&mut tests).with_context(|| format!("step {STEPS}/{STEPS} (tests) failed"))
 }
 
 /// Mounts bpffs at /sys/fs/bpf once, before any test runs: hookwall mounts it itself when

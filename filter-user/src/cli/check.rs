@@ -237,11 +237,11 @@ fn row(out: &mut String, label: &str, value: impl fmt::Display) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::tests::{MPESA_ROUTE, SPEC_EXAMPLE, http_delivery, lines, parse_ok};
+    use crate::config::tests::{BASE_EXAMPLE, MPESA_ROUTE, http_delivery, lines, parse_ok};
 
     #[test]
     fn render_check_shows_settings_sources_and_secret_origins() {
-        let mut text = SPEC_EXAMPLE.to_owned();
+        let mut text = BASE_EXAMPLE.to_owned();
         text.push_str("\n[[route]]\npath = \"/hooks/gh\"\nverify = \"github\"\nsecrets = [{ file = \"/run/gh\" }, { env = \"GH_OLD\" }]\n");
         let shown = parse_ok(&text).render_check();
         for needle in [

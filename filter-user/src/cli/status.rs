@@ -44,7 +44,7 @@ pub fn render(status: &Status) -> String {
         }
     );
     let enforcing = if status.links.iter().any(|l| l.alive) {
-        "the pinned filter keeps enforcing"
+        "the pinned filter stays in force"
     } else {
         "and the filter is attached nowhere"
     };

@@ -142,7 +142,7 @@ fn an_empty_file_gives_the_documented_defaults() {
 
 /// A config with every section but `[delivery]` and two routes, commented as an operator would
 /// write it: the base many tests start from.
-pub(crate) const SPEC_EXAMPLE: &str = r#"
+pub(crate) const BASE_EXAMPLE: &str = r#"
 [filter]
 interfaces = ["eth0"]        # where the XDP program attaches
 mode = "enforce"             # "enforce" drops; "monitor" counts what it would drop and passes all
@@ -181,8 +181,8 @@ tolerance_seconds = 300
 "#;
 
 #[test]
-fn the_spec_example_parses() {
-    let config = parse_ok(SPEC_EXAMPLE);
+fn the_base_example_parses() {
+    let config = parse_ok(BASE_EXAMPLE);
     assert_eq!(config.filter.interfaces, ["eth0"]);
     assert!(!config.filter.interfaces_from_default_route);
     assert_eq!(config.filter.protected_ports, [443]);
