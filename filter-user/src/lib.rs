@@ -3,7 +3,8 @@
 //! # Layout
 //! One module per concern; the binary (`main.rs`) parses the command line and dispatches.
 //! - `config`: the TOML schema, one file per section under `config/check/`, loading and
-//!   validation with `file:line` errors and "did you mean", secret references, host probes.
+//!   validation with `file:line` errors and "did you mean", secret references, host probes,
+//!   the warning about secret files others can read.
 //! - `allowlist`: presets, CIDRs and files turned into normalised, merged prefix sets;
 //!   `allowlist::presets` holds the built-in provider lists with the source of each entry.
 //! - `filter`: the XDP program's life: load, pin, attach, re-adopt, apply without a gap,
@@ -19,7 +20,8 @@
 //! - `watch`: asks for a reload when the config, allowlist or certificate files are edited.
 //! - `daemon`: `hookwall run`: the start order, reloads (what applies, what waits for a
 //!   restart), the stop order.
-//! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `detach`.
+//! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `detach`;
+//!   `cli::pins`, where `status` and `detach` find the pins.
 //! - `time`: RFC 3339 timestamps, as the audit log and the command line print them.
 //!
 //! The public surface is what the binary and the `hookwall-tests` crate use; the `bench`

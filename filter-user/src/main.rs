@@ -153,32 +153,27 @@ impl From<QueueCommand> for queue::Command {
 /// Where the pins are: `--pin-path`, else the config's `filter.pin_path`.
 #[derive(clap::Args)]
 struct PinArgs {
-    /// Config file whose filter.pin_path to use.
-    #[arg(short, long, default_value = config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// Config file whose filter.pin_path to use [default: /etc/hookwall/hookwall.toml]. Named
+    /// here, it must load; the default one, if absent, means the default pin path.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
     /// Pin path to use instead of the config's.
     #[arg(long)]
     pin_path: Option<PathBuf>,
 }
 
 impl PinArgs {
-    fn pins(&self) -> Pins {
-        if let Some(path) = &self.pin_path {
-            return Pins::new(path);
-        }
-        match config::load(&self.config) {
-            Ok(config) => Pins::new(config.filter.pin_path),
-            Err(errors) => {
-                let fallback = config::DEFAULT_PIN_PATH;
-                eprintln!(
-                    "note: could not read {} ({} error(s)); using the default pin path {fallback} \
-                     (pass --pin-path to choose)",
-                    self.config.display(),
-                    errors.0.len()
-                );
-                Pins::new(fallback)
-            }
-        }
+    fn pins(&self) -> anyhow::Result<Pins> {
+        cli::pins::resolve(
+            self.pin_path.as_deref(),
+            self.config.as_deref(),
+            std::path::Path::new(config::DEFAULT_PATH),
+        )
+        .map_err(|err| {
+            let cli::pins::PinPathError::Config { errors, .. } = &err;
+            eprintln!("{errors}");
+            anyhow::Error::new(err)
+        })
     }
 }
 
@@ -213,6 +208,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => match config::load(&config) {
             Ok(config) => {
                 print!("{}", config.render_check());
+                for loose in config.loose_permissions() {
+                    eprintln!("warning: {loose}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {
@@ -226,7 +224,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Status { json, pins } => {
-            let pins = pins.pins();
+            let pins = pins.pins()?;
             let status = status::read(&pins).with_context(|| {
                 format!("reading the filter pinned under {}", pins.root().display())
             })?;
@@ -234,7 +232,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach { pins } => {
-            cli::detach::main(&pins.pins())?;
+            cli::detach::main(&pins.pins()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Presets => {

@@ -10,11 +10,17 @@ use std::{
         Arc,
         atomic::{AtomicI64, AtomicU64},
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use filter_common::{Counter, CounterValue};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
@@ -51,6 +57,18 @@ pub struct HttpLabels {
     pub route: String,
     /// What became of the request (see `receiver::Outcome`).
     pub outcome: &'static str,
+}
+
+/// Labels of `hookwall_http_refusals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// As in [`HttpLabels::route`].
+    pub route: String,
+    /// Why: the audit line's reason (a verifier's refusal such as `bad_signature` or
+    /// `timestamp_too_old`, or a step's such as `content_length`), else the outcome when the
+    /// step has no finer reason (`not_found`, `method_not_allowed`, `rate_limited`). Always one
+    /// of a fixed set of the code's own words, never a value from the request.
+    pub reason: &'static str,
 }
 
 /// Labels of `hookwall_http_request_duration_seconds`.
@@ -197,6 +215,9 @@ pub struct Metrics {
     pub last_reload_success: Gauge<f64, AtomicU64>,
     /// `hookwall_http_requests_total{route,outcome}`.
     pub http_requests: Family<HttpLabels, PromCounter>,
+    /// `hookwall_http_refusals_total{route,reason}`: every request not answered with success,
+    /// by why.
+    pub http_refusals: Family<RefusalLabels, PromCounter>,
     /// `hookwall_http_request_duration_seconds{route}`: time from the request's arrival to its
     /// answer.
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -238,6 +259,12 @@ impl Metrics {
             "HTTPS requests, by route and outcome",
             http_requests.clone(),
         );
+        let http_refusals = Family::<RefusalLabels, PromCounter>::default();
+        registry.register(
+            "http_refusals",
+            "HTTPS requests not answered with success, by route and reason",
+            http_refusals.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Time from a request's arrival to its answer, by route",
@@ -254,6 +281,7 @@ impl Metrics {
             prefixes,
             last_reload_success,
             http_requests,
+            http_refusals,
             http_duration,
             delivery,
         }
@@ -366,14 +394,52 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
         .with_context(|| format!("binding the metrics listener on {listen} (metrics.listen)"))
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+/// How long a metrics connection may take. A scraper sends its request at once and reads the
+/// answer in milliseconds; a client that connects and sends nothing, trickles its headers
+/// (slowloris) or never reads the answer would otherwise hold its connection, and a task, for
+/// as long as it liked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time to send a request's headers, counted from the connection's start or the previous
+    /// answer: an idle keep-alive connection is closed after it too.
+    pub header: Duration,
+    /// Time a connection may stay open at all, however busy; a scraper reconnects.
+    pub connection: Duration,
+}
+
+impl Timeouts {
+    /// What [`serve`] uses: 10 s for headers, 5 min for a connection (Prometheus scrapes every
+    /// 15 to 60 s on one keep-alive connection; a new one every few scrapes costs nothing).
+    pub const DEFAULT: Self = Self {
+        header: Duration::from_secs(10),
+        connection: Duration::from_secs(300),
+    };
+}
+
+/// How long a graceful stop waits for scrapes in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes, under [`Timeouts::DEFAULT`].
 ///
 /// # Errors
-/// If serving fails.
+/// If the listener's address cannot be read.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(listener, metrics, shutdown, Timeouts::DEFAULT).await
+}
+
+/// [`serve`] under `timeouts`.
+///
+/// # Errors
+/// If the listener's address cannot be read.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    timeouts: Timeouts,
 ) -> anyhow::Result<()> {
     let listen = listener
         .local_addr()
@@ -382,10 +448,42 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeouts.connection, conn).await {
+                Err(_) => tracing::debug!(%peer, "metrics connection closed at its time limit"),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics connection ended"),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
-        .with_context(|| format!("serving metrics on {listen}"))
+        .is_err()
+    {
+        tracing::debug!("metrics connections still open at shutdown; closing them");
+    }
+    Ok(())
 }
 
 async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
@@ -399,5 +497,115 @@ async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
         )
             .into_response(),
         Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Serves on a free loopback port under `timeouts`; the listener stops when the returned
+    /// sender is dropped.
+    async fn listener(timeouts: Timeouts) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new(&Pins::new("/sys/fs/bpf/hookwall-unit-test-absent"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_with(
+            listener,
+            metrics,
+            async move {
+                let _ = stopped.await;
+            },
+            timeouts,
+        ));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection (or resets it); what it sent, or `None` if
+    /// it was still open after `wait` (far longer than any bound under test).
+    async fn read_until_closed(
+        conn: &mut tokio::net::TcpStream,
+        wait: Duration,
+    ) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(wait, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        read.is_ok().then_some(got)
+    }
+
+    const SHORT: Timeouts = Timeouts {
+        header: Duration::from_millis(300),
+        connection: Duration::from_secs(1),
+    };
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (addr, _stop) = listener(SHORT).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let got = read_until_closed(&mut conn, Duration::from_secs(20)).await;
+        assert!(got.is_some(), "an idle metrics connection was not closed");
+    }
+
+    #[tokio::test]
+    async fn trickled_headers_do_not_hold_a_connection() {
+        let (addr, _stop) = listener(SHORT).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            // One header line at a time, each well within the header timeout, never the end.
+            for i in 0.. {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if conn
+                    .write_all(format!("x-{i}: y\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), conn.read(&mut buf)).await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a slowloris client held the metrics connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_scrape_is_answered_and_the_idle_connection_then_closed() {
+        let (addr, _stop) = listener(SHORT).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let got = read_until_closed(&mut conn, Duration::from_secs(20))
+            .await
+            .expect("the keep-alive connection was not closed");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains("hookwall_config_reloads_total"),
+            "{text}"
+        );
     }
 }

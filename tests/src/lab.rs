@@ -183,6 +183,9 @@ impl Lab {
         let path = self.dir.path().join(name);
         std::fs::write(&path, secret)
             .unwrap_or_else(|e| panic!("writing the secret file {}: {e}", path.display()));
+        // As an operator keeps one: hookwall warns about a secret file others can read.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("making {} private: {e}", path.display()));
         path
     }
 

@@ -597,3 +597,48 @@ fn monitor_mode_counts_refused_sources_and_lets_them_through() {
         "{status:#}"
     );
 }
+
+/// `status` and `detach` with a `-c` that does not load (a typo, an invalid file) exit 1 with
+/// the config's errors and touch nothing; they never fall back to another pin path.
+#[test]
+fn status_and_detach_with_a_config_that_does_not_load_touch_nothing() {
+    let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
+    let daemon = lab.start();
+    let good = std::fs::read_to_string(&lab.config).expect("the lab's config");
+    // The lab's own pin path, and a key no table has: invalid, but it names the pins.
+    let bad = lab.dir.path().join("bad.toml");
+    write_atomic(&bad, &format!("{good}\nno_such_key = 1\n"));
+    let missing = lab.dir.path().join("typo.toml");
+    for config in [&missing, &bad] {
+        let config = config.to_str().expect("UTF-8 path");
+        for command in ["detach", "status"] {
+            let out = hookwall_in(&lab.net.srv, &[command, "-c", config]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{command} -c {config}: {}",
+                output_text(&out)
+            );
+            assert!(
+                stderr.contains(config) && stderr.contains("nothing was touched"),
+                "{command} -c {config} must name the config and say nothing was touched: {}",
+                output_text(&out)
+            );
+        }
+    }
+    assert!(
+        lab.net.srv.xdp_on(lab.net.srv_if()).is_some(),
+        "the filter was detached by a command whose config did not load"
+    );
+    assert!(lab.pins.path().exists(), "the pins were removed");
+    assert_eq!(lab.status()["loaded"], true);
+
+    // The good config leads `status` to the lab's pins.
+    let config = lab.config.to_str().expect("UTF-8 path");
+    let out = hookwall_in(&lab.net.srv, &["status", "--json", "-c", config]);
+    assert!(out.status.success(), "status -c: {}", output_text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["pin_path"], lab.pins.as_str(), "{status:#}");
+    assert_eq!(status["daemon_pid"], daemon.pid(), "{status:#}");
+}

@@ -557,3 +557,52 @@ fn an_acknowledged_event_survives_sigkill() {
     drop(daemon);
     assert_eq!(lab.store().count().expect("count"), 1);
 }
+
+/// `hookwall check` warns, like ssh, about a secret file or TLS key that group or others can
+/// read, naming the file and the fix; the config stays valid (exit 0).
+#[test]
+fn check_warns_about_a_secret_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = lab_in("enforce");
+    let (_, key) = lab.spec.tls.clone().expect("an HTTPS lab has a key");
+    let private: Vec<std::path::PathBuf> = ["token", "sw", "gh", "stripe", "stripe-old"]
+        .iter()
+        .map(|name| lab.dir.path().join(name))
+        .chain([key])
+        .collect();
+    let chmod = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    };
+    for path in &private {
+        chmod(path, 0o600);
+    }
+    let gh = lab.dir.path().join("gh");
+    chmod(&gh, 0o644);
+    let config = lab.config.to_str().expect("UTF-8 path");
+    let check = || {
+        let out = hookwall_tests::daemon::hookwall_in(&lab.net.srv, &["check", "-c", config]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check: {}",
+            hookwall_tests::daemon::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = check();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains(&format!("`chmod 600 {}`", gh.display()))
+            && warnings[0].contains("mode 0644"),
+        "{stderr}"
+    );
+
+    chmod(&gh, 0o600);
+    let stderr = check();
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -111,7 +111,7 @@ pub fn run(store_path: &Path, retention: Duration, command: &Command) -> anyhow:
             let mut text = String::new();
             if *json {
                 for event in &events {
-                    text.push_str(&serde_json::to_string(event)?);
+                    text.push_str(&json_escape_c1(serde_json::to_string(event)?));
                     text.push('\n');
                 }
             } else {
@@ -135,7 +135,10 @@ pub fn run(store_path: &Path, retention: Duration, command: &Command) -> anyhow:
                 });
             };
             let text = if *json {
-                format!("{}\n", serde_json::to_string_pretty(&show_json(&event))?)
+                format!(
+                    "{}\n",
+                    json_escape_c1(serde_json::to_string_pretty(&show_json(&event))?)
+                )
             } else {
                 render_event(&event)
             };
@@ -217,6 +220,7 @@ fn render_list(events: &[EventSummary], now: SystemTime) -> String {
                 .map_or_else(String::new, |t| format!("delivered {}", at(t))),
             EventState::Dead => e.last_error.clone().unwrap_or_default(),
         };
+        let note = one_line(&note);
         let _ = writeln!(
             text,
             "{:>8}  {:<9}  {:>8}  {:<24}  {:<28}  {:<24}  {note}",
@@ -224,8 +228,8 @@ fn render_list(events: &[EventSummary], now: SystemTime) -> String {
             e.state.as_str(),
             e.attempts,
             at(e.received_at_ms),
-            e.route,
-            e.event_id,
+            one_line(&e.route),
+            one_line(&e.event_id),
         );
     }
     text
@@ -234,9 +238,9 @@ fn render_list(events: &[EventSummary], now: SystemTime) -> String {
 fn render_event(e: &StoredEvent) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "id:           {}", e.id);
-    let _ = writeln!(text, "route:        {}", e.route);
-    let _ = writeln!(text, "event id:     {}", e.event_id);
-    let _ = writeln!(text, "kind:         {}", e.kind);
+    let _ = writeln!(text, "route:        {}", one_line(&e.route));
+    let _ = writeln!(text, "event id:     {}", one_line(&e.event_id));
+    let _ = writeln!(text, "kind:         {}", one_line(&e.kind));
     let _ = writeln!(text, "received:     {}", at(e.received_at_ms));
     let _ = writeln!(text, "state:        {}", e.state.as_str());
     let _ = writeln!(text, "attempts:     {}", e.attempts);
@@ -247,15 +251,25 @@ fn render_event(e: &StoredEvent) -> String {
         let _ = writeln!(text, "delivered:    {}", at(t));
     }
     if let Some(error) = &e.last_error {
-        let _ = writeln!(text, "last error:   {error}");
+        let _ = writeln!(text, "last error:   {}", one_line(error));
     }
     let _ = writeln!(text, "body sha256:  {}", e.body_sha256);
     for (name, value) in &e.headers {
-        let _ = writeln!(text, "header:       {name}: {value}");
+        let _ = writeln!(
+            text,
+            "header:       {}: {}",
+            one_line(name),
+            one_line(value)
+        );
     }
     match std::str::from_utf8(&e.body) {
         Ok(body) => {
-            let _ = writeln!(text, "body ({} bytes):\n{body}", e.body.len());
+            let _ = writeln!(
+                text,
+                "body ({} bytes):\n{}",
+                e.body.len(),
+                escape_controls(body, &['\n', '\t'])
+            );
         }
         Err(_) => {
             let _ = writeln!(
@@ -266,6 +280,57 @@ fn render_event(e: &StoredEvent) -> String {
         }
     }
     text
+}
+
+/// `text` for one line of the terminal: every control character escaped, newlines and tabs too.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, &[])
+}
+
+/// `text` with every control character but those in `keep` written as an escape (`\x1b`,
+/// `\r`, `\u{9b}`): stored values come from the network, and an escape sequence in one must
+/// not reach the operator's terminal, where it could retitle the window, move the cursor or
+/// overwrite what was printed before it. C0, DEL and C1 are escaped; a backslash already in the
+/// text is left as it is, so `--json` is the exact form.
+fn escape_controls<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    let escaped = |c: char| c.is_control() && !keep.contains(&c);
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !escaped(c) {
+            out.push(c);
+            continue;
+        }
+        let _ = match c {
+            '\n' => write!(out, "\\n"),
+            '\r' => write!(out, "\\r"),
+            '\t' => write!(out, "\\t"),
+            c if u32::from(c) < 0x80 => write!(out, "\\x{:02x}", u32::from(c)),
+            c => write!(out, "\\u{{{:x}}}", u32::from(c)),
+        };
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// JSON with DEL and the C1 controls escaped too: JSON escapes only C0 itself, and a C1 CSI
+/// (U+009B) starts an escape sequence on some terminals. They can only occur inside strings,
+/// where `\u00XX` means the same character.
+fn json_escape_c1(json: String) -> String {
+    let c1 = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !json.contains(c1) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c1(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn show_json(e: &StoredEvent) -> serde_json::Value {
@@ -289,4 +354,90 @@ fn show_json(e: &StoredEvent) -> serde_json::Value {
         "body": body,
         "body_encoding": encoding,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "ok\x1b]0;pwned\x07\rfake line\u{9b}2J\x7f";
+
+    fn event() -> StoredEvent {
+        StoredEvent {
+            id: 7,
+            route: "/hooks/gh".into(),
+            event_id: format!("evt{HOSTILE}"),
+            kind: "push".into(),
+            received_at_ms: 1_700_000_000_000,
+            body: format!("{{\"a\":1}}\n\tindented {HOSTILE}").into_bytes(),
+            body_sha256: "00".into(),
+            headers: vec![("user-agent".into(), format!("ua{HOSTILE}"))],
+            state: EventState::Dead,
+            attempts: 3,
+            next_attempt_at_ms: None,
+            last_error: Some(format!("HTTP 500{HOSTILE}\nsecond line")),
+            delivered_at_ms: None,
+        }
+    }
+
+    fn assert_no_controls(text: &str, allowed: &[char]) {
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|c| c.is_control() && !allowed.contains(c))
+            .collect();
+        assert!(bad.is_empty(), "control characters {bad:?} in:\n{text}");
+    }
+
+    #[test]
+    fn show_escapes_control_characters_from_the_store() {
+        let text = render_event(&event());
+        // Newlines end the printed lines; the body keeps its own newlines and tabs.
+        assert_no_controls(&text, &['\n', '\t']);
+        assert!(
+            text.contains("last error:   HTTP 500ok\\x1b]0;pwned\\x07\\rfake line\\u{9b}2J\\x7f\\nsecond line\n"),
+            "{text}"
+        );
+        assert!(text.contains("event id:     evtok\\x1b]0;pwned"), "{text}");
+        assert!(
+            text.contains("header:       user-agent: uaok\\x1b"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{\"a\":1}\n\tindented ok\\x1b]0;pwned\\x07\\rfake"),
+            "{text}"
+        );
+        // A line with nothing to escape is printed as it is.
+        assert!(text.contains("route:        /hooks/gh\n"), "{text}");
+    }
+
+    #[test]
+    fn list_escapes_control_characters_and_json_stays_exact() {
+        let e = event();
+        let summary = EventSummary {
+            id: e.id,
+            route: e.route.clone(),
+            event_id: e.event_id.clone(),
+            kind: e.kind.clone(),
+            received_at_ms: e.received_at_ms,
+            state: e.state,
+            attempts: e.attempts,
+            next_attempt_at_ms: None,
+            last_error: e.last_error.clone(),
+            delivered_at_ms: None,
+        };
+        let text = render_list(std::slice::from_ref(&summary), UNIX_EPOCH);
+        assert_no_controls(&text, &['\n']);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("HTTP 500ok\\x1b]0;pwned\\x07\\r"), "{text}");
+
+        // JSON escapes control characters itself, and round-trips to the stored value.
+        let line = json_escape_c1(serde_json::to_string(&summary).expect("json"));
+        assert_no_controls(&line, &[]);
+        let back: serde_json::Value = serde_json::from_str(&line).expect("parse");
+        assert_eq!(back["last_error"], serde_json::json!(e.last_error));
+        let shown = json_escape_c1(serde_json::to_string_pretty(&show_json(&e)).expect("json"));
+        assert_no_controls(&shown, &['\n']);
+        let back: serde_json::Value = serde_json::from_str(&shown).expect("parse");
+        assert_eq!(back["body"].as_str().map(str::as_bytes), Some(&e.body[..]));
+    }
 }

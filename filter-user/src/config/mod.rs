@@ -20,11 +20,13 @@
 //! `[delivery]`, `[[route]]`) has one file under `check/` holding its `Raw*` schema, its resolved
 //! type, its defaults and its checks, so that a key is added in one place. What is shared lives
 //! beside it: `diagnostics` (errors, key paths, suggestions, the keys each table accepts), `host`
-//! (interfaces and default routes), `secret` (secret references) and `url` (URLs as text).
+//! (interfaces and default routes), `secret` (secret references), `permissions` (secret files
+//! others can read) and `url` (URLs as text).
 
 mod check;
 mod diagnostics;
 mod host;
+mod permissions;
 mod secret;
 mod url;
 
@@ -59,6 +61,7 @@ pub use check::{
     store::{DEFAULT_RETENTION, StoreConfig},
 };
 pub use diagnostics::{ConfigError, ConfigErrors, accepted_keys, line_of};
+pub use permissions::LooseFile;
 pub use secret::{Secret, SecretError, SecretRef};
 pub(crate) use url::without_query;
 

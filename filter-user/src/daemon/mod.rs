@@ -44,6 +44,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let config = config::load(config_path)?;
+    for loose in config.loose_permissions() {
+        tracing::warn!("{loose}");
+    }
     receiver::install_crypto_provider();
     // Bind, open and connect everything that can fail for a reason outside the kernel before
     // touching it, so a busy port, an unreadable store or secret fails the start with nothing

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    metrics::{HttpLabels, Metrics},
+    metrics::{HttpLabels, Metrics, RefusalLabels},
     time::rfc3339,
 };
 
@@ -96,6 +96,15 @@ impl Outcome {
             Outcome::Validated => "validated",
         }
     }
+
+    /// Whether the request was answered with success (stored, found stored, or validated).
+    #[must_use]
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            Outcome::Accepted | Outcome::Duplicate | Outcome::Validated
+        )
+    }
 }
 
 /// One audit line: who asked what, and what hookwall answered; never a secret or a body.
@@ -169,8 +178,8 @@ impl Audit {
         }
     }
 
-    /// Counts the request in `hookwall_http_requests_total` and writes its audit line: the one
-    /// place either is written.
+    /// Counts the request in `hookwall_http_requests_total` (and, refused,
+    /// `hookwall_http_refusals_total`) and writes its audit line: the one place any is written.
     pub(crate) fn record(&self, metrics: &Metrics, answered: &Answered) {
         metrics
             .http_requests
@@ -179,6 +188,20 @@ impl Audit {
                 outcome: answered.outcome.as_str(),
             })
             .inc();
+        if !answered.outcome.is_success() {
+            let reason = if answered.reason.is_empty() {
+                answered.outcome.as_str()
+            } else {
+                answered.reason
+            };
+            metrics
+                .http_refusals
+                .get_or_create(&RefusalLabels {
+                    route: self.route_label().to_owned(),
+                    reason,
+                })
+                .inc();
+        }
         self.line(answered).log();
     }
 }

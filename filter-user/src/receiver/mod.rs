@@ -57,8 +57,9 @@ pub use self::{audit::Outcome, tls::install_crypto_provider};
 use self::{routing::Routing, tls::SelfSigned};
 use crate::{
     config::{Config, Limits, Tls},
-    metrics::{HttpLabels, Metrics},
+    metrics::{HttpLabels, Metrics, RefusalLabels},
     store::StoreHandle,
+    verify::Refusal,
 };
 
 /// Time a client has to complete the TLS handshake.
@@ -95,6 +96,14 @@ impl App {
                 let _ = metrics.http_requests.get_or_create(&HttpLabels {
                     route: route.path.clone(),
                     outcome: outcome.as_str(),
+                });
+            }
+            // At zero from the start, so that an alert on a forgery or on clock skew has a
+            // series to compute a rate from.
+            for reason in Refusal::REASONS {
+                let _ = metrics.http_refusals.get_or_create(&RefusalLabels {
+                    route: route.path.clone(),
+                    reason,
                 });
             }
         }

@@ -12,7 +12,9 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{
+        HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header, request::Parts,
+    },
     response::{IntoResponse as _, Response},
 };
 use governor::clock::Clock as _;
@@ -114,14 +116,28 @@ pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Respons
     let routing = app.routing.load_full();
     let client = client_addr(peer.ip(), req.headers(), &routing.trusted_proxies);
     let mut audit = Audit::default();
+    let (parts, body) = req.into_parts();
+    let h2 = parts.version == Version::HTTP_2;
+    let mut body = Some(body);
     let (outcome, reason, response) =
-        match process(&app, &routing, client, time, req, &mut audit).await {
+        match process(&app, &routing, client, time, parts, &mut body, &mut audit).await {
             Ok(done) => (done.outcome, done.reason, done.response),
-            Err(rejection) => (
-                rejection.outcome,
-                rejection.reason,
-                rejection.into_response(),
-            ),
+            Err(rejection) => {
+                if h2
+                    && let Some(body) = body.take()
+                    && !matches!(
+                        rejection.outcome,
+                        Outcome::RateLimited | Outcome::Overloaded
+                    )
+                {
+                    tokio::spawn(drain(body));
+                }
+                (
+                    rejection.outcome,
+                    rejection.reason,
+                    rejection.into_response(),
+                )
+            }
         };
     let elapsed = started.elapsed();
     app.metrics
@@ -145,17 +161,18 @@ pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Respons
     response
 }
 
+/// The steps. `body` is taken when it is read; a refusal before that leaves it for [`handle`].
 async fn process(
     app: &App,
     routing: &Routing,
     client: IpAddr,
     time: SystemTime,
-    req: Request,
+    parts: Parts,
+    body: &mut Option<Body>,
     audit: &mut Audit,
 ) -> Result<Accepted, Rejection> {
     rate_limit(app, client)?;
     let _in_flight = in_flight(app)?;
-    let (parts, body) = req.into_parts();
     let (route, token) = routing
         .find(parts.uri.path())
         .ok_or_else(|| Rejection::new(Outcome::NotFound, StatusCode::NOT_FOUND))?;
@@ -178,7 +195,8 @@ async fn process(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ));
     }
-    let body = read_body(app, &parts.headers, body).await?;
+    declared_length(app, &parts.headers)?;
+    let body = read_body(app, body.take().unwrap_or_default()).await?;
     // Without a copy when the collected body owns its buffer (one chunk, not shared).
     let body = HashedBody::new(Vec::from(body));
     audit.body_sha256 = Some(body.sha256_hex().to_owned());
@@ -229,6 +247,33 @@ async fn process(
     store(app, route, event).await
 }
 
+/// How long, and how many bytes, an HTTP/2 request body left unread by a refusal is read and
+/// thrown away after the answer. Dropping it at once makes the HTTP/2 layer send RST_STREAM
+/// (NO_ERROR) right behind the answer, as RFC 9113 section 8.1 allows; but curl 7.88 (Debian 12)
+/// and other clients still sending the body then report a stream error and discard the answer
+/// they were sent. Reading on for a moment lets the client see the status and stop sending on
+/// its own; the bounds keep a client that never stops from costing more than this.
+pub(crate) const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// See [`DRAIN_TIME`]; the stream's flow-control window is the same 1 MiB.
+pub(crate) const DRAIN_BYTES: usize = 1 << 20;
+
+/// Reads and discards `body` until it ends, fails, or [`DRAIN_TIME`] or [`DRAIN_BYTES`] is
+/// reached; dropping it then resets the stream (NO_ERROR) if the client is still sending.
+async fn drain(body: Body) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while read < DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                Some(Err(_)) | None => break,
+            }
+        }
+    })
+    .await;
+}
+
 /// The client's rate: 429 with the seconds until its next request would pass.
 fn rate_limit(app: &App, client: IpAddr) -> Result<(), Rejection> {
     app.limiter.check_key(&client).map_err(|not_until| {
@@ -250,20 +295,24 @@ fn in_flight(app: &App) -> Result<SemaphorePermit<'_>, Rejection> {
     })
 }
 
-/// The body, refused early by its declared length, then read up to the limit within the body
-/// timeout.
-async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+/// A body declared longer than the limit is refused before any of it is read.
+fn declared_length(app: &App, headers: &HeaderMap) -> Result<(), Rejection> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let limit = app.limits.body_limit_bytes;
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > app.limits.body_limit_bytes as u64) {
         return Err(
             Rejection::new(Outcome::TooLarge, StatusCode::PAYLOAD_TOO_LARGE)
                 .because("content_length"),
         );
     }
+    Ok(())
+}
+
+/// The body, read up to the limit within the body timeout.
+async fn read_body(app: &App, body: Body) -> Result<Bytes, Rejection> {
+    let limit = app.limits.body_limit_bytes;
     match tokio::time::timeout(app.limits.body_timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(
             Rejection::new(Outcome::Timeout, StatusCode::REQUEST_TIMEOUT).because("body_timeout"),

@@ -49,13 +49,15 @@ mod router {
     use crate::{
         config,
         filter::Pins,
-        metrics::{HttpLabels, Metrics},
+        metrics::{HttpLabels, Metrics, RefusalLabels},
         store::Store,
     };
 
     const MPESA: &str = "/mpesa/c2b";
     const TOKEN: &str = "t0k3n-for-tests";
     const GH: &str = "/hooks/github";
+    const STRIPE: &str = "/hooks/stripe";
+    const STRIPE_SECRET: &str = "whsec_receiver_tests";
     /// GitHub's published example: this secret signs this body with this signature.
     const GH_SECRET: &str = "It's a Secret to Everybody";
     const GH_BODY: &[u8] = b"Hello, World!";
@@ -86,6 +88,7 @@ mod router {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("token"), TOKEN).unwrap();
             std::fs::write(dir.path().join("github"), GH_SECRET).unwrap();
+            std::fs::write(dir.path().join("stripe"), STRIPE_SECRET).unwrap();
             let store_path = dir.path().join("events.db");
             let text = format!(
                 r#"
@@ -114,6 +117,11 @@ token = {{ file = "token" }}
 path = "{GH}"
 verify = "github"
 secrets = [{{ file = "github" }}]
+
+[[route]]
+path = "{STRIPE}"
+verify = "stripe"
+secrets = [{{ file = "stripe" }}]
 "#,
                 store = store_path.display(),
             );
@@ -159,6 +167,17 @@ secrets = [{{ file = "github" }}]
                 .get_or_create(&HttpLabels {
                     route: route.to_owned(),
                     outcome,
+                })
+                .get()
+        }
+
+        /// `hookwall_http_refusals_total{route, reason}`.
+        fn refusals(&self, route: &str, reason: &'static str) -> u64 {
+            self.metrics
+                .http_refusals
+                .get_or_create(&RefusalLabels {
+                    route: route.to_owned(),
+                    reason,
                 })
                 .get()
         }
@@ -279,5 +298,75 @@ secrets = [{{ file = "github" }}]
         let event = store.find(MPESA, "RKTQDM7W6S").unwrap().expect("stored");
         assert_eq!(event.body, C2B_CONFIRMATION);
         store.close().await.unwrap();
+    }
+
+    /// A `Stripe-Signature` header signed with the route's secret at unix time `t`.
+    fn stripe_signature(t: u64, body: &[u8]) -> String {
+        use hmac::{Hmac, KeyInit as _, Mac as _};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(body);
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_forgery_and_clock_skew_are_told_apart_in_the_refusal_metric() {
+        let env = Env::new();
+        let body = br#"{"id":"evt_1","type":"charge.succeeded"}"#;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // Registered at zero before any request.
+        assert_eq!(env.refusals(STRIPE, "bad_signature"), 0);
+        assert_eq!(env.refusals(STRIPE, "timestamp_too_old"), 0);
+        assert!(env.metrics.render().unwrap().contains(
+            r#"hookwall_http_refusals_total{route="/hooks/stripe",reason="timestamp_too_old"} 0"#
+        ));
+
+        let forged = format!("t={now},v1={}", "00".repeat(32));
+        let stale = stripe_signature(now - 3600, body);
+        for (signature, status) in [
+            (forged.as_str(), StatusCode::UNAUTHORIZED),
+            (stale.as_str(), StatusCode::UNAUTHORIZED),
+            (stale.as_str(), StatusCode::UNAUTHORIZED),
+        ] {
+            let r = env
+                .send(
+                    ALLOWED,
+                    "POST",
+                    STRIPE,
+                    &[JSON, ("stripe-signature", signature)],
+                    body,
+                )
+                .await;
+            assert_eq!(r.status(), status);
+        }
+        assert_eq!(env.requests(STRIPE, "refused"), 3);
+        assert_eq!(env.refusals(STRIPE, "bad_signature"), 1);
+        assert_eq!(env.refusals(STRIPE, "timestamp_too_old"), 2);
+
+        // A step without a finer reason counts under its outcome; success is not a refusal.
+        let r = env.send(ALLOWED, "GET", STRIPE, &[], b"").await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(env.refusals(STRIPE, "method_not_allowed"), 1);
+        let fresh = stripe_signature(now, body);
+        let r = env
+            .send(
+                ALLOWED,
+                "POST",
+                STRIPE,
+                &[JSON, ("stripe-signature", &fresh)],
+                body,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = env.metrics.render().unwrap();
+        let refused: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("hookwall_http_refusals_total{route=\"/hooks/stripe\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(refused, 4, "{text}");
     }
 }

@@ -216,8 +216,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Every value [`Refusal::reason`] can return: the tests check each refusal's reason is one.
-    #[cfg(test)]
+    /// Every value [`Refusal::reason`] can return: the tests check each refusal's reason is one,
+    /// and the receiver registers a refusal series for each on every route.
     pub const REASONS: [&'static str; 10] = [
         "missing_header",
         "malformed_header",
