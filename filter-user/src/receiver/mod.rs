@@ -28,6 +28,7 @@ mod audit;
 mod client;
 mod conn;
 mod pipeline;
+mod proxy;
 mod routing;
 mod tls;
 pub mod validation;
