@@ -54,7 +54,8 @@ pub(super) async fn serve(
     let _permit = permit;
     // One deadline for the PROXY header and the handshake together.
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let (stream, proxied) = match &shared.app.routing.load().client_address {
+    let routing = shared.app.routing.load_full();
+    let (stream, proxied) = match &routing.client_address {
         ClientAddress::ProxyProtocol { trusted_proxies } => {
             match tokio::time::timeout_at(deadline, proxy::read_header(tcp, peer, trusted_proxies))
                 .await
@@ -72,6 +73,8 @@ pub(super) async fn serve(
         }
         _ => (Rewind::new(Vec::new(), tcp), None),
     };
+    // The routes in force change at reloads; a long connection must not keep old ones alive.
+    drop(routing);
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
