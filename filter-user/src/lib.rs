@@ -11,8 +11,9 @@
 //!   detach; `filter::pinned` is the one read-only view of the pinned maps.
 //! - `status`: what `hookwall status` reports, read through `filter::pinned`.
 //! - `metrics`: the Prometheus registry and the `/metrics` listener.
-//! - `receiver`: the HTTPS receiver: TLS, connections, routing, client address, the request
-//!   pipeline (verify, then store, then answer), the audit line, C2B validation pass-through.
+//! - `receiver`: the HTTPS receiver: TLS, connections, the PROXY protocol, routing, the client
+//!   address, the request pipeline (verify, then store, then answer), the audit line, C2B
+//!   validation pass-through.
 //! - `verify`: authenticates one webhook callback (M-Pesa token, HMAC schemes), no I/O; signs
 //!   what hookwall itself sends (Standard Webhooks).
 //! - `store`: the durable event store (SQLite, WAL, group commit): stored before answered.

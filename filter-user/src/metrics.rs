@@ -71,6 +71,14 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `hookwall_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// Why the connection was closed before TLS (`proxy_header_untrusted`,
+    /// `proxy_header_missing`, `proxy_header_malformed`).
+    pub reason: &'static str,
+}
+
 /// Labels of `hookwall_http_request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -221,6 +229,9 @@ pub struct Metrics {
     /// `hookwall_http_request_duration_seconds{route}`: time from the request's arrival to its
     /// answer.
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `hookwall_connections_refused_total{reason}`: connections closed before TLS because of
+    /// their PROXY protocol header (or its absence).
+    pub connections_refused: Family<ConnectionLabels, PromCounter>,
     /// The delivery worker's and the queue's metrics.
     pub delivery: DeliveryMetrics,
 }
@@ -270,6 +281,19 @@ impl Metrics {
             "Time from a request's arrival to its answer, by route",
             http_duration.clone(),
         );
+        let connections_refused = Family::<ConnectionLabels, PromCounter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed before TLS because of their PROXY protocol header, by reason",
+            connections_refused.clone(),
+        );
+        for reason in [
+            "proxy_header_untrusted",
+            "proxy_header_missing",
+            "proxy_header_malformed",
+        ] {
+            let _ = connections_refused.get_or_create(&ConnectionLabels { reason });
+        }
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
@@ -283,6 +307,7 @@ impl Metrics {
             http_requests,
             http_refusals,
             http_duration,
+            connections_refused,
             delivery,
         }
     }

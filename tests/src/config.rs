@@ -1,7 +1,7 @@
 //! The `hookwall.toml` the end-to-end tests and benchmarks run with, as typed parts that render
 //! to TOML.
 //!
-//! - [`ConfigSpec`]: the whole file: filter, allowlist, server (TLS files, trusted proxies,
+//! - [`ConfigSpec`]: the whole file: filter, allowlist, server (TLS files, the client address source,
 //!   `[server.limits]`), metrics, store, `[delivery]` and the `[[route]]`s.
 //! - [`DeliverySpec`]: `[delivery]` with an HTTP sink or `[delivery.nats]`.
 //! - [`Route`]: one `[[route]]`, its secrets read from files.
@@ -39,8 +39,9 @@ pub struct ConfigSpec {
     pub server_listen: String,
     /// `server.tls_cert` and `server.tls_key`; without them, `tls = "self-signed"`.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// `server.trusted_proxies`.
-    pub trusted_proxies: Vec<String>,
+    /// `server.client_address`, as TOML (e.g. `{ proxy_protocol = true, trusted_proxies =
+    /// ["192.0.2.10"] }`); unset: the default, the socket peer.
+    pub client_address: Option<String>,
     /// `[server.limits]`: each key with its value.
     pub limits: Vec<(String, u64)>,
     /// `store.path`.
@@ -66,7 +67,7 @@ impl ConfigSpec {
             metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
             server_listen: format!("0.0.0.0:{PROTECTED_PORT}"),
             tls: None,
-            trusted_proxies: Vec::new(),
+            client_address: None,
             limits: Vec::new(),
             store_path: dir.join("events.db"),
             delivery: None,
@@ -107,8 +108,8 @@ impl ConfigSpec {
                 let _ = writeln!(s, "tls = \"self-signed\"");
             }
         }
-        if self.tls.is_some() || !self.trusted_proxies.is_empty() {
-            let _ = writeln!(s, "trusted_proxies = [{}]", quoted(&self.trusted_proxies));
+        if let Some(source) = &self.client_address {
+            let _ = writeln!(s, "client_address = {source}");
         }
         if !self.limits.is_empty() {
             let _ = writeln!(s);
@@ -389,7 +390,8 @@ mod tests {
         let dir = Path::new("/d");
         let mut spec = ConfigSpec::new("veth0", Path::new("/sys/fs/bpf/p"), dir, &["192.0.2.0/24"]);
         spec.tls = Some((dir.join("cert.pem"), dir.join("key.pem")));
-        spec.trusted_proxies = vec!["198.51.100.20/32".into()];
+        spec.client_address =
+            Some(r#"{ header = "forwarded", trusted_proxies = ["198.51.100.20/32"] }"#.into());
         spec.limits = vec![("rate_burst".into(), 2)];
         let mut delivery = DeliverySpec::with_sink(Sink::Nats {
             url: "nats://127.0.0.1:4222".into(),
@@ -418,7 +420,10 @@ mod tests {
         let server = after("[server]");
         assert!(server.contains("tls_cert = \"/d/cert.pem\""), "{server}");
         assert!(
-            server.contains("trusted_proxies = [\"198.51.100.20/32\"]"),
+            server.contains(
+                "client_address = { header = \"forwarded\", trusted_proxies = \
+                 [\"198.51.100.20/32\"] }"
+            ),
             "{server}"
         );
         assert_eq!(after("[server.limits]"), "[server.limits]\nrate_burst = 2");
@@ -451,7 +456,7 @@ mod tests {
         let text = spec.render();
         assert!(text.contains("tls = \"self-signed\"\n"), "{text}");
         for absent in [
-            "trusted_proxies",
+            "client_address",
             "[server.limits]",
             "[delivery]",
             "[[route]]",

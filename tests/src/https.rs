@@ -157,7 +157,21 @@ fn tls(
     dst: SocketAddr,
     config: &Arc<ClientConfig>,
 ) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
-    let tcp = connect_from(src, dst, Duration::from_secs(2), Duration::from_secs(15))?;
+    tls_after(&[], src, dst, config)
+}
+
+/// [`tls`], with `preamble` written on the TCP connection before the handshake (a PROXY
+/// protocol header, as a load balancer sends).
+fn tls_after(
+    preamble: &[u8],
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
+    let mut tcp = connect_from(src, dst, Duration::from_secs(2), Duration::from_secs(15))?;
+    if !preamble.is_empty() {
+        tcp.write_all(preamble)?;
+    }
     let conn = ClientConnection::new(Arc::clone(config), ServerName::IpAddress(dst.ip().into()))
         .map_err(io::Error::other)?;
     let mut stream = StreamOwned::new(conn, tcp);
@@ -236,7 +250,38 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Reply> {
-    let mut stream = tls(src, dst, config)?;
+    let stream = tls(src, dst, config)?;
+    exchange_one(stream, dst, method, path, headers, body)
+}
+
+/// A POST as [`request`] makes, on a connection that opens with `preamble` before the TLS
+/// handshake (a PROXY protocol header, as an L4 load balancer sends).
+///
+/// # Errors
+/// As [`request`]; the server closing the connection before or during the handshake is an
+/// error.
+pub fn post_after(
+    preamble: &[u8],
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Reply> {
+    let stream = tls_after(preamble, src, dst, config)?;
+    exchange_one(stream, dst, "POST", path, headers, body)
+}
+
+/// Writes one request on `stream` and reads the answer.
+fn exchange_one(
+    mut stream: StreamOwned<ClientConnection, std::net::TcpStream>,
+    dst: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Reply> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {dst}\r\n");
     for (name, value) in headers {
         let _ = write!(head, "{name}: {value}\r\n");

@@ -45,7 +45,7 @@ const STK_SUCCESS: &[u8] = include_bytes!(concat!(
 ));
 const ACCEPTED: &str = r#"{"ResultCode":0,"ResultDesc":"Accepted"}"#;
 
-/// An HTTPS lab in `mode` with this file's five routes (no trusted proxies).
+/// An HTTPS lab in `mode` with this file's five routes (the client is the socket peer).
 fn lab_in(mode: &str) -> Lab {
     let mut lab = Lab::https("hw-https-");
     lab.spec.mode = mode.to_owned();
@@ -391,11 +391,17 @@ fn stripe_signatures_built_by_the_test_are_checked_with_rotation_and_tolerance()
 #[test]
 fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
     // The proxy is 198.51.100.20: trusted, but not itself on the allowlist. Monitor mode lets
-    // its packets through the kernel, so the userspace client check is what answers.
+    // its packets through the kernel, so the userspace client check is what answers. The
+    // source is the `Forwarded` header; a reload switches it to `X-Forwarded-For`.
     let mut lab = lab_in("monitor");
-    lab.spec.trusted_proxies = vec![format!("{REFUSED_V4}/32")];
+    let source = |header: &str| {
+        Some(format!(
+            r#"{{ header = "{header}", trusted_proxies = ["{REFUSED_V4}/32"] }}"#
+        ))
+    };
+    lab.spec.client_address = source("forwarded");
     lab.write_config();
-    let daemon = lab.start();
+    let mut daemon = lab.start();
     let proxy = IpAddr::V4(REFUSED_V4);
     let path = format!("{MPESA}/{TOKEN}");
     let allowed = ALLOWED_V4.to_string();
@@ -405,8 +411,8 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
         (&[], 403, "the proxy itself is not an allowed client"),
         (
             &[("X-Forwarded-For", allowed.as_str())],
-            200,
-            "X-Forwarded-For from the trusted proxy",
+            403,
+            "X-Forwarded-For is not the configured source",
         ),
         (
             &[("Forwarded", "for=192.0.2.10;proto=https")],
@@ -429,7 +435,7 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
                 ("Forwarded", "for=203.0.113.9"),
             ],
             403,
-            "two headers that disagree are not believed",
+            "a second header the caller added is not read",
         ),
     ];
     for (n, (forwarding, status, what)) in cases.iter().enumerate() {
@@ -457,7 +463,45 @@ fn forwarding_headers_from_a_trusted_proxy_name_the_client() {
     let log = daemon.log();
     assert!(log.contains(r#""peer":"[::ffff:198.51.100.20]:"#), "{log}");
     assert!(log.contains(r#""client":"192.0.2.10""#), "{log}");
-    assert_eq!(requests(&daemon, MPESA, "forbidden_peer"), 4.0);
+    assert!(
+        log.contains(r#""reason":"client_address_missing""#),
+        "{log}"
+    );
+    assert_eq!(requests(&daemon, MPESA, "forbidden_peer"), 5.0);
+
+    // The same proxy, now configured as setting X-Forwarded-For (applied by a reload).
+    lab.spec.client_address = source("x-forwarded-for");
+    lab.write_config();
+    daemon.hup();
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "success")],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    for (n, (forwarding, status, what)) in [
+        (
+            [("X-Forwarded-For", allowed.as_str())],
+            200,
+            "X-Forwarded-For from the trusted proxy",
+        ),
+        (
+            [("Forwarded", "for=192.0.2.10")],
+            403,
+            "Forwarded is not the configured source any more",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = String::from_utf8_lossy(C2B_CONFIRMATION)
+            .replace("RKTQDM7W6S", &format!("RKTQDM7X{n:02}"));
+        let mut headers = vec![JSON];
+        headers.extend_from_slice(forwarding);
+        let r = lab.post(proxy, &path, &headers, body.as_bytes());
+        assert_reply(&r, *status, what, &daemon);
+    }
+    assert_eq!(requests(&daemon, MPESA, "forbidden_peer"), 6.0);
 }
 
 #[test]

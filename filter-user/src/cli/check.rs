@@ -4,7 +4,7 @@ use std::fmt::{self, Write as _};
 
 use ipnet::IpNet;
 
-use crate::config::{Config, Mode, SecretRef, Sink, Tls, human, without_query};
+use crate::config::{ClientAddress, Config, Mode, SecretRef, Sink, Tls, human, without_query};
 
 impl Config {
     /// What `hookwall check` prints for a valid config: every resolved setting, the effective
@@ -88,18 +88,29 @@ impl Config {
             }
             Tls::SelfSigned => row(out, "tls", "self-signed (for a first run only)"),
         }
-        let proxies: Vec<String> = server
-            .trusted_proxies
-            .iter()
-            .map(IpNet::to_string)
-            .collect();
+        let list = |nets: &[IpNet]| {
+            nets.iter()
+                .map(IpNet::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         row(
             out,
-            "trusted proxies",
-            if proxies.is_empty() {
-                "none".to_owned()
-            } else {
-                proxies.join(", ")
+            "client address",
+            match &server.client_address {
+                ClientAddress::Peer => "the socket peer".to_owned(),
+                ClientAddress::Header {
+                    header,
+                    trusted_proxies,
+                } => format!(
+                    "{} from trusted proxies {}",
+                    header.name(),
+                    list(trusted_proxies)
+                ),
+                ClientAddress::ProxyProtocol { trusted_proxies } => format!(
+                    "PROXY protocol from trusted balancers {}",
+                    list(trusted_proxies)
+                ),
             },
         );
         let l = &server.limits;

@@ -54,9 +54,9 @@ pub use check::{
         DEFAULT_VALIDATION_TIMEOUT, Encoding, OnFailure, RouteConfig, ValidationConfig, VerifyKind,
     },
     server::{
-        DEFAULT_BODY_LIMIT_BYTES, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+        ClientAddress, DEFAULT_BODY_LIMIT_BYTES, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
         DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RATE_BURST,
-        DEFAULT_RATE_PER_SECOND, Limits, ServerConfig, Tls,
+        DEFAULT_RATE_PER_SECOND, ForwardedHeader, Limits, ServerConfig, Tls,
     },
     store::{DEFAULT_RETENTION, StoreConfig},
 };

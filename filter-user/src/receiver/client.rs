@@ -1,225 +1,172 @@
 //! Who is calling: the client address a request is judged by (the `mpesa` allowlist, the rate
-//! limit, the audit line's `client`).
+//! limit, the audit line's `client`), from the one source `server.client_address` names.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
-/// The client's address: `peer` (IPv4-mapped IPv6 as IPv4) unless `peer` is a trusted proxy;
-/// then the forwarding headers are walked from the right, through trusted hops only: the
-/// `for=` parameters of `Forwarded` (RFC 7239) and the entries of `X-Forwarded-For`. A header
-/// from an untrusted peer is never read; an unparsable hop (`unknown`, an obfuscated name,
-/// garbage) ends the walk at the last trusted address.
-///
-/// A proxy sets one of the two headers, and a client can send the other: if both are present
-/// and lead to different addresses, neither is believed and the answer is the proxy itself
-/// (fail closed: a proxy's address is not on an `mpesa` allowlist).
-#[must_use]
-pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip));
-    let peer = peer.to_canonical();
-    if !is_trusted(peer) {
-        return peer;
-    }
-    let walk = |hops: Vec<Option<IpAddr>>| {
-        let mut client = peer;
-        for hop in hops.into_iter().rev() {
-            let Some(ip) = hop else {
-                break;
-            };
-            client = ip.to_canonical();
-            if !is_trusted(client) {
-                break;
-            }
+use crate::config::{ClientAddress, ForwardedHeader};
+
+/// The client address of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// The source named the client.
+    Known(IpAddr),
+    /// A trusted proxy named no usable client: its header was missing or held an entry that is
+    /// not an address, or its PROXY header said `UNKNOWN` / `LOCAL`. A route that checks the
+    /// source refuses the request (reason [`Unknown::reason`]); the rate limit and the audit
+    /// line count it under the proxy's own address, which is never judged as the client.
+    Unknown {
+        /// The socket peer (the proxy).
+        proxy: IpAddr,
+        why: Unknown,
+    },
+}
+
+/// Why a trusted proxy's request has no client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unknown {
+    /// The configured header is absent.
+    Missing,
+    /// An entry of the header, from the right up to the client, is not an address
+    /// (`unknown`, an obfuscated name, garbage).
+    Malformed,
+    /// The connection's PROXY header carried no source address (`UNKNOWN`, `LOCAL`).
+    ProxyLocal,
+}
+
+impl Unknown {
+    /// The audit line's `reason` when a route that checks the source refuses the request.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "client_address_missing",
+            Self::Malformed => "client_address_malformed",
+            Self::ProxyLocal => "client_address_unknown",
         }
-        client
-    };
-    let values = |name: &str| -> Vec<&str> {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    };
-    let xff = values("x-forwarded-for");
-    let forwarded = values("forwarded");
-    let from_xff = (!xff.is_empty()).then(|| {
-        walk(
-            xff.iter()
-                .flat_map(|v| v.split(','))
-                .map(|hop| hop.trim().parse::<IpAddr>().ok())
-                .collect(),
-        )
-    });
-    let from_forwarded = (!forwarded.is_empty())
-        .then(|| walk(forwarded.iter().flat_map(|v| forwarded_for(v)).collect()));
-    match (from_xff, from_forwarded) {
-        (Some(a), Some(b)) if a != b => peer,
-        (Some(a), _) | (None, Some(a)) => a,
-        (None, None) => peer,
     }
 }
 
-/// The `for=` address of each element of one `Forwarded` header value, in order; `None` for an
-/// element whose `for` is missing, `unknown`, obfuscated or unparsable. RFC 7239 forms:
-/// `for=192.0.2.60`, `for="192.0.2.60:4711"`, `for="[2001:db8::17]"`, `for="[2001:db8::17]:4711"`.
-fn forwarded_for(value: &str) -> Vec<Option<IpAddr>> {
-    value
-        .split(',')
-        .map(|element| {
-            let node = element.split(';').find_map(|pair| {
-                let (name, value) = pair.split_once('=')?;
-                name.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| value.trim().trim_matches('"'))
-            })?;
-            if let Some(rest) = node.strip_prefix('[') {
-                let (v6, _port) = rest.split_once(']')?;
-                return v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+impl Client {
+    /// The address the rate limit and the audit line count the request under.
+    pub(crate) fn addr(self) -> IpAddr {
+        match self {
+            Self::Known(ip) | Self::Unknown { proxy: ip, .. } => ip,
+        }
+    }
+}
+
+/// What the connection layer learned about a connection's client before any request: set as a
+/// request extension on connections that a trusted balancer opened with a PROXY header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxiedClient {
+    /// The PROXY header's source address.
+    Source(SocketAddr),
+    /// `UNKNOWN` (v1) or `LOCAL` / an unspecified family (v2): the balancer's own connection.
+    Local,
+}
+
+/// Whether `ip` is in `trusted`.
+pub(crate) fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client of a request from the socket `peer` under `source`.
+///
+/// - `"peer"`: the peer.
+/// - a header: a peer that is not a trusted proxy is the client (its header is never read);
+///   from a trusted proxy, the configured header's entries (every line, in order) are walked
+///   from the right, skipping trusted proxies; the first untrusted entry is the client, and if
+///   every entry is trusted the left-most is. The other forwarding header is never read. A
+///   missing header or an entry that is not an address ends in [`Client::Unknown`], never in
+///   the proxy's own address.
+/// - PROXY protocol: `proxied`, which the connection layer set from the balancer's header;
+///   a connection without it came from an untrusted peer, which is the client.
+///
+/// IPv4-mapped IPv6 addresses are judged as IPv4.
+pub(crate) fn client_addr(
+    source: &ClientAddress,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxied: Option<ProxiedClient>,
+) -> Client {
+    let peer = peer.to_canonical();
+    match source {
+        ClientAddress::Peer => Client::Known(peer),
+        ClientAddress::ProxyProtocol { .. } => match proxied {
+            None => Client::Known(peer),
+            Some(ProxiedClient::Source(addr)) => Client::Known(addr.ip().to_canonical()),
+            Some(ProxiedClient::Local) => Client::Unknown {
+                proxy: peer,
+                why: Unknown::ProxyLocal,
+            },
+        },
+        ClientAddress::Header {
+            header,
+            trusted_proxies,
+        } => {
+            if !is_trusted(trusted_proxies, peer) {
+                return Client::Known(peer);
             }
-            // IPv4 with or without a port (a bare IPv6 is not valid here: it must be bracketed).
-            let host = node.split_once(':').map_or(node, |(host, _port)| host);
-            host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
-        })
-        .collect()
+            let unknown = |why| Client::Unknown { proxy: peer, why };
+            let Some(values) = headers
+                .get_all(header.name())
+                .iter()
+                .map(|v| v.to_str().ok())
+                .collect::<Option<Vec<&str>>>()
+            else {
+                return unknown(Unknown::Malformed);
+            };
+            if values.is_empty() {
+                return unknown(Unknown::Missing);
+            }
+            let entries = values
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(|entry| match header {
+                    ForwardedHeader::XForwardedFor => xff_entry(entry),
+                    ForwardedHeader::Forwarded => forwarded_for(entry),
+                });
+            let mut client = None;
+            for entry in entries.rev() {
+                let Some(ip) = entry else {
+                    return unknown(Unknown::Malformed);
+                };
+                let ip = ip.to_canonical();
+                client = Some(ip);
+                if !is_trusted(trusted_proxies, ip) {
+                    break;
+                }
+            }
+            client.map_or(unknown(Unknown::Missing), Client::Known)
+        }
+    }
+}
+
+/// One `X-Forwarded-For` entry: a bare address (IPv6 without brackets, as nginx and most
+/// balancers write it); anything else is `None`.
+fn xff_entry(entry: &str) -> Option<IpAddr> {
+    entry.trim().parse().ok()
+}
+
+/// The `for=` address of one element of a `Forwarded` header (RFC 7239); `None` for an element
+/// whose `for` is missing, `unknown`, obfuscated or unparsable. Forms: `for=192.0.2.60`,
+/// `for="192.0.2.60:4711"`, `for="[2001:db8::17]"`, `for="[2001:db8::17]:4711"`.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let node = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().trim_matches('"'))
+    })?;
+    if let Some(rest) = node.strip_prefix('[') {
+        let (v6, _port) = rest.split_once(']')?;
+        return v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    // IPv4 with or without a port (a bare IPv6 is not valid here: it must be bracketed).
+    let host = node.split_once(':').map_or(node, |(host, _port)| host);
+    host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]
-mod tests {
-    use axum::http::HeaderValue;
-
-    use super::*;
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|n| n.parse().unwrap()).collect()
-    }
-
-    fn xff(values: &[&str]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for v in values {
-            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
-        }
-        headers
-    }
-
-    #[test]
-    fn untrusted_peer_header_changes_nothing() {
-        let peer: IpAddr = "198.51.100.20".parse().unwrap();
-        let headers = xff(&["192.0.2.10"]);
-        assert_eq!(client_addr(peer, &headers, &[]), peer);
-        assert_eq!(
-            client_addr(peer, &headers, &nets(&["203.0.113.0/24"])),
-            peer
-        );
-    }
-
-    #[test]
-    fn walks_trusted_hops_from_the_right() {
-        let trusted = nets(&["203.0.113.0/24"]);
-        let peer: IpAddr = "203.0.113.1".parse().unwrap();
-        // The left-most entry is whatever the client claimed; only the hop the trusted proxy
-        // saw counts.
-        let headers = xff(&["192.0.2.99, 198.51.100.7", "203.0.113.2"]);
-        assert_eq!(
-            client_addr(peer, &headers, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-        // All hops trusted: the left-most one.
-        let headers = xff(&["203.0.113.9"]);
-        assert_eq!(
-            client_addr(peer, &headers, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        // Garbage stops the walk at the last trusted address.
-        let headers = xff(&["192.0.2.5, nonsense"]);
-        assert_eq!(client_addr(peer, &headers, &trusted), peer);
-        // No header: the peer.
-        assert_eq!(client_addr(peer, &HeaderMap::new(), &trusted), peer);
-    }
-
-    fn forwarded(values: &[&str]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for v in values {
-            headers.append("forwarded", HeaderValue::from_str(v).unwrap());
-        }
-        headers
-    }
-
-    #[test]
-    fn reads_rfc7239_forwarded_through_trusted_hops() {
-        let trusted = nets(&["203.0.113.0/24", "2001:db8:ff::/48"]);
-        let peer: IpAddr = "203.0.113.1".parse().unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        // The RFC's own examples, quoted, with ports, IPv6 in brackets, other parameters.
-        for (value, expect) in [
-            ("for=192.0.2.60;proto=http;by=203.0.113.43", "192.0.2.60"),
-            (r#"for="192.0.2.43:47011""#, "192.0.2.43"),
-            (r#"For="[2001:db8:cafe::17]:4711""#, "2001:db8:cafe::17"),
-            (r#"for="[2001:db8:cafe::17]""#, "2001:db8:cafe::17"),
-            ("for=192.0.2.43, for=198.51.100.17", "198.51.100.17"),
-            // Walked from the right through trusted hops only.
-            (
-                "for=192.0.2.99, for=198.51.100.7, for=203.0.113.2",
-                "198.51.100.7",
-            ),
-            (r#"for=192.0.2.99, for="[2001:db8:ff::5]""#, "192.0.2.99"),
-            // Unknown, obfuscated or garbage: the walk stops at the last trusted address.
-            ("for=unknown", "203.0.113.1"),
-            ("for=_hidden, for=203.0.113.7", "203.0.113.7"),
-            ("for=2001:db8::1", "203.0.113.1"),
-            ("proto=https", "203.0.113.1"),
-        ] {
-            assert_eq!(
-                client_addr(peer, &forwarded(&[value]), &trusted),
-                ip(expect),
-                "{value}"
-            );
-        }
-        // Several header lines are one list, in order.
-        assert_eq!(
-            client_addr(
-                peer,
-                &forwarded(&["for=192.0.2.1", "for=198.51.100.3"]),
-                &trusted
-            ),
-            ip("198.51.100.3")
-        );
-        // From an untrusted peer the header is never read.
-        let stranger = ip("198.51.100.20");
-        assert_eq!(
-            client_addr(stranger, &forwarded(&["for=192.0.2.10"]), &trusted),
-            stranger
-        );
-    }
-
-    #[test]
-    fn disagreeing_forwarding_headers_are_not_believed() {
-        let trusted = nets(&["203.0.113.0/24"]);
-        let peer: IpAddr = "203.0.113.1".parse().unwrap();
-        let mut both = xff(&["198.51.100.7"]);
-        both.append("forwarded", HeaderValue::from_static("for=192.0.2.10"));
-        assert_eq!(client_addr(peer, &both, &trusted), peer);
-        let mut agree = xff(&["198.51.100.7"]);
-        agree.append("forwarded", HeaderValue::from_static("for=198.51.100.7"));
-        assert_eq!(
-            client_addr(peer, &agree, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-    }
-
-    #[test]
-    fn mapped_peers_are_ipv4() {
-        let peer: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
-        assert_eq!(
-            client_addr(peer, &HeaderMap::new(), &[]),
-            "192.0.2.10".parse::<IpAddr>().unwrap()
-        );
-        let trusted = nets(&["203.0.113.0/24"]);
-        let peer: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
-        assert_eq!(
-            client_addr(peer, &xff(&["::ffff:192.0.2.7"]), &trusted),
-            "192.0.2.7".parse::<IpAddr>().unwrap()
-        );
-    }
-}
+mod tests;

@@ -1,8 +1,9 @@
-//! One connection: the TLS handshake, HTTP/1.1 or HTTP/2 as ALPN chose, the request count that
+//! One connection: the PROXY protocol header when `server.client_address` asks for one, the TLS
+//! handshake, HTTP/1.1 or HTTP/2 as ALPN chose, the request count that
 //! closes an idle HTTP/2 connection, and the 408 answered when a request's headers are too slow.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     task::Poll,
@@ -24,7 +25,10 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     App, HANDSHAKE_TIMEOUT, Peer,
     audit::{Answered, Audit, Outcome},
+    client::ProxiedClient,
+    proxy::{self, Refused, Rewind},
 };
+use crate::{config::ClientAddress, metrics::ConnectionLabels};
 
 /// What every connection of one server is served with.
 pub(super) struct Shared {
@@ -48,7 +52,30 @@ pub(super) async fn serve(
     watcher: Watcher,
 ) {
     let _permit = permit;
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    // One deadline for the PROXY header and the handshake together.
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let routing = shared.app.routing.load_full();
+    let (stream, proxied) = match &routing.client_address {
+        ClientAddress::ProxyProtocol { trusted_proxies } => {
+            match tokio::time::timeout_at(deadline, proxy::read_header(tcp, peer, trusted_proxies))
+                .await
+            {
+                Ok(Ok(read)) => read,
+                Ok(Err(refused)) => return refuse(&shared.app, peer, refused),
+                Err(_) if proxy::is_trusted_peer(trusted_proxies, peer) => {
+                    return refuse(&shared.app, peer, Refused::Missing);
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        _ => (Rewind::new(Vec::new(), tcp), None),
+    };
+    // The routes in force change at reloads; a long connection must not keep old ones alive.
+    drop(routing);
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -59,11 +86,19 @@ pub(super) async fn serve(
             return;
         }
     };
+    // The client the audit line of a header timeout names.
+    let client = match proxied {
+        Some(ProxiedClient::Source(source)) => source.ip().to_canonical(),
+        _ => peer.ip().to_canonical(),
+    };
     let activity = Activity::new();
     let requests = Arc::clone(&activity);
     let service_shared = Arc::clone(&shared);
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(Peer(peer));
+        if let Some(proxied) = proxied {
+            req.extensions_mut().insert(proxied);
+        }
         let mut router = service_shared.router.clone();
         let guard = requests.begin();
         async move {
@@ -82,11 +117,23 @@ pub(super) async fn serve(
     let conn = builder.serve_connection(TokioIo::new(io.clone()), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         if is_header_timeout(&*e) {
-            answer_header_timeout(&shared.app, peer, io).await;
+            answer_header_timeout(&shared.app, peer, client, io).await;
         } else {
             tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
         }
     }
+}
+
+/// Closes a connection refused before TLS: counted in `hookwall_connections_refused_total` and
+/// logged with the peer (there is no request, so no audit line).
+fn refuse(app: &App, peer: SocketAddr, refused: Refused) {
+    app.metrics
+        .connections_refused
+        .get_or_create(&ConnectionLabels {
+            reason: refused.as_str(),
+        })
+        .inc();
+    tracing::warn!(%peer, reason = refused.as_str(), "connection refused: {refused}");
 }
 
 /// A connection's stream, shared with hyper, that remembers whether the client has sent bytes
@@ -307,7 +354,12 @@ fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// After a header timeout: 408 (outcome `timeout`, reason `header_timeout`, route `none`) if
 /// part of a request arrived, then close.
-async fn answer_header_timeout<T: AsyncWrite + Unpin>(app: &App, peer: SocketAddr, io: Tracked<T>) {
+async fn answer_header_timeout<T: AsyncWrite + Unpin>(
+    app: &App,
+    peer: SocketAddr,
+    client: IpAddr,
+    io: Tracked<T>,
+) {
     const ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; \
         charset=utf-8\r\ncontent-length: 15\r\nconnection: close\r\n\r\nRequest Timeout";
     if !io.lock().partial {
@@ -329,7 +381,7 @@ async fn answer_header_timeout<T: AsyncWrite + Unpin>(app: &App, peer: SocketAdd
         &Answered {
             time,
             peer,
-            client: peer.ip().to_canonical(),
+            client,
             outcome: Outcome::Timeout,
             reason: "header_timeout",
             status: 408,

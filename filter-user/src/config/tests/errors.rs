@@ -329,9 +329,100 @@ fn server_cases() -> Vec<Case> {
             "a bad trusted proxy is reported at its element",
             lines(&[
                 "[server]",
-                "trusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3/16\"]",
+                "client_address = { header = \"x-forwarded-for\", trusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3/16\"] }",
             ]),
-            vec![at("server.trusted_proxies[1]", 2, &["host bits set"])],
+            vec![at(
+                "server.client_address.trusted_proxies[1]",
+                2,
+                &["host bits set"],
+            )],
+        ),
+        case(
+            "the removed server.trusted_proxies says what to write instead",
+            lines(&["[server]", "trusted_proxies = [\"10.0.0.5\"]"]),
+            vec![at(
+                "server.trusted_proxies",
+                2,
+                &[
+                    "no longer read",
+                    "client_address = { header = \"x-forwarded-for\", trusted_proxies = [\"10.0.0.5\"] }",
+                    "proxy_protocol = true",
+                ],
+            )],
+        ),
+        case(
+            "a header name that is not a source of the client address",
+            lines(&["[server]", "client_address = \"x-forwarded-for\""]),
+            vec![at(
+                "server.client_address",
+                2,
+                &["is not a source", "{ header = \"x-forwarded-for\""],
+            )],
+        ),
+        case(
+            "a misspelled header",
+            lines(&[
+                "[server]",
+                "client_address = { header = \"x-forwarded-fro\", trusted_proxies = [\"10.0.0.5\"] }",
+            ]),
+            vec![at(
+                "server.client_address.header",
+                2,
+                &["did you mean \"x-forwarded-for\"?"],
+            )],
+        ),
+        case(
+            "a header and the PROXY protocol at once",
+            lines(&[
+                "[server]",
+                "client_address = { header = \"forwarded\", proxy_protocol = true, trusted_proxies = [\"10.0.0.5\"] }",
+            ]),
+            vec![at("server.client_address", 2, &["never both"])],
+        ),
+        case(
+            "a header source without trusted proxies",
+            lines(&["[server]", "client_address = { header = \"forwarded\" }"]),
+            vec![at(
+                "server.client_address",
+                2,
+                &["trusted_proxies is missing", "client_address = \"peer\""],
+            )],
+        ),
+        case(
+            "an empty trusted list",
+            lines(&[
+                "[server]",
+                "client_address = { proxy_protocol = true, trusted_proxies = [] }",
+            ]),
+            vec![at(
+                "server.client_address.trusted_proxies",
+                2,
+                &["the list is empty"],
+            )],
+        ),
+        case(
+            "proxy_protocol = false",
+            lines(&[
+                "[server]",
+                "client_address = { proxy_protocol = false, trusted_proxies = [\"10.0.0.5\"] }",
+            ]),
+            vec![at(
+                "server.client_address.proxy_protocol",
+                2,
+                &["client_address = \"peer\""],
+            )],
+        ),
+        case(
+            "an unknown key in the client address table",
+            lines(&[
+                "[server]",
+                "client_address = { headers = \"forwarded\", trusted_proxies = [\"10.0.0.5\"] }",
+            ]),
+            vec![at(
+                "server.client_address.headers",
+                2,
+                &["did you mean `header`?"],
+            )],
         ),
     ];
     for (server, metrics) in [
@@ -1080,7 +1171,7 @@ fn syntax_and_unknown_key_cases() -> Vec<Case> {
             vec![at(
                 "server.workers",
                 2,
-                &["listen, tls_cert, tls_key, tls, trusted_proxies"],
+                &["listen, tls_cert, tls_key, tls, client_address"],
             )],
         ),
         case(

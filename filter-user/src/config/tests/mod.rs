@@ -129,7 +129,7 @@ fn an_empty_file_gives_the_documented_defaults() {
                 cert: "/etc/hookwall/tls/fullchain.pem".into(),
                 key: "/etc/hookwall/tls/privkey.pem".into(),
             },
-            trusted_proxies: Vec::new(),
+            client_address: ClientAddress::Peer,
             limits: Limits::default(),
         }
     );
@@ -160,7 +160,7 @@ listen = "0.0.0.0:443"
 tls_cert = "/etc/hookwall/tls/fullchain.pem"
 tls_key = "/etc/hookwall/tls/privkey.pem"
 # tls = "self-signed"        # instead of the two files, for a first run only; never the default
-trusted_proxies = []         # only these peers' X-Forwarded-For is believed
+client_address = "peer"      # who the client is: the socket peer (no proxy in front)
 
 [store]
 path = "/var/lib/hookwall/events.db"   # embedded SQLite; every accepted event, before it is answered

@@ -15,18 +15,52 @@ fn relative_tls_files_resolve_beside_the_config() {
 }
 
 #[test]
-fn trusted_proxies_are_parsed() {
+fn client_address_sources_are_parsed() {
+    assert_eq!(parse_ok("").server.client_address, ClientAddress::Peer);
+    let config = parse_ok(&lines(&["[server]", "client_address = \"peer\""]));
+    assert_eq!(config.server.client_address, ClientAddress::Peer);
+    let nets =
+        |list: &[&str]| -> Vec<ipnet::IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
     let config = parse_ok(&lines(&[
         "[server]",
-        "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]",
+        "client_address = { header = \"x-forwarded-for\", trusted_proxies = [\"10.0.0.0/8\", \"::1\"] }",
     ]));
-    let proxies: Vec<String> = config
-        .server
-        .trusted_proxies
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(proxies, ["10.0.0.0/8", "::1/128"]);
+    assert_eq!(
+        config.server.client_address,
+        ClientAddress::Header {
+            header: ForwardedHeader::XForwardedFor,
+            trusted_proxies: nets(&["10.0.0.0/8", "::1/128"]),
+        }
+    );
+    assert!(
+        config
+            .render_check()
+            .contains("x-forwarded-for from trusted proxies 10.0.0.0/8, ::1/128"),
+        "{}",
+        config.render_check()
+    );
+    let config = parse_ok(&lines(&[
+        "[server.client_address]",
+        "header = \"forwarded\"",
+        "trusted_proxies = [\"203.0.113.5\"]",
+    ]));
+    assert_eq!(
+        config.server.client_address,
+        ClientAddress::Header {
+            header: ForwardedHeader::Forwarded,
+            trusted_proxies: nets(&["203.0.113.5/32"]),
+        }
+    );
+    let config = parse_ok(&lines(&[
+        "[server]",
+        "client_address = { proxy_protocol = true, trusted_proxies = [\"203.0.113.0/28\"] }",
+    ]));
+    assert_eq!(
+        config.server.client_address,
+        ClientAddress::ProxyProtocol {
+            trusted_proxies: nets(&["203.0.113.0/28"]),
+        }
+    );
 }
 
 #[test]
