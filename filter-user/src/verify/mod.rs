@@ -24,6 +24,8 @@
 //! part of this module that does.
 
 mod mpesa;
+#[cfg(test)]
+mod props;
 mod sign;
 mod signed;
 
