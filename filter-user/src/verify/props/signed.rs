@@ -275,7 +275,7 @@ fn stripe_syntax() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn stripe_verdicts_agree_with_the_reference((keys, body, header, now) in stripe_case()) {
@@ -491,7 +491,7 @@ fn sw_verifier(case: &SwCase) -> Verifier {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn standard_webhooks_verdicts_agree_with_the_reference(case in sw_case()) {
@@ -576,7 +576,7 @@ fn github_value(signature: &GithubSignature, good: &[u8]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn github_verdicts_agree_with_the_reference(
@@ -672,7 +672,7 @@ fn prefixed_value() -> impl Strategy<Value = (Option<usize>, bool, bool, Vec<Mut
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn hmac_sha256_verdicts_agree_with_the_reference(
