@@ -16,7 +16,8 @@
 //!   token, a signature or a body.
 //!
 //! The kinds live in two submodules: `mpesa` (Daraja's path token, callback bodies and answers)
-//! and `signed` (the HMAC schemes and shared secrets).
+//! and `signed` (the HMAC schemes and shared secrets). `props`, in tests only, holds the property
+//! tests that check every kind against references on generated and mutated hostile input.
 //!
 //! `sign` is the other direction: [`Signer`] signs what hookwall itself sends (deliveries,
 //! validation forwards) the Standard Webhooks way, with the same key decoding as a
