@@ -30,6 +30,8 @@
 
 mod audit;
 mod client;
+#[cfg(test)]
+mod client_props;
 mod conn;
 mod pipeline;
 mod proxy;

@@ -16,7 +16,8 @@
 //!   token, a signature or a body.
 //!
 //! The kinds live in two submodules: `mpesa` (Daraja's path token, callback bodies and answers)
-//! and `signed` (the HMAC schemes and shared secrets).
+//! and `signed` (the HMAC schemes and shared secrets). `props`, in tests only, holds the property
+//! tests that check every kind against references on generated and mutated hostile input.
 //!
 //! `sign` is the other direction: [`Signer`] signs what hookwall itself sends (deliveries,
 //! validation forwards) the Standard Webhooks way, with the same key decoding as a
@@ -24,6 +25,8 @@
 //! part of this module that does.
 
 mod mpesa;
+#[cfg(test)]
+mod props;
 mod sign;
 mod signed;
 
@@ -598,9 +601,9 @@ fn malformed(header: &HeaderName, why: &'static str) -> Refusal {
 }
 
 /// Reads a signed timestamp: whole seconds since 1970, digits only (a sign would let one
-/// timestamp be written two ways, and senders never send one).
+/// timestamp be written two ways, and senders never send one), at least one of them.
 fn parse_timestamp(text: &str, header: &HeaderName) -> Result<i64, Refusal> {
-    if !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed(
             header,
             "the timestamp is not whole seconds since 1970",
@@ -851,6 +854,21 @@ mod tests {
         }
         let refusal = parse_timestamp("99999999999999999999", &name).unwrap_err();
         assert_eq!(refusal.reason(), "malformed_header");
+    }
+
+    #[test]
+    fn an_empty_timestamp_is_not_whole_seconds_rather_than_out_of_range() {
+        // `Stripe-Signature: t=,v1=...` is the one way to send an empty timestamp (an empty
+        // header is refused earlier); the message must say what is wrong with it.
+        let verifier = verifier_for(VerifyKind::Stripe, &[b"whsec_k"]);
+        let map = headers(&[("stripe-signature", "t=,v1=00")]);
+        assert_eq!(
+            check(&verifier, &map, b"{}", at(0)),
+            Err(Refusal::MalformedHeader {
+                header: HeaderName::from_static("stripe-signature"),
+                why: "the timestamp is not whole seconds since 1970",
+            })
+        );
     }
 
     #[test]

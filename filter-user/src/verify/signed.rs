@@ -55,7 +55,7 @@ pub(super) fn standard_webhooks(
 
 /// The decodable `v1` signatures of a `webhook-signature` header; `None` if it has no `v1` entry
 /// at all (other versions, such as the asymmetric `v1a`, are not ours to check).
-fn standard_webhooks_signatures(header: &str) -> Option<Vec<Vec<u8>>> {
+pub(super) fn standard_webhooks_signatures(header: &str) -> Option<Vec<Vec<u8>>> {
     let mut saw_v1 = false;
     let mut signatures = Vec::new();
     for entry in header.split_ascii_whitespace() {
@@ -97,17 +97,17 @@ pub(super) fn stripe(
 
 /// The parts of a `Stripe-Signature` header we use.
 #[derive(Debug, PartialEq, Eq)]
-struct StripeHeader<'h> {
+pub(super) struct StripeHeader<'h> {
     /// `t`, as written: the signed payload starts with exactly these bytes.
-    timestamp: &'h str,
+    pub(super) timestamp: &'h str,
     /// The decodable `v1` signatures.
-    signatures: Vec<Vec<u8>>,
+    pub(super) signatures: Vec<Vec<u8>>,
 }
 
 /// Splits a `Stripe-Signature` header. `v0` (a legacy test-mode scheme) and unknown keys are
 /// ignored, as Stripe's libraries do; a second `t` is refused, since it would make the signed
 /// payload ambiguous.
-fn parse_stripe(header: &str) -> Result<StripeHeader<'_>, &'static str> {
+pub(super) fn parse_stripe(header: &str) -> Result<StripeHeader<'_>, &'static str> {
     let mut timestamp = None;
     let mut signatures = Vec::new();
     let mut saw_v1 = false;
