@@ -6,6 +6,11 @@ use super::*;
 fn run_as_names_a_user_of_the_host() {
     assert_eq!(parse_ok("").daemon.run_as, None, "root by default");
     let config = parse_ok(&lines(&["[daemon]", "run_as = \"hookwall\""]));
+    let shown = config.render_check();
+    assert!(
+        shown.contains("run as            hookwall (uid 990, gid 985) after start"),
+        "{shown}"
+    );
     let user = config.daemon.run_as.expect("run_as");
     assert_eq!(
         (user.name.as_str(), user.uid, user.gid),
