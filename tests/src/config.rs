@@ -2,7 +2,7 @@
 //! to TOML.
 //!
 //! - [`ConfigSpec`]: the whole file: filter, allowlist, server (TLS files, the client address source,
-//!   `[server.limits]`), metrics, store, `[delivery]` and the `[[route]]`s.
+//!   `[server.limits]`), metrics, store, `[delivery]`, the `[[route]]`s and `[daemon]`.
 //! - [`DeliverySpec`]: `[delivery]` with an HTTP sink or `[delivery.nats]`.
 //! - [`Route`]: one `[[route]]`, its secrets read from files.
 //! - [`write_atomic`]: replaces a config the way editors do, so a running daemon never reads
@@ -50,6 +50,8 @@ pub struct ConfigSpec {
     pub delivery: Option<DeliverySpec>,
     /// The `[[route]]`s.
     pub routes: Vec<Route>,
+    /// `daemon.run_as`, if set.
+    pub run_as: Option<String>,
 }
 
 impl ConfigSpec {
@@ -72,6 +74,7 @@ impl ConfigSpec {
             store_path: dir.join("events.db"),
             delivery: None,
             routes: Vec::new(),
+            run_as: None,
         }
     }
 
@@ -131,6 +134,11 @@ impl ConfigSpec {
         for route in &self.routes {
             let _ = writeln!(s);
             route.render(&mut s);
+        }
+        if let Some(user) = &self.run_as {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[daemon]");
+            let _ = writeln!(s, "run_as = {user:?}");
         }
         s
     }

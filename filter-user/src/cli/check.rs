@@ -142,6 +142,22 @@ impl Config {
         self.render_delivery(out);
         section(out, "[metrics]");
         row(out, "listen", self.metrics.listen);
+        section(out, "[daemon]");
+        match &self.daemon.run_as {
+            Some(user) => row(
+                out,
+                "run as",
+                format_args!(
+                    "{} (uid {}, gid {}) after start, with CAP_BPF only",
+                    user.name, user.uid, user.gid
+                ),
+            ),
+            None => row(
+                out,
+                "run as",
+                "root after start, with CAP_BPF only (set run_as to leave uid 0)",
+            ),
+        }
     }
 
     fn render_delivery(&self, out: &mut String) {

@@ -1,4 +1,5 @@
-//! What the config needs to know about the machine: its interfaces and its default route.
+//! What the config needs to know about the machine: its interfaces, its default route and its
+//! users.
 
 /// What the config needs to know about the host; a trait so tests do not depend on the machine's
 /// interfaces and routes.
@@ -7,6 +8,8 @@ pub(crate) trait Host {
     fn interfaces(&self) -> Vec<String>;
     /// The interface of the default route: IPv4's, else IPv6's.
     fn default_route_interface(&self) -> Option<String>;
+    /// The user id and primary group id of the user `name`, if it exists.
+    fn user(&self, name: &str) -> Option<(u32, u32)>;
 }
 
 /// The machine we run on, read from /sys and /proc (reading only: `check` touches nothing).
@@ -44,6 +47,12 @@ impl Host for LiveHost {
         read("/proc/net/route")
             .and_then(|table| default_route_v4(&table))
             .or_else(|| read("/proc/net/ipv6_route").and_then(|table| default_route_v6(&table)))
+    }
+
+    fn user(&self, name: &str) -> Option<(u32, u32)> {
+        // The name service (passwd, and whatever nsswitch.conf adds), as `id NAME` asks it.
+        let user = nix::unistd::User::from_name(name).ok()??;
+        Some((user.uid.as_raw(), user.gid.as_raw()))
     }
 }
 

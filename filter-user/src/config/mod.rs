@@ -17,11 +17,11 @@
 //! [`SecretRef::resolve`] reads them when needed.
 //!
 //! Layout: each section of the file (`[filter]`, `[allow]`, `[server]`, `[store]`, `[metrics]`,
-//! `[delivery]`, `[[route]]`) has one file under `check/` holding its `Raw*` schema, its resolved
+//! `[delivery]`, `[[route]]`, `[daemon]`) has one file under `check/` holding its `Raw*` schema, its resolved
 //! type, its defaults and its checks, so that a key is added in one place. What is shared lives
 //! beside it: `diagnostics` (errors, key paths, suggestions, the keys each table accepts), `host`
-//! (interfaces and default routes), `secret` (secret references), `permissions` (secret files
-//! others can read) and `url` (URLs as text).
+//! (interfaces, default routes and users), `secret` (secret references), `permissions` (secret
+//! files others can read) and `url` (URLs as text).
 
 mod check;
 mod diagnostics;
@@ -43,6 +43,7 @@ use toml::de::DeTable;
 pub(crate) use check::human;
 pub use check::{
     allow::AllowConfig,
+    daemon::{DaemonConfig, RunAs},
     delivery::{
         DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_CONCURRENCY,
         DEFAULT_DELIVERY_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS,
@@ -94,6 +95,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The effective allowlist built from presets, CIDRs and files.
     pub allowlist: Allowlist,
+    /// `[daemon]`: the process `hookwall run` becomes once the filter is in force.
+    pub daemon: DaemonConfig,
 }
 
 /// Reads and validates the config file at `path`.

@@ -5,8 +5,10 @@
 //! A reload is all or nothing: the new config is validated in full first; if applying it to the
 //! kernel then fails, the previous state is applied again, so an invalid or failing config never
 //! leaves the filter half-changed. What a reload applies and what waits for a restart is decided
-//! in `reload`; the services and their stop order are in `services`.
+//! in `reload`; the services and their stop order are in `services`; what the daemon keeps of
+//! root's privileges once the filter is in force, and the user it becomes, in `privileges`.
 
+mod privileges;
 mod reload;
 mod services;
 
@@ -20,6 +22,7 @@ use tokio::{
 
 pub use self::reload::desired;
 use self::{
+    privileges::PrivilegeDrop,
     reload::{InForce, Reloaded},
     services::{Receiver, Services},
 };
@@ -48,6 +51,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::warn!("{loose}");
     }
     receiver::install_crypto_provider();
+    // Whether the identity kept after bring-up can still read and write what it needs is known
+    // before anything is touched.
+    let privileges = PrivilegeDrop::prepare(&config)?;
     // Bind, open and connect everything that can fail for a reason outside the kernel before
     // touching it, so a busy port, an unreadable store or secret fails the start with nothing
     // attached. Serving starts only once the filter is in force.
@@ -94,6 +100,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     metrics.set_prefixes(v4, v6);
     metrics.mark_loaded();
+    // Everything that needs more than a reload does is done: nothing runs with it from here on,
+    // least of all the HTTPS server.
+    privileges.apply(&pins)?;
 
     let retention = config.store.retention;
     drop(config);

@@ -1,8 +1,8 @@
 //! What is in force, and the one place that decides what a reload applies: the allowlist,
 //! settings, interfaces and watched files at once (all or nothing); the certificate and routes
 //! right after (the receiver is told to apply them); `filter.pin_path` never (the reload is
-//! refused); `metrics.listen`, `[delivery]`, `server.listen` and `server.limits` at the next
-//! restart (a warning says so).
+//! refused); `metrics.listen`, `[delivery]`, `server.listen`, `server.limits` and
+//! `daemon.run_as` at the next restart (a warning says so).
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +15,7 @@ use filter_common::Settings;
 
 use super::trim_heap;
 use crate::{
-    config::{self, AttachMode, Config, DeliveryConfig, Limits, Mode, Tls},
+    config::{self, AttachMode, Config, DeliveryConfig, Limits, Mode, RunAs, Tls},
     filter::{ApplyReport, Desired, Filter, LinkMode},
     metrics::Metrics,
     receiver::Server,
@@ -39,6 +39,8 @@ struct Started {
     delivery: Option<DeliveryConfig>,
     /// `server.listen` and `server.limits` when the receiver serves (the config has routes).
     receiver: Option<(SocketAddr, Limits)>,
+    /// `daemon.run_as`: the identity was taken once, after bring-up.
+    run_as: Option<RunAs>,
 }
 
 /// The parts of the config a reload applies to the filter, and the files it watches.
@@ -78,6 +80,7 @@ impl InForce {
                 metrics_listen: config.metrics.listen,
                 delivery: config.delivery.clone(),
                 receiver: serving.then_some((config.server.listen, config.server.limits)),
+                run_as: config.daemon.run_as.clone(),
             },
             applied: Applied::from_config(config),
         }
@@ -91,6 +94,9 @@ impl InForce {
         }
         if config.delivery != self.started.delivery {
             daemon.push("[delivery] changed; it takes effect when hookwall restarts");
+        }
+        if config.daemon.run_as != self.started.run_as {
+            daemon.push("daemon.run_as changed; it takes effect when hookwall restarts");
         }
         let mut receiver = Vec::new();
         if let Some((listen, limits)) = self.started.receiver {
@@ -119,7 +125,7 @@ pub fn desired(config: &Config) -> Desired {
     }
 }
 
-fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
+pub(super) fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.insert(absolute(&config.path));
     let base = config.path.parent().unwrap_or(Path::new("."));

@@ -3,6 +3,7 @@
 //! file per section with its schema, defaults and checks.
 
 pub(crate) mod allow;
+pub(crate) mod daemon;
 pub(crate) mod delivery;
 pub(crate) mod filter;
 pub(crate) mod metrics;
@@ -31,6 +32,7 @@ use super::{
     url::has_userinfo,
 };
 use allow::RawAllow;
+use daemon::RawDaemon;
 use delivery::RawDelivery;
 use filter::{Mode, RawFilter};
 use metrics::RawMetrics;
@@ -60,6 +62,7 @@ pub(super) struct RawConfig {
     metrics: RawMetrics,
     route: Vec<RawRoute>,
     delivery: Option<RawDelivery>,
+    daemon: RawDaemon,
 }
 
 /// Every table of the schema, the root first; each section's file lists its own.
@@ -78,6 +81,7 @@ pub(crate) const SCHEMA: &[&[Table]] = &[
     metrics::TABLES,
     routes::TABLES,
     delivery::TABLES,
+    daemon::TABLES,
 ];
 
 /// Collects errors while turning the raw config into the resolved one.
@@ -188,6 +192,7 @@ impl Checker<'_> {
         };
         let delivery = self.delivery(raw.delivery);
         let routes = self.routes(raw.route, signing);
+        let daemon = self.daemon(raw.daemon);
         if !self.errors.is_empty() {
             return None;
         }
@@ -201,6 +206,7 @@ impl Checker<'_> {
             delivery: delivery?,
             routes,
             allowlist,
+            daemon: daemon?,
         })
     }
 

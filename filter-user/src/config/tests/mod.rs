@@ -3,6 +3,7 @@
 //! probes) is here.
 
 mod allow;
+mod daemon;
 mod delivery;
 mod errors;
 mod filter;
@@ -24,7 +25,8 @@ use crate::allowlist::Source;
 
 pub(crate) const FILE: &str = "/etc/hookwall/hookwall.toml";
 
-/// A host with `eth0` and `lo`, and a default route via `eth0` unless told otherwise.
+/// A host with `eth0` and `lo`, a default route via `eth0` unless told otherwise, and one user
+/// besides root: `hookwall` (uid 990, gid 985).
 struct FakeHost {
     interfaces: Vec<String>,
     default: Option<String>,
@@ -37,6 +39,10 @@ impl Host for FakeHost {
 
     fn default_route_interface(&self) -> Option<String> {
         self.default.clone()
+    }
+
+    fn user(&self, name: &str) -> Option<(u32, u32)> {
+        (name == "hookwall").then_some((990, 985))
     }
 }
 
