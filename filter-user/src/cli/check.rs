@@ -128,6 +128,14 @@ impl Config {
                 human(self.store.retention)
             ),
         );
+        row(
+            out,
+            "dedupe window",
+            format_args!(
+                "{} (a purged event's key still recognises a replay for this long)",
+                human(self.store.dedupe_window)
+            ),
+        );
         self.render_delivery(out);
         section(out, "[metrics]");
         row(out, "listen", self.metrics.listen);

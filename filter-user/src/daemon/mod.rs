@@ -92,7 +92,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     metrics.set_prefixes(v4, v6);
     metrics.mark_loaded();
 
-    let retention = config.store.retention;
+    let retention = (config.store.retention, config.store.dedupe_window);
     drop(config);
     trim_heap();
     let mut services = Services::start(receiver, retention, metrics_listener, &metrics);

@@ -79,8 +79,9 @@ impl fmt::Debug for Request<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// The sender's id for this event, the key for duplicate detection: `webhook-id`, Stripe's
-    /// `evt_...`, `X-GitHub-Delivery`, M-Pesa's `TransID`, `CheckoutRequestID` or
-    /// `ConversationID`; for the generic kinds the body's `id`, else the body's SHA-256 in hex.
+    /// `evt_...`, M-Pesa's `TransID`, `CheckoutRequestID` or `ConversationID`; for GitHub the
+    /// body's SHA-256 in hex (what its signature covers; `X-GitHub-Delivery` is not signed); for
+    /// the generic kinds the body's `id`, else the body's SHA-256 in hex.
     /// Note that Daraja gives a payment's C2B validation and confirmation the same `TransID`, so
     /// duplicates must be detected per route, not across routes.
     pub event_id: String,

@@ -59,7 +59,7 @@ impl VerifyKind {
     }
 
     /// Whether the provider signs a timestamp, so that `tolerance_seconds` means something.
-    fn has_timestamp(self) -> bool {
+    pub(crate) fn has_timestamp(self) -> bool {
         matches!(self, VerifyKind::StandardWebhooks | VerifyKind::Stripe)
     }
 
