@@ -198,6 +198,10 @@ impl Config {
         for route in &self.routes {
             let secrets = match &route.token {
                 Some(token) => format!("token from {token}"),
+                None if !route.tokens.is_empty() => {
+                    let from: Vec<String> = route.tokens.iter().map(SecretRef::to_string).collect();
+                    format!("tokens from {}", from.join(", "))
+                }
                 None => {
                     let from: Vec<String> =
                         route.secrets.iter().map(SecretRef::to_string).collect();

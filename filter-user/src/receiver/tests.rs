@@ -54,7 +54,7 @@ mod router {
     };
 
     const MPESA: &str = "/mpesa/c2b";
-    const TOKEN: &str = "t0k3n-for-tests";
+    const TOKEN: &str = "t0k3n-for-tests-Zq8vX2pL9m";
     const GH: &str = "/hooks/github";
     /// GitHub's published example: this secret signs this body with this signature.
     const GH_SECRET: &str = "It's a Secret to Everybody";

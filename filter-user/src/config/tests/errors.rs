@@ -926,6 +926,50 @@ fn route_cases() -> Vec<Case> {
             vec![at("route[0]", 1, &["needs token = { env = \"NAME\" }"])],
         ),
         case(
+            "an mpesa route with both token and tokens",
+            with(MPESA_ROUTE, &["tokens = [{ env = \"NEW\" }]"]),
+            vec![at(
+                "route[0].tokens",
+                5,
+                &[
+                    "write either `token` or `tokens`, not both",
+                    "tokens = [{ env = \"NEW\" }, { env = \"OLD\" }] and remove `token`",
+                ],
+            )],
+        ),
+        case(
+            "an mpesa route with an empty tokens list",
+            with(&MPESA_ROUTE[..3], &["tokens = []"]),
+            vec![at("route[0].tokens", 4, &["needs at least one token"])],
+        ),
+        case(
+            "tokens written as one table or inline",
+            lines(&[
+                "[[route]]",
+                "path = \"/m\"",
+                "verify = \"mpesa\"",
+                "tokens = { env = \"T\" }",
+                "[[route]]",
+                "path = \"/n\"",
+                "verify = \"mpesa\"",
+                "tokens = [{ env = \"T\" }, \"s3cr3t-inline-token\"]",
+            ]),
+            vec![
+                at("route[0].tokens", 4, &["tokens is a list"]),
+                at(
+                    "route[1].tokens[1]",
+                    8,
+                    &["secrets are never written inline", "this is a string"],
+                ),
+            ],
+        )
+        .hiding(&["s3cr3t-inline-token"]),
+        case(
+            "a signed route takes no tokens",
+            with(STRIPE_ROUTE, &["tokens = [{ env = \"T\" }]"]),
+            vec![at("route[0].tokens", 5, &["for verify = \"mpesa\" only"])],
+        ),
+        case(
             "an mpesa route takes no secrets",
             with(MPESA_ROUTE, &["secrets = [{ env = \"S\" }]"]),
             vec![at("route[0].secrets", 5, &["remove secrets"])],
