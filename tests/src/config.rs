@@ -270,6 +270,11 @@ pub enum Verify {
         /// The file the token is read from.
         token_file: PathBuf,
     },
+    /// `verify = "mpesa"` with `tokens = [{ file = ... }, ...]`: any of them passes.
+    MpesaTokens {
+        /// The files the tokens are read from.
+        token_files: Vec<PathBuf>,
+    },
     /// `verify = KIND` (`github`, `stripe`, `standard-webhooks`) with `secrets = [{ file =
     /// ... }, ...]`, the current secret first.
     Signed {
@@ -299,6 +304,18 @@ impl Route {
             path: path.to_owned(),
             verify: Verify::Mpesa {
                 token_file: token_file.to_path_buf(),
+            },
+            validation: None,
+        }
+    }
+
+    /// An M-Pesa route at `path` with several tokens (`tokens = [...]`), read from `token_files`.
+    #[must_use]
+    pub fn mpesa_tokens(path: &str, token_files: &[PathBuf]) -> Self {
+        Self {
+            path: path.to_owned(),
+            verify: Verify::MpesaTokens {
+                token_files: token_files.to_vec(),
             },
             validation: None,
         }
@@ -335,6 +352,15 @@ impl Route {
             Verify::Mpesa { token_file } => {
                 let _ = writeln!(s, "verify = \"mpesa\"");
                 let _ = writeln!(s, "token = {{ file = {:?} }}", path_text(token_file));
+            }
+            Verify::MpesaTokens { token_files } => {
+                let files = token_files
+                    .iter()
+                    .map(|f| format!("{{ file = {:?} }}", path_text(f)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(s, "verify = \"mpesa\"");
+                let _ = writeln!(s, "tokens = [{files}]");
             }
             Verify::Signed { kind, secret_files } => {
                 let files = secret_files

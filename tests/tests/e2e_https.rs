@@ -245,6 +245,13 @@ fn signed_routes_accept_fresh_signatures_and_refuse_forgeries() {
     assert_reply(&r, 200, "GitHub published vector", &daemon);
     let r = lab.post(v4(), GH, &gh_headers, b"Hello, World?");
     assert_reply(&r, 401, "GitHub tampered body", &daemon);
+    // The same signed body under a fresh GUID: X-GitHub-Delivery is not signed, so it is not
+    // what recognises the event, and the replay is a duplicate, not a new event.
+    let mut replay = gh_headers;
+    replay[2] = ("X-GitHub-Delivery", "11111111-2222-3333-4444-555555555555");
+    let r = lab.post(v4(), GH, &replay, gh_body);
+    assert_reply(&r, 200, "GitHub replay under a fresh GUID", &daemon);
+    assert_eq!(requests(&daemon, GH, "duplicate"), 1.0);
 
     assert_eq!(requests(&daemon, SW, "accepted"), 1.0);
     assert_eq!(requests(&daemon, SW, "duplicate"), 1.0);
@@ -649,4 +656,38 @@ fn check_warns_about_a_secret_file_others_can_read() {
     chmod(&gh, 0o600);
     let stderr = check();
     assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn mpesa_tokens_all_pass_for_rotation_and_a_weak_token_stops_the_start() {
+    const NEW: &str = "3f9c1a7e5b2d4c6f8a0b1c2d3e4f5a6b";
+    let mut lab = Lab::https("hw-tokens-");
+    let old = lab.write_secret("token-old", TOKEN);
+    let new = lab.write_secret("token-new", NEW);
+    lab.spec.routes = vec![Route::mpesa_tokens(MPESA, &[new, old])];
+    lab.write_config();
+    let daemon = lab.start();
+    for (token, body) in [(NEW, C2B_CONFIRMATION), (TOKEN, STK_SUCCESS)] {
+        let r = lab.post(v4(), &format!("{MPESA}/{token}"), &[JSON], body);
+        assert_reply(&r, 200, "a listed token", &daemon);
+    }
+    let r = lab.post(v4(), &format!("{MPESA}/{NEW}x"), &[JSON], C2B_CONFIRMATION);
+    assert_reply(&r, 404, "a token not listed", &daemon);
+    assert_eq!(requests(&daemon, MPESA, "accepted"), 2.0);
+    drop(daemon);
+
+    // hookwall check reads no secret; the daemon does, and refuses a short token at start.
+    let weak = "t0k3n-for-tests";
+    let short = lab.write_secret("token-short", weak);
+    lab.spec.routes = vec![Route::mpesa(MPESA, &short)];
+    lab.write_config();
+    let mut run = lab.spawn(&lab.config);
+    let status = run
+        .wait_exit(Duration::from_secs(10))
+        .expect("hookwall run exits with a weak token");
+    let log = run.log();
+    assert_eq!(status.code(), Some(1), "{status}; log:\n{log}");
+    assert!(log.contains("too short to be unguessable"), "log:\n{log}");
+    assert!(log.contains("openssl rand -hex 16"), "log:\n{log}");
+    assert!(!log.contains(weak), "the token is not in the log:\n{log}");
 }

@@ -36,16 +36,19 @@ fn lab_with(limits: &[(&str, u64)]) -> Lab {
     lab
 }
 
-/// A signed GitHub delivery `delivery` from `src` (accepted unless a limit refuses it).
+/// A signed GitHub delivery `delivery` from `src` (accepted unless a limit refuses it). The body
+/// names the delivery, as GitHub's differ from event to event: hookwall recognises a GitHub
+/// event by its body, so two deliveries of one body would be one event.
 fn deliver(lab: &Lab, src: IpAddr, delivery: &str) -> Reply {
-    let sig = github_signature(GH_SECRET.as_bytes(), BODY);
+    let body = format!(r#"{{"zen":"Keep it logically awesome.","delivery":"{delivery}"}}"#);
+    let sig = github_signature(GH_SECRET.as_bytes(), body.as_bytes());
     let headers = [
         ("Content-Type", "application/json"),
         ("X-GitHub-Event", "push"),
         ("X-GitHub-Delivery", delivery),
         ("X-Hub-Signature-256", sig.as_str()),
     ];
-    lab.post(src, GH, &headers, BODY)
+    lab.post(src, GH, &headers, body.as_bytes())
 }
 
 /// [`exchange`] from `src` in the client namespace, in the background, timed.

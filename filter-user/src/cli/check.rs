@@ -139,6 +139,14 @@ impl Config {
                 human(self.store.retention)
             ),
         );
+        row(
+            out,
+            "dedupe window",
+            format_args!(
+                "{} (a purged event's key still recognises a replay for this long)",
+                human(self.store.dedupe_window)
+            ),
+        );
         self.render_delivery(out);
         section(out, "[metrics]");
         row(out, "listen", self.metrics.listen);
@@ -217,6 +225,10 @@ impl Config {
         for route in &self.routes {
             let secrets = match &route.token {
                 Some(token) => format!("token from {token}"),
+                None if !route.tokens.is_empty() => {
+                    let from: Vec<String> = route.tokens.iter().map(SecretRef::to_string).collect();
+                    format!("tokens from {}", from.join(", "))
+                }
                 None => {
                     let from: Vec<String> =
                         route.secrets.iter().map(SecretRef::to_string).collect();

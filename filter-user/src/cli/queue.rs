@@ -48,7 +48,8 @@ pub enum Command {
         /// Every dead letter.
         all_dead: bool,
     },
-    /// `purge`: delete delivered events older than this (default `store.retention`).
+    /// `purge`: delete delivered events older than this (default `store.retention`), and the
+    /// tombstones older than `store.dedupe_window`.
     Purge {
         /// The age; `None` means `store.retention`.
         older_than: Option<Duration>,
@@ -64,9 +65,9 @@ pub struct Output {
     pub ok: bool,
 }
 
-/// `hookwall queue`: reads `store.path` and `store.retention` from the config at
-/// `config_path`, runs `command` and prints what it came to; the exit status says whether all of
-/// it was done.
+/// `hookwall queue`: reads `store.path`, `store.retention` and `store.dedupe_window` from the
+/// config at `config_path`, runs `command` and prints what it came to; the exit status says
+/// whether all of it was done.
 ///
 /// # Errors
 /// The config is invalid (its errors are printed first), or [`run`] failed.
@@ -82,7 +83,8 @@ pub fn main(config_path: &Path, command: &Command) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    let output = run(&loaded.store.path, loaded.store.retention, command)?;
+    let retention = (loaded.store.retention, loaded.store.dedupe_window);
+    let output = run(&loaded.store.path, retention, command)?;
     print!("{}", output.text);
     Ok(if output.ok {
         ExitCode::SUCCESS
@@ -91,11 +93,16 @@ pub fn main(config_path: &Path, command: &Command) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs `command` against the store at `store_path`; `retention` is `store.retention`.
+/// Runs `command` against the store at `store_path`; `retention` is `store.retention` and
+/// `store.dedupe_window`.
 ///
 /// # Errors
 /// The store cannot be opened or read, or a change failed (then nothing of it was applied).
-pub fn run(store_path: &Path, retention: Duration, command: &Command) -> anyhow::Result<Output> {
+pub fn run(
+    store_path: &Path,
+    (retention, dedupe_window): (Duration, Duration),
+    command: &Command,
+) -> anyhow::Result<Output> {
     let admin = Admin::open(store_path)
         .with_context(|| format!("opening the event store {}", store_path.display()))?;
     let now = SystemTime::now();
@@ -181,9 +188,15 @@ pub fn run(store_path: &Path, retention: Duration, command: &Command) -> anyhow:
             let cutoff =
                 unix_ms(now).saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
             let n = admin.purge_delivered(cutoff)?;
+            let window_cutoff = unix_ms(now)
+                .saturating_sub(i64::try_from(dedupe_window.as_millis()).unwrap_or(i64::MAX));
+            let expired = admin.purge_tombstones(window_cutoff)?;
             let text = format!(
-                "purged {n} delivered event(s) older than {} (pending and dead events are kept)\n",
-                humantime::format_duration(age)
+                "purged {n} delivered event(s) older than {} (pending and dead events are kept; \
+                 each leaves a tombstone that recognises a replay for store.dedupe_window, {}), \
+                 and {expired} expired tombstone(s)\n",
+                humantime::format_duration(age),
+                humantime::format_duration(dedupe_window)
             );
             Ok(Output { text, ok: true })
         }

@@ -104,7 +104,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // least of all the HTTPS server.
     privileges.apply(&pins)?;
 
-    let retention = config.store.retention;
+    let retention = (config.store.retention, config.store.dedupe_window);
     drop(config);
     trim_heap();
     let mut services = Services::start(receiver, retention, metrics_listener, &metrics);

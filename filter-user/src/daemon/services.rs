@@ -69,11 +69,11 @@ pub(super) struct Services {
 }
 
 impl Services {
-    /// Starts the upkeep tasks beside the store (`retention` is `store.retention`), the HTTPS
-    /// server and the metrics listener.
+    /// Starts the upkeep tasks beside the store (`retention` is `store.retention` and
+    /// `store.dedupe_window`), the HTTPS server and the metrics listener.
     pub(super) fn start(
         receiver: Option<Receiver>,
-        retention: Duration,
+        retention: (Duration, Duration),
         metrics_listener: TcpListener,
         metrics: &Metrics,
     ) -> Self {
@@ -180,7 +180,7 @@ fn start_upkeep(
     store: &Store,
     worker: Option<Worker>,
     queue_reader: Reader,
-    retention: Duration,
+    (retention, dedupe_window): (Duration, Duration),
     metrics: &Metrics,
     stop: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -193,6 +193,7 @@ fn start_upkeep(
     tasks.push(tokio::spawn(delivery::purge_loop(
         store.handle(),
         retention,
+        dedupe_window,
         stop.clone(),
     )));
     match worker {

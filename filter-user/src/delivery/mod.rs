@@ -402,9 +402,15 @@ pub async fn watch_queue(
     }
 }
 
-/// Purges delivered events older than `retention` now and every [`PURGE_EVERY`] until `stop`.
-/// Pending and dead events are never purged.
-pub async fn purge_loop(store: StoreHandle, retention: Duration, mut stop: watch::Receiver<bool>) {
+/// Purges delivered events older than `retention` (`store.retention`), and the tombstones they
+/// leave once older than `dedupe_window` (`store.dedupe_window`), now and every [`PURGE_EVERY`]
+/// until `stop`. Pending and dead events are never purged.
+pub async fn purge_loop(
+    store: StoreHandle,
+    retention: Duration,
+    dedupe_window: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(PURGE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -421,6 +427,16 @@ pub async fn purge_loop(store: StoreHandle, retention: Duration, mut stop: watch
                 "purged delivered events older than store.retention"
             ),
             Err(e) => tracing::error!("purging delivered events failed: {e}"),
+        }
+        let before = unix_ms(SystemTime::now()).saturating_sub(duration_ms(dedupe_window));
+        match store.purge_tombstones(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                purged = n,
+                dedupe_window = %humantime::format_duration(dedupe_window),
+                "purged tombstones older than store.dedupe_window"
+            ),
+            Err(e) => tracing::error!("purging tombstones failed: {e}"),
         }
     }
 }
@@ -447,7 +463,14 @@ mod tests {
                 body: HashedBody::new(b"{}".to_vec()),
                 headers: Vec::new(),
             };
-            ids.push(handle.insert(event).await.expect("insert").id());
+            ids.push(
+                handle
+                    .insert(event)
+                    .await
+                    .expect("insert")
+                    .id()
+                    .expect("a new row"),
+            );
         }
         let updates = vec![
             Update::Delivered {
@@ -472,6 +495,7 @@ mod tests {
         let purge = tokio::spawn(purge_loop(
             handle.clone(),
             Duration::from_secs(3600),
+            Duration::from_secs(7200),
             stop_rx,
         ));
         let reader = store.reader();

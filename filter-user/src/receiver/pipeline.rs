@@ -349,7 +349,7 @@ async fn store(app: &App, route: &Route, event: NewEvent) -> Result<Accepted, Re
     })?;
     let outcome = match inserted {
         Inserted::New { .. } => Outcome::Accepted,
-        Inserted::Duplicate { .. } => Outcome::Duplicate,
+        Inserted::Duplicate { .. } | Inserted::Purged => Outcome::Duplicate,
     };
     let body = if route.verify == VerifyKind::Mpesa {
         verify::mpesa_accept_body()

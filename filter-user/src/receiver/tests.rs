@@ -54,7 +54,7 @@ mod router {
     };
 
     const MPESA: &str = "/mpesa/c2b";
-    const TOKEN: &str = "t0k3n-for-tests";
+    const TOKEN: &str = "t0k3n-for-tests-Zq8vX2pL9m";
     const GH: &str = "/hooks/github";
     const STRIPE: &str = "/hooks/stripe";
     const STRIPE_SECRET: &str = "whsec_receiver_tests";

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavio
 
 use super::{
     BUSY_TIMEOUT, EventState, StoreError,
-    queue::{PURGE_CHUNK, purge_chunk},
+    queue::{PURGE_CHUNK, Purge, purge_chunk},
     reader::Reader,
     sqlite_err,
 };
@@ -148,20 +148,38 @@ impl Admin {
         Ok(changed as u64)
     }
 
-    /// Deletes `delivered` events with `delivered_at < before_ms`; returns how many. Pending and
-    /// dead events are never deleted. One transaction per [`PURGE_CHUNK`] rows, so the daemon's
-    /// writer never waits on this longer than one chunk (it gives up after its busy timeout).
+    /// Deletes `delivered` events with `delivered_at < before_ms`, each leaving a tombstone (see
+    /// [`StoreHandle::purge_delivered`](super::StoreHandle::purge_delivered)); returns how many.
+    /// Pending and dead events are never deleted. One transaction per [`PURGE_CHUNK`] rows, so the
+    /// daemon's writer never waits on this longer than one chunk (it gives up after its busy
+    /// timeout).
     ///
     /// # Errors
     /// A chunk failed (the chunks before it stay deleted; purging again is safe).
     pub fn purge_delivered(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.purge(Purge::Delivered, before_ms)
+    }
+
+    /// Deletes the tombstones of events delivered before `before_ms`; returns how many.
+    ///
+    /// # Errors
+    /// As for [`Admin::purge_delivered`].
+    pub fn purge_tombstones(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.purge(Purge::Tombstones, before_ms)
+    }
+
+    fn purge(&self, what: Purge, before_ms: i64) -> Result<u64, StoreError> {
         let path = &self.reader.path;
         let mut total = 0;
         loop {
             let mut conn = self.reader.conn();
             let tx = begin_immediate(&mut conn, path)?;
-            let deleted = purge_chunk(&tx, before_ms, PURGE_CHUNK)
-                .map_err(sqlite_err("purging delivered events from", path))?;
+            let op = match what {
+                Purge::Delivered => "purging delivered events from",
+                Purge::Tombstones => "purging expired tombstones from",
+            };
+            let deleted =
+                purge_chunk(&tx, what, before_ms, PURGE_CHUNK).map_err(sqlite_err(op, path))?;
             tx.commit()
                 .map_err(sqlite_err("committing the purge to", path))?;
             total += deleted;

@@ -189,14 +189,18 @@ pub enum Inserted {
     New { id: i64 },
     /// The same (route, event id) was already stored under this row id; nothing was written.
     Duplicate { id: i64 },
+    /// The same (route, event id) was stored, delivered and purged after `store.retention`; its
+    /// tombstone (kept for `store.dedupe_window`) recognises this replay. Nothing was written.
+    Purged,
 }
 
 impl Inserted {
-    /// The row id, new or existing.
+    /// The row id, new or existing; `None` for an event purged earlier.
     #[must_use]
-    pub fn id(self) -> i64 {
+    pub fn id(self) -> Option<i64> {
         match self {
-            Self::New { id } | Self::Duplicate { id } => id,
+            Self::New { id } | Self::Duplicate { id } => Some(id),
+            Self::Purged => None,
         }
     }
 }

@@ -37,10 +37,22 @@ const OLDEST_PENDING_SQL: &str = "SELECT received_at FROM events INDEXED BY even
 /// Events per state (a scan of the `events_state` index, not of the table with its bodies).
 const COUNTS_SQL: &str = "SELECT state, COUNT(*) FROM events GROUP BY state";
 
-/// Deletes at most `?2` delivered events delivered before `?1` (through `events_delivered`).
+/// Deletes at most `?2` delivered events delivered before `?1` (through `events_delivered`),
+/// returning what their tombstones keep.
 const PURGE_SQL: &str = "DELETE FROM events WHERE id IN (
     SELECT id FROM events INDEXED BY events_delivered
-    WHERE state = 'delivered' AND delivered_at < ?1 LIMIT ?2)";
+    WHERE state = 'delivered' AND delivered_at < ?1 LIMIT ?2)
+    RETURNING route, event_id, body_sha256, delivered_at";
+
+/// A purged event's tombstone. `OR REPLACE`: the insert never stores a key that has one, so a
+/// conflict means a hand-edited file, and the later purge is the one to remember.
+const TOMBSTONE_SQL: &str = "INSERT OR REPLACE INTO tombstones
+    (route, event_id, body_sha256, delivered_at) VALUES (?1, ?2, ?3, ?4)";
+
+/// Deletes at most `?2` tombstones of events delivered before `?1` (through `tombstones_age`).
+const PURGE_TOMBSTONES_SQL: &str = "DELETE FROM tombstones WHERE (route, event_id) IN (
+    SELECT route, event_id FROM tombstones INDEXED BY tombstones_age
+    WHERE delivered_at < ?1 LIMIT ?2)";
 
 /// Most rows one purge transaction deletes: a few milliseconds of work, so inserts queued behind
 /// it (and the daemon's writer, when `hookwall queue purge` holds the lock) wait only briefly.
@@ -122,12 +134,48 @@ pub(super) fn apply_updates(conn: &Connection, updates: &[Update]) -> rusqlite::
     Ok(changed)
 }
 
-/// Deletes at most `limit` delivered events delivered before `before_ms`; returns how many.
-pub(super) fn purge_chunk(conn: &Connection, before_ms: i64, limit: u32) -> rusqlite::Result<u64> {
-    let deleted = conn
+/// What one purge request deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purge {
+    /// Delivered events delivered before the cutoff, each leaving a tombstone.
+    Delivered,
+    /// Tombstones of events delivered before the cutoff (`store.dedupe_window` has passed).
+    Tombstones,
+}
+
+/// Deletes at most `limit` rows of `what` from before `before_ms`; returns how many.
+pub(super) fn purge_chunk(
+    conn: &Connection,
+    what: Purge,
+    before_ms: i64,
+    limit: u32,
+) -> rusqlite::Result<u64> {
+    match what {
+        Purge::Delivered => purge_delivered_chunk(conn, before_ms, limit),
+        Purge::Tombstones => {
+            let deleted = conn
+                .prepare_cached(PURGE_TOMBSTONES_SQL)?
+                .execute(params![before_ms, limit])?;
+            Ok(deleted as u64)
+        }
+    }
+}
+
+/// Deletes at most `limit` delivered events delivered before `before_ms` and writes their
+/// tombstones, in the caller's transaction: a key is never without both its row and its
+/// tombstone, so no moment lets a replay through.
+fn purge_delivered_chunk(conn: &Connection, before_ms: i64, limit: u32) -> rusqlite::Result<u64> {
+    let purged: Vec<(String, String, String, i64)> = conn
         .prepare_cached(PURGE_SQL)?
-        .execute(params![before_ms, limit])?;
-    Ok(deleted as u64)
+        .query_map(params![before_ms, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut tombstone = conn.prepare_cached(TOMBSTONE_SQL)?;
+    for (route, event_id, body_sha256, delivered_at) in &purged {
+        tombstone.execute(params![route, event_id, body_sha256, delivered_at])?;
+    }
+    Ok(purged.len() as u64)
 }
 
 // The queue's reads, next to the SQL they run; the rest of `Reader` is in `reader.rs`.
@@ -329,7 +377,7 @@ mod tests {
         let existing: Vec<i64> = insert_concurrently(&handle, N, "old")
             .await
             .into_iter()
-            .map(|r| r.expect("insert").id())
+            .map(|r| r.expect("insert").id().expect("a row"))
             .collect();
         let before = store.commits();
 
@@ -381,7 +429,12 @@ mod tests {
         let path = db_path(&dir);
         let store = Store::open_with(&path, Duration::from_millis(100)).expect("open");
         let handle = store.handle();
-        let id = handle.insert(event("/r", "a")).await.expect("insert").id();
+        let id = handle
+            .insert(event("/r", "a"))
+            .await
+            .expect("insert")
+            .id()
+            .expect("a row");
 
         let locker = Connection::open(&path).expect("second connection");
         locker.execute_batch("BEGIN IMMEDIATE").expect("lock");
@@ -590,5 +643,111 @@ mod tests {
         assert_eq!(handle.purge_delivered(11).await.expect("purge"), rows);
         assert_eq!(store.commits() - before, 3, "two full chunks and the rest");
         assert_eq!(store.count().expect("count"), 0);
+    }
+
+    /// The tombstones in the file: (route, event id, body SHA-256, delivered at).
+    fn tombstones(path: &std::path::Path) -> Vec<(String, String, String, i64)> {
+        Connection::open(path)
+            .expect("raw")
+            .prepare("SELECT route, event_id, body_sha256, delivered_at FROM tombstones ORDER BY event_id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[tokio::test]
+    async fn a_purged_event_replayed_is_a_duplicate_until_its_tombstone_expires() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open(&path).expect("open");
+        let handle = store.handle();
+        let ids = insert_at(&handle, &["paid", "other"]).await;
+        let paid = state_of(store.reader(), ids[0]);
+        handle
+            .update(vec![Update::Delivered {
+                id: ids[0],
+                attempts: 1,
+                at_ms: 5_000,
+            }])
+            .await
+            .expect("delivered");
+        assert_eq!(handle.purge_delivered(6_000).await.expect("purge"), 1);
+        assert_eq!(store.reader().get(ids[0]).expect("get"), None, "purged");
+        assert_eq!(
+            tombstones(&path),
+            [("/r".to_owned(), "paid".to_owned(), paid.body_sha256, 5_000)],
+            "the purge left the key behind"
+        );
+
+        // The same callback again, after the purge: recognised, not stored.
+        let replay = handle.insert(event("/r", "paid")).await.expect("replay");
+        assert_eq!(replay, Inserted::Purged);
+        assert_eq!(replay.id(), None);
+        assert_eq!(store.count().expect("count"), 1, "only `other`");
+        assert_eq!(store.find("/r", "paid").expect("find"), None);
+        // The same id on another route is another event.
+        let elsewhere = handle.insert(event("/s", "paid")).await.expect("insert");
+        assert!(matches!(elsewhere, Inserted::New { .. }), "{elsewhere:?}");
+
+        // Tombstones younger than the cutoff stay; older ones go, and the key is free again.
+        assert_eq!(handle.purge_tombstones(5_000).await.expect("purge"), 0);
+        assert_eq!(tombstones(&path).len(), 1);
+        assert_eq!(handle.purge_tombstones(5_001).await.expect("purge"), 1);
+        assert_eq!(tombstones(&path), []);
+        let after = handle.insert(event("/r", "paid")).await.expect("insert");
+        assert!(matches!(after, Inserted::New { .. }), "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn hookwall_queue_purge_leaves_tombstones_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open(&path).expect("open");
+        let handle = store.handle();
+        let ids = insert_at(&handle, &["a"]).await;
+        handle
+            .update(vec![Update::Delivered {
+                id: ids[0],
+                attempts: 1,
+                at_ms: 10,
+            }])
+            .await
+            .expect("delivered");
+        let admin = super::super::Admin::open(&path).expect("admin");
+        assert_eq!(admin.purge_delivered(11).expect("purge"), 1);
+        let replay = handle.insert(event("/r", "a")).await.expect("replay");
+        assert_eq!(replay, Inserted::Purged);
+        assert_eq!(admin.purge_tombstones(11).expect("purge"), 1);
+        let after = handle.insert(event("/r", "a")).await.expect("insert");
+        assert!(matches!(after, Inserted::New { .. }), "{after:?}");
+    }
+
+    #[test]
+    fn tombstone_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        drop(Store::open(&path).expect("open"));
+        let reader = Reader::open(&path).expect("reader");
+        let plan: Vec<String> = reader
+            .conn()
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                PURGE_TOMBSTONES_SQL.replace("?2", "10").replace("?1", "0")
+            ))
+            .expect("explain")
+            .query_map([], |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(
+            plan.iter().any(|step| step.contains("tombstones_age")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter().all(|step| !step.ends_with("SCAN tombstones")),
+            "{plan:?}"
+        );
     }
 }

@@ -34,6 +34,18 @@ const MIGRATIONS: &[&str] = &[
     // without reading every delivered row while the write lock is held.
     "CREATE INDEX events_state ON events (state, received_at);
     CREATE INDEX events_delivered ON events (delivered_at) WHERE state = 'delivered';",
+    // Version 3: tombstones. The purge of a delivered event leaves its key here, in the same
+    // transaction, for `store.dedupe_window`: callbacks that sign no timestamp (GitHub, M-Pesa,
+    // hmac-sha256, shared-secret) can be replayed at any time, and without the key a replay after
+    // the purge would be stored and delivered again. The insert consults this table.
+    "CREATE TABLE tombstones (
+        route        TEXT    NOT NULL,
+        event_id     TEXT    NOT NULL,
+        body_sha256  TEXT    NOT NULL,               -- lowercase hex, of the purged event's body
+        delivered_at INTEGER NOT NULL,               -- unix ms; the window counts from here
+        PRIMARY KEY (route, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX tombstones_age ON tombstones (delivered_at);",
 ];
 
 /// The schema version this build writes and reads.
@@ -183,8 +195,8 @@ mod tests {
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows");
-        assert_eq!(versions, vec![1, 2]);
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(SCHEMA_VERSION, 3);
         let indexes: Vec<String> = raw
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%' ORDER BY name")
             .expect("prepare")
@@ -193,5 +205,54 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("rows");
         assert_eq!(indexes, ["events_delivered", "events_due", "events_state"]);
+    }
+
+    #[tokio::test]
+    async fn v2_file_is_migrated_to_v3_and_its_purge_leaves_tombstones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        {
+            // A file as the previous release left it: the v2 schema, one delivered event.
+            let raw = Connection::open(&path).expect("raw");
+            raw.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY,
+                    applied_at INTEGER NOT NULL);
+                INSERT INTO schema_version (version, applied_at) VALUES (1, 0), (2, 0);",
+            )
+            .expect("version table");
+            raw.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            raw.execute_batch(MIGRATIONS[1]).expect("v2 schema");
+            raw.execute(
+                "INSERT INTO events (route, event_id, kind, received_at, body, body_sha256,
+                    headers, state, attempts, delivered_at)
+                VALUES ('/r', 'old', 'test', 5, x'6869', 'abc', '[]', 'delivered', 1, 7)",
+                [],
+            )
+            .expect("v2 row");
+        }
+        let store = Store::open(&path).expect("open migrates");
+        let old = store.find("/r", "old").expect("find").expect("row kept");
+        assert_eq!(old.state, EventState::Delivered);
+        let handle = store.handle();
+        assert_eq!(handle.purge_delivered(8).await.expect("purge"), 1);
+        let replay = super::super::testing::event("/r", "old");
+        assert_eq!(
+            handle.insert(replay).await.expect("replay"),
+            super::super::Inserted::Purged
+        );
+        drop(store);
+        let raw = Connection::open(&path).expect("raw");
+        let version: i64 = raw
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 3);
+        let kept: (String, String, String, i64) = raw
+            .query_row(
+                "SELECT route, event_id, body_sha256, delivered_at FROM tombstones",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("tombstone");
+        assert_eq!(kept, ("/r".into(), "old".into(), "abc".into(), 7));
     }
 }

@@ -44,7 +44,7 @@ pub(super) async fn insert_at(handle: &StoreHandle, event_ids: &[&str]) -> Vec<i
         new.received_at_ms = 1_000 * n;
         let inserted = handle.insert(new).await.expect("insert");
         assert!(matches!(inserted, Inserted::New { .. }), "{inserted:?}");
-        ids.push(inserted.id());
+        ids.push(inserted.id().expect("a new row"));
     }
     ids
 }

@@ -10,14 +10,14 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     HashedBody, Inserted, NewEvent, StoreError,
     checkpoint::{Checkpointer, WAL_KEEP_BYTES, WAL_SAFETY_PAGES},
     file::{FileId, check_file},
-    queue::{PURGE_CHUNK, Update, apply_updates, purge_chunk},
+    queue::{PURGE_CHUNK, Purge, Update, apply_updates, purge_chunk},
     schema::migrate,
     sqlite_err,
 };
@@ -31,14 +31,18 @@ pub const BATCH_CAP: usize = 256;
 /// many full batches, small enough that a stalled disk does not pile up unbounded memory.
 const QUEUE_CAP: usize = 4096;
 
-/// Inserts one event, as `pending` and due at once; on a duplicate key it inserts nothing (and
-/// changes no row). No `RETURNING id`: SQLite runs a RETURNING clause through an ephemeral table
-/// it opens and frees for every execution, which cost about a third of the insert's time; the
-/// new id is `last_insert_rowid()` instead, read when the insert changed a row.
+/// Inserts one event, as `pending` and due at once; on a duplicate key, or a key whose event was
+/// purged and left a tombstone, it inserts nothing (and changes no row). No `RETURNING id`:
+/// SQLite runs a RETURNING clause through an ephemeral table it opens and frees for every
+/// execution, which cost about a third of the insert's time; the new id is `last_insert_rowid()`
+/// instead, read when the insert changed a row. The tombstone check is a primary-key probe in the
+/// same statement, so the common case (a new event) stays one statement. (`WHERE` is what lets
+/// SQLite read `ON CONFLICT` after a `SELECT` as the upsert clause.)
 const INSERT_SQL: &str = "INSERT INTO events
         (route, event_id, kind, received_at, body, body_sha256, headers,
          state, attempts, next_attempt_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?4)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?4
+    WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE route = ?1 AND event_id = ?2)
     ON CONFLICT (route, event_id) DO NOTHING";
 
 /// Opens the read-write connection with the durability settings and brings the schema up to date.
@@ -139,6 +143,7 @@ struct PendingUpdate {
 
 /// One chunk of a purge waiting for the writer; answered with how many rows were deleted.
 struct PendingPurge {
+    what: Purge,
     before_ms: i64,
     limit: u32,
     reply: oneshot::Sender<Result<u64, StoreError>>,
@@ -155,7 +160,8 @@ enum Command {
 
 /// The requests one transaction serves. Within a kind they are applied in arrival order; across
 /// kinds the order does not matter: an update names a row id its caller read after that row's
-/// insert had committed, and a purge only deletes `delivered` rows, which inserts never create.
+/// insert had committed, and a purge only deletes `delivered` rows, which inserts never create
+/// (an insert before the purge of its key in one batch finds the row, one after it the tombstone).
 /// Updates go before purges so an event delivered in this batch is already `delivered` for them.
 #[derive(Default)]
 struct Batch {
@@ -314,18 +320,35 @@ impl StoreHandle {
             .await
     }
 
-    /// Deletes `delivered` events with `delivered_at < before_ms`; returns how many. Pending and
-    /// dead events are never deleted. Works in chunks of at most [`PURGE_CHUNK`] rows, each
-    /// group-committed with the inserts queued beside it, so a large purge never stalls them.
+    /// Deletes `delivered` events with `delivered_at < before_ms`; returns how many. Each leaves a
+    /// tombstone, written in the transaction that deletes it, that recognises a replay until
+    /// [`StoreHandle::purge_tombstones`] removes it. Pending and dead events are never deleted.
+    /// Works in chunks of at most [`PURGE_CHUNK`] rows, each group-committed with the inserts
+    /// queued beside it, so a large purge never stalls them.
     ///
     /// # Errors
     /// A chunk failed (the chunks before it stay deleted; purging again is safe), or the store
     /// is closed.
     pub async fn purge_delivered(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.purge(Purge::Delivered, before_ms).await
+    }
+
+    /// Deletes the tombstones of events delivered before `before_ms` (`store.dedupe_window`
+    /// ago); returns how many. After this a replay of those events is accepted as new. Chunked
+    /// like [`StoreHandle::purge_delivered`].
+    ///
+    /// # Errors
+    /// As for [`StoreHandle::purge_delivered`].
+    pub async fn purge_tombstones(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.purge(Purge::Tombstones, before_ms).await
+    }
+
+    async fn purge(&self, what: Purge, before_ms: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             let (reply, answer) = oneshot::channel();
             let purge = PendingPurge {
+                what,
                 before_ms,
                 limit: PURGE_CHUNK,
                 reply,
@@ -493,7 +516,7 @@ impl Writer {
         let purged = batch
             .purges
             .iter()
-            .map(|pending| purge_chunk(&tx, pending.before_ms, pending.limit))
+            .map(|pending| purge_chunk(&tx, pending.what, pending.before_ms, pending.limit))
             .collect::<Result<Vec<_>, _>>()
             .map_err(sqlite_err("purging delivered events from", path))?;
         tx.commit().map_err(sqlite_err("committing to", path))?;
@@ -528,7 +551,7 @@ fn take(rx: &mut mpsc::Receiver<Command>, command: Command, batch: &mut Batch) {
     }
 }
 
-/// Inserts one row, or finds the row already stored under its (route, event id).
+/// Inserts one row, or finds the row or the tombstone already stored under its (route, event id).
 fn insert_row(conn: &Connection, row: &Row) -> rusqlite::Result<Inserted> {
     let changed = conn.prepare_cached(INSERT_SQL)?.execute(params![
         row.route,
@@ -548,8 +571,10 @@ fn insert_row(conn: &Connection, row: &Row) -> rusqlite::Result<Inserted> {
     }
     let id = conn
         .prepare_cached("SELECT id FROM events WHERE route = ?1 AND event_id = ?2")?
-        .query_row(params![row.route, row.event_id], |r| r.get(0))?;
-    Ok(Inserted::Duplicate { id })
+        .query_row(params![row.route, row.event_id], |r| r.get(0))
+        .optional()?;
+    // No row: the insert was skipped for the key's tombstone.
+    Ok(id.map_or(Inserted::Purged, |id| Inserted::Duplicate { id }))
 }
 
 #[cfg(test)]
@@ -580,9 +605,17 @@ mod tests {
         again.body = HashedBody::new(b"a different body".to_vec());
         let second = handle.insert(again).await.expect("second");
         assert!(matches!(first, Inserted::New { .. }), "{first:?}");
-        assert_eq!(second, Inserted::Duplicate { id: first.id() });
+        assert_eq!(
+            second,
+            Inserted::Duplicate {
+                id: first.id().expect("a row")
+            }
+        );
         assert_eq!(store.count().expect("count"), 1);
-        let stored = store.get(first.id()).expect("get").expect("stored");
+        let stored = store
+            .get(first.id().expect("a row"))
+            .expect("get")
+            .expect("stored");
         assert_eq!(
             stored.body,
             event("/r", "e1").body.bytes(),
@@ -592,7 +625,7 @@ mod tests {
         // The key is (route, event id): the same id on another route is another event.
         let other = handle.insert(event("/other", "e1")).await.expect("other");
         assert!(
-            matches!(other, Inserted::New { id } if id != first.id()),
+            matches!(other, Inserted::New { id } if Some(id) != first.id()),
             "{other:?}"
         );
         assert_eq!(store.count().expect("count"), 2);
@@ -626,6 +659,7 @@ mod tests {
     fn purge_command() -> Command {
         let (reply, _) = oneshot::channel();
         Command::Purge(PendingPurge {
+            what: Purge::Delivered,
             before_ms: 0,
             limit: 1,
             reply,
@@ -677,7 +711,7 @@ mod tests {
                 "{event_id}: {inserted:?}"
             );
             let stored = store.find("/r", &event_id).expect("find").expect("stored");
-            assert_eq!(stored.id, inserted.id(), "{event_id}");
+            assert_eq!(Some(stored.id), inserted.id(), "{event_id}");
         }
         assert_eq!(store.count().expect("count"), 40);
     }
@@ -705,7 +739,7 @@ mod tests {
 
         let inserts = TASKS * PER_TASK;
         assert_eq!(done.len(), inserts);
-        let ids: HashSet<i64> = done.iter().map(|(_, r)| r.id()).collect();
+        let ids: HashSet<i64> = done.iter().map(|(_, r)| r.id().expect("a row")).collect();
         assert_eq!(ids.len(), inserts, "every insert got its own row");
         for (event_id, inserted) in &done {
             assert!(
@@ -713,7 +747,7 @@ mod tests {
                 "{event_id}: {inserted:?}"
             );
             let stored = store.find("/r", event_id).expect("find");
-            assert_eq!(stored.map(|e| e.id), Some(inserted.id()), "{event_id}");
+            assert_eq!(stored.map(|e| e.id), inserted.id(), "{event_id}");
         }
         assert_eq!(store.count().expect("count"), inserts as u64);
 
@@ -867,7 +901,12 @@ mod tests {
         let mut inserted = handle.inserted();
         assert!(!inserted.has_changed().expect("open"));
 
-        let id = handle.insert(event("/r", "a")).await.expect("insert").id();
+        let id = handle
+            .insert(event("/r", "a"))
+            .await
+            .expect("insert")
+            .id()
+            .expect("a row");
         assert!(
             inserted.has_changed().expect("open"),
             "bumped before insert returned"

@@ -82,8 +82,9 @@ impl fmt::Debug for Request<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// The sender's id for this event, the key for duplicate detection: `webhook-id`, Stripe's
-    /// `evt_...`, `X-GitHub-Delivery`, M-Pesa's `TransID`, `CheckoutRequestID` or
-    /// `ConversationID`; for the generic kinds the body's `id`, else the body's SHA-256 in hex.
+    /// `evt_...`, M-Pesa's `TransID`, `CheckoutRequestID` or `ConversationID`; for GitHub the
+    /// body's SHA-256 in hex (what its signature covers; `X-GitHub-Delivery` is not signed); for
+    /// the generic kinds the body's `id`, else the body's SHA-256 in hex.
     /// Note that Daraja gives a payment's C2B validation and confirmation the same `TransID`, so
     /// duplicates must be detected per route, not across routes.
     pub event_id: String,
@@ -266,6 +267,23 @@ pub enum VerifyConfigError {
         #[source]
         source: SecretError,
     },
+    /// An `mpesa` token too short to be unguessable (see `mpesa::token_weakness`).
+    #[error(
+        "route {route}: {what} ({origin}) is too short to be unguessable: {why}; the callback \
+         URL's token is all that authenticates a Daraja callback, so it needs at least 128 bits: \
+         make one with `openssl rand -hex 16` (or -hex 32), put it where {origin} points, and \
+         register the new callback URL with Daraja"
+    )]
+    WeakToken {
+        /// The route's path.
+        route: String,
+        /// Which one: `token` or `tokens[N]`.
+        what: String,
+        /// Where it came from (`env NAME` or `file PATH`).
+        origin: String,
+        /// How short it is (never the token).
+        why: String,
+    },
     /// A `standard-webhooks` secret is not `whsec_` followed by base64.
     #[error(
         "route {route}: secrets[{index}] ({origin}) is not a Standard Webhooks secret: {why}; use \
@@ -324,7 +342,8 @@ pub struct Verifier {
 #[derive(Debug)]
 enum Scheme {
     Mpesa {
-        token: SecretDigest,
+        /// Every token that passes (`token`, or each of `tokens`).
+        tokens: Vec<SecretDigest>,
         /// What the route's path says about which C2B URL it is, if anything.
         stage: Option<mpesa::C2bStage>,
     },
@@ -359,7 +378,10 @@ impl Verifier {
     pub fn from_route(route: &RouteConfig) -> Result<Verifier, VerifyConfigError> {
         let scheme = match route.verify {
             VerifyKind::Mpesa => Scheme::Mpesa {
-                token: SecretDigest::of(&resolve_token(route)?),
+                tokens: resolve_tokens(route)?
+                    .iter()
+                    .map(|token| SecretDigest::of(token))
+                    .collect(),
                 stage: mpesa::stage_from_path(&route.path),
             },
             VerifyKind::StandardWebhooks => Scheme::StandardWebhooks {
@@ -399,7 +421,7 @@ impl Verifier {
     /// Checks one callback: its authenticity first, then its freshness, then its event id.
     pub fn verify(&self, req: &Request<'_>) -> Result<Verified, Refusal> {
         match &self.scheme {
-            Scheme::Mpesa { token, stage } => mpesa::verify(token, *stage, req),
+            Scheme::Mpesa { tokens, stage } => mpesa::verify(tokens, *stage, req),
             Scheme::StandardWebhooks {
                 keys,
                 tolerance_seconds,
@@ -442,13 +464,34 @@ impl fmt::Display for Verifier {
     }
 }
 
-/// The `mpesa` route's token.
-fn resolve_token(route: &RouteConfig) -> Result<Secret, VerifyConfigError> {
-    let token = route
-        .token
-        .as_ref()
-        .ok_or_else(|| incomplete(route, "a token"))?;
-    resolve(route, token, "token".to_owned())
+/// The `mpesa` route's tokens (`token`, or each of `tokens`), each strong enough to be
+/// unguessable. Checked here, where they are read: `hookwall check` never reads a secret, so a
+/// weak token stops the daemon's start (or a reload) with this error.
+fn resolve_tokens(route: &RouteConfig) -> Result<Vec<Secret>, VerifyConfigError> {
+    let named: Vec<(String, &SecretRef)> = match &route.token {
+        Some(token) => vec![("token".to_owned(), token)],
+        None => (route.tokens.iter().enumerate())
+            .map(|(index, token)| (format!("tokens[{index}]"), token))
+            .collect(),
+    };
+    if named.is_empty() {
+        return Err(incomplete(route, "a token"));
+    }
+    named
+        .into_iter()
+        .map(|(what, token)| {
+            let secret = resolve(route, token, what.clone())?;
+            match mpesa::token_weakness(&secret) {
+                None => Ok(secret),
+                Some(why) => Err(VerifyConfigError::WeakToken {
+                    route: route.path.clone(),
+                    what,
+                    origin: token.to_string(),
+                    why,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// Every secret of `route`, in order; at least one.
@@ -699,6 +742,7 @@ mod testing {
             path: path.to_owned(),
             verify,
             token,
+            tokens: Vec::new(),
             secrets,
             tolerance_seconds: 300,
             header: None,
@@ -1047,9 +1091,11 @@ mod tests {
         );
     }
 
-    /// Secrets that look like nothing else in the output, so a leak cannot hide.
-    const LEAKY: &[u8] = b"SECRETzzLEAKzz";
-    /// `LEAKY` as a Standard Webhooks secret; its base64 decodes to other bytes, checked too.
+    /// Secrets that look like nothing else in the output, so a leak cannot hide; long enough to
+    /// pass as an `mpesa` token.
+    const LEAKY: &[u8] = b"SECRETzzLEAKzz-and-more-of-it";
+    /// The start of `LEAKY` as a Standard Webhooks secret; its base64 decodes to other bytes,
+    /// checked too.
     const LEAKY_WHSEC: &[u8] = b"whsec_U0VDUkVUenpMRUFLeno=";
 
     #[test]
@@ -1103,16 +1149,19 @@ mod tests {
         let mut refusals = Vec::new();
 
         // mpesa: a wrong token, a missing one, and bodies that carry the marker.
-        let (_dir, route) = route(VerifyKind::Mpesa, "/m", &[b"the-real-token"]);
+        let (_dir, route) = route(VerifyKind::Mpesa, "/m", &[b"the-real-token-of-this-route"]);
         let mpesa = build(&route);
         let none = HeaderMap::new();
         for (token, body) in [
             (Some(leaky), &br#"{"TransID":"x"}"#[..]),
             (None, b"{}"),
-            (Some("the-real-token"), LEAKY),
-            (Some("the-real-token"), br#"{"SECRETzzLEAKzz":1}"#),
+            (Some("the-real-token-of-this-route"), LEAKY),
             (
-                Some("the-real-token"),
+                Some("the-real-token-of-this-route"),
+                br#"{"SECRETzzLEAKzz":1}"#,
+            ),
+            (
+                Some("the-real-token-of-this-route"),
                 br#"{"TransactionType":"SECRETzzLEAKzz"}"#,
             ),
         ] {
@@ -1189,7 +1238,10 @@ mod tests {
         }
         for refusal in &refusals {
             assert_no_secret(&format!("{refusal} {refusal:?}"));
-            assert!(!refusal.to_string().contains("the-real-token"), "{refusal}");
+            assert!(
+                !refusal.to_string().contains("the-real-token-of-this-route"),
+                "{refusal}"
+            );
         }
     }
 

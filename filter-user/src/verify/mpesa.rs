@@ -7,6 +7,7 @@
 //! sends, and its id is what duplicates are recognised by.
 
 use serde_json::{Map, Value};
+use subtle::Choice;
 
 use super::{EventKind, Refusal, Request, SecretDigest, Verified};
 
@@ -35,24 +36,50 @@ pub(super) fn stage_from_path(path: &str) -> Option<C2bStage> {
 
 /// Checks the path token, then reads the body as a Daraja callback.
 pub(super) fn verify(
-    token: &SecretDigest,
+    tokens: &[SecretDigest],
     stage: Option<C2bStage>,
     req: &Request<'_>,
 ) -> Result<Verified, Refusal> {
-    check_token(token, req.path_token)?;
+    check_token(tokens, req.path_token)?;
     classify(req.body, stage)
 }
 
-/// Compares the path token in constant time, by digest (see [`SecretDigest`]).
-fn check_token(expected: &SecretDigest, given: Option<&str>) -> Result<(), Refusal> {
+/// Compares the path token with every one of the route's tokens (any passes, for rotation), in
+/// constant time and by digest (see [`SecretDigest`]): every candidate is compared, with no
+/// early exit, so the time taken says neither which token matched nor whether one did.
+fn check_token(expected: &[SecretDigest], given: Option<&str>) -> Result<(), Refusal> {
     let given = given
         .filter(|token| !token.is_empty())
         .ok_or(Refusal::MissingToken)?;
-    if bool::from(expected.matches(given.as_bytes())) {
+    let matched = expected.iter().fold(Choice::from(0), |acc, token| {
+        acc | token.matches(given.as_bytes())
+    });
+    if bool::from(matched) {
         Ok(())
     } else {
         Err(Refusal::BadToken)
     }
+}
+
+/// Why `token` is too short to be unguessable, if it is: a path token is the only secret a
+/// Daraja callback carries, so it must hold at least 128 bits. Measured by length for the
+/// alphabet the token is written in, which is all a string can tell: at least 39 digits
+/// (decimal), else 32 hex digits (`openssl rand -hex 16`), else 22 characters (base64url: 22 x 6
+/// bits). A long token is not thereby random; generate it, never type it.
+pub(super) fn token_weakness(token: &[u8]) -> Option<String> {
+    let (alphabet, needed) = if token.iter().all(u8::is_ascii_digit) {
+        ("decimal digits", 39)
+    } else if token.iter().all(u8::is_ascii_hexdigit) {
+        ("hex digits", 32)
+    } else {
+        ("characters", 22)
+    };
+    (token.len() < needed).then(|| {
+        format!(
+            "it is {} {alphabet}, fewer than the {needed} that hold 128 bits",
+            token.len()
+        )
+    })
 }
 
 /// Recognises the callback by its top-level key: `Body` (STK Push result), `Result` (result and
@@ -268,6 +295,112 @@ mod tests {
     const B2C_RESULT: &[u8] = fixture!("b2c_result.json");
 
     const TOKEN: &str = "k9Qz-2vX7pL4mN8rT1wY6bH3";
+
+    /// A route's verifier whose tokens are `tokens`, written as `tokens = [...]`.
+    fn mpesa_with_tokens(tokens: &[&str]) -> Verifier {
+        let (_dir, mut route) = route(VerifyKind::Mpesa, "/mpesa/c2b/confirmation", &[]);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for (index, token) in tokens.iter().enumerate() {
+            let file = dir.path().join(format!("token{index}"));
+            std::fs::write(&file, token).expect("write token file");
+            route.tokens.push(crate::config::SecretRef::File(file));
+        }
+        build(&route)
+    }
+
+    #[test]
+    fn every_listed_token_passes_so_that_a_token_can_be_rotated() {
+        const NEW: &str = "3f9c1a7e5b2d4c6f8a0b1c2d3e4f5a6b";
+        let verifier = mpesa_with_tokens(&[NEW, TOKEN]);
+        for token in [NEW, TOKEN] {
+            assert_eq!(
+                call(&verifier, Some(token), C2B_CONFIRMATION).map(|v| v.event_id),
+                Ok("RKTQDM7W6S".to_owned()),
+                "{token}"
+            );
+        }
+        for wrong in [
+            "3f9c1a7e5b2d4c6f8a0b1c2d3e4f5a6c",
+            "k9Qz-2vX7pL4mN8rT1wY6bH4",
+            "x",
+        ] {
+            assert_eq!(
+                call(&verifier, Some(wrong), C2B_CONFIRMATION),
+                Err(Refusal::BadToken),
+                "{wrong}"
+            );
+        }
+        assert_eq!(
+            call(&verifier, None, C2B_CONFIRMATION),
+            Err(Refusal::MissingToken)
+        );
+    }
+
+    #[test]
+    fn check_token_compares_every_candidate() {
+        // The match is found whatever its place in the list: the fold has no early exit.
+        let digests: Vec<SecretDigest> = ["a", "b", "c"]
+            .iter()
+            .map(|t| SecretDigest::of(t.as_bytes()))
+            .collect();
+        for given in ["a", "b", "c"] {
+            assert_eq!(check_token(&digests, Some(given)), Ok(()), "{given}");
+        }
+        assert_eq!(check_token(&digests, Some("d")), Err(Refusal::BadToken));
+        assert_eq!(check_token(&[], Some("a")), Err(Refusal::BadToken));
+    }
+
+    #[test]
+    fn a_weak_token_stops_the_verifier_with_how_to_make_one() {
+        let weak = "t0k3n-for-tests";
+        let (_dir, single) = route(VerifyKind::Mpesa, "/mpesa/c2b", &[weak.as_bytes()]);
+        let err = crate::verify::Verifier::from_route(&single).unwrap_err();
+        let shown = err.to_string();
+        for needle in [
+            "route /mpesa/c2b: token (file ",
+            "is too short to be unguessable: it is 15 characters, fewer than the 22",
+            "`openssl rand -hex 16`",
+        ] {
+            assert!(shown.contains(needle), "{needle} in {shown}");
+        }
+        assert!(!shown.contains(weak), "{shown}");
+        // In a list, the weak one is named by its place.
+        let (_dir, mut route) = route(VerifyKind::Mpesa, "/mpesa/c2b", &[]);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for (index, token) in [TOKEN, "abc"].iter().enumerate() {
+            let file = dir.path().join(format!("token{index}"));
+            std::fs::write(&file, token).expect("write token file");
+            route.tokens.push(crate::config::SecretRef::File(file));
+        }
+        let shown = crate::verify::Verifier::from_route(&route)
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains("tokens[1] (file "), "{shown}");
+    }
+
+    #[test]
+    fn tokens_under_128_bits_are_weak() {
+        for (token, weak) in [
+            ("3f9c1a7e5b2d4c6f8a0b1c2d3e4f5a6b", false),
+            ("3f9c1a7e5b2d4c6f8a0b1c2d3e4f5a6", true),
+            ("k9Qz-2vX7pL4mN8rT1wY6b", false),
+            ("k9Qz-2vX7pL4mN8rT1wY6", true),
+            ("123456789012345678901234567890123456789", false),
+            ("12345678901234567890123456789012345678", true),
+            ("t0k3n-for-tests", true),
+            ("", true),
+        ] {
+            assert_eq!(
+                token_weakness(token.as_bytes()).is_some(),
+                weak,
+                "{token:?}"
+            );
+        }
+        assert_eq!(
+            token_weakness(b"3f9c").as_deref(),
+            Some("it is 4 hex digits, fewer than the 32 that hold 128 bits")
+        );
+    }
 
     fn mpesa_at(path: &str) -> Verifier {
         let (_dir, route) = route(VerifyKind::Mpesa, path, &[TOKEN.as_bytes()]);

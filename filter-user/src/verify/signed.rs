@@ -10,7 +10,7 @@ use base64::{
 };
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use http::HeaderName;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use subtle::{Choice, ConstantTimeEq as _};
 
 use super::{
@@ -152,8 +152,12 @@ fn stripe_event_id(body: &[u8]) -> Result<String, Refusal> {
     }
 }
 
-/// GitHub: `X-Hub-Signature-256: sha256=<hex>`, an HMAC-SHA256 of the body; no timestamp, so
-/// replays are caught by the delivery id (`X-GitHub-Delivery`) alone.
+/// GitHub: `X-Hub-Signature-256: sha256=<hex>`, an HMAC-SHA256 of the body; no timestamp.
+///
+/// The event id is the body's SHA-256, not `X-GitHub-Delivery`: the signature covers the body
+/// only, so keying on the delivery header would let anyone holding one captured delivery store
+/// it again under a fresh GUID. The header is still required (GitHub always sends it) and is
+/// kept with the stored event, for display.
 pub(super) fn github(secrets: &[Secret], req: &Request<'_>) -> Result<Verified, Refusal> {
     let header = HeaderName::from_static("x-hub-signature-256");
     let value = required(req.headers, &header)?;
@@ -165,9 +169,9 @@ pub(super) fn github(secrets: &[Secret], req: &Request<'_>) -> Result<Verified, 
     if !bool::from(any_mac_matches(keys, &[req.body], &[signature])) {
         return Err(Refusal::BadSignature);
     }
-    let delivery = required(req.headers, &HeaderName::from_static("x-github-delivery"))?;
+    required(req.headers, &HeaderName::from_static("x-github-delivery"))?;
     Ok(Verified {
-        event_id: delivery.to_owned(),
+        event_id: hex::encode(Sha256::digest(req.body)),
         kind: EventKind::Github,
     })
 }
@@ -262,7 +266,6 @@ fn any_mac_matches<'k>(
 #[cfg(test)]
 mod tests {
     use http::HeaderMap;
-    use sha2::{Digest as _, Sha256};
 
     use super::{super::testing::*, *};
     use crate::{config::VerifyKind, verify::Verifier};
@@ -638,12 +641,45 @@ mod tests {
         assert_eq!(
             check(&verifier, &gh_headers(GH_SIGNATURE), GH_BODY, at(0)),
             Ok(Verified {
-                event_id: GH_DELIVERY.into(),
+                event_id: GH_BODY_SHA256.into(),
                 kind: EventKind::Github
             })
         );
         let upper = format!("sha256={}", GH_SIGNATURE["sha256=".len()..].to_uppercase());
         assert!(check(&verifier, &gh_headers(&upper), GH_BODY, at(0)).is_ok());
+    }
+
+    /// SHA-256 of `GH_BODY`, from `printf 'Hello, World!' | sha256sum`.
+    const GH_BODY_SHA256: &str = "dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f";
+
+    #[test]
+    fn github_event_id_is_what_the_signature_covers_not_the_delivery_header() {
+        let verifier = verifier_for(VerifyKind::Github, &[GH_SECRET]);
+        let id_with = |delivery: &str| {
+            let map = headers(&[
+                ("x-hub-signature-256", GH_SIGNATURE),
+                ("x-github-delivery", delivery),
+            ]);
+            check(&verifier, &map, GH_BODY, at(0)).map(|verified| verified.event_id)
+        };
+        // A captured delivery sent again under a fresh GUID is the same event.
+        let original = id_with(GH_DELIVERY);
+        assert_eq!(original, Ok(GH_BODY_SHA256.to_owned()));
+        assert_eq!(id_with("11111111-2222-3333-4444-555555555555"), original);
+        // A different (signed) body is a different event.
+        let other = b"Hello, World?";
+        let map = gh_headers(&github_signature(GH_SECRET, other));
+        assert_eq!(
+            check(&verifier, &map, other, at(0)).map(|verified| verified.event_id),
+            Ok(hex::encode(Sha256::digest(other)))
+        );
+    }
+
+    /// `sha256=HEX` of the HMAC-SHA256 of `body` under `secret`.
+    fn github_signature(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
     }
 
     #[test]

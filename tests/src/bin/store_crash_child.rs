@@ -43,7 +43,11 @@ fn main() -> anyhow::Result<()> {
                     // The pid keeps ids unique across the rounds of one test.
                     let event_id = format!("k{}-{task}-{n}", std::process::id());
                     let inserted = handle.insert(store_event("/r", &event_id)).await;
-                    println!("ACK {event_id} {}", inserted.expect("child: insert").id());
+                    let id = inserted
+                        .expect("child: insert")
+                        .id()
+                        .expect("child: a row id");
+                    println!("ACK {event_id} {id}");
                     let acked = acks.fetch_add(1, Ordering::SeqCst) + 1;
                     if self_kill_after.is_some_and(|n| acked >= n) {
                         // SAFETY: kill(2) takes plain integers and touches no memory of ours.

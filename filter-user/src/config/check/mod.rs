@@ -193,6 +193,7 @@ impl Checker<'_> {
         let delivery = self.delivery(raw.delivery);
         let routes = self.routes(raw.route, signing);
         let daemon = self.daemon(raw.daemon);
+        self.retention_outlasts_tolerance(store.as_ref(), &routes);
         if !self.errors.is_empty() {
             return None;
         }
@@ -452,9 +453,20 @@ pub(super) fn type_name(value: &toml::Value) -> &'static str {
     }
 }
 
-/// A duration as the config file would write it ("30days", "10m", "500ms").
-pub(crate) fn human(duration: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(duration)
+/// A duration as the config file would write it ("30days", "10m", "500ms"). Whole days stay
+/// days ("90days"): humantime would write 90 days as "2months 29days 2h 52m 48s", its month
+/// being a twelfth of a year.
+pub(crate) fn human(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(DAY) {
+        let days = secs / DAY;
+        return if days == 1 {
+            "1day".to_owned()
+        } else {
+            format!("{days}days")
+        };
+    }
+    humantime::format_duration(duration).to_string()
 }
 
 /// How one duration key is checked: its default, bounds, and the examples its errors give.

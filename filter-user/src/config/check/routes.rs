@@ -59,7 +59,7 @@ impl VerifyKind {
     }
 
     /// Whether the provider signs a timestamp, so that `tolerance_seconds` means something.
-    fn has_timestamp(self) -> bool {
+    pub(crate) fn has_timestamp(self) -> bool {
         matches!(self, VerifyKind::StandardWebhooks | VerifyKind::Stripe)
     }
 
@@ -103,8 +103,12 @@ pub struct RouteConfig {
     pub path: String,
     /// How callbacks on this route are authenticated.
     pub verify: VerifyKind,
-    /// `mpesa` only (required there): the path token.
+    /// `mpesa` only: the path token, when written as `token`.
     pub token: Option<SecretRef>,
+    /// `mpesa` only: the path tokens, when written as `tokens = [...]`; any of them passes, so a
+    /// token can be rotated without losing a callback. A route has `token` or `tokens`, never
+    /// both (the config check refuses that).
+    pub tokens: Vec<SecretRef>,
     /// Every kind but `mpesa` (required, at least one): signing secrets; several for rotation.
     pub secrets: Vec<SecretRef>,
     /// Accepted clock skew for signed timestamps (`standard-webhooks`, `stripe`). Default: 300.
@@ -178,6 +182,7 @@ pub(crate) struct RawRoute {
     // Secrets are read untyped: a typed read would let serde quote an inline secret back in its
     // error message.
     token: Option<toml::Value>,
+    tokens: Option<toml::Value>,
     secrets: Option<toml::Value>,
     tolerance_seconds: Option<i64>,
     header: Option<String>,
@@ -204,7 +209,7 @@ pub(crate) const TABLES: &[Table] = &[
         array: true,
         keys: serde_names::<RawRoute>,
         secret_refs: &["token"],
-        secret_ref_lists: &["secrets"],
+        secret_ref_lists: &["secrets", "tokens"],
     },
     Table {
         path: "route.validation",
@@ -249,7 +254,7 @@ impl Checker<'_> {
         let path = self.route_path(at, raw.path);
         // Without a kind, nothing else in the route can be judged.
         let verify = self.route_verify(at, raw.verify)?;
-        let token = self.route_token(at, verify, raw.token);
+        let (token, tokens) = self.route_tokens(at, verify, raw.token, raw.tokens);
         let secrets = self.route_secrets(at, verify, raw.secrets);
         let tolerance_seconds = self.route_tolerance(at, verify, raw.tolerance_seconds);
         let header = self.route_header(at, verify, raw.header);
@@ -260,6 +265,7 @@ impl Checker<'_> {
             path: path?,
             verify,
             token: token?,
+            tokens: tokens?,
             secrets: secrets?,
             tolerance_seconds: tolerance_seconds?,
             header: header?,
@@ -453,6 +459,70 @@ impl Checker<'_> {
             }
             (_, None) => Some(None),
         }
+    }
+
+    /// `token` or `tokens` (never both): the first is `route_token`'s; the list is read like
+    /// `secrets`.
+    fn route_tokens(
+        &mut self,
+        at: &KeyPath,
+        verify: VerifyKind,
+        token: Option<toml::Value>,
+        tokens: Option<toml::Value>,
+    ) -> (Option<Option<SecretRef>>, Option<Vec<SecretRef>>) {
+        let Some(list) = tokens else {
+            return (self.route_token(at, verify, token), Some(Vec::new()));
+        };
+        let key = at.key("tokens");
+        if verify != VerifyKind::Mpesa {
+            self.error(
+                &key,
+                format!(
+                    "`tokens` is for verify = \"mpesa\" only; \"{verify}\" routes use secrets = \
+                     [{{ env = \"NAME\" }}]"
+                ),
+            );
+            return (None, None);
+        }
+        if token.is_some() {
+            // One list says which tokens pass: a `token` left beside it after a rotation would
+            // keep the old token working unnoticed.
+            self.error(
+                &key,
+                "write either `token` or `tokens`, not both: list every token that should pass \
+                 in tokens = [{ env = \"NEW\" }, { env = \"OLD\" }] and remove `token`",
+            );
+            return (None, None);
+        }
+        let example = "tokens = [{ env = \"NAME\" }]";
+        let items = match list {
+            toml::Value::Array(items) if !items.is_empty() => items,
+            toml::Value::Array(_) => {
+                self.error(&key, format!("needs at least one token: {example}"));
+                return (Some(None), None);
+            }
+            toml::Value::Table(_) => {
+                self.error(
+                    &key,
+                    format!(
+                        "tokens is a list, so a token can be rotated: {example}, or token = {{ \
+                         env = \"NAME\" }} for one"
+                    ),
+                );
+                return (Some(None), None);
+            }
+            other => {
+                self.error(&key, inline_secret_message(&other, example));
+                return (Some(None), None);
+            }
+        };
+        let before = self.errors.len();
+        let refs: Vec<SecretRef> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| self.secret_ref(&key.index(index), item, "tokens = [..., "))
+            .collect();
+        (Some(None), (self.errors.len() == before).then_some(refs))
     }
 
     fn route_secrets(

@@ -460,6 +460,53 @@ fn store_and_duration_cases() -> Vec<Case> {
             )],
         ),
         case(
+            "store.dedupe_window not longer than store.retention",
+            lines(&["[store]", "retention = \"30d\"", "dedupe_window = \"30d\""]),
+            vec![at(
+                "store.dedupe_window",
+                3,
+                &[
+                    "30days is not longer than store.retention (30days)",
+                    "tombstone",
+                    "e.g. dedupe_window = \"90days\"",
+                ],
+            )],
+        ),
+        case(
+            "store.dedupe_window below its minimum",
+            lines(&["[store]", "dedupe_window = \"10m\""]),
+            vec![at(
+                "store.dedupe_window",
+                2,
+                &["\"10m\" is out of range: use at least 1h (default 90days)"],
+            )],
+        ),
+        case(
+            "store.retention within twice the longest signature tolerance",
+            with(
+                &["[store]", "retention = \"1h\""],
+                &[
+                    STRIPE_ROUTE.join("\n").as_str(),
+                    "tolerance_seconds = 1800",
+                    "[[route]]",
+                    "path = \"/w\"",
+                    "verify = \"standard-webhooks\"",
+                    "secrets = [{ env = \"W\" }]",
+                    "tolerance_seconds = 600",
+                ],
+            ),
+            vec![at(
+                "store.retention",
+                2,
+                &[
+                    "1h must be more than twice the longest signature tolerance, 1800 s on \
+                     route \"/s\" (so more than 1h)",
+                    "raise store.retention (e.g. retention = \"30days\") or lower that \
+                     route's tolerance_seconds",
+                ],
+            )],
+        ),
+        case(
             "a bad duration says why and how to write one",
             http_delivery(&["max_age = \"3 dayz\""]),
             vec![at(
@@ -968,6 +1015,50 @@ fn route_cases() -> Vec<Case> {
             "an mpesa route needs a token",
             lines(&["[[route]]", "path = \"/m\"", "verify = \"mpesa\""]),
             vec![at("route[0]", 1, &["needs token = { env = \"NAME\" }"])],
+        ),
+        case(
+            "an mpesa route with both token and tokens",
+            with(MPESA_ROUTE, &["tokens = [{ env = \"NEW\" }]"]),
+            vec![at(
+                "route[0].tokens",
+                5,
+                &[
+                    "write either `token` or `tokens`, not both",
+                    "tokens = [{ env = \"NEW\" }, { env = \"OLD\" }] and remove `token`",
+                ],
+            )],
+        ),
+        case(
+            "an mpesa route with an empty tokens list",
+            with(&MPESA_ROUTE[..3], &["tokens = []"]),
+            vec![at("route[0].tokens", 4, &["needs at least one token"])],
+        ),
+        case(
+            "tokens written as one table or inline",
+            lines(&[
+                "[[route]]",
+                "path = \"/m\"",
+                "verify = \"mpesa\"",
+                "tokens = { env = \"T\" }",
+                "[[route]]",
+                "path = \"/n\"",
+                "verify = \"mpesa\"",
+                "tokens = [{ env = \"T\" }, \"s3cr3t-inline-token\"]",
+            ]),
+            vec![
+                at("route[0].tokens", 4, &["tokens is a list"]),
+                at(
+                    "route[1].tokens[1]",
+                    8,
+                    &["secrets are never written inline", "this is a string"],
+                ),
+            ],
+        )
+        .hiding(&["s3cr3t-inline-token"]),
+        case(
+            "a signed route takes no tokens",
+            with(STRIPE_ROUTE, &["tokens = [{ env = \"T\" }]"]),
+            vec![at("route[0].tokens", 5, &["for verify = \"mpesa\" only"])],
         ),
         case(
             "an mpesa route takes no secrets",

@@ -58,7 +58,7 @@ fn mpesa_verifier(stage: Option<C2bStage>) -> Verifier {
         route: "/props/mpesa".into(),
         verify: VerifyKind::Mpesa,
         scheme: Scheme::Mpesa {
-            token: SecretDigest::of(TOKEN.as_bytes()),
+            tokens: vec![SecretDigest::of(TOKEN.as_bytes())],
             stage,
         },
     }
