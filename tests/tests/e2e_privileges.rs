@@ -178,10 +178,20 @@ impl TestUser {
         user
     }
 
-    /// Makes the user the owner of `dir` (not of the files in it, which stay root's and readable).
+    /// Makes the user the owner of `dir` (so it can create the store's files there).
     fn own(&self, dir: &Path) {
         std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))
             .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+    }
+
+    /// Makes the user the owner of the secret files in `dir`, which the lab writes 0600 as
+    /// root's, as an operator gives the daemon's user its secrets (`chown hookwall: FILE`).
+    fn own_secrets(&self, dir: &Path, names: &[&str]) {
+        for name in names {
+            let path = dir.join(name);
+            std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+        }
     }
 }
 
@@ -399,6 +409,7 @@ fn with_run_as_the_daemon_becomes_that_user_and_still_reloads_and_delivers() {
     let mut lab = lab(Some(&user.name));
     // The store lives in the test's directory: the user must be able to create files there.
     user.own(lab.dir.path());
+    user.own_secrets(lab.dir.path(), &["token"]);
     let daemon = lab.start();
     exercise(&mut lab, daemon, &ThreadCreds::kept(user.uid, user.gid));
     // What the daemon made as root before the drop was handed to the user.
@@ -414,10 +425,11 @@ fn with_run_as_the_daemon_becomes_that_user_and_still_reloads_and_delivers() {
 fn a_run_as_user_who_cannot_write_the_store_is_refused_before_anything_is_attached() {
     let user = TestUser::new();
     let lab = lab(Some(&user.name));
-    // The test's directory stays root's: the user may read the config, certificate and secrets
-    // in it, but not create the store's files there.
+    // The test's directory stays root's: the user may read the config, certificate and its
+    // secret in it, but not create the store's files there.
     std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod of the test directory");
+    user.own_secrets(lab.dir.path(), &["token"]);
     let mut daemon = lab.spawn(&lab.config);
     let status = daemon
         .wait_exit(Duration::from_secs(15))
