@@ -445,6 +445,38 @@ impl Verifier {
         }
     }
 
+    /// What can be checked before the body is read, so that a caller without the credential
+    /// cannot make the receiver buffer a body: an `mpesa` route's path token (compared with
+    /// every token in constant time, as [`Verifier::verify`] does), or the presence of the
+    /// header(s) a signed route's signature travels in. [`Verifier::verify`] checks both again,
+    /// with the body.
+    ///
+    /// # Errors
+    /// The refusal [`Verifier::verify`] would give for the same token or missing header.
+    pub fn precheck(&self, path_token: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
+        let present = |header: HeaderName| {
+            if headers.contains_key(&header) {
+                Ok(())
+            } else {
+                Err(Refusal::MissingHeader { header })
+            }
+        };
+        match &self.scheme {
+            Scheme::Mpesa { tokens, .. } => mpesa::check_token(tokens, path_token),
+            // In the order the verifier reads them, so that the refusal names the same header.
+            Scheme::StandardWebhooks { .. } => {
+                ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                    .into_iter()
+                    .try_for_each(|name| present(HeaderName::from_static(name)))
+            }
+            Scheme::Stripe { .. } => present(HeaderName::from_static("stripe-signature")),
+            Scheme::Github { .. } => present(HeaderName::from_static("x-hub-signature-256")),
+            Scheme::HmacSha256 { header, .. } | Scheme::SharedSecret { header, .. } => {
+                present(header.clone())
+            }
+        }
+    }
+
     /// The route's kind.
     #[cfg(test)]
     pub fn kind(&self) -> VerifyKind {
