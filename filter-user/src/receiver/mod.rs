@@ -18,7 +18,8 @@
 //! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
 //!    (415);
 //! 6. before the body: an `mpesa` route's path token (404 `not_found` when wrong or missing),
-//!    the signature header(s) a signed route's scheme needs (401); then the body, up to `server.limits.body_limit_bytes` (413) within
+//!    the declared length (413), the signature header(s) a signed route's scheme needs (401);
+//!    then the body, up to `server.limits.body_limit_bytes` (413) within
 //!    `server.limits.body_timeout_ms` (408);
 //! 7. the route's verifier (401, 400);
 //! 8. the store: the answer leaves only after the event is committed (`accepted`) or found

@@ -1,5 +1,5 @@
 //! One request, step by step: rate limit, in-flight caps, route, peer, method, content type,
-//! token or signature header, length, body, verify, then validate or store. A step that refuses
+//! `mpesa` token, length, signature header, body, verify, then validate or store. A step that refuses
 //! returns a [`Rejection`] (outcome, reason, status, extra headers); [`handle`] records whatever
 //! the request came to, once, in the metrics and the audit line.
 
@@ -196,8 +196,9 @@ async fn process(
         ));
     }
     // Before the body: a caller without the path token or a signature header costs no read.
-    route.verifier.precheck(token, &parts.headers)?;
+    route.verifier.precheck_token(token)?;
     declared_length(app, &parts.headers)?;
+    route.verifier.precheck_headers(&parts.headers)?;
     let body = read_body(app, body.take().unwrap_or_default()).await?;
     // Without a copy when the collected body owns its buffer (one chunk, not shared).
     let body = HashedBody::new(Vec::from(body));

@@ -445,15 +445,28 @@ impl Verifier {
         }
     }
 
-    /// What can be checked before the body is read, so that a caller without the credential
-    /// cannot make the receiver buffer a body: an `mpesa` route's path token (compared with
-    /// every token in constant time, as [`Verifier::verify`] does), or the presence of the
-    /// header(s) a signed route's signature travels in. [`Verifier::verify`] checks both again,
-    /// with the body.
+    /// An `mpesa` route's path token, checked before anything of the body (its length
+    /// included), so that a caller without it cannot make the receiver read a body: compared
+    /// with every token in constant time, as [`Verifier::verify`] does (which checks it again).
+    /// Other kinds have no path token: `Ok`.
     ///
     /// # Errors
-    /// The refusal [`Verifier::verify`] would give for the same token or missing header.
-    pub fn precheck(&self, path_token: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// [`Refusal::MissingToken`] or [`Refusal::BadToken`], as [`Verifier::verify`] would give.
+    pub fn precheck_token(&self, path_token: Option<&str>) -> Result<(), Refusal> {
+        match &self.scheme {
+            Scheme::Mpesa { tokens, .. } => mpesa::check_token(tokens, path_token),
+            _ => Ok(()),
+        }
+    }
+
+    /// The presence of the header(s) a signed route's signature travels in, checked before the
+    /// body is read, so that an unsigned request costs no body read. `mpesa` routes carry no
+    /// signature header: `Ok`.
+    ///
+    /// # Errors
+    /// [`Refusal::MissingHeader`] for the first missing header, in the order
+    /// [`Verifier::verify`] reads them, so that it names the same one.
+    pub fn precheck_headers(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         let present = |header: HeaderName| {
             if headers.contains_key(&header) {
                 Ok(())
@@ -462,8 +475,7 @@ impl Verifier {
             }
         };
         match &self.scheme {
-            Scheme::Mpesa { tokens, .. } => mpesa::check_token(tokens, path_token),
-            // In the order the verifier reads them, so that the refusal names the same header.
+            Scheme::Mpesa { .. } => Ok(()),
             Scheme::StandardWebhooks { .. } => {
                 ["webhook-id", "webhook-timestamp", "webhook-signature"]
                     .into_iter()
