@@ -293,13 +293,14 @@ fn server_cases() -> Vec<Case> {
             )],
         ),
         case(
-            "server.limits per-client caps above the global caps",
+            "server.limits per-client caps above the global caps, ipv6_prefix under 48",
             lines(&[
                 "[server.limits]",
                 "max_connections = 10",
                 "max_in_flight = 4",
                 "max_connections_per_client = 11",
                 "max_in_flight_per_client = 5",
+                "ipv6_prefix = 32",
             ]),
             vec![
                 at(
@@ -312,16 +313,12 @@ fn server_cases() -> Vec<Case> {
                     5,
                     &["5 is more than max_in_flight (4)", "use 1 to 4"],
                 ),
+                at(
+                    "server.limits.ipv6_prefix",
+                    6,
+                    &["use 48 to 128 (default 64)"],
+                ),
             ],
-        ),
-        case(
-            "server.limits.ipv6_prefix outside 48 to 128",
-            lines(&["[server.limits]", "ipv6_prefix = 32"]),
-            vec![at(
-                "server.limits.ipv6_prefix",
-                2,
-                &["use 48 to 128 (default 64)"],
-            )],
         ),
         case(
             "server.limits.max_in_flight x body_limit_bytes over the memory budget",
