@@ -378,6 +378,55 @@ fn connections_beyond_max_connections_are_closed_unanswered() {
     assert_eq!(lab.stored(), 1);
 }
 
+#[test]
+fn one_client_over_max_connections_per_client_is_closed_and_another_is_served() {
+    let lab = lab_with(&[
+        ("max_connections_per_client", 2),
+        ("header_timeout_ms", 1500),
+    ]);
+    let daemon = lab.start();
+    // Two connections from one address held open, idle after the handshake.
+    let held: Vec<_> = (0..2)
+        .map(|_| exchange_bg(&lab, v4(), String::new(), Vec::new()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    // A third from the same address is closed at once, unanswered.
+    let started = Instant::now();
+    let (r, _) = exchange_timed(
+        &lab,
+        v4(),
+        gh_head(
+            &format!("Content-Length: {}", BODY.len()),
+            "over-client-cap",
+        ),
+        vec![(Duration::ZERO, BODY.to_vec())],
+    );
+    assert!(
+        r.is_err(),
+        "a connection over the client's cap is not served: {r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed at once: {:?}",
+        started.elapsed()
+    );
+    // Another client is served meanwhile: the cap is per client, not global.
+    let r = deliver(&lab, IpAddr::V6(ALLOWED_V6), "other-client");
+    assert_reply(
+        &r,
+        200,
+        "another client while the first holds its cap",
+        &daemon,
+    );
+    for handle in held {
+        let (r, _) = handle.join().expect("a held connection");
+        assert!(r.is_err(), "an idle connection gets no answer");
+    }
+    assert_eq!(all_requests(&daemon), 1.0, "{}", daemon.metrics());
+    drop(daemon);
+    assert_eq!(lab.stored(), 1);
+}
+
 /// `curl --http2` (ALPN h2) from 192.0.2.10 in the client namespace: `(http_version, status)`.
 /// `cargo xtask setup` installs curl; a missing curl fails the test rather than skipping it.
 fn curl_h2(lab: &Lab, headers: &[String], body: &[u8]) -> (String, u16) {

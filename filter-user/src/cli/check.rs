@@ -118,12 +118,15 @@ impl Config {
             out,
             "limits",
             format_args!(
-                "{}/s per client (burst {}), {} connections, {} in flight, body {} bytes, \
-                 headers {} ms, body {} ms",
+                "{}/s per client (burst {}), {} connections ({} per client), {} in flight \
+                 ({} per client), IPv6 clients by /{}, body {} bytes, headers {} ms, body {} ms",
                 l.rate_per_second,
                 l.rate_burst,
                 l.max_connections,
+                l.max_connections_per_client,
                 l.max_in_flight,
+                l.max_in_flight_per_client,
+                l.ipv6_prefix,
                 l.body_limit_bytes,
                 l.header_timeout.as_millis(),
                 l.body_timeout.as_millis()

@@ -268,3 +268,29 @@ pub(super) fn reload(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::InForce;
+    use crate::config::tests::parse_ok;
+
+    #[test]
+    fn a_changed_per_client_limit_waits_for_a_restart() {
+        let config = parse_ok("");
+        let in_force = InForce::from_config(&config, true);
+        assert!(in_force.waiting_for_restart(&config).receiver.is_empty());
+        let changes: [fn(&mut crate::config::Limits); 3] = [
+            |l| l.max_in_flight_per_client = 1,
+            |l| l.max_connections_per_client = 1,
+            |l| l.ipv6_prefix = 56,
+        ];
+        for change in changes {
+            let mut changed = config.clone();
+            change(&mut changed.server.limits);
+            assert_eq!(
+                in_force.waiting_for_restart(&changed).receiver,
+                ["server.limits changed; they take effect when hookwall restarts"]
+            );
+        }
+    }
+}

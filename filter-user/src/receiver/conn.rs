@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     App, HANDSHAKE_TIMEOUT, Peer,
     audit::{Answered, Audit, Outcome},
+    budget::ClientPermit,
     client::ProxiedClient,
     proxy::{self, Refused, Rewind},
 };
@@ -42,11 +43,11 @@ pub(super) struct Shared {
 }
 
 /// Serves one accepted connection until it ends; `permit` holds its place under
-/// `server.limits.max_connections` until then.
+/// `server.limits.max_connections` (and `max_connections_per_client`) until then.
 pub(super) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, Option<ClientPermit>),
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     watcher: Watcher,

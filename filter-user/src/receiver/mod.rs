@@ -8,18 +8,20 @@
 //!    configured header that is not itself a trusted proxy; or the source of the PROXY protocol
 //!    header a trusted balancer sent before TLS (`proxy`; a peer not trusted that sends one is
 //!    closed before TLS). A trusted proxy that names no usable client leaves it unknown;
-//! 2. per-client rate limit (429 with `Retry-After`) and the cap on requests in flight (503);
-//!    the limits are `[server.limits]` ([`Limits`]), read at start.
+//! 2. per-client rate limit (429 with `Retry-After`) and the caps on requests in flight, for
+//!    everyone and per client (503); a client is an IPv4 address or an IPv6 prefix
+//!    (`budget::client_key`); the limits are `[server.limits]` ([`Limits`]), read at start.
 //! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
 //!    `{path}/{token}`;
 //! 4. `mpesa` routes: the client address must be known and on the allowlist (403), also in
 //!    monitor mode;
 //! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
 //!    (415);
-//! 6. the body, up to `server.limits.body_limit_bytes` (413) within
+//! 6. before the body: an `mpesa` route's path token (404 `not_found` when wrong or missing),
+//!    the declared length (413), the signature header(s) a signed route's scheme needs (401);
+//!    then the body, up to `server.limits.body_limit_bytes` (413) within
 //!    `server.limits.body_timeout_ms` (408);
-//! 7. the route's verifier (401, 400); a wrong or missing `mpesa` token gets the 404 and the
-//!    `not_found` outcome of an unknown path;
+//! 7. the route's verifier (401, 400);
 //! 8. the store: the answer leaves only after the event is committed (`accepted`) or found
 //!    (`duplicate`); both get the provider's success answer; a store error gets 503, never a
 //!    false success. A route with `validation` asks the application instead and stores nothing.
@@ -29,6 +31,7 @@
 //! waits for their connections (at most [`SHUTDOWN_GRACE`]).
 
 mod audit;
+mod budget;
 mod client;
 #[cfg(test)]
 mod client_props;
@@ -84,8 +87,10 @@ pub struct App {
     routing: ArcSwap<Routing>,
     store: StoreHandle,
     metrics: Metrics,
+    /// Keyed by [`budget::client_key`].
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     in_flight: Semaphore,
+    in_flight_per_client: Arc<budget::PerClient>,
     /// The limits in force (read at start).
     limits: Limits,
 }
@@ -124,6 +129,7 @@ impl App {
             metrics,
             limiter: RateLimiter::keyed(quota),
             in_flight: Semaphore::new(limits.max_in_flight),
+            in_flight_per_client: budget::PerClient::new(limits.max_in_flight_per_client),
             limits,
         })
     }
@@ -222,6 +228,7 @@ impl Server {
         let graceful = GracefulShutdown::new();
         let limits = self.app.limits;
         let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let connections_per_client = budget::PerClient::new(limits.max_connections_per_client);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -258,11 +265,30 @@ impl Server {
                 drop(tcp);
                 continue;
             };
+            // Counted by socket peer: a trusted proxy or balancer carries many clients on its
+            // connections and is held only by the global cap.
+            let client_permit = if client::is_trusted(
+                self.app.routing.load().client_address.trusted_proxies(),
+                peer.ip().to_canonical(),
+            ) {
+                None
+            } else {
+                let key = budget::client_key(peer.ip(), limits.ipv6_prefix);
+                let Some(held) = connections_per_client.try_acquire(key) else {
+                    tracing::debug!(
+                        %peer,
+                        "per-client connection cap reached; closing a new connection"
+                    );
+                    drop(tcp);
+                    continue;
+                };
+                Some(held)
+            };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(conn::serve(
                 tcp,
                 peer,
-                permit,
+                (permit, client_permit),
                 TlsAcceptor::from(self.tls.load_full()),
                 Arc::clone(&shared),
                 graceful.watcher(),

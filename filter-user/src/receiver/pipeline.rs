@@ -1,7 +1,7 @@
-//! One request, step by step: rate limit, in-flight cap, route, peer, method, content type,
-//! length, body, verify, then validate or store. A step that refuses returns a [`Rejection`]
-//! (outcome, reason, status, extra headers); [`handle`] records whatever the request came to,
-//! once, in the metrics and the audit line.
+//! One request, step by step: rate limit, in-flight caps, route, peer, method, content type,
+//! `mpesa` token, length, signature header, body, verify, then validate or store. A step that refuses
+//! returns a [`Rejection`] (outcome, reason, status, extra headers); [`handle`] records whatever
+//! the request came to, once, in the metrics and the audit line.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -23,6 +23,7 @@ use tokio::sync::SemaphorePermit;
 use super::{
     App, Peer,
     audit::{Answered, Audit, Outcome},
+    budget::{ClientPermit, client_key},
     client::{Client, ProxiedClient, client_addr},
     routing::{Route, Routing},
 };
@@ -172,8 +173,9 @@ async fn process(
     body: &mut Option<Body>,
     audit: &mut Audit,
 ) -> Result<Accepted, Rejection> {
-    rate_limit(app, client.addr())?;
-    let _in_flight = in_flight(app)?;
+    let key = client_key(client.addr(), app.limits.ipv6_prefix);
+    rate_limit(app, key)?;
+    let _in_flight = in_flight(app, key)?;
     let (route, token) = routing
         .find(parts.uri.path())
         .ok_or_else(|| Rejection::new(Outcome::NotFound, StatusCode::NOT_FOUND))?;
@@ -193,7 +195,10 @@ async fn process(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ));
     }
+    // Before the body: a caller without the path token or a signature header costs no read.
+    route.verifier.precheck_token(token)?;
     declared_length(app, &parts.headers)?;
+    route.verifier.precheck_headers(&parts.headers)?;
     let body = read_body(app, body.take().unwrap_or_default()).await?;
     // Without a copy when the collected body owns its buffer (one chunk, not shared).
     let body = HashedBody::new(Vec::from(body));
@@ -285,7 +290,7 @@ fn check_source(routing: &Routing, client: Client) -> Result<(), Rejection> {
     }
 }
 
-/// The client's rate: 429 with the seconds until its next request would pass.
+/// The client's rate (`client` is its [`client_key`]): 429 with the seconds until its next request would pass.
 fn rate_limit(app: &App, client: IpAddr) -> Result<(), Rejection> {
     app.limiter.check_key(&client).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
@@ -295,15 +300,26 @@ fn rate_limit(app: &App, client: IpAddr) -> Result<(), Rejection> {
     })
 }
 
-/// A place among `server.limits.max_in_flight`, held until the request is answered.
-fn in_flight(app: &App) -> Result<SemaphorePermit<'_>, Rejection> {
+/// A place among `server.limits.max_in_flight_per_client` for the client keyed `client`, then
+/// among `max_in_flight`, both held until the request is answered. The client's own cap comes
+/// first, so that a client over it never takes a place from the others.
+fn in_flight(app: &App, client: IpAddr) -> Result<(ClientPermit, SemaphorePermit<'_>), Rejection> {
     // Deliberately not queued: a provider retries a 503, and a queue would only hold its
     // connection open longer.
-    app.in_flight.try_acquire().map_err(|_| {
+    let overloaded = |reason| {
         Rejection::new(Outcome::Overloaded, StatusCode::SERVICE_UNAVAILABLE)
-            .because("max_in_flight")
+            .because(reason)
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-    })
+    };
+    let own = app
+        .in_flight_per_client
+        .try_acquire(client)
+        .ok_or_else(|| overloaded("max_in_flight_per_client"))?;
+    let all = app
+        .in_flight
+        .try_acquire()
+        .map_err(|_| overloaded("max_in_flight"))?;
+    Ok((own, all))
 }
 
 /// A body declared longer than the limit is refused before any of it is read.

@@ -90,6 +90,11 @@ mod router {
 
         /// With more allowlist entries and lines added to `[server]`.
         fn with(allow: &[&str], server: &str) -> Self {
+            Self::with_limits(allow, server, "")
+        }
+
+        /// As [`Env::with`], with lines added to `[server.limits]`.
+        fn with_limits(allow: &[&str], server: &str, limits: &str) -> Self {
             let cidrs: Vec<String> = ["192.0.2.0/24"]
                 .iter()
                 .chain(allow)
@@ -116,6 +121,7 @@ tls = "self-signed"
 
 [server.limits]
 body_limit_bytes = {BODY_LIMIT}
+{limits}
 
 [store]
 path = "{store}"
@@ -147,6 +153,35 @@ secrets = [{{ file = "stripe" }}]
                 store: Some(store),
                 metrics,
                 router: router(Arc::new(app)),
+            }
+        }
+
+        /// A request from `from` whose body never ends: it holds its place in flight until
+        /// dropped.
+        fn endless(
+            &self,
+            from: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            declared: u64,
+        ) -> impl Future<Output = Response<Body>> + use<> {
+            let mut request = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header(header::CONTENT_LENGTH, declared);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+            let mut request = request.body(Body::from_stream(never)).unwrap();
+            request
+                .extensions_mut()
+                .insert(Peer(from.parse::<SocketAddr>().unwrap()));
+            let mut router = self.router.clone();
+            async move {
+                tower_service::Service::call(&mut router, request)
+                    .await
+                    .unwrap()
             }
         }
 
@@ -558,5 +593,72 @@ secrets = [{{ file = "stripe" }}]
             assert_eq!(r.status(), status, "{what}");
         }
         assert_eq!(env.requests(MPESA, "forbidden_peer"), 2);
+    }
+
+    #[tokio::test]
+    async fn one_client_holding_its_in_flight_cap_does_not_starve_another() {
+        let env = Env::with_limits(&[], "", "max_in_flight_per_client = 2");
+        let hog = "[2001:db8:1:2::1]:40000";
+        // Two requests whose bodies never end: the hog's whole share, held.
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(env.endless(hog, GH, &gh_headers(GH_SIGNATURE), 13)))
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            held.iter().all(|t| !t.is_finished()),
+            "still reading bodies"
+        );
+
+        // A third from the hog, or from another address of its /64: 503, at once.
+        for from in [hog, "[2001:db8:1:2:ffff::9]:40001"] {
+            let r = env
+                .send(from, "POST", GH, &gh_headers(GH_SIGNATURE), GH_BODY)
+                .await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{from}");
+            assert_eq!(
+                r.headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap()),
+                Some("1")
+            );
+        }
+        assert_eq!(env.requests("none", "overloaded"), 2);
+
+        // Another client (another /64, or IPv4) is served.
+        for from in ["[2001:db8:1:3::1]:40000", ALLOWED] {
+            let r = env
+                .send(from, "POST", GH, &gh_headers(GH_SIGNATURE), GH_BODY)
+                .await;
+            assert_eq!(r.status(), StatusCode::OK, "{from}");
+        }
+        for task in held {
+            task.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_or_a_missing_signature_is_refused_before_the_body() {
+        let env = Env::new();
+        let huge = 1 << 30;
+        let within = std::time::Duration::from_secs(2);
+        // A body declared far over the limit, that never arrives: refused without reading it
+        // (a read would wait for the body timeout; the length check would answer 413).
+        let r = tokio::time::timeout(
+            within,
+            env.endless(ALLOWED, &format!("{MPESA}/wrong-token"), &[JSON], huge),
+        )
+        .await
+        .expect("answered without reading the body");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(env.requests(MPESA, "not_found"), 1);
+
+        // Unsigned, within the limit: 401 without waiting for the body.
+        let unsigned = [JSON, ("x-github-event", "push")];
+        let r = tokio::time::timeout(within, env.endless(ALLOWED, GH, &unsigned, 100))
+            .await
+            .expect("answered without reading the body");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(env.refusals(GH, "missing_header"), 1);
+        assert_eq!(env.stored(), 0);
     }
 }

@@ -445,6 +445,50 @@ impl Verifier {
         }
     }
 
+    /// An `mpesa` route's path token, checked before anything of the body (its length
+    /// included), so that a caller without it cannot make the receiver read a body: compared
+    /// with every token in constant time, as [`Verifier::verify`] does (which checks it again).
+    /// Other kinds have no path token: `Ok`.
+    ///
+    /// # Errors
+    /// [`Refusal::MissingToken`] or [`Refusal::BadToken`], as [`Verifier::verify`] would give.
+    pub fn precheck_token(&self, path_token: Option<&str>) -> Result<(), Refusal> {
+        match &self.scheme {
+            Scheme::Mpesa { tokens, .. } => mpesa::check_token(tokens, path_token),
+            _ => Ok(()),
+        }
+    }
+
+    /// The presence of the header(s) a signed route's signature travels in, checked before the
+    /// body is read, so that an unsigned request costs no body read. `mpesa` routes carry no
+    /// signature header: `Ok`.
+    ///
+    /// # Errors
+    /// [`Refusal::MissingHeader`] for the first missing header, in the order
+    /// [`Verifier::verify`] reads them, so that it names the same one.
+    pub fn precheck_headers(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let present = |header: HeaderName| {
+            if headers.contains_key(&header) {
+                Ok(())
+            } else {
+                Err(Refusal::MissingHeader { header })
+            }
+        };
+        match &self.scheme {
+            Scheme::Mpesa { .. } => Ok(()),
+            Scheme::StandardWebhooks { .. } => {
+                ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                    .into_iter()
+                    .try_for_each(|name| present(HeaderName::from_static(name)))
+            }
+            Scheme::Stripe { .. } => present(HeaderName::from_static("stripe-signature")),
+            Scheme::Github { .. } => present(HeaderName::from_static("x-hub-signature-256")),
+            Scheme::HmacSha256 { header, .. } | Scheme::SharedSecret { header, .. } => {
+                present(header.clone())
+            }
+        }
+    }
+
     /// The route's kind.
     #[cfg(test)]
     pub fn kind(&self) -> VerifyKind {

@@ -47,7 +47,7 @@ pub(super) fn verify(
 /// Compares the path token with every one of the route's tokens (any passes, for rotation), in
 /// constant time and by digest (see [`SecretDigest`]): every candidate is compared, with no
 /// early exit, so the time taken says neither which token matched nor whether one did.
-fn check_token(expected: &[SecretDigest], given: Option<&str>) -> Result<(), Refusal> {
+pub(super) fn check_token(expected: &[SecretDigest], given: Option<&str>) -> Result<(), Refusal> {
     let given = given
         .filter(|token| !token.is_empty())
         .ok_or(Refusal::MissingToken)?;

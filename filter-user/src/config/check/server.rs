@@ -27,6 +27,20 @@ pub const DEFAULT_RATE_BURST: u32 = 400;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// `server.limits.max_in_flight` default: requests being handled at most (more get 503).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// `server.limits.max_in_flight_per_client` default (lowered to `max_in_flight` when that is
+/// smaller): requests one client may have in flight (more get 503).
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT: usize = 64;
+/// `server.limits.max_connections_per_client` default (lowered to `max_connections` when that is
+/// smaller): connections one client may hold open (more are closed at once).
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// `server.limits.ipv6_prefix` default: an IPv6 client is its /64, the smallest block a site
+/// is given, so one host cannot be millions of clients.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Bounds for `server.limits.ipv6_prefix`: a /48 is a whole site; 128 is one address.
+const IPV6_PREFIX_RANGE: (i64, i64) = (48, 128);
+/// What `max_in_flight` bodies of `body_limit_bytes` may hold in memory at once, at most: every
+/// request in flight may buffer a whole body.
+pub const MEMORY_BUDGET_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// `server.limits.body_limit_bytes` default: provider callbacks are a few KiB (413 above it).
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// `server.limits.header_timeout_ms` default: time to send a request's headers (408 after it).
@@ -146,6 +160,17 @@ pub struct Limits {
     /// `max_in_flight`: requests being handled at most; more get 503 (outcome `overloaded`).
     /// Default: [`DEFAULT_MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// `max_in_flight_per_client`: requests one client (keyed like the rate limit) may have in
+    /// flight; more get 503 (outcome `overloaded`, reason `max_in_flight_per_client`).
+    /// Default: [`DEFAULT_MAX_IN_FLIGHT_PER_CLIENT`], at most `max_in_flight`.
+    pub max_in_flight_per_client: usize,
+    /// `max_connections_per_client`: connections one socket peer (keyed like the rate limit;
+    /// a trusted proxy is exempt) may hold open; more are closed at once, unanswered.
+    /// Default: [`DEFAULT_MAX_CONNECTIONS_PER_CLIENT`], at most `max_connections`.
+    pub max_connections_per_client: usize,
+    /// `ipv6_prefix`: the prefix length an IPv6 client is counted by in the rate limit and the
+    /// per-client caps (an IPv4 client is its address). Default: [`DEFAULT_IPV6_PREFIX`].
+    pub ipv6_prefix: u8,
     /// `body_limit_bytes`: largest body accepted (413 above it, declared or sent).
     /// Default: [`DEFAULT_BODY_LIMIT_BYTES`].
     pub body_limit_bytes: usize,
@@ -164,6 +189,9 @@ impl Default for Limits {
             rate_burst: DEFAULT_RATE_BURST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_per_client: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -221,6 +249,9 @@ struct RawLimits {
     rate_burst: Option<i64>,
     max_connections: Option<i64>,
     max_in_flight: Option<i64>,
+    max_in_flight_per_client: Option<i64>,
+    max_connections_per_client: Option<i64>,
+    ipv6_prefix: Option<i64>,
     body_limit_bytes: Option<i64>,
     header_timeout_ms: Option<i64>,
     body_timeout_ms: Option<i64>,
@@ -442,6 +473,30 @@ impl Checker<'_> {
         )
     }
 
+    /// A per-client cap: unset, `default` lowered to the global cap `whole` (so that lowering
+    /// the global cap alone stays valid); set, within 1 and the global cap.
+    fn per_client(
+        &mut self,
+        name: &str,
+        raw: Option<i64>,
+        default: i64,
+        (whole_name, whole): (&str, Option<i64>),
+    ) -> Option<i64> {
+        let whole = whole?;
+        let value = self.limit(name, raw, default.min(whole), 1, MAX_LIMIT_COUNT)?;
+        if value > whole {
+            self.error(
+                &KeyPath::of("server.limits").key(name),
+                format!(
+                    "{value} is more than {whole_name} ({whole}): one client cannot have more \
+                     than everyone; use 1 to {whole}"
+                ),
+            );
+            return None;
+        }
+        Some(value)
+    }
+
     fn limits(&mut self, raw: RawLimits) -> Option<Limits> {
         let d = Limits::default();
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
@@ -496,7 +551,42 @@ impl Checker<'_> {
             t_min,
             t_max,
         );
-        // Every value is within bounds that fit u32 and usize.
+        let in_flight_per_client = self.per_client(
+            "max_in_flight_per_client",
+            raw.max_in_flight_per_client,
+            count(d.max_in_flight_per_client),
+            ("max_in_flight", in_flight),
+        );
+        let connections_per_client = self.per_client(
+            "max_connections_per_client",
+            raw.max_connections_per_client,
+            count(d.max_connections_per_client),
+            ("max_connections", connections),
+        );
+        let (p_min, p_max) = IPV6_PREFIX_RANGE;
+        let prefix = self.limit(
+            "ipv6_prefix",
+            raw.ipv6_prefix,
+            i64::from(d.ipv6_prefix),
+            p_min,
+            p_max,
+        );
+        if let (Some(n), Some(bytes)) = (in_flight, body) {
+            let product = n.unsigned_abs().saturating_mul(bytes.unsigned_abs());
+            if product > MEMORY_BUDGET_BYTES {
+                self.error(
+                    &KeyPath::of("server.limits").key("max_in_flight"),
+                    format!(
+                        "max_in_flight ({n}) x body_limit_bytes ({bytes}) = {product} bytes, \
+                         more than the {MEMORY_BUDGET_BYTES} bytes (2 GiB) every request in \
+                         flight may hold at once: lower server.limits.max_in_flight or \
+                         server.limits.body_limit_bytes"
+                    ),
+                );
+                return None;
+            }
+        }
+        // Every value is within bounds that fit u8, u32 and usize.
         let as_u32 = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
         let as_usize = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
         let as_ms = |v: i64| Duration::from_millis(v.unsigned_abs());
@@ -505,6 +595,9 @@ impl Checker<'_> {
             rate_burst: as_u32(burst?),
             max_connections: as_usize(connections?),
             max_in_flight: as_usize(in_flight?),
+            max_in_flight_per_client: as_usize(in_flight_per_client?),
+            max_connections_per_client: as_usize(connections_per_client?),
+            ipv6_prefix: u8::try_from(prefix?).unwrap_or(u8::MAX),
             body_limit_bytes: as_usize(body?),
             header_timeout: as_ms(header?),
             body_timeout: as_ms(body_timeout?),

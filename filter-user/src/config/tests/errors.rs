@@ -293,6 +293,50 @@ fn server_cases() -> Vec<Case> {
             )],
         ),
         case(
+            "server.limits per-client caps above the global caps, ipv6_prefix under 48",
+            lines(&[
+                "[server.limits]",
+                "max_connections = 10",
+                "max_in_flight = 4",
+                "max_connections_per_client = 11",
+                "max_in_flight_per_client = 5",
+                "ipv6_prefix = 32",
+            ]),
+            vec![
+                at(
+                    "server.limits.max_connections_per_client",
+                    4,
+                    &["11 is more than max_connections (10)"],
+                ),
+                at(
+                    "server.limits.max_in_flight_per_client",
+                    5,
+                    &["5 is more than max_in_flight (4)", "use 1 to 4"],
+                ),
+                at(
+                    "server.limits.ipv6_prefix",
+                    6,
+                    &["use 48 to 128 (default 64)"],
+                ),
+            ],
+        ),
+        case(
+            "server.limits.max_in_flight x body_limit_bytes over the memory budget",
+            lines(&[
+                "[server.limits]",
+                "body_limit_bytes = 67108864",
+                "max_in_flight = 33",
+            ]),
+            vec![at(
+                "server.limits.max_in_flight",
+                3,
+                &[
+                    "max_in_flight (33) x body_limit_bytes (67108864) = 2214592512 bytes",
+                    "server.limits.body_limit_bytes",
+                ],
+            )],
+        ),
+        case(
             "an unknown server.limits key",
             lines(&["[server.limits]", "rate_per_secnd = 5"]),
             vec![at(

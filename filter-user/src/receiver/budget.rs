@@ -1,0 +1,131 @@
+//! Per-client budgets: what one client is counted as ([`client_key`]: an IPv4 address, or the
+//! IPv6 prefix `server.limits.ipv6_prefix`), and the caps one client may hold of the shared
+//! resources ([`PerClient`]: requests in flight, open connections), so that one client cannot
+//! hold all of them.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+/// What a client is counted as: an IPv4 address is itself; an IPv6 address is its first
+/// `ipv6_prefix` bits (one host is routinely given a whole /64, so counting by full address
+/// would make it millions of clients). IPv4-mapped IPv6 addresses count as IPv4.
+pub(crate) fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+/// How many of one resource each client holds, with a cap per client. A client's entry goes
+/// when its count drops to zero, so the map holds only clients holding something.
+#[derive(Debug)]
+pub(crate) struct PerClient {
+    cap: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerClient {
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One more for `key`, or `None` if it already holds the cap. Not queued, like the global
+    /// caps.
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: IpAddr) -> Option<ClientPermit> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientPermit {
+            budget: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// How many `key` holds now.
+    #[cfg(test)]
+    pub(crate) fn held(&self, key: IpAddr) -> usize {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// One place of a client under its cap, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct ClientPermit {
+    budget: Arc<PerClient>,
+    key: IpAddr,
+}
+
+impl Drop for ClientPermit {
+    fn drop(&mut self) {
+        let mut held = self
+            .budget
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_prefix_and_ipv4_by_its_address() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1"), 64),
+            client_key(ip("2001:db8:1:2:bbbb::2"), 64)
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1"), 64),
+            client_key(ip("2001:db8:1:3::1"), 64)
+        );
+        assert_eq!(client_key(ip("2001:db8:1:2::1"), 48), ip("2001:db8:1::"));
+        assert_eq!(client_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_ne!(
+            client_key(ip("192.0.2.1"), 64),
+            client_key(ip("192.0.2.2"), 64)
+        );
+        assert_eq!(client_key(ip("::ffff:192.0.2.1"), 64), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_cap_and_gives_it_back() {
+        let budget = PerClient::new(2);
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        let first = budget.try_acquire(a).unwrap();
+        let _second = budget.try_acquire(a).unwrap();
+        assert!(budget.try_acquire(a).is_none());
+        let _other = budget
+            .try_acquire(b)
+            .expect("another client has its own cap");
+        drop(first);
+        assert_eq!(budget.held(a), 1);
+        let _again = budget.try_acquire(a).unwrap();
+        drop(_other);
+        assert!(budget.held.lock().unwrap().get(&b).is_none());
+    }
+}
