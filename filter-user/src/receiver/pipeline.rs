@@ -1,7 +1,7 @@
 //! One request, step by step: rate limit, in-flight caps, route, peer, method, content type,
-//! `mpesa` token, length, signature header, body, verify, then validate or store. A step that refuses
-//! returns a [`Rejection`] (outcome, reason, status, extra headers); [`handle`] records whatever
-//! the request came to, once, in the metrics and the audit line.
+//! `mpesa` token, length, signature header, body, verify, then validate or store. A step that
+//! refuses returns a [`Rejection`] (outcome, reason, status, extra headers); [`handle`] records
+//! whatever the request came to, once, in the metrics and the audit line.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -290,7 +290,8 @@ fn check_source(routing: &Routing, client: Client) -> Result<(), Rejection> {
     }
 }
 
-/// The client's rate (`client` is its [`client_key`]): 429 with the seconds until its next request would pass.
+/// The client's rate (`client` is its [`client_key`]): 429 with the seconds until its next
+/// request would pass.
 fn rate_limit(app: &App, client: IpAddr) -> Result<(), Rejection> {
     app.limiter.check_key(&client).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
