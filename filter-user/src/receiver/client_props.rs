@@ -11,26 +11,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use proptest::{prelude::*, sample::Index, test_runner::Config};
+use proptest::{prelude::*, sample::Index};
 
 use super::client::{Client, client_addr};
-use crate::config::{ClientAddress, ForwardedHeader};
+use crate::{
+    config::{ClientAddress, ForwardedHeader},
+    verify::props::config,
+};
 
 /// The forwarding headers a client may send.
 const HEADERS: [&str; 2] = ["forwarded", "x-forwarded-for"];
-
-/// `cases` cases, unless `PROPTEST_CASES` says otherwise; no regression files in the tree.
-fn config(cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(cases);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// Every address written in `text`, as the module doc defines it, canonical (mapped as IPv4).
 fn written(text: &str) -> Vec<IpAddr> {

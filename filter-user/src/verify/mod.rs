@@ -26,7 +26,7 @@
 
 mod mpesa;
 #[cfg(test)]
-mod props;
+pub(crate) mod props;
 mod sign;
 mod signed;
 

@@ -28,8 +28,9 @@ use sha2::Sha256;
 
 use super::{Refusal, Verified};
 
-/// `cases` cases per property, unless `PROPTEST_CASES` says otherwise.
-pub(super) fn config(cases: u32) -> Config {
+/// `cases` cases per property, unless `PROPTEST_CASES` says otherwise; no regression files in
+/// the tree. The client-address properties use it too.
+pub(crate) fn config(cases: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
