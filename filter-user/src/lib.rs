@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! One module per concern; the binary (`main.rs`) parses the command line and dispatches.
+//! - `build_info`: the version, git revision and program digest this build reports.
 //! - `config`: the TOML schema, one file per section under `config/check/`, loading and
 //!   validation with `file:line` errors and "did you mean", secret references, host probes,
 //!   the warning about secret files others can read.
@@ -29,6 +30,7 @@
 //! The public surface is what the binary and the `hookwall-tests` crate use; the `bench`
 //! feature adds the hooks that crate's kernel tests and benchmarks need.
 pub(crate) mod allowlist;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Guards a payment-callback endpoint: an XDP allowlist in the kernel and a daemon that feeds it.
 #[derive(Parser)]
-#[command(name = "hookwall", version, about)]
+#[command(name = "hookwall", version, long_version = hookwall::build_info::long_version(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
