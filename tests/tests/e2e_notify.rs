@@ -460,6 +460,50 @@ fn after_dropping_to_run_as_the_daemon_still_reaches_the_service_manager() {
     assert_eq!(watchdogs, 0, "no WATCHDOG_USEC, no pings");
 }
 
+#[test]
+fn credentials_a_run_as_user_cannot_read_refuse_the_start_with_the_fix() {
+    let user = TestUser::create();
+    let (mut lab, credentials) = credential_lab();
+    lab.spec.run_as = Some(user.name.clone());
+    lab.write_config();
+    user.own(lab.dir.path());
+    // As systemd leaves them for a unit that starts as root: root's, read-only, private.
+    std::fs::set_permissions(
+        credentials.join(CREDENTIAL),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .expect("chmod of the credential");
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o500))
+        .expect("chmod of the credentials directory");
+    let mut daemon = lab.spawn_with(|cmd| {
+        cmd.env("CREDENTIALS_DIRECTORY", &credentials);
+    });
+    let status = daemon
+        .wait_exit(PATIENCE)
+        .unwrap_or_else(|| panic!("the start was not refused; log:\n{}", daemon.log()));
+    assert!(!status.success(), "a refused start exits non-zero");
+    let log = daemon.log();
+    let file = credentials.join(CREDENTIAL).display().to_string();
+    for part in [
+        format!("{file}: cannot read it"),
+        format!("a systemd credential of route {MPESA}, read at each reload"),
+        "systemd makes a unit's credentials readable by the unit's User= only".to_owned(),
+        format!(
+            "use {{ file = \"PATH\" }} with a file {} can read",
+            user.name
+        ),
+    ] {
+        assert!(
+            log.contains(&part),
+            "the refusal lacks {part:?}; log:\n{log}"
+        );
+    }
+    assert!(
+        lab.net.srv.xdp_on(lab.net.srv_if()).is_none(),
+        "nothing is attached after a refused start"
+    );
+}
+
 /// `hookwall ARGS run -c CONFIG` in the lab's server namespace, with output on pipes and
 /// colours not refused by `NO_COLOR`, as under systemd (whose journal reads a pipe or socket).
 fn run_piped(lab: &Lab, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
