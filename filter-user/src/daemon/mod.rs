@@ -162,25 +162,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             trigger,
         );
         let in_force_now = in_force.status(filter.prefix_counts());
-        match reloaded {
-            Reloaded::Yes { receiver_kept } => {
-                let receiver = if receiver_kept {
-                    ", except the HTTPS certificate and routes, which were refused (the previous \
-                     ones stay in force)"
-                } else {
-                    ""
-                };
-                notifier.reloaded(&format!("reloaded{receiver}; {in_force_now}"));
-                watcher.watch(&in_force.applied.watched);
-            }
+        let status = match reloaded {
+            Reloaded::Yes {
+                receiver_kept: false,
+            } => format!("reloaded; {in_force_now}"),
+            Reloaded::Yes {
+                receiver_kept: true,
+            } => format!(
+                "reloaded, except the HTTPS certificate and routes, which were refused (the \
+                 previous ones stay in force); {in_force_now}"
+            ),
             Reloaded::Refused(why) => {
-                notifier.reloaded(&format!(
-                    "reload refused: {why}; the previous config stays in force; {in_force_now}"
-                ));
-                watcher.watch(&in_force.applied.watched);
+                format!("reload refused: {why}; the previous config stays in force; {in_force_now}")
             }
             Reloaded::Detached => break Ok(()),
-        }
+        };
+        notifier.reloaded(&status);
+        watcher.watch(&in_force.applied.watched);
     };
     notifier.stopping("stopping; the filter stays in force");
     services.stop().await;
