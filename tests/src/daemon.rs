@@ -58,9 +58,16 @@ pub fn hookwall_bin() -> PathBuf {
 #[must_use]
 pub fn hookwall_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(hookwall_bin());
+    // Whatever runs the tests (a systemd unit, a shell with a log format set) does not leak
+    // into the daemon: a test sets these itself.
     cmd.args(args)
         .env("NO_COLOR", "1")
-        .env_remove("HOOKWALL_LOG");
+        .env_remove("HOOKWALL_LOG")
+        .env_remove("HOOKWALL_LOG_FORMAT")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("CREDENTIALS_DIRECTORY");
     cmd
 }
 

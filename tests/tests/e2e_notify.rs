@@ -104,25 +104,32 @@ impl NotifySocket {
 
     /// The next message within `timeout`, if one comes.
     fn recv(&mut self, timeout: Duration) -> Option<Message> {
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .expect("setting the read timeout");
+        let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 4096];
-        match self.socket.recv(&mut buf) {
-            Ok(len) => {
-                let message = Message::parse(&buf[..len]);
-                self.seen.push(message.clone());
-                Some(message)
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("setting the read timeout");
+            match self.socket.recv(&mut buf) {
+                Ok(len) => {
+                    let message = Message::parse(&buf[..len]);
+                    self.seen.push(message.clone());
+                    return Some(message);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                // A signal for another thread of the test harness (a child of a parallel test
+                // exiting) may interrupt the wait.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("receiving on the notify socket: {e}"),
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
-            }
-            Err(e) => panic!("receiving on the notify socket: {e}"),
         }
     }
 
