@@ -171,7 +171,7 @@ mod tests {
             "filter: not attached on hw-absent0: no link is pinned for it in {}",
             pins.links_dir().display()
         );
-        assert_eq!(health.not_ready(), [filter_line.clone()]);
+        assert_eq!(health.not_ready(), std::slice::from_ref(&filter_line));
 
         let listen: SocketAddr = "192.0.2.1:443".parse().unwrap();
         health.https_bound(listen);
@@ -181,7 +181,7 @@ mod tests {
             [filter_line.clone(), https_line.clone()]
         );
         let serving = health.https_serving();
-        assert_eq!(health.not_ready(), [filter_line.clone()]);
+        assert_eq!(health.not_ready(), std::slice::from_ref(&filter_line));
         drop(serving);
         assert_eq!(
             health.not_ready(),
