@@ -14,7 +14,9 @@
 //! - `object`: the eBPF objects this binary carries.
 //! - `bpffs`: makes sure the pin path is on a bpffs.
 //! - `pins`: the pin layout, the rollback of a failed first open, `hookwall detach`.
-//! - [`pinned`]: a read-only view of the pinned maps, for `hookwall status` and the metrics.
+//! - [`pinned`]: a read-only view of the pinned maps and links, for `hookwall status`, the
+//!   metrics and `/readyz`.
+//! - `link_info`: the interface a pinned XDP link is attached to, asked of the kernel.
 //! - `words`: the index, bitmap and port words derived from the prefixes and ports.
 //! - `mmap`: atomic word stores through mappings of the mmap-able maps.
 //! - `fast`: the program's fast map, written whole in the two phases of an update.
@@ -25,6 +27,7 @@
 mod bench;
 mod bpffs;
 mod fast;
+mod link_info;
 mod mmap;
 mod narrow;
 mod object;
@@ -581,7 +584,8 @@ impl Filter {
     }
 
     /// Makes the program attached on exactly `interfaces`, each pinned. Interfaces already
-    /// holding a hookwall link keep it (no gap); interfaces no longer listed are detached.
+    /// holding a hookwall link keep it (no gap), unless the kernel reports that link detached:
+    /// it is unpinned and replaced. Interfaces no longer listed are detached.
     /// Returns the mode each interface ended up in.
     pub fn attach(
         &mut self,
@@ -595,7 +599,24 @@ impl Filter {
         })?;
         let mut result = Vec::new();
         for iface in interfaces {
-            if let Some((mode, _, _)) = existing.iter().find(|(_, i, _)| i == iface) {
+            let pinned = existing.iter().find(|(_, i, _)| i == iface);
+            if let Some((mode, _, path)) = pinned
+                && link_info::xdp_link_ifindex(path).is_ok_and(|index| index == 0)
+            {
+                // The kernel says this link is detached (its interface was deleted and made
+                // again, or someone ran `bpftool link detach`): it filters nothing, so its pin
+                // goes and the interface gets a new link below.
+                fs::remove_file(path).map_err(|e| FilterError::Pin {
+                    op: "unpinning the detached link",
+                    path: path.clone(),
+                    source: boxed(e),
+                })?;
+                tracing::warn!(
+                    interface = %iface,
+                    mode = mode.as_str(),
+                    "the pinned link was detached from its interface; attaching again"
+                );
+            } else if let Some((mode, _, _)) = pinned {
                 if !mode.satisfies(wanted) {
                     // Native and generic XDP cannot coexist on one interface, so switching
                     // would leave it unfiltered for a moment: that takes an explicit detach.
