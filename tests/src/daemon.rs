@@ -523,6 +523,19 @@ pub fn metrics(ns: &NetNs, addr: SocketAddr) -> String {
 /// # Errors
 /// If the connection fails or the answer is not a 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
+    let (status, body) = http_get_any(addr, path)?;
+    if status != 200 {
+        return Err(io::Error::other(format!("GET {path}: status {status}")));
+    }
+    Ok(body)
+}
+
+/// A plain HTTP/1.1 GET (in the calling thread's namespace); the status and body of whatever
+/// the answer is (an API's error answer has its reason in the body).
+///
+/// # Errors
+/// If the connection fails or the answer is not HTTP.
+pub fn http_get_any(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -538,19 +551,27 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
             format!("no header end in {text:?}"),
         )
     })?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(io::Error::other(format!("GET {path}: {status}")));
-    }
+    let status_line = head.lines().next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("GET {path}: no status in {status_line:?}"),
+            )
+        })?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    if chunked {
-        dechunk(body)
+    let body = if chunked {
+        dechunk(body)?
     } else {
-        Ok(body.to_owned())
-    }
+        body.to_owned()
+    };
+    Ok((status, body))
 }
 
 fn dechunk(mut body: &str) -> io::Result<String> {

@@ -11,6 +11,9 @@
 //! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
 //! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
 //! - [`lab`]: one end-to-end test's world (namespaces, pins, config, certificate, application).
+//! - [`monitoring`]: the dashboard, rule files and rule tests in `contrib/`, as the tests read
+//!   them.
+//! - [`prometheus`]: a real Prometheus server in a namespace, queried over its HTTP API.
 pub mod app;
 pub mod config;
 pub mod daemon;
@@ -18,8 +21,10 @@ pub mod frames;
 pub mod https;
 pub mod lab;
 pub mod model;
+pub mod monitoring;
 pub mod nats;
 pub mod netns;
+pub mod prometheus;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
