@@ -178,14 +178,24 @@ fn ensure_apt_packages(root: bool) -> Result<()> {
         return Ok(());
     }
     let list = missing.join(" ");
-    if !root {
-        bail!(
-            "{list} must be installed and that needs root: run \
-             `sudo apt-get update && sudo apt-get install -y {list}`, then `cargo xtask setup` again"
-        );
-    }
     let (lean, full): (Vec<&str>, Vec<&str>) =
         missing.iter().partition(|p| **p == PROMETHEUS_PACKAGE);
+    if !root {
+        bail!(
+            "{list} must be installed and that needs root: run `cargo xtask setup` as root \
+             (it keeps {PROMETHEUS_PACKAGE}'s service from starting), or run \
+             `sudo apt-get update` and {}, then `cargo xtask setup` again",
+            [
+                (&full, "sudo apt-get install -y"),
+                (&lean, "sudo apt-get install -y --no-install-recommends"),
+            ]
+            .iter()
+            .filter(|(packages, _)| !packages.is_empty())
+            .map(|(packages, install)| format!("`{install} {}`", packages.join(" ")))
+            .collect::<Vec<_>>()
+            .join(" and ")
+        );
+    }
     let servers_before = services::running(Path::new(PROMETHEUS_SERVER))?;
     println!("setup: installing {list} with apt-get");
     {
@@ -215,14 +225,14 @@ fn ensure_apt_packages(root: bool) -> Result<()> {
     if !started.is_empty() {
         let pids: Vec<String> = started.iter().map(u32::to_string).collect();
         bail!(
-            "installing {PROMETHEUS_PACKAGE} started its server (PID {}) although {} exists: that \
-             policy allows starts. The tests start their own; stop it (`service prometheus stop`) \
-             and make the policy exit 101 during installs",
+            "installing {PROMETHEUS_PACKAGE} started its server (PID {}): {} allowed the start. \
+             The tests run their own server; stop that one (`service prometheus stop`) and make \
+             the policy exit 101 while packages are installed",
             pids.join(", "),
             services::POLICY_RC_D
         );
     }
-    println!("ok: no {PROMETHEUS_SERVER} server running after the install");
+    println!("setup: no {PROMETHEUS_SERVER} server was started by the install");
     Ok(())
 }
 
