@@ -11,7 +11,7 @@
 //! - `filter`: the XDP program's life: load, pin, attach, re-adopt, apply without a gap,
 //!   detach; `filter::pinned` is the one read-only view of the pinned maps.
 //! - `status`: what `hookwall status` reports, read through `filter::pinned`.
-//! - `metrics`: the Prometheus registry and the `/metrics` listener.
+//! - `metrics`: the Prometheus registry, `/healthz` and `/readyz`, and the listener for them.
 //! - `receiver`: the HTTPS receiver: TLS, connections, the PROXY protocol, routing, the client
 //!   address, the request pipeline (verify, then store, then answer), the audit line, C2B
 //!   validation pass-through.

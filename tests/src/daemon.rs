@@ -441,6 +441,17 @@ impl Daemon {
         })
     }
 
+    /// `GET path` on the metrics listener (`/healthz`, `/readyz`): status and body.
+    ///
+    /// # Panics
+    /// If the request fails; the message has the daemon's log.
+    #[must_use]
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let addr = self.metrics;
+        run_in(&self.netns, move || http_get_any(addr, path))
+            .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}; daemon log:\n{}", self.log()))
+    }
+
     /// One series' value in a fresh scrape (see [`metric_value`]).
     ///
     /// # Panics
@@ -525,13 +536,13 @@ pub fn metrics(ns: &NetNs, addr: SocketAddr) -> String {
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
     let (status, body) = http_get_any(addr, path)?;
     if status != 200 {
-        return Err(io::Error::other(format!("GET {path}: status {status}")));
+        return Err(io::Error::other(format!("GET {path}: {status} {body}")));
     }
     Ok(body)
 }
 
 /// A plain HTTP/1.1 GET (in the calling thread's namespace); the status and body of whatever
-/// the answer is (an API's error answer has its reason in the body).
+/// answer came.
 ///
 /// # Errors
 /// If the connection fails or the answer is not HTTP.
@@ -555,7 +566,7 @@ pub fn http_get_any(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let status = status_line
         .split_whitespace()
         .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -220,6 +220,19 @@ pub fn hold_idle(
     Ok((alpn, received, started.elapsed()))
 }
 
+/// A TLS connection from `src` to `dst`, handshake done, for the caller to hold open (it was
+/// made in the calling thread's namespace and stays in it).
+///
+/// # Errors
+/// If the connection or the handshake fails.
+pub fn connect_tls(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
+    tls(src, dst, config)
+}
+
 /// A TLS handshake from `src` to `dst`: the negotiated ALPN protocol and TLS version.
 ///
 /// # Errors

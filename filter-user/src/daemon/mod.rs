@@ -100,6 +100,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     metrics.set_prefixes(v4, v6);
     metrics.mark_loaded();
+    metrics
+        .health()
+        .set_interfaces(&in_force.applied.interfaces, in_force.applied.attach);
     // Everything that needs more than a reload does is done: nothing runs with it from here on,
     // least of all the HTTPS server.
     privileges.apply(&pins)?;

@@ -236,6 +236,9 @@ pub(super) fn reload(
                 elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
                 "reloaded"
             );
+            metrics
+                .health()
+                .set_interfaces(&next.interfaces, next.attach);
             in_force.applied = next;
             if let Some((server, config)) = server_reload {
                 for change in &waiting.receiver {

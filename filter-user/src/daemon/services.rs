@@ -175,7 +175,7 @@ impl Services {
 }
 
 /// Starts what runs beside the receiver on the store: the delivery worker (if `[delivery]` is
-/// configured), the queue gauges and the retention purge. They stop when `stop` turns true.
+/// configured), the queue and store size gauges and the retention purge. They stop when `stop` turns true.
 fn start_upkeep(
     store: &Store,
     worker: Option<Worker>,
@@ -188,6 +188,7 @@ fn start_upkeep(
     tasks.push(tokio::spawn(delivery::watch_queue(
         Arc::new(queue_reader),
         metrics.delivery.clone(),
+        metrics.store_size.clone(),
         stop.clone(),
     )));
     tasks.push(tokio::spawn(delivery::purge_loop(

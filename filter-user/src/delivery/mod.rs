@@ -34,11 +34,13 @@ mod policy;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    path::Path,
+    sync::{Arc, atomic::AtomicI64},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::{sync::watch, task::JoinSet};
 
 use self::policy::duration_ms;
@@ -344,9 +346,6 @@ async fn attempt(
             result: result_label,
         })
         .inc();
-    if result_label == "dead" {
-        metrics.dead_letters.inc();
-    }
     if let Err(e) = store.update(vec![update]).await {
         // The row stays as it was (pending, due): it is attempted again, with the same id. The
         // pause keeps a failing disk from turning that into a busy loop.
@@ -362,10 +361,12 @@ async fn attempt(
 // Queue upkeep: gauges and retention
 // ---------------------------------------------------------------------------------------------
 
-/// Refreshes the queue gauges every [`GAUGES_EVERY`] until `stop`.
+/// Refreshes the queue gauges and `store_size` (`hookwall_store_size_bytes`) every
+/// [`GAUGES_EVERY`] until `stop`.
 pub async fn watch_queue(
     reader: Arc<Reader>,
     metrics: DeliveryMetrics,
+    store_size: Gauge<i64, AtomicI64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(GAUGES_EVERY);
@@ -376,7 +377,9 @@ pub async fn watch_queue(
             _ = stop.wait_for(|s| *s) => return,
         }
         let reader = Arc::clone(&reader);
+        let size = store_size.clone();
         let read = tokio::task::spawn_blocking(move || {
+            size.set(i64::try_from(store_bytes(reader.path())).unwrap_or(i64::MAX));
             Ok::<_, crate::store::StoreError>((reader.counts()?, reader.oldest_pending_ms()?))
         })
         .await;
@@ -400,6 +403,18 @@ pub async fn watch_queue(
             Err(e) => tracing::warn!("the queue gauge task failed: {e}"),
         }
     }
+}
+
+/// The size of the store at `path`: the database file plus its WAL (`-wal`); a file that is
+/// not there counts 0. SQLite's shared-memory index (`-shm`) is not data and is left out.
+fn store_bytes(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, Path::new(&wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Purges delivered events older than `retention` (`store.retention`), and the tombstones they

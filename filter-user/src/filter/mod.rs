@@ -14,7 +14,9 @@
 //! - `object`: the eBPF objects this binary carries.
 //! - `bpffs`: makes sure the pin path is on a bpffs.
 //! - `pins`: the pin layout, the rollback of a failed first open, `hookwall detach`.
-//! - [`pinned`]: a read-only view of the pinned maps, for `hookwall status` and the metrics.
+//! - [`pinned`]: a read-only view of the pinned maps and links, for `hookwall status`, the
+//!   metrics and `/readyz`.
+//! - `link_info`: the interface a pinned XDP link is attached to, asked of the kernel.
 //! - `words`: the index, bitmap and port words derived from the prefixes and ports.
 //! - `mmap`: atomic word stores through mappings of the mmap-able maps.
 //! - `fast`: the program's fast map, written whole in the two phases of an update.
@@ -25,6 +27,7 @@
 mod bench;
 mod bpffs;
 mod fast;
+mod link_info;
 mod mmap;
 mod narrow;
 mod object;

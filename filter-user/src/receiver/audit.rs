@@ -181,26 +181,20 @@ impl Audit {
     /// Counts the request in `hookwall_http_requests_total` (and, refused,
     /// `hookwall_http_refusals_total`) and writes its audit line: the one place any is written.
     pub(crate) fn record(&self, metrics: &Metrics, answered: &Answered) {
-        metrics
-            .http_requests
-            .get_or_create(&HttpLabels {
-                route: self.route_label().to_owned(),
-                outcome: answered.outcome.as_str(),
-            })
-            .inc();
+        metrics.count_request(&HttpLabels {
+            route: self.route_label().to_owned(),
+            outcome: answered.outcome.as_str(),
+        });
         if !answered.outcome.is_success() {
             let reason = if answered.reason.is_empty() {
                 answered.outcome.as_str()
             } else {
                 answered.reason
             };
-            metrics
-                .http_refusals
-                .get_or_create(&RefusalLabels {
-                    route: self.route_label().to_owned(),
-                    reason,
-                })
-                .inc();
+            metrics.count_refusal(&RefusalLabels {
+                route: self.route_label().to_owned(),
+                reason,
+            });
         }
         self.line(answered).log();
     }

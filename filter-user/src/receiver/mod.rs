@@ -67,7 +67,7 @@ pub use self::{audit::Outcome, tls::install_crypto_provider};
 use self::{routing::Routing, tls::SelfSigned};
 use crate::{
     config::{Config, Limits, Tls},
-    metrics::{HttpLabels, Metrics, RefusalLabels},
+    metrics::{HttpLabels, Metrics, RefusalLabels, Series},
     store::StoreHandle,
     verify::Refusal,
 };
@@ -103,22 +103,7 @@ impl App {
     /// If a route secret cannot be read, or a `validation` route has no `delivery.secret`.
     pub fn new(config: &Config, store: StoreHandle, metrics: Metrics) -> anyhow::Result<Self> {
         let routing = Routing::from_config(config)?;
-        for route in &routing.routes {
-            for outcome in Outcome::ALL {
-                let _ = metrics.http_requests.get_or_create(&HttpLabels {
-                    route: route.path.clone(),
-                    outcome: outcome.as_str(),
-                });
-            }
-            // At zero from the start, so that an alert on a forgery or on clock skew has a
-            // series to compute a rate from.
-            for reason in Refusal::REASONS {
-                let _ = metrics.http_refusals.get_or_create(&RefusalLabels {
-                    route: route.path.clone(),
-                    reason,
-                });
-            }
-        }
+        register_route_series(&metrics, &routing);
         let limits = config.server.limits;
         let quota =
             Quota::per_second(NonZeroU32::new(limits.rate_per_second).unwrap_or(NonZeroU32::MIN))
@@ -132,6 +117,34 @@ impl App {
             in_flight_per_client: budget::PerClient::new(limits.max_in_flight_per_client),
             limits,
         })
+    }
+}
+
+/// Makes the routes of `routing` the only ones with per-route series (a route a reload removed
+/// loses its series) and registers every route's request series at zero, so dashboards see a
+/// route before its first request and an alert on a forgery or on clock skew has a series to
+/// compute a rate from.
+fn register_route_series(metrics: &Metrics, routing: &Routing) {
+    metrics.retain_routes(
+        routing
+            .routes
+            .iter()
+            .map(|route| route.path.as_str())
+            .chain([audit::NO_ROUTE]),
+    );
+    for route in &routing.routes {
+        for outcome in Outcome::ALL {
+            metrics.register_zero(Series::Request(HttpLabels {
+                route: route.path.clone(),
+                outcome: outcome.as_str(),
+            }));
+        }
+        for reason in Refusal::REASONS {
+            metrics.register_zero(Series::Refusal(RefusalLabels {
+                route: route.path.clone(),
+                reason,
+            }));
+        }
     }
 }
 
@@ -177,15 +190,20 @@ impl Server {
         } else {
             (Vec::new(), Vec::new())
         };
-        let tls = tls::tls_config(&config.server.tls, &self_signed)?;
+        let served = tls::tls_config(&config.server.tls, &self_signed)?;
+        metrics.health().watch_store(store.health());
         let app = App::new(config, store, metrics)?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding the HTTPS listener on {listen} (server.listen)"))?;
+        app.metrics.health().https_bound(listen);
+        app.metrics
+            .health()
+            .set_certificate_not_after(served.not_after);
         Ok(Self {
             listener: std::sync::Mutex::new(Some(listener)),
             listen,
-            tls: ArcSwap::new(tls),
+            tls: ArcSwap::new(served.config),
             self_signed,
             app: Arc::new(app),
         })
@@ -199,14 +217,17 @@ impl Server {
     /// # Errors
     /// If the certificate, key or a route secret cannot be read.
     pub fn apply(&self, config: &Config) -> anyhow::Result<()> {
-        let tls = if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
+        let served = if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
             // Switching to self-signed while running: make one now.
             tls::tls_config(&config.server.tls, &tls::make_self_signed(self.listen)?)?
         } else {
             tls::tls_config(&config.server.tls, &self.self_signed)?
         };
         let routing = Routing::from_config(config)?;
-        self.tls.store(tls);
+        self.tls.store(served.config);
+        let metrics = &self.app.metrics;
+        metrics.health().set_certificate_not_after(served.not_after);
+        register_route_series(metrics, &routing);
         self.app.routing.store(Arc::new(routing));
         tracing::info!("HTTPS certificate and routes reloaded");
         Ok(())
@@ -225,6 +246,8 @@ impl Server {
             .take()
             .context("the HTTPS server is already serving")?;
         tracing::info!(listen = %self.listen, "serving HTTPS");
+        // Ready until the accept loop ends, whichever way it ends.
+        let _serving = self.app.metrics.health().https_serving();
         let graceful = GracefulShutdown::new();
         let limits = self.app.limits;
         let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -285,14 +308,19 @@ impl Server {
                 Some(held)
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(conn::serve(
+            let open = self.app.metrics.connection_open();
+            let serve = conn::serve(
                 tcp,
                 peer,
                 (permit, client_permit),
                 TlsAcceptor::from(self.tls.load_full()),
                 Arc::clone(&shared),
                 graceful.watcher(),
-            ));
+            );
+            tokio::spawn(async move {
+                let _open = open;
+                serve.await;
+            });
         }
         drop(listener);
         tracing::info!("HTTPS listener closed; finishing requests in flight");

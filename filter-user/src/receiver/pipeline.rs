@@ -108,6 +108,8 @@ struct Accepted {
 
 /// The router's only handler: runs the steps and records the result.
 pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    // Given back however this ends, a dropped (cancelled) future included.
+    let _in_flight = app.metrics.request_in_flight();
     let started = Instant::now();
     let time = SystemTime::now();
     let peer = req
@@ -142,12 +144,12 @@ pub(super) async fn handle(State(app): State<Arc<App>>, req: Request) -> Respons
             }
         };
     let elapsed = started.elapsed();
-    app.metrics
-        .http_duration
-        .get_or_create(&RouteLabels {
+    app.metrics.observe_duration(
+        &RouteLabels {
             route: audit.route_label().to_owned(),
-        })
-        .observe(elapsed.as_secs_f64());
+        },
+        elapsed.as_secs_f64(),
+    );
     audit.record(
         &app.metrics,
         &Answered {
@@ -214,14 +216,10 @@ async fn process(
         let decision = validator
             .ask(&verified.event_id, Bytes::copy_from_slice(body.bytes()))
             .await;
-        app.metrics
-            .delivery
-            .validations
-            .get_or_create(&ValidationLabels {
-                route: route.path.clone(),
-                result: decision.label(),
-            })
-            .inc();
+        app.metrics.count_validation(&ValidationLabels {
+            route: route.path.clone(),
+            result: decision.label(),
+        });
         return Ok(Accepted {
             outcome: Outcome::Validated,
             reason: decision.label(),

@@ -662,3 +662,79 @@ secrets = [{{ file = "stripe" }}]
         assert_eq!(env.stored(), 0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A reload: what `Server::apply` does to the per-route series and the certificate's expiry
+// ---------------------------------------------------------------------------------------------
+
+mod reload {
+    use std::{net::SocketAddr, sync::Arc};
+
+    use axum::{body::Body, http::Request};
+
+    use super::super::{Peer, Server, router};
+    use crate::{config, filter::Pins, metrics::Metrics, store::Store};
+
+    /// A config with a GitHub route on each of `paths`, served with a self-signed certificate
+    /// on a loopback port nothing connects to.
+    fn config(dir: &std::path::Path, paths: &[&str]) -> config::Config {
+        std::fs::write(dir.join("github"), "a secret for the reload test").unwrap();
+        let mut text = format!(
+            "[filter]\ninterfaces = [\"lo\"]\nprotected_ports = [443]\n\n[allow]\ncidrs = [\"192.0.2.0/24\"]\n\n\
+             [server]\nlisten = \"127.0.0.1:0\"\ntls = \"self-signed\"\n\n\
+             [store]\npath = \"{}\"\n",
+            dir.join("events.db").display()
+        );
+        for path in paths {
+            text.push_str(&format!(
+                "\n[[route]]\npath = \"{path}\"\nverify = \"github\"\n\
+                 secrets = [{{ file = \"github\" }}]\n"
+            ));
+        }
+        config::parse(&dir.join("hookwall.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_reload_without_a_route_removes_its_series_and_keeps_the_others() {
+        super::super::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("events.db")).unwrap();
+        let metrics = Metrics::new(&Pins::new(dir.path().join("pins")));
+        let both = config(dir.path(), &["/hooks/a", "/hooks/b"]);
+        let server = Server::bind(&both, store.handle(), metrics.clone())
+            .await
+            .unwrap();
+        let app = router(Arc::clone(&server.app));
+        for path in ["/hooks/a", "/hooks/b"] {
+            // Unsigned: refused for its missing signature header, counted on its route.
+            let mut request = Request::post(path).body(Body::empty()).unwrap();
+            request
+                .extensions_mut()
+                .insert(Peer("192.0.2.10:40000".parse::<SocketAddr>().unwrap()));
+            let answer = tower_service::Service::call(&mut app.clone(), request)
+                .await
+                .unwrap();
+            assert!(answer.status().is_client_error(), "{path}: {answer:?}");
+        }
+        let before = metrics.render().unwrap();
+        assert!(before.contains("route=\"/hooks/b\""), "{before}");
+        assert!(
+            before.contains("hookwall_tls_certificate_not_after_timestamp_seconds "),
+            "{before}"
+        );
+
+        server
+            .apply(&config(dir.path(), &["/hooks/a"]))
+            .expect("reload");
+        let after = metrics.render().unwrap();
+        assert!(!after.contains("route=\"/hooks/b\""), "{after}");
+        for line in [
+            "hookwall_http_requests_total{route=\"/hooks/a\",outcome=\"unsupported_media_type\"} 1",
+            "hookwall_http_refusals_total{route=\"/hooks/a\",reason=\"unsupported_media_type\"} 1",
+            "hookwall_http_request_duration_seconds_count{route=\"/hooks/a\"} 1",
+            "hookwall_http_requests_total{route=\"/hooks/a\",outcome=\"accepted\"} 0",
+        ] {
+            assert!(after.lines().any(|l| l == line), "no {line:?} in:\n{after}");
+        }
+    }
+}

@@ -19,12 +19,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A rustls config and the notAfter (Unix seconds) of the certificate it serves.
+pub(crate) struct Served {
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    pub(crate) not_after: i64,
+}
+
 /// Builds the rustls config for `tls`: TLS 1.3 and 1.2, ALPN h2 then http/1.1. For
 /// [`Tls::SelfSigned`], `self_signed` is the certificate made at start (kept across reloads).
-pub(crate) fn tls_config(
-    tls: &Tls,
-    self_signed: &SelfSigned,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub(crate) fn tls_config(tls: &Tls, self_signed: &SelfSigned) -> anyhow::Result<Served> {
     let (certs, key) = match tls {
         Tls::Files { cert, key } => {
             let certs = CertificateDer::pem_file_iter(cert)
@@ -50,6 +53,14 @@ pub(crate) fn tls_config(
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self_signed.1.clone())),
         ),
     };
+    let leaf = certs.first().context("no certificate to serve")?;
+    let not_after = not_after(leaf).with_context(|| match tls {
+        Tls::Files { cert, .. } => format!(
+            "reading the expiry of the first certificate in {} (server.tls_cert)",
+            cert.display()
+        ),
+        Tls::SelfSigned => "reading the expiry of the self-signed certificate".to_owned(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -58,7 +69,17 @@ pub(crate) fn tls_config(
         .with_single_cert(certs, key)
         .context("the certificate and the private key do not make a usable pair")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Served {
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// The notAfter of `cert` (the leaf: the first of the chain), in Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> anyhow::Result<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| anyhow::anyhow!("not a parsable X.509 certificate: {e}"))?;
+    Ok(parsed.validity().not_after.timestamp())
 }
 
 /// A self-signed certificate for `localhost` and the listen address.

@@ -43,7 +43,7 @@ pub use self::{
     queue::{PURGE_CHUNK, QueueCounts, Update},
     reader::Reader,
     schema::SCHEMA_VERSION,
-    writer::{BATCH_CAP, StoreHandle},
+    writer::{BATCH_CAP, StoreHandle, WriterHealth},
 };
 
 /// How long SQLite waits for a lock held by another process (e.g. a `hookwall queue` command)

@@ -33,6 +33,12 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens an existing store read-only, e.g. to inspect it from a command while the daemon runs.
     ///
     /// # Errors

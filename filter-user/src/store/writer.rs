@@ -4,7 +4,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -227,11 +227,83 @@ pub struct StoreHandle {
     shared: Arc<Shared>,
 }
 
+/// Whether the store can take writes, as `/readyz` reports it: the writer thread is running
+/// and the last batch it wrote committed. Cheap to clone; reading it takes no lock unless the
+/// last batch failed.
+#[derive(Debug, Clone, Default)]
+pub struct WriterHealth(Arc<HealthState>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// The writer thread has ended (closed, or panicked).
+    stopped: AtomicBool,
+    /// The last batch failed; its error is in `last_error`.
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    /// `Ok` while the writer thread runs and the last batch it wrote (inserts, delivery
+    /// updates, a purge chunk) committed; a store that has written nothing yet is writable.
+    /// Otherwise why not. A failed batch is forgotten at the next one that commits.
+    ///
+    /// # Errors
+    /// The reason the store is not writable, in one line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.stopped.load(Ordering::Acquire) {
+            return Err("the writer thread has stopped".to_owned());
+        }
+        if self.0.failing.load(Ordering::Acquire) {
+            let error = self
+                .0
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_default();
+            return Err(format!("the last commit failed: {error}"));
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        if self.0.failing.load(Ordering::Acquire) {
+            *self
+                .0
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+            self.0.failing.store(false, Ordering::Release);
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        // One line: the probe's body has one line per failed check.
+        let text = e.to_string().replace('\n', " ");
+        *self
+            .0
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(text);
+        self.0.failing.store(true, Ordering::Release);
+    }
+}
+
+/// Marks the writer stopped when its thread ends, by returning or by a panic.
+struct StoppedOnDrop(WriterHealth);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.0.stopped.store(true, Ordering::Release);
+    }
+}
+
 /// State shared by all handles; dropping the last one joins the writer.
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
     commits: Arc<AtomicU64>,
+    health: WriterHealth,
     /// New events committed since the store was opened; the writer bumps it.
     inserted: Arc<watch::Sender<u64>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -263,12 +335,14 @@ impl StoreHandle {
         let (tx, rx) = mpsc::channel(QUEUE_CAP);
         let commits = Arc::new(AtomicU64::new(0));
         let inserted = Arc::new(watch::Sender::new(0));
+        let health = WriterHealth::default();
         let writer = Writer {
             conn,
             path: path.to_path_buf(),
             file,
             commits: Arc::clone(&commits),
             inserted: Arc::clone(&inserted),
+            health: health.clone(),
         };
         let thread = thread::Builder::new()
             .name("hookwall-store".to_owned())
@@ -281,6 +355,7 @@ impl StoreHandle {
         let shared = Shared {
             path: path.to_path_buf(),
             commits,
+            health,
             inserted,
             writer: Mutex::new(Some(thread)),
         };
@@ -395,6 +470,12 @@ impl StoreHandle {
         &self.shared.path
     }
 
+    /// Whether the store can take writes now (see [`WriterHealth::check`]).
+    #[must_use]
+    pub fn health(&self) -> WriterHealth {
+        self.shared.health.clone()
+    }
+
     /// Stops accepting requests (from every handle), commits what is already queued and waits
     /// for the writer thread to exit.
     ///
@@ -428,12 +509,14 @@ struct Writer {
     file: FileId,
     commits: Arc<AtomicU64>,
     inserted: Arc<watch::Sender<u64>>,
+    health: WriterHealth,
 }
 
 impl Writer {
     /// Serves batches until every handle is gone or `Close` has been received and the queue
     /// drained (after `close()` the channel still yields what was queued, then `None`).
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let _stopped = StoppedOnDrop(self.health.clone());
         // Dropped when this returns, before the writer's connection (which, closed last,
         // checkpoints what is left and removes the WAL).
         let checkpointer = Checkpointer::start(&self.path);
@@ -481,10 +564,12 @@ impl Writer {
                     // Before the replies: whoever hears "stored" can already see the bump.
                     self.inserted.send_modify(|n| *n += new);
                 }
+                self.health.committed();
                 batch.answer(done);
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = batch.len(), "event store batch failed");
+                self.health.failed(&e);
                 batch.fail(&e);
             }
         }
@@ -832,6 +917,39 @@ mod tests {
             "the writer is held up: nothing can have answered"
         );
         waiting
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_last_commit_and_the_writer_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = Store::open_with(&path, Duration::from_millis(50)).expect("open");
+        let handle = store.handle();
+        let health = handle.health();
+        assert_eq!(health.check(), Ok(()), "a store that wrote nothing yet");
+
+        // Another connection holds the write lock past the busy timeout: the batch fails.
+        let locker = Connection::open(&path).expect("second connection");
+        locker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let failed = handle.insert(event("/r", "locked")).await;
+        assert!(failed.is_err(), "{failed:?}");
+        let why = health
+            .check()
+            .expect_err("not writable after a failed commit");
+        assert!(why.starts_with("the last commit failed: "), "{why}");
+        assert!(why.contains("locked"), "{why}");
+        assert!(!why.contains('\n'), "{why}");
+
+        // The next batch that commits clears it.
+        locker.execute_batch("ROLLBACK").expect("unlock");
+        handle.insert(event("/r", "after")).await.expect("insert");
+        assert_eq!(health.check(), Ok(()));
+
+        store.close().await.expect("close");
+        assert_eq!(
+            health.check(),
+            Err("the writer thread has stopped".to_owned())
+        );
     }
 
     #[tokio::test]
