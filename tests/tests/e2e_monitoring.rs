@@ -2,7 +2,8 @@
 //! query, every variable's selector and every rule's expression must parse in Prometheus, and
 //! every metric name each one reads must be one Prometheus has from the live scrape (or from a
 //! recording rule). A renamed metric, a typo in a panel or a rule reading a series nobody
-//! records fails here, naming the panel or rule and the name.
+//! records fails here, naming the panel or rule and the name. Against the healthy daemon, no
+//! alert may be active.
 //!
 //! The daemon runs a delivery lab (an M-Pesa route delivering to the test application) and gets
 //! accepted and refused callbacks first, so that counters, histograms and deliveries have
@@ -170,6 +171,23 @@ fn every_panel_and_rule_reads_metrics_the_daemon_exports() {
     );
     // The check is not vacuous: the expressions read many of the daemon's names.
     assert!(all.len() > 15, "only {} names read: {all:?}", all.len());
+
+    // A healthy daemon (filter attached, callbacks stored and delivered, a fresh certificate,
+    // nothing counted after the first scrape) sets off no alert, not even a pending one.
+    let active = prometheus
+        .query("ALERTS")
+        .unwrap_or_else(|e| panic!("querying ALERTS: {e}"));
+    let active: Vec<String> = active["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a["metric"].to_string())
+        .collect();
+    assert!(
+        active.is_empty(),
+        "alerts active against a healthy daemon:\n{}",
+        active.join("\n")
+    );
 }
 
 /// `s` as a regex matching only itself (the dashboard matches `instance` with `=~`).
