@@ -566,7 +566,8 @@ fn failures_are_retried_with_backoff_and_max_attempts_makes_a_dead_letter() {
             &[]
         )
         .is_none(),
-        "hookwall_delivery_dead_letters_total was removed; hookwall_deliveries_total{{result=\"dead\"}} counts dead letters"
+        "hookwall_delivery_dead_letters_total was removed: \
+         hookwall_deliveries_total{{result=\"dead\"}} counts dead letters"
     );
 }
 

@@ -5,7 +5,19 @@
 //! Run as root: `cargo build -p hookwall --bins && cargo test -p hookwall-tests --test
 //! e2e_health`.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    ffi::CString,
+    io,
+    net::IpAddr,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya_obj::generated::bpf_cmd;
 
 use hookwall_tests::{
     config::Route,
@@ -57,6 +69,73 @@ fn version_field<'a>(text: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
         .unwrap_or_else(|| panic!("no {key:?} in hookwall --version: {text}"))
         .trim()
+}
+
+/// `BPF_LINK_DETACH` on the link pinned at `pin`, as `bpftool link detach` does: the program
+/// leaves the interface, the link and its pin stay.
+fn detach_link(pin: &Path) {
+    /// `union bpf_attr` for `BPF_OBJ_GET`.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    /// `union bpf_attr` for `BPF_LINK_DETACH`.
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let path = CString::new(pin.as_os_str().as_bytes()).expect("a pin path");
+    let mut get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: a BPF_OBJ_GET attribute of its size; the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET as libc::c_int,
+            &raw mut get,
+            size_of::<ObjGet>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "opening the link pin {}: {}",
+        pin.display(),
+        io::Error::last_os_error()
+    );
+    // SAFETY: BPF_OBJ_GET returned a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("an fd")) };
+    let mut detach = LinkDetach {
+        link_fd: u32::try_from(fd.as_raw_fd()).expect("an fd"),
+    };
+    // SAFETY: a BPF_LINK_DETACH attribute of its size, naming a link fd we hold.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_LINK_DETACH as libc::c_int,
+            &raw mut detach,
+            size_of::<LinkDetach>(),
+        )
+    };
+    assert_eq!(done, 0, "BPF_LINK_DETACH: {}", io::Error::last_os_error());
+}
+
+/// The link pin of `iface` under the lab's pins.
+fn link_pin(lab: &Lab, iface: &str) -> PathBuf {
+    let links = lab.pins.path().join("links");
+    std::fs::read_dir(&links)
+        .expect("the link pins")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{iface}")))
+        })
+        .unwrap_or_else(|| panic!("no link pin for {iface} in {}", links.display()))
 }
 
 /// The notAfter, in Unix seconds, of the first certificate in the PEM file at `path`.
@@ -156,16 +235,7 @@ fn health_and_operational_metrics_follow_the_live_daemon() {
         "ip removed a pinned XDP link; this test's premise is wrong"
     );
     let links = lab.pins.path().join("links");
-    let pin = std::fs::read_dir(&links)
-        .expect("the link pins")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{iface}")))
-        })
-        .unwrap_or_else(|| panic!("no link pin for {iface} in {}", links.display()));
-    std::fs::remove_file(&pin).expect("removing the link pin");
+    std::fs::remove_file(link_pin(&lab, &iface)).expect("removing the link pin");
     poll_until(
         Duration::from_secs(5),
         || lab.net.srv.xdp_on(&iface).is_none(),
@@ -186,6 +256,32 @@ fn health_and_operational_metrics_follow_the_live_daemon() {
     assert_eq!(daemon.get("/healthz").0, 200);
 
     // A reload attaches it again.
+    daemon.hup();
+    assert_eq!(wait_readyz(&daemon, 200), "ok\n");
+    assert_eq!(attached(&daemon, &iface), 1.0);
+    assert!(lab.net.srv.xdp_on(&iface).is_some());
+
+    // Detached in the kernel while its pin stays (`bpftool link detach`): the pin alone does
+    // not make it attached.
+    let pin = link_pin(&lab, &iface);
+    detach_link(&pin);
+    assert!(pin.exists());
+    poll_until(
+        Duration::from_secs(5),
+        || lab.net.srv.xdp_on(&iface).is_none(),
+        || format!("{iface} still has XDP after BPF_LINK_DETACH"),
+    );
+    let body = wait_readyz(&daemon, 503);
+    assert_eq!(
+        body.lines().collect::<Vec<_>>(),
+        [format!(
+            "filter: not attached on {iface}: its pinned link is detached (the interface was \
+             removed, or the link was detached)"
+        )],
+        "{body}"
+    );
+    assert_eq!(attached(&daemon, &iface), 0.0);
+    // A reload replaces the detached link.
     daemon.hup();
     assert_eq!(wait_readyz(&daemon, 200), "ok\n");
     assert_eq!(attached(&daemon, &iface), 1.0);

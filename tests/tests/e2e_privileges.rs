@@ -291,6 +291,16 @@ fn exercise(lab: &mut Lab, mut daemon: Daemon, want: &ThreadCreds) {
         &[("verdict", "pass"), ("reason", "allowed")],
     );
     assert!(passed > 0.0, "no allowed packets counted");
+    // Readiness and the attachment gauge ask the kernel about the pinned links with what is
+    // kept: the same answers as for root.
+    assert_eq!(daemon.get("/readyz"), (200, "ok\n".to_owned()));
+    assert_eq!(
+        daemon.metric(
+            "hookwall_filter_attached",
+            &[("interface", lab.net.srv_if())]
+        ),
+        1.0
+    );
 
     // An allowlist edit: map updates through the daemon's own fds and mmaps.
     assert!(

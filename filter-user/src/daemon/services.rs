@@ -175,7 +175,8 @@ impl Services {
 }
 
 /// Starts what runs beside the receiver on the store: the delivery worker (if `[delivery]` is
-/// configured), the queue and store size gauges and the retention purge. They stop when `stop` turns true.
+/// configured), the queue and store size gauges and the retention purge. They stop when `stop`
+/// turns true.
 fn start_upkeep(
     store: &Store,
     worker: Option<Worker>,

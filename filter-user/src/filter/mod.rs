@@ -584,7 +584,8 @@ impl Filter {
     }
 
     /// Makes the program attached on exactly `interfaces`, each pinned. Interfaces already
-    /// holding a hookwall link keep it (no gap); interfaces no longer listed are detached.
+    /// holding a hookwall link keep it (no gap), unless the kernel reports that link detached:
+    /// it is unpinned and replaced. Interfaces no longer listed are detached.
     /// Returns the mode each interface ended up in.
     pub fn attach(
         &mut self,
@@ -598,7 +599,24 @@ impl Filter {
         })?;
         let mut result = Vec::new();
         for iface in interfaces {
-            if let Some((mode, _, _)) = existing.iter().find(|(_, i, _)| i == iface) {
+            let pinned = existing.iter().find(|(_, i, _)| i == iface);
+            if let Some((mode, _, path)) = pinned
+                && link_info::xdp_link_ifindex(path).is_ok_and(|index| index == 0)
+            {
+                // The kernel says this link is detached (its interface was deleted and made
+                // again, or someone ran `bpftool link detach`): it filters nothing, so its pin
+                // goes and the interface gets a new link below.
+                fs::remove_file(path).map_err(|e| FilterError::Pin {
+                    op: "unpinning the detached link",
+                    path: path.clone(),
+                    source: boxed(e),
+                })?;
+                tracing::warn!(
+                    interface = %iface,
+                    mode = mode.as_str(),
+                    "the pinned link was detached from its interface; attaching again"
+                );
+            } else if let Some((mode, _, _)) = pinned {
                 if !mode.satisfies(wanted) {
                     // Native and generic XDP cannot coexist on one interface, so switching
                     // would leave it unfiltered for a moment: that takes an explicit detach.

@@ -155,3 +155,53 @@ impl Health {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn each_failed_check_is_one_line_naming_what_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::new(dir.path().join("pins"));
+        let health = Health::new(pins.clone());
+        health.set_interfaces(&["hw-absent0".to_owned()], AttachMode::Auto);
+        let filter_line = format!(
+            "filter: not attached on hw-absent0: no link is pinned for it in {}",
+            pins.links_dir().display()
+        );
+        assert_eq!(health.not_ready(), std::slice::from_ref(&filter_line));
+
+        let listen: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        health.https_bound(listen);
+        let https_line = "https: the listener on 192.0.2.1:443 is not serving".to_owned();
+        assert_eq!(
+            health.not_ready(),
+            [filter_line.clone(), https_line.clone()]
+        );
+        let serving = health.https_serving();
+        assert_eq!(health.not_ready(), std::slice::from_ref(&filter_line));
+        drop(serving);
+        assert_eq!(
+            health.not_ready(),
+            [filter_line.clone(), https_line.clone()]
+        );
+
+        let store = Store::open(dir.path().join("events.db")).unwrap();
+        health.watch_store(store.handle().health());
+        assert_eq!(
+            health.not_ready(),
+            [filter_line.clone(), https_line.clone()]
+        );
+        store.close().await.unwrap();
+        assert_eq!(
+            health.not_ready(),
+            [
+                filter_line,
+                "store: not writable: the writer thread has stopped".to_owned(),
+                https_line
+            ]
+        );
+    }
+}

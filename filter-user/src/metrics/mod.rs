@@ -158,6 +158,8 @@ pub struct DeliveryMetrics {
     /// `hookwall_delivery_latency_seconds{sink}`: from the provider's request to delivery.
     pub latency: Family<SinkLabels, Histogram, fn() -> Histogram>,
     /// `hookwall_validation_requests_total{route,result}`: C2B validations and who decided.
+    /// Counted through [`Metrics::count_validation`], as every per-route family, so that a
+    /// reload can remove a route's series.
     pub validations: Family<ValidationLabels, PromCounter>,
 }
 
@@ -251,7 +253,9 @@ pub struct Metrics {
     pub prefixes: Family<FamilyLabels, Gauge<i64, AtomicI64>>,
     /// `hookwall_config_last_reload_success_timestamp_seconds`.
     pub last_reload_success: Gauge<f64, AtomicU64>,
-    /// `hookwall_http_requests_total{route,outcome}`.
+    /// `hookwall_http_requests_total{route,outcome}`. This and the other per-route families
+    /// are recorded through the methods below ([`Metrics::count_request`], ...), which note each
+    /// series they create so that a reload can remove a route's; reading them directly is fine.
     pub http_requests: Family<HttpLabels, PromCounter>,
     /// `hookwall_http_refusals_total{route,reason}`: every request not answered with success,
     /// by why.

@@ -680,7 +680,8 @@ mod reload {
     fn config(dir: &std::path::Path, paths: &[&str]) -> config::Config {
         std::fs::write(dir.join("github"), "a secret for the reload test").unwrap();
         let mut text = format!(
-            "[filter]\ninterfaces = [\"lo\"]\nprotected_ports = [443]\n\n[allow]\ncidrs = [\"192.0.2.0/24\"]\n\n\
+            "[filter]\ninterfaces = [\"lo\"]\nprotected_ports = [443]\n\n\
+             [allow]\ncidrs = [\"192.0.2.0/24\"]\n\n\
              [server]\nlisten = \"127.0.0.1:0\"\ntls = \"self-signed\"\n\n\
              [store]\npath = \"{}\"\n",
             dir.join("events.db").display()
