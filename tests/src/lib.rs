@@ -12,6 +12,9 @@
 //! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
 //! - [`lab`]: one end-to-end test's world (namespaces, pins, config, certificate, application).
 //! - [`users`]: a system user made for one test, for `daemon.run_as`.
+//! - [`monitoring`]: the dashboard, rule files and rule tests in `contrib/`, as the tests read
+//!   them.
+//! - [`prometheus`]: a real Prometheus server in a namespace, queried over its HTTP API.
 pub mod app;
 pub mod config;
 pub mod daemon;
@@ -19,8 +22,10 @@ pub mod frames;
 pub mod https;
 pub mod lab;
 pub mod model;
+pub mod monitoring;
 pub mod nats;
 pub mod netns;
+pub mod prometheus;
 pub mod users;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod run;
+mod services;
 mod setup;
 mod test;
 

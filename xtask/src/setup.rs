@@ -3,11 +3,14 @@
 //! Every step checks first and prints one `ok:` line when its piece is already there, so running
 //! setup before each build/run/test costs well under a second on a prepared machine and needs no
 //! network. Nothing installed by hand survives to CI, which is why this must do it all.
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{capture, cargo, is_root, run_cmd, stdout_of};
+use crate::{capture, cargo, is_root, on_path, run_cmd, services, stdout_of};
 
 // The pins, in one place. They follow the recipe in docs/development.md ("Toolchain pins"): the
 // nightly, llvm-22-dev and bpf-linker's `llvm-22` feature must share one LLVM major, so move them
@@ -33,8 +36,15 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_FEATURE: &str = "llvm-22";
 /// Debian packages the tests need at run time: iproute2 gives `ip` (namespaces, veth pairs),
 /// curl an independent HTTP/2 client, nats-server the JetStream broker the delivery tests and
-/// `bench delivery` start and stop.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "nats-server"];
+/// `bench delivery` start and stop, prometheus `promtool` (the rule tests) and the server the
+/// dashboard test runs its queries against.
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "nats-server", PROMETHEUS_PACKAGE];
+/// The package of `prometheus` and `promtool`. It is installed without its Recommends (the node
+/// exporter and its collectors: more servers, none of them needed), with no service started
+/// and its service disabled: the tests start their own server (see [`ensure_apt_packages`]).
+pub const PROMETHEUS_PACKAGE: &str = "prometheus";
+/// The server [`PROMETHEUS_PACKAGE`] installs; setup checks that none was started.
+const PROMETHEUS_SERVER: &str = "/usr/bin/prometheus";
 
 /// Runs every setup step in order; the first failure stops it.
 pub fn setup() -> Result<()> {
@@ -152,7 +162,9 @@ fn missing_components<'a>(installed: &str, wanted: &[&'a str], host: &str) -> Ve
         .collect()
 }
 
-/// Installs the Debian packages that are missing, with one `apt-get update` for all of them.
+/// Installs the Debian packages that are missing, with one `apt-get update` for all of them,
+/// under a `policy-rc.d` that keeps their maintainer scripts from starting services (see
+/// [`services`]); then checks that no prometheus server was started.
 fn ensure_apt_packages(root: bool) -> Result<()> {
     let mut missing = Vec::new();
     for package in apt_packages() {
@@ -166,16 +178,78 @@ fn ensure_apt_packages(root: bool) -> Result<()> {
         return Ok(());
     }
     let list = missing.join(" ");
+    let (lean, full): (Vec<&str>, Vec<&str>) =
+        missing.iter().partition(|p| **p == PROMETHEUS_PACKAGE);
     if !root {
         bail!(
-            "{list} must be installed and that needs root: run \
-             `sudo apt-get update && sudo apt-get install -y {list}`, then `cargo xtask setup` again"
+            "{list} must be installed and that needs root: run `cargo xtask setup` as root \
+             (it keeps {PROMETHEUS_PACKAGE}'s service from starting), or run \
+             `sudo apt-get update` and {}, then `cargo xtask setup` again",
+            [
+                (&full, "sudo apt-get install -y"),
+                (&lean, "sudo apt-get install -y --no-install-recommends"),
+            ]
+            .iter()
+            .filter(|(packages, _)| !packages.is_empty())
+            .map(|(packages, install)| format!("`{install} {}`", packages.join(" ")))
+            .collect::<Vec<_>>()
+            .join(" and ")
         );
     }
+    let servers_before = services::running(Path::new(PROMETHEUS_SERVER))?;
     println!("setup: installing {list} with apt-get");
-    run_cmd(apt_get().arg("update")).context("updating the apt package lists")?;
-    run_cmd(apt_get().args(["install", "-y"]).args(&missing))
-        .with_context(|| format!("installing {list}"))
+    {
+        // Maintainer scripts run `invoke-rc.d NAME start`; this makes each of them a no-op.
+        let _policy = services::NoStartPolicy::install(Path::new(services::POLICY_RC_D))?;
+        run_cmd(apt_get().arg("update")).context("updating the apt package lists")?;
+        if !full.is_empty() {
+            run_cmd(apt_get().args(["install", "-y"]).args(&full))
+                .with_context(|| format!("installing {}", full.join(" ")))?;
+        }
+        if !lean.is_empty() {
+            run_cmd(
+                apt_get()
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(&lean),
+            )
+            .with_context(|| format!("installing {}", lean.join(" ")))?;
+        }
+    }
+    if !lean.is_empty() {
+        disable_prometheus_service()?;
+    }
+    let started: Vec<u32> = services::running(Path::new(PROMETHEUS_SERVER))?
+        .difference(&servers_before)
+        .copied()
+        .collect();
+    if !started.is_empty() {
+        let pids: Vec<String> = started.iter().map(u32::to_string).collect();
+        bail!(
+            "installing {PROMETHEUS_PACKAGE} started its server (PID {}): {} allowed the start. \
+             The tests run their own server; stop that one (`service prometheus stop`) and make \
+             the policy exit 101 while packages are installed",
+            pids.join(", "),
+            services::POLICY_RC_D
+        );
+    }
+    println!("setup: no {PROMETHEUS_SERVER} server was started by the install");
+    Ok(())
+}
+
+/// Keeps the freshly installed prometheus service from starting at the next boot: the package
+/// enables both its systemd unit and its init script. `systemctl disable` edits links only (it
+/// works whatever PID 1 is) and passes the init script on to `update-rc.d`; without systemd the
+/// init script is all there is.
+fn disable_prometheus_service() -> Result<()> {
+    if on_path("systemctl") {
+        run_cmd(Command::new("systemctl").args(["disable", "prometheus.service"]))
+            .context("disabling the prometheus service")
+    } else if Path::new("/etc/init.d/prometheus").exists() {
+        run_cmd(Command::new("update-rc.d").args(["prometheus", "disable"]))
+            .context("disabling the prometheus init script")
+    } else {
+        Ok(())
+    }
 }
 
 /// `apt-get` that never asks a question: CI has no stdin.
