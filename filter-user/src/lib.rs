@@ -25,6 +25,7 @@
 //!   the filter is in force, on every thread, and the user it becomes (`daemon.run_as`).
 //! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `detach`;
 //!   `cli::pins`, where `status` and `detach` find the pins.
+//! - `logging`: the log's format on standard error (`text` or `json`) and its filter.
 //! - `time`: RFC 3339 timestamps, as the audit log and the command line print them.
 //!
 //! The public surface is what the binary and the `hookwall-tests` crate use; the `bench`
@@ -36,6 +37,7 @@ pub mod config;
 pub mod daemon;
 pub(crate) mod delivery;
 pub mod filter;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod receiver;
 pub mod status;

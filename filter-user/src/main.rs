@@ -8,6 +8,7 @@ use hookwall::{
     cli::{self, exit, queue},
     config, daemon,
     filter::Pins,
+    logging::{self, LogFormat},
     status,
     store::EventState,
 };
@@ -24,6 +25,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "hookwall", version, long_version = hookwall::build_info::long_version(), about)]
 #[command(after_help = exit::help(exit::HOOKWALL))]
 struct Cli {
+    /// Log format on standard error: text, or json (one object per line, for journald and
+    /// Loki) [env: HOOKWALL_LOG_FORMAT; default: text].
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -204,18 +209,16 @@ impl PinArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOOKWALL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format) {
+        // A usage error, as clap's own are.
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::report(&e);
             ExitCode::FAILURE
         }
     }

@@ -270,6 +270,11 @@ pub enum Verify {
         /// The file the token is read from.
         token_file: PathBuf,
     },
+    /// `verify = "mpesa"` with `token = { credential = ... }`.
+    MpesaCredential {
+        /// The systemd credential's name.
+        name: String,
+    },
     /// `verify = "mpesa"` with `tokens = [{ file = ... }, ...]`: any of them passes.
     MpesaTokens {
         /// The files the tokens are read from.
@@ -304,6 +309,18 @@ impl Route {
             path: path.to_owned(),
             verify: Verify::Mpesa {
                 token_file: token_file.to_path_buf(),
+            },
+            validation: None,
+        }
+    }
+
+    /// An M-Pesa route at `path` whose token is the systemd credential `name`.
+    #[must_use]
+    pub fn mpesa_credential(path: &str, name: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+            verify: Verify::MpesaCredential {
+                name: name.to_owned(),
             },
             validation: None,
         }
@@ -352,6 +369,10 @@ impl Route {
             Verify::Mpesa { token_file } => {
                 let _ = writeln!(s, "verify = \"mpesa\"");
                 let _ = writeln!(s, "token = {{ file = {:?} }}", path_text(token_file));
+            }
+            Verify::MpesaCredential { name } => {
+                let _ = writeln!(s, "verify = \"mpesa\"");
+                let _ = writeln!(s, "token = {{ credential = {name:?} }}");
             }
             Verify::MpesaTokens { token_files } => {
                 let files = token_files

@@ -58,9 +58,16 @@ pub fn hookwall_bin() -> PathBuf {
 #[must_use]
 pub fn hookwall_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(hookwall_bin());
+    // Whatever runs the tests (a systemd unit, a shell with a log format set) does not leak
+    // into the daemon: a test sets these itself.
     cmd.args(args)
         .env("NO_COLOR", "1")
-        .env_remove("HOOKWALL_LOG");
+        .env_remove("HOOKWALL_LOG")
+        .env_remove("HOOKWALL_LOG_FORMAT")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("CREDENTIALS_DIRECTORY");
     cmd
 }
 
@@ -279,6 +286,22 @@ impl Daemon {
     /// If it cannot be spawned.
     #[must_use]
     pub fn spawn(ns: &NetNs, config: &Path, metrics: SocketAddr, dir: &Path) -> Self {
+        Self::spawn_with(ns, config, metrics, dir, |_| {})
+    }
+
+    /// [`Daemon::spawn`], with `tune` adjusting the command first (its environment, or
+    /// arguments before `run`'s).
+    ///
+    /// # Panics
+    /// If it cannot be spawned.
+    #[must_use]
+    pub fn spawn_with(
+        ns: &NetNs,
+        config: &Path,
+        metrics: SocketAddr,
+        dir: &Path,
+        tune: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = dir.join(format!(
             "daemon-{}.log",
             LOGS.fetch_add(1, Ordering::Relaxed)
@@ -287,7 +310,9 @@ impl Daemon {
         let err = out.try_clone().expect("dup of the log file");
         let entry = NsEntry::new(ns);
         let config = config.to_str().expect("UTF-8 config path");
-        let mut cmd = hookwall_command(&["run", "-c", config]);
+        let mut cmd = hookwall_command(&[]);
+        tune(&mut cmd);
+        cmd.args(["run", "-c", config]);
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         entry.apply(&mut cmd);
         let child = cmd
@@ -378,7 +403,11 @@ impl Daemon {
         }
     }
 
-    fn signal(&self, sig: libc::c_int) {
+    /// Sends `sig` to the daemon, unless it has exited (and been reaped).
+    ///
+    /// # Panics
+    /// If `kill` fails.
+    pub fn signal(&self, sig: libc::c_int) {
         if self.exited.is_some() {
             return;
         }

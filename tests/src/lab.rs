@@ -213,6 +213,19 @@ impl Lab {
         )
     }
 
+    /// [`Lab::spawn`] with the lab's config, `tune` adjusting the command first (see
+    /// [`Daemon::spawn_with`]).
+    #[must_use]
+    pub fn spawn_with(&self, tune: impl FnOnce(&mut std::process::Command)) -> Daemon {
+        Daemon::spawn_with(
+            &self.net.srv,
+            &self.config,
+            self.spec.metrics_listen,
+            self.dir.path(),
+            tune,
+        )
+    }
+
     /// `hookwall status --json --pin-path PINS`, parsed.
     ///
     /// # Panics

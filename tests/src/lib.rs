@@ -11,6 +11,7 @@
 //! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
 //! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
 //! - [`lab`]: one end-to-end test's world (namespaces, pins, config, certificate, application).
+//! - [`users`]: a system user made for one test, for `daemon.run_as`.
 pub mod app;
 pub mod config;
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod lab;
 pub mod model;
 pub mod nats;
 pub mod netns;
+pub mod users;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

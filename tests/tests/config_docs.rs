@@ -21,9 +21,10 @@ fn documented_keys() -> Vec<String> {
         .collect()
 }
 
-/// The keys of secret references (`{ env = "NAME" }`, `{ file = "PATH" }`): the reference
-/// documents the secret key itself (`delivery.secret`), and the forms once, in prose.
-const SECRET_REF_KEYS: [&str; 2] = ["env", "file"];
+/// The keys of secret references (`{ env = "NAME" }`, `{ file = "PATH" }`,
+/// `{ credential = "NAME" }`): the reference documents the secret key itself
+/// (`delivery.secret`), and the forms once, in prose.
+const SECRET_REF_KEYS: [&str; 3] = ["env", "file", "credential"];
 
 /// Every value key the loader accepts (`server.limits.rate_per_second`, `route[].verify`),
 /// from the schema the unknown-key check reads: `accepted_keys` less the tables (a key with

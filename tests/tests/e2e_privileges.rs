@@ -13,8 +13,8 @@
 //! cargo test -p hookwall-tests --test e2e_privileges`.
 
 use std::{
-    collections::BTreeMap, net::IpAddr, os::unix::fs::PermissionsExt as _, path::Path,
-    process::Command, sync::Arc, time::Duration,
+    collections::BTreeMap, net::IpAddr, os::unix::fs::PermissionsExt as _, sync::Arc,
+    time::Duration,
 };
 
 use hookwall_tests::{
@@ -25,7 +25,7 @@ use hookwall_tests::{
     netns::{
         ALLOWED_V4, PROTECTED_PORT, REFUSED_V4, REFUSED_V4_NET, VethPair, connect_from, srv_addr,
     },
-    unique_name,
+    users::TestUser,
 };
 
 const CONFIRMATION: &str = "/mpesa/c2b/confirmation";
@@ -129,84 +129,6 @@ fn assert_every_thread(daemon: &Daemon, want: &ThreadCreds, when: &str) -> usize
         daemon.log()
     );
     threads.len()
-}
-
-/// A system user made for one test, removed on drop.
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn new() -> Self {
-        // hw-test-PIDxN: unique among the tests of this run, which run in parallel.
-        let name = unique_name("hw-test-");
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .output()
-            .expect("running useradd");
-        assert!(
-            out.status.success(),
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // From here on the user is removed whatever happens.
-        let mut user = Self {
-            name,
-            uid: 0,
-            gid: 0,
-        };
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .args([flag, &user.name])
-                .output()
-                .expect("running id");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .unwrap_or_else(|e| panic!("id {flag} {}: {e}", user.name))
-        };
-        (user.uid, user.gid) = (id("-u"), id("-g"));
-        assert_ne!(user.uid, 0, "the test user is not root");
-        user
-    }
-
-    /// Makes the user the owner of `dir` (so it can create the store's files there).
-    fn own(&self, dir: &Path) {
-        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
-    }
-
-    /// Makes the user the owner of the secret files in `dir`, which the lab writes 0600 as
-    /// root's, as an operator gives the daemon's user its secrets (`chown hookwall: FILE`).
-    fn own_secrets(&self, dir: &Path, names: &[&str]) {
-        for name in names {
-            let path = dir.join(name);
-            std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid))
-                .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
-        }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        match Command::new("userdel").arg(&self.name).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "userdel {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("userdel {}: {e}", self.name),
-        }
-    }
 }
 
 /// A delivery lab with one M-Pesa confirmation route, run as `run_as` if given.
@@ -405,7 +327,7 @@ fn as_root_the_daemon_keeps_only_what_reloads_need_on_every_thread() {
 
 #[test]
 fn with_run_as_the_daemon_becomes_that_user_and_still_reloads_and_delivers() {
-    let user = TestUser::new();
+    let user = TestUser::create();
     let mut lab = lab(Some(&user.name));
     // The store lives in the test's directory: the user must be able to create files there.
     user.own(lab.dir.path());
@@ -423,7 +345,7 @@ fn with_run_as_the_daemon_becomes_that_user_and_still_reloads_and_delivers() {
 
 #[test]
 fn a_run_as_user_who_cannot_write_the_store_is_refused_before_anything_is_attached() {
-    let user = TestUser::new();
+    let user = TestUser::create();
     let lab = lab(Some(&user.name));
     // The test's directory stays root's: the user may read the config, certificate and its
     // secret in it, but not create the store's files there.

@@ -64,7 +64,7 @@ pub use check::{
 };
 pub use diagnostics::{ConfigError, ConfigErrors, accepted_keys, line_of};
 pub use permissions::LooseFile;
-pub use secret::{Secret, SecretError, SecretRef};
+pub use secret::{CREDENTIALS_DIRECTORY, Secret, SecretError, SecretRef};
 pub(crate) use url::without_query;
 
 use crate::allowlist::Allowlist;

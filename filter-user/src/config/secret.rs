@@ -1,13 +1,23 @@
-//! Secret references (`{ env = "NAME" }`, `{ file = "PATH" }`) and the secrets they point at.
+//! Secret references (`{ env = "NAME" }`, `{ file = "PATH" }`, `{ credential = "NAME" }`) and
+//! the secrets they point at.
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 /// The key of `{ env = "NAME" }`.
 pub(crate) const ENV_KEY: &str = "env";
 /// The key of `{ file = "PATH" }`.
 pub(crate) const FILE_KEY: &str = "file";
+/// The key of `{ credential = "NAME" }`.
+pub(crate) const CREDENTIAL_KEY: &str = "credential";
 /// The keys a secret reference is written with: exactly one of them.
-pub(crate) const SECRET_REF_KEYS: [&str; 2] = [ENV_KEY, FILE_KEY];
+pub(crate) const SECRET_REF_KEYS: [&str; 3] = [ENV_KEY, FILE_KEY, CREDENTIAL_KEY];
+
+/// The variable systemd sets, for a unit with `LoadCredential=` or `SetCredential=`, to the
+/// directory holding the unit's credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 /// Where a secret is read from; the secret itself is never in the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +27,14 @@ pub enum SecretRef {
     /// `{ file = "PATH" }`: the file's content without trailing newlines; a relative PATH is
     /// resolved against the config file's directory.
     File(PathBuf),
+    /// `{ credential = "NAME" }`: the systemd credential NAME, i.e. the file
+    /// `$CREDENTIALS_DIRECTORY/NAME`, without trailing newlines like `File`.
+    Credential(String),
+}
+
+/// Whether `name` can name a credential: a plain file name in the credentials directory.
+pub(crate) fn is_credential_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
 
 impl fmt::Display for SecretRef {
@@ -25,6 +43,7 @@ impl fmt::Display for SecretRef {
         match self {
             SecretRef::Env(name) => write!(f, "env {name}"),
             SecretRef::File(path) => write!(f, "file {}", path.display()),
+            SecretRef::Credential(name) => write!(f, "credential {name}"),
         }
     }
 }
@@ -79,10 +98,35 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// A credential is referenced but the daemon does not run under a unit that passes any.
+    #[error(
+        "credential {name}: $CREDENTIALS_DIRECTORY is not set; systemd sets it for units with \
+         LoadCredential={name}:PATH or SetCredential={name}:VALUE, so run hookwall from such a \
+         unit, or write {{ file = \"PATH\" }} to read a file directly"
+    )]
+    CredentialsDirectoryNotSet {
+        /// The credential.
+        name: String,
+    },
+    /// The credential's file could not be read.
+    #[error(
+        "cannot read credential {name} ({}): {source}; check that the unit passes it \
+         (LoadCredential={name}:PATH or SetCredential={name}:VALUE)",
+        path.display()
+    )]
+    Credential {
+        /// The credential.
+        name: String,
+        /// `$CREDENTIALS_DIRECTORY/NAME`.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The variable or file is empty: an empty secret would authenticate anyone.
     #[error("secret from {origin} is empty: an empty secret would let anyone through")]
     Empty {
-        /// Where it came from, as `env NAME` or `file PATH`.
+        /// Where it came from, as `env NAME`, `file PATH` or `credential NAME`.
         origin: String,
     },
 }
@@ -91,6 +135,27 @@ impl SecretRef {
     /// Reads the secret now. A file's trailing newlines (`\n` or `\r\n`) are removed, since
     /// editors and `echo` add them.
     pub fn resolve(&self) -> Result<Secret, SecretError> {
+        self.resolve_in(
+            std::env::var_os(CREDENTIALS_DIRECTORY)
+                .as_deref()
+                .map(Path::new),
+        )
+    }
+
+    /// The file a credential is read from, when `$CREDENTIALS_DIRECTORY` is set.
+    #[must_use]
+    pub fn credential_path(&self) -> Option<PathBuf> {
+        match self {
+            SecretRef::Credential(name) => {
+                std::env::var_os(CREDENTIALS_DIRECTORY).map(|dir| Path::new(&dir).join(name))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Self::resolve`] with the credentials directory given rather than read from the
+    /// environment, so that it can be tested without changing the process's environment.
+    pub(crate) fn resolve_in(&self, credentials: Option<&Path>) -> Result<Secret, SecretError> {
         let bytes = match self {
             SecretRef::Env(name) => {
                 use std::os::unix::ffi::OsStringExt as _;
@@ -99,20 +164,25 @@ impl SecretRef {
                     .into_vec()
             }
             SecretRef::File(path) => {
-                let mut bytes = std::fs::read(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
+                without_trailing_newlines(std::fs::read(path).map_err(|source| {
+                    SecretError::File {
+                        path: path.clone(),
+                        source,
+                    }
+                })?)
+            }
+            SecretRef::Credential(name) => {
+                let dir = credentials.ok_or_else(|| SecretError::CredentialsDirectoryNotSet {
+                    name: name.clone(),
                 })?;
-                let kept = bytes.len()
-                    - bytes
-                        .iter()
-                        .rev()
-                        .take_while(|&&b| b == b'\n' || b == b'\r')
-                        .count();
-                // Wipe the part we cut off too: it is in the same allocation.
-                bytes[kept..].fill(0);
-                bytes.truncate(kept);
-                bytes
+                let path = dir.join(name);
+                without_trailing_newlines(std::fs::read(&path).map_err(|source| {
+                    SecretError::Credential {
+                        name: name.clone(),
+                        path,
+                        source,
+                    }
+                })?)
             }
         };
         let secret = Secret(zeroize::Zeroizing::new(bytes));
@@ -123,4 +193,18 @@ impl SecretRef {
         }
         Ok(secret)
     }
+}
+
+/// `bytes` without its trailing `\n` and `\r`, the cut-off part wiped.
+fn without_trailing_newlines(mut bytes: Vec<u8>) -> Vec<u8> {
+    let kept = bytes.len()
+        - bytes
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
+    // Wipe the part we cut off too: it is in the same allocation.
+    bytes[kept..].fill(0);
+    bytes.truncate(kept);
+    bytes
 }

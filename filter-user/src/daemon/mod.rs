@@ -8,6 +8,7 @@
 //! in `reload`; the services and their stop order are in `services`; what the daemon keeps of
 //! root's privileges once the filter is in force, and the user it becomes, in `privileges`.
 
+mod notify;
 mod privileges;
 mod reload;
 mod services;
@@ -22,6 +23,7 @@ use tokio::{
 
 pub use self::reload::desired;
 use self::{
+    notify::Notifier,
     privileges::PrivilegeDrop,
     reload::{InForce, Reloaded},
     services::{Receiver, Services},
@@ -46,6 +48,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Connected before anything else, while the daemon can still reach any socket path.
+    let notifier = Notifier::from_env();
     let config = config::load(config_path)?;
     for loose in config.loose_permissions() {
         tracing::warn!("{loose}");
@@ -113,6 +117,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut watcher = FileWatcher::new(reload_tx)?;
     watcher.watch(&in_force.applied.watched);
 
+    // The listeners were bound before the filter was attached and their tasks now accept: a
+    // client the manager lets in after this is served.
+    notifier.ready(&in_force.status(filter.prefix_counts()));
+    let mut watchdog = notifier.watchdog_period().map(|period| {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
+
     let outcome: anyhow::Result<()> = loop {
         let trigger = tokio::select! {
             _ = hup.recv() => "SIGHUP",
@@ -124,18 +137,50 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             ended = services.ended() => break ended,
+            // From this loop, not a timer of its own: if the loop stops turning, the pings stop
+            // and the manager restarts the daemon.
+            Some(_) = async { match watchdog.as_mut() {
+                Some(ticks) => Some(ticks.tick().await),
+                None => std::future::pending().await,
+            } } => {
+                match services.stalled() {
+                    None => notifier.watchdog(),
+                    Some(why) => tracing::error!(
+                        "not pinging the service manager's watchdog: {why}; it will restart \
+                         hookwall"
+                    ),
+                }
+                continue;
+            }
         };
-        match reload::reload(
+        notifier.reloading();
+        let reloaded = reload::reload(
             &mut filter,
             &mut in_force,
             &metrics,
             services.server(),
             trigger,
-        ) {
-            Reloaded::Yes | Reloaded::Refused => watcher.watch(&in_force.applied.watched),
+        );
+        let in_force_now = in_force.status(filter.prefix_counts());
+        let status = match reloaded {
+            Reloaded::Yes {
+                receiver_kept: false,
+            } => format!("reloaded; {in_force_now}"),
+            Reloaded::Yes {
+                receiver_kept: true,
+            } => format!(
+                "reloaded, except the HTTPS certificate and routes, which were refused (the \
+                 previous ones stay in force); {in_force_now}"
+            ),
+            Reloaded::Refused(why) => {
+                format!("reload refused: {why}; the previous config stays in force; {in_force_now}")
+            }
             Reloaded::Detached => break Ok(()),
-        }
+        };
+        notifier.reloaded(&status);
+        watcher.watch(&in_force.applied.watched);
     };
+    notifier.stopping("stopping; the filter stays in force");
     services.stop().await;
     tracing::info!("stopped; the filter stays in force (`hookwall detach` removes it)");
     outcome

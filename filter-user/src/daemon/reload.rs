@@ -86,6 +86,23 @@ impl InForce {
         }
     }
 
+    /// What is in force, in a line: the service manager's `STATUS=`. `(v4, v6)` are the prefix
+    /// counts in the maps.
+    pub(super) fn status(&self, (v4, v6): (usize, usize)) -> String {
+        let interfaces = self.applied.interfaces.join(", ");
+        let doing = if self.applied.desired.settings.enforce() {
+            format!("protecting {interfaces}")
+        } else {
+            format!("monitoring {interfaces} (mode monitor: nothing is dropped)")
+        };
+        let serving = if self.started.receiver.is_some() {
+            "; serving HTTPS"
+        } else {
+            ""
+        };
+        format!("{doing}: {v4} IPv4, {v6} IPv6 prefixes{serving}")
+    }
+
     /// What of `config` differs from what was read at start.
     fn waiting_for_restart(&self, config: &Config) -> WaitingForRestart {
         let mut daemon = Vec::new();
@@ -166,8 +183,11 @@ pub(super) fn bring_up(
 
 /// What a reload came to.
 pub(super) enum Reloaded {
-    Yes,
-    Refused,
+    /// The filter part is applied; `receiver_kept` when the certificate or routes were not, and
+    /// the previous ones stay in force.
+    Yes { receiver_kept: bool },
+    /// Nothing changed, for this reason.
+    Refused(&'static str),
     /// The pinned program is gone: the daemon stops.
     Detached,
 }
@@ -194,7 +214,7 @@ pub(super) fn reload(
             }
             tracing::error!("config refused; the previous config stays in force");
             metrics.record_reload(false);
-            return Reloaded::Refused;
+            return Reloaded::Refused("the config has errors (see the log)");
         }
     };
     if config.filter.pin_path != in_force.pin_path {
@@ -203,7 +223,7 @@ pub(super) fn reload(
              (the previous config stays in force)"
         );
         metrics.record_reload(false);
-        return Reloaded::Refused;
+        return Reloaded::Refused("filter.pin_path changed, which takes a restart");
     }
     let waiting = in_force.waiting_for_restart(&config);
     for change in &waiting.daemon {
@@ -237,6 +257,7 @@ pub(super) fn reload(
                 "reloaded"
             );
             in_force.applied = next;
+            let mut receiver_kept = false;
             if let Some((server, config)) = server_reload {
                 for change in &waiting.receiver {
                     tracing::warn!("{change}");
@@ -246,10 +267,11 @@ pub(super) fn reload(
                         "reloading the HTTPS certificate or routes failed: {e:#}; the previous \
                          ones stay in force"
                     );
+                    receiver_kept = true;
                 }
             }
             trim_heap();
-            Reloaded::Yes
+            Reloaded::Yes { receiver_kept }
         }
         Err(e) => {
             tracing::error!("applying the new config failed: {e:#}; restoring the previous one");
@@ -264,7 +286,7 @@ pub(super) fn reload(
             let (v4, v6) = filter.prefix_counts();
             metrics.set_prefixes(v4, v6);
             metrics.record_reload(false);
-            Reloaded::Refused
+            Reloaded::Refused("applying it to the kernel failed (see the log)")
         }
     }
 }

@@ -120,6 +120,17 @@ impl Services {
         self.server.as_deref()
     }
 
+    /// Why the daemon cannot do its work although its main loop turns, if it cannot: the
+    /// event store's writer has ended, so no callback can be stored and answered.
+    pub(super) fn stalled(&self) -> Option<&'static str> {
+        match &self.store {
+            Some(store) if !store.handle().writer_running() => {
+                Some("the event store's writer thread has ended")
+            }
+            _ => None,
+        }
+    }
+
     /// Completes when the metrics listener or the HTTPS server ends on its own (an error, or a
     /// panic), with what it ended with.
     pub(super) async fn ended(&mut self) -> anyhow::Result<()> {

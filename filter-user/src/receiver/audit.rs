@@ -126,7 +126,26 @@ pub(crate) struct AuditLine<'a> {
 }
 
 impl AuditLine<'_> {
+    /// Writes the line: in a text log, its JSON object as the message (one grep-able line); in a
+    /// JSON log, its fields as the log object's own fields (a `None` is left out).
     fn log(&self) {
+        if crate::logging::format() == crate::logging::LogFormat::Json {
+            tracing::info!(
+                target: "audit",
+                time = %self.time,
+                peer = %self.peer,
+                client = %self.client,
+                route = self.route,
+                outcome = self.outcome,
+                status = self.status,
+                reason = self.reason,
+                event_id = self.event_id,
+                body_sha256 = self.body_sha256,
+                latency_ms = self.latency_ms,
+                "request answered"
+            );
+            return;
+        }
         match serde_json::to_string(self) {
             Ok(line) => tracing::info!(target: "audit", "{line}"),
             // Only a serializer bug could get here; the line's fields are plain values.

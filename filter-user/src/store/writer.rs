@@ -414,6 +414,13 @@ impl StoreHandle {
         }
     }
 
+    /// Whether the writer thread still takes requests: false once it has ended, by a panic or
+    /// after [`StoreHandle::close`].
+    #[must_use]
+    pub fn writer_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     fn closed(&self) -> StoreError {
         StoreError::Closed {
             path: self.shared.path.clone(),
@@ -891,6 +898,19 @@ mod tests {
         );
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.count().expect("count"), 50);
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_seen_running_until_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let watcher = store.handle();
+        assert!(watcher.writer_running());
+        store.handle().close().await.expect("close");
+        assert!(
+            !watcher.writer_running(),
+            "a handle kept elsewhere sees the writer gone"
+        );
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use super::{
         sections_with, serde_names,
     },
     host::Host,
-    secret::{ENV_KEY, FILE_KEY, SecretRef},
+    secret::{CREDENTIAL_KEY, ENV_KEY, FILE_KEY, SecretRef, is_credential_name},
     url::has_userinfo,
 };
 use allow::RawAllow;
@@ -391,8 +391,8 @@ impl Checker<'_> {
         }
     }
 
-    /// Reads `{ env = "NAME" }` or `{ file = "PATH" }`. `written_as` is how the user's line begins,
-    /// to show the fix in their own terms.
+    /// Reads `{ env = "NAME" }`, `{ file = "PATH" }` or `{ credential = "NAME" }`. `written_as` is
+    /// how the user's line begins, to show the fix in their own terms.
     fn secret_ref(
         &mut self,
         key: &KeyPath,
@@ -413,6 +413,21 @@ impl Checker<'_> {
                 FILE_KEY if !text.is_empty() => {
                     Some(SecretRef::File(self.beside_config(Path::new(text))))
                 }
+                CREDENTIAL_KEY if is_credential_name(text) => {
+                    Some(SecretRef::Credential(text.clone()))
+                }
+                CREDENTIAL_KEY => {
+                    self.error(
+                        key,
+                        format!(
+                            "{text:?} is not a credential name: a credential is a file of \
+                             systemd's $CREDENTIALS_DIRECTORY, named as in the unit's \
+                             LoadCredential=NAME:PATH, so NAME is not empty, \".\" or \"..\" and \
+                             has no '/': e.g. {written_as}{{ credential = \"stripe\" }}"
+                        ),
+                    );
+                    return None;
+                }
                 _ => None,
             },
             _ => None,
@@ -421,8 +436,9 @@ impl Checker<'_> {
             self.error(
                 key,
                 format!(
-                    "a secret reference is exactly {{ env = \"NAME\" }} (a variable name, no '=') \
-                     or {{ file = \"PATH\" }}: e.g. {example}"
+                    "a secret reference is exactly {{ env = \"NAME\" }} (a variable name, no '='), \
+                     {{ file = \"PATH\" }} or {{ credential = \"NAME\" }} (a systemd \
+                     credential): e.g. {example}"
                 ),
             );
         }

@@ -8,7 +8,7 @@ fn every_route_kind_with_its_options() {
         "[[route]]",
         "path = \"/hooks/github\"",
         "verify = \"github\"",
-        "secrets = [{ file = \"secrets/github\" }, { env = \"GITHUB_OLD\" }]",
+        "secrets = [{ file = \"secrets/github\" }, { env = \"GITHUB_OLD\" }, { credential = \"github.new\" }]",
         "[[route]]",
         "path = \"/hooks/generic\"",
         "verify = \"hmac-sha256\"",
@@ -39,6 +39,7 @@ fn every_route_kind_with_its_options() {
         [
             SecretRef::File("/etc/hookwall/secrets/github".into()),
             SecretRef::Env("GITHUB_OLD".into()),
+            SecretRef::Credential("github.new".into()),
         ],
         "a relative secret file resolves against the config file's directory"
     );

@@ -36,7 +36,71 @@ fn secrets_resolve_from_the_environment() {
 }
 
 #[test]
+fn secrets_resolve_from_systemd_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stripe"), "whsec_abc\n").unwrap();
+    let stripe = SecretRef::Credential("stripe".into());
+    let secret = stripe.resolve_in(Some(dir.path())).unwrap();
+    assert_eq!(secret.expose(), b"whsec_abc", "trailing newlines are cut");
+
+    // Outside a unit that passes credentials: the message says where the variable comes from
+    // and what to write instead.
+    let err = stripe.resolve_in(None).unwrap_err();
+    assert!(
+        matches!(err, SecretError::CredentialsDirectoryNotSet { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    for fragment in [
+        "credential stripe: $CREDENTIALS_DIRECTORY is not set",
+        "LoadCredential=stripe:PATH",
+        "SetCredential=stripe:VALUE",
+        "{ file = \"PATH\" }",
+    ] {
+        assert!(message.contains(fragment), "{fragment:?} not in {message}");
+    }
+
+    let absent = SecretRef::Credential("absent".into());
+    let err = absent.resolve_in(Some(dir.path())).unwrap_err();
+    assert!(matches!(err, SecretError::Credential { .. }), "{err}");
+    let message = err.to_string();
+    let path = dir.path().join("absent");
+    assert!(
+        message.starts_with(&format!(
+            "cannot read credential absent ({})",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("LoadCredential=absent:PATH"), "{message}");
+
+    std::fs::write(dir.path().join("blank"), "\r\n").unwrap();
+    let err = SecretRef::Credential("blank".into())
+        .resolve_in(Some(dir.path()))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "secret from credential blank is empty: an empty secret would let anyone through"
+    );
+}
+
+#[test]
+fn credential_names_are_plain_file_names() {
+    use crate::config::secret::is_credential_name;
+    for good in ["stripe", "stripe.key", "a-b_c", "..x"] {
+        assert!(is_credential_name(good), "{good}");
+    }
+    for bad in ["", ".", "..", "a/b", "/abs", "a\0b"] {
+        assert!(!is_credential_name(bad), "{bad:?}");
+    }
+}
+
+#[test]
 fn secret_refs_display_where_not_what() {
     assert_eq!(SecretRef::Env("A".into()).to_string(), "env A");
     assert_eq!(SecretRef::File("/s/a".into()).to_string(), "file /s/a");
+    assert_eq!(
+        SecretRef::Credential("stripe".into()).to_string(),
+        "credential stripe"
+    );
 }

@@ -194,6 +194,22 @@ pub(super) fn delivery_cases() -> Vec<Case> {
             vec![at("delivery.secret", 3, &["a secret reference is exactly"])],
         ),
         case(
+            "an invalid delivery credential name",
+            lines(&[
+                "[delivery]",
+                "url = \"http://a\"",
+                "secret = { credential = \"../signing\" }",
+            ]),
+            vec![at(
+                "delivery.secret",
+                3,
+                &[
+                    "\"../signing\" is not a credential name",
+                    "e.g. secret = { credential = \"stripe\" }",
+                ],
+            )],
+        ),
+        case(
             "an unknown delivery key suggests the known one",
             http_delivery(&["max_atempts = 3"]),
             vec![at(

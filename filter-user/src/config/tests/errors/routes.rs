@@ -123,6 +123,59 @@ pub(super) fn route_cases() -> Vec<Case> {
             vec![at("route[0].secrets", 4, &["is a list"])],
         ),
         case(
+            "invalid credential names are each refused",
+            lines(&[
+                "[[route]]",
+                "path = \"/s\"",
+                "verify = \"stripe\"",
+                "secrets = [",
+                "  { credential = \"\" },",
+                "  { credential = \"a/b\" },",
+                "  { credential = \".\" },",
+                "  { credential = \"..\" },",
+                "  { credential = \"stripe.key\" },",
+                "]",
+            ]),
+            vec![
+                at(
+                    "route[0].secrets[0]",
+                    5,
+                    &[
+                        "\"\" is not a credential name",
+                        "LoadCredential=NAME:PATH",
+                        "e.g. secrets = [..., { credential = \"stripe\" }",
+                    ],
+                ),
+                at(
+                    "route[0].secrets[1]",
+                    6,
+                    &["\"a/b\" is not a credential name"],
+                ),
+                at(
+                    "route[0].secrets[2]",
+                    7,
+                    &["\".\" is not a credential name"],
+                ),
+                at(
+                    "route[0].secrets[3]",
+                    8,
+                    &["\"..\" is not a credential name"],
+                ),
+            ],
+        ),
+        case(
+            "a credential reference with a second key",
+            with(
+                &STRIPE_ROUTE[..3],
+                &["secrets = [{ credential = \"s\", env = \"S\" }]"],
+            ),
+            vec![at(
+                "route[0].secrets[0]",
+                4,
+                &["a secret reference is exactly", "{ credential = \"NAME\" }"],
+            )],
+        ),
+        case(
             "a signed route takes no token",
             with(STRIPE_ROUTE, &["token = { env = \"T\" }"]),
             vec![at("route[0].token", 5, &["for verify = \"mpesa\" only"])],
