@@ -2,8 +2,8 @@
 //! EXIT STATUS section of the man pages (docs/operations.md repeats it).
 //!
 //! Every command returns 0, 1 or 2 and nothing else: `main` maps an error to 1
-//! (`ExitCode::FAILURE`), clap exits with 2 on a command line it cannot parse (and 0 for
-//! `--help` and `--version`). A panic would end the process with Rust's 101; that is a bug,
+//! (`ExitCode::FAILURE`) and an unusable `HOOKWALL_LOG_FORMAT` to 2, as clap does a command line
+//! it cannot parse (and 0 for `--help` and `--version`). A panic would end the process with Rust's 101; that is a bug,
 //! not an outcome, so it is not listed.
 
 use std::fmt::Write as _;
@@ -14,8 +14,8 @@ pub type Code = (u8, &'static str);
 /// The status clap gives a command line it cannot parse, the same for every command.
 const USAGE: Code = (
     2,
-    "the command line is wrong (unknown command or option, missing or malformed value); \
-     nothing was done",
+    "the command line is wrong (unknown command or option, missing or malformed value), or \
+     HOOKWALL_LOG_FORMAT holds a value other than text or json; nothing was done",
 );
 
 /// `hookwall` itself, whatever the command.
