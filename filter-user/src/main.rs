@@ -3,9 +3,9 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use hookwall::{
-    cli::{self, queue},
+    cli::{self, exit, queue},
     config, daemon,
     filter::Pins,
     logging::{self, LogFormat},
@@ -23,6 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Guards a payment-callback endpoint: an XDP allowlist in the kernel and a daemon that feeds it.
 #[derive(Parser)]
 #[command(name = "hookwall", version, long_version = hookwall::build_info::long_version(), about)]
+#[command(after_help = exit::help(exit::HOOKWALL))]
 struct Cli {
     /// Log format on standard error: text, or json (one object per line, for journald and
     /// Loki) [env: HOOKWALL_LOG_FORMAT; default: text].
@@ -36,18 +37,21 @@ struct Cli {
 enum Command {
     /// Load or re-adopt the filter, attach it, serve HTTPS and metrics, deliver stored events;
     /// reload on SIGHUP and file change.
+    #[command(after_help = exit::help(exit::RUN))]
     Run {
         /// Config file.
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Validate a config without touching the system; print the effective allowlist.
+    #[command(after_help = exit::help(exit::CHECK))]
     Check {
         /// Config file.
         #[arg(short, long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Show the pinned filter: interfaces, mode, prefix counts, counters.
+    #[command(after_help = exit::help(exit::STATUS))]
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -56,13 +60,16 @@ enum Command {
         pins: PinArgs,
     },
     /// Remove the program from every interface and unpin everything hookwall pinned.
+    #[command(after_help = exit::help(exit::DETACH))]
     Detach {
         #[command(flatten)]
         pins: PinArgs,
     },
     /// Print the built-in provider address lists with their sources.
+    #[command(after_help = exit::help(exit::PRINTS))]
     Presets,
     /// Inspect the event store, replay dead letters, purge delivered events.
+    #[command(after_help = exit::help(exit::QUEUE))]
     Queue {
         /// Config file whose store.path (and store.retention) to use.
         #[arg(short, long, default_value = config::DEFAULT_PATH, global = true)]
@@ -70,12 +77,28 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Print the completion script for SHELL, e.g. `hookwall completions bash >
+    /// /usr/share/bash-completion/completions/hookwall`.
+    #[command(after_help = exit::help(exit::PRINTS))]
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of hookwall and of every subcommand into DIR (used to build the
+    /// package).
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write the `.1` files into; created if missing.
+        dir: PathBuf,
+    },
 }
 
 /// `hookwall queue ...`.
 #[derive(Subcommand)]
 enum QueueCommand {
     /// List events, newest first.
+    #[command(after_help = exit::help(exit::QUEUE))]
     List {
         /// Only events in this state.
         #[arg(long, value_enum)]
@@ -91,6 +114,7 @@ enum QueueCommand {
         json: bool,
     },
     /// Show one event: state, attempts, last error, headers and body.
+    #[command(after_help = exit::help(exit::QUEUE))]
     Show {
         /// The event's id (first column of `queue list`).
         id: i64,
@@ -99,6 +123,7 @@ enum QueueCommand {
         json: bool,
     },
     /// Replay dead letters: back to pending, delivered again at once.
+    #[command(after_help = exit::help(exit::QUEUE))]
     Retry {
         /// Ids of dead letters.
         #[arg(required_unless_present = "all_dead")]
@@ -109,6 +134,7 @@ enum QueueCommand {
     },
     /// Delete delivered events older than store.retention (or --older-than). Pending and dead
     /// events are never purged.
+    #[command(after_help = exit::help(exit::QUEUE))]
     Purge {
         /// Age, e.g. "30d" or "12h".
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -243,5 +269,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { config, command } => queue::main(&config, &queue::Command::from(command)),
+        Command::Completions { shell } => {
+            cli::generate::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            for page in cli::generate::manpages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

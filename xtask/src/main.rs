@@ -6,6 +6,7 @@
 //! - `run`: setup and build, then runs the daemon with the bundled dev config, as root.
 //! - `test`: setup, lints (userspace and eBPF), then the unit and end-to-end tests, as root.
 //! - `bench`: setup, then runs one of the benchmarks of `hookwall-tests`.
+//! - `dist`: setup, then the release binary and the Debian package (cargo-deb).
 //!
 //! This file also holds the few helpers every command shares: the project root, running a
 //! command with its command line echoed, and the root check.
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod dist;
 mod run;
 mod services;
 mod setup;
@@ -42,8 +44,9 @@ struct Cli {
 /// The xtask subcommands.
 #[derive(Debug, Subcommand)]
 enum XtaskCommand {
-    /// Install the pinned toolchains, llvm-22-dev, bpf-linker and the test tools (iproute2, curl,
-    /// nats-server); skips what is there.
+    /// Install the pinned toolchains, llvm-22-dev, bpf-linker, cargo-deb and the test and
+    /// packaging tools (iproute2, curl, nats-server, dpkg-dev, systemd, man-db...); skips what is
+    /// there.
     Setup,
     /// Set up, then build `hookwall` and the binaries of `hookwall-tests`.
     Build {
@@ -66,6 +69,9 @@ enum XtaskCommand {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, then build the release binary and the Debian package (cargo-deb) into
+    /// target/debian/; prints its path and size.
+    Dist,
     /// Set up, then run one benchmark of `hookwall-tests` in release mode.
     Bench {
         /// Which benchmark to run.
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         XtaskCommand::Run { release, args } => run::run(release, &args),
         XtaskCommand::Test { args } => test::test(&args),
         XtaskCommand::Bench { which, args } => bench::bench(which, &args),
+        XtaskCommand::Dist => dist::dist(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

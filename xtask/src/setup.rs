@@ -45,6 +45,13 @@ pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "nats-server", PROMETHE
 pub const PROMETHEUS_PACKAGE: &str = "prometheus";
 /// The server [`PROMETHEUS_PACKAGE`] installs; setup checks that none was started.
 const PROMETHEUS_SERVER: &str = "/usr/bin/prometheus";
+/// Debian packages `cargo xtask dist` and the package test need: dpkg-dev gives cargo-deb
+/// `dpkg-shlibdeps` (the package's library dependencies); adduser runs in the package's
+/// postinst; systemd gives `systemd-analyze` (the unit is verified, its exposure scored, also
+/// where systemd is not PID 1); man-db and groff-base render the man pages.
+pub const PACKAGE_TOOLS: &[&str] = &["dpkg-dev", "adduser", "systemd", "man-db", "groff-base"];
+/// cargo-deb version (`cargo deb`, which `cargo xtask dist` runs).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Runs every setup step in order; the first failure stops it.
 pub fn setup() -> Result<()> {
@@ -64,6 +71,7 @@ pub fn setup() -> Result<()> {
         .with_context(|| format!("setting up the eBPF toolchain {EBPF_TOOLCHAIN}"))?;
     ensure_apt_packages(root).context("installing Debian packages")?;
     ensure_bpf_linker().context("installing bpf-linker")?;
+    ensure_cargo_deb().context("installing cargo-deb")?;
     Ok(())
 }
 
@@ -71,6 +79,7 @@ pub fn setup() -> Result<()> {
 fn apt_packages() -> Vec<&'static str> {
     std::iter::once(LLVM_PACKAGE)
         .chain(TEST_PACKAGES.iter().copied())
+        .chain(PACKAGE_TOOLS.iter().copied())
         .collect()
 }
 
@@ -301,6 +310,42 @@ fn ensure_bpf_linker() -> Result<()> {
     run_cmd(&mut cmd)
 }
 
+/// Installs cargo-deb unless the pinned version answers `cargo deb --version`.
+fn ensure_cargo_deb() -> Result<()> {
+    let installed = capture(cargo().args(["deb", "--version"]))
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| parse_tool_version(&String::from_utf8_lossy(&out.stdout), "cargo-deb"));
+    if installed.as_deref() == Some(CARGO_DEB_VERSION) {
+        println!("ok: cargo-deb {CARGO_DEB_VERSION} already installed");
+        return Ok(());
+    }
+    match installed {
+        Some(other) => println!("setup: replacing cargo-deb {other} with {CARGO_DEB_VERSION}"),
+        None => println!("setup: installing cargo-deb {CARGO_DEB_VERSION} (about a minute)"),
+    }
+    run_cmd(
+        cargo()
+            .args([
+                "install",
+                "cargo-deb",
+                "--version",
+                CARGO_DEB_VERSION,
+                "--locked",
+            ])
+            .stdin(Stdio::null()),
+    )
+}
+
+/// The version in `TOOL --version` output whose first line is `TOOL VERSION`.
+fn parse_tool_version(output: &str, tool: &str) -> Option<String> {
+    let mut words = output.lines().next()?.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(name), Some(version)) if name == tool => Some(version.to_owned()),
+        _ => None,
+    }
+}
+
 /// The version in `bpf-linker --version` output (`bpf-linker 0.13.0`).
 fn parse_bpf_linker_version(output: &str) -> Option<String> {
     let mut words = output.lines().next()?.split_whitespace();
@@ -333,6 +378,20 @@ mod tests {
         );
         assert_eq!(parse_bpf_linker_version("something-else 0.13.0"), None);
         assert_eq!(parse_bpf_linker_version(""), None);
+    }
+
+    #[test]
+    fn cargo_deb_version_is_the_second_word() {
+        assert_eq!(
+            parse_tool_version("cargo-deb 3.8.0\n", "cargo-deb").as_deref(),
+            Some(CARGO_DEB_VERSION)
+        );
+        assert_eq!(
+            parse_tool_version("cargo-deb 3.8.01", "cargo-deb").as_deref(),
+            Some("3.8.01")
+        );
+        assert_eq!(parse_tool_version("bpf-linker 3.8.0", "cargo-deb"), None);
+        assert_eq!(parse_tool_version("", "cargo-deb"), None);
     }
 
     #[test]

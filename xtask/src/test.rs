@@ -79,8 +79,13 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds the binary the end-to-end tests start, then runs every crate's tests.
+/// Builds the Debian package the package test installs (tests/tests/package.rs), the binary the
+/// end-to-end tests start, then runs every crate's tests.
 fn build_and_test(cargo_test_args: &[String]) -> Result<()> {
+    // Once per run: the release build costs minutes. The test fails without it, never skips.
+    let deb = crate::dist::build_package().with_context(|| {
+        format!("step {STEPS}/{STEPS} (tests) failed while building the Debian package")
+    })?;
     let mut build = cargo();
     build.args(["build", "-p", "hookwall", "--bins"]);
     run_cmd(&mut build).with_context(|| {
@@ -92,6 +97,7 @@ fn build_and_test(cargo_test_args: &[String]) -> Result<()> {
     let mut tests = cargo();
     tests
         .env("HOOKWALL_BIN", &bin)
+        .env("HOOKWALL_DEB", &deb)
         .args(["test", "-p", "filter-common", "-p", "hookwall"])
         .args(["-p", "hookwall-tests", "-p", "xtask"])
         .args(cargo_test_args);
