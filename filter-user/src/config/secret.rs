@@ -2,8 +2,10 @@
 //! the secrets they point at.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
 };
 
 /// The key of `{ env = "NAME" }`.
@@ -142,17 +144,6 @@ impl SecretRef {
         )
     }
 
-    /// The file a credential is read from, when `$CREDENTIALS_DIRECTORY` is set.
-    #[must_use]
-    pub fn credential_path(&self) -> Option<PathBuf> {
-        match self {
-            SecretRef::Credential(name) => {
-                std::env::var_os(CREDENTIALS_DIRECTORY).map(|dir| Path::new(&dir).join(name))
-            }
-            _ => None,
-        }
-    }
-
     /// [`Self::resolve`] with the credentials directory given rather than read from the
     /// environment, so that it can be tested without changing the process's environment.
     pub(crate) fn resolve_in(&self, credentials: Option<&Path>) -> Result<Secret, SecretError> {
@@ -175,14 +166,7 @@ impl SecretRef {
                 let dir = credentials.ok_or_else(|| SecretError::CredentialsDirectoryNotSet {
                     name: name.clone(),
                 })?;
-                let path = dir.join(name);
-                without_trailing_newlines(std::fs::read(&path).map_err(|source| {
-                    SecretError::Credential {
-                        name: name.clone(),
-                        path,
-                        source,
-                    }
-                })?)
+                read_credential(name, &dir.join(name))?
             }
         };
         let secret = Secret(zeroize::Zeroizing::new(bytes));
@@ -193,6 +177,33 @@ impl SecretRef {
         }
         Ok(secret)
     }
+}
+
+/// The credential at `path`, read once per process: later calls get the first read's bytes.
+///
+/// systemd writes a unit's credentials when the unit starts and never while it runs, so a
+/// second read could only ever see the same bytes; but it may fail. A unit without `User=`
+/// gets credentials only root can read, and the daemon reads route secrets again at each
+/// reload, after it has become `daemon.run_as`. Kept from the start, they stay usable then.
+/// A credential first named by a reload is read at that reload, as whoever the daemon is.
+fn read_credential(name: &str, path: &Path) -> Result<Vec<u8>, SecretError> {
+    static READ: OnceLock<Mutex<HashMap<PathBuf, zeroize::Zeroizing<Vec<u8>>>>> = OnceLock::new();
+    let mut read = READ
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(bytes) = read.get(path) {
+        return Ok(bytes.to_vec());
+    }
+    let bytes = without_trailing_newlines(std::fs::read(path).map_err(|source| {
+        SecretError::Credential {
+            name: name.to_owned(),
+            path: path.to_path_buf(),
+            source,
+        }
+    })?);
+    read.insert(path.to_path_buf(), zeroize::Zeroizing::new(bytes.clone()));
+    Ok(bytes)
 }
 
 /// `bytes` without its trailing `\n` and `\r`, the cut-off part wiped.

@@ -85,6 +85,41 @@ fn secrets_resolve_from_systemd_credentials() {
 }
 
 #[test]
+fn a_credential_is_read_once_and_kept_for_the_reloads_after_the_start() {
+    // As under a unit without User=: the daemon reads its credentials as root at start and
+    // again at each reload as daemon.run_as, who cannot read them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mpesa");
+    std::fs::write(&path, "first\n").unwrap();
+    let mpesa = SecretRef::Credential("mpesa".into());
+    assert_eq!(
+        mpesa.resolve_in(Some(dir.path())).unwrap().expose(),
+        b"first"
+    );
+
+    std::fs::write(&path, "second\n").unwrap();
+    assert_eq!(
+        mpesa.resolve_in(Some(dir.path())).unwrap().expose(),
+        b"first",
+        "systemd never rewrites a running unit's credentials: what start read stays"
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        mpesa.resolve_in(Some(dir.path())).unwrap().expose(),
+        b"first",
+        "a credential that cannot be read any more is still the one read at start"
+    );
+
+    // Another directory is another unit's credential: read on its own.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("mpesa"), "other").unwrap();
+    assert_eq!(
+        mpesa.resolve_in(Some(other.path())).unwrap().expose(),
+        b"other"
+    );
+}
+
+#[test]
 fn credential_names_are_plain_file_names() {
     use crate::config::secret::is_credential_name;
     for good in ["stripe", "stripe.key", "a-b_c", "..x"] {

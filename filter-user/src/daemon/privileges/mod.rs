@@ -245,15 +245,6 @@ impl Need {
 
     fn fix(&self, path: &Path, run_as: Option<&RunAs>) -> String {
         let p = path.display();
-        if is_credential(path) {
-            // The directory is systemd's, read-only and remade at each start: no chown helps.
-            return format!(
-                "systemd makes a unit's credentials readable by the unit's User= only, and \
-                 hookwall run starts as root: use {{ file = \"PATH\" }} with a file {} can \
-                 read instead of {{ credential = ... }}, or leave daemon.run_as unset",
-                run_as.map_or("root", |user| user.name.as_str())
-            );
-        }
         if self.mode == libc::X_OK {
             return format!(
                 "let every user pass through it (`chmod o+x {p}`; systemd mounts /sys/fs/bpf \
@@ -279,12 +270,6 @@ impl Need {
             ),
         }
     }
-}
-
-/// Whether `path` is in systemd's credentials directory.
-fn is_credential(path: &Path) -> bool {
-    std::env::var_os(crate::config::CREDENTIALS_DIRECTORY)
-        .is_some_and(|dir| path.starts_with(Path::new(&dir)))
 }
 
 /// Every path the daemon reads or writes after the drop, with what it needs of it.
@@ -337,18 +322,8 @@ fn needs(config: &Config) -> BTreeMap<PathBuf, Need> {
                     format!("a secret of route {}, read at each reload", route.path),
                 );
             }
-            // Without $CREDENTIALS_DIRECTORY the start fails on its own, with the fix.
-            if let Some(file) = secret.credential_path() {
-                Need::add(
-                    &mut needs,
-                    file,
-                    read,
-                    format!(
-                        "a systemd credential of route {}, read at each reload",
-                        route.path
-                    ),
-                );
-            }
+            // Credentials are not here: the start reads them, as root, and they are kept
+            // (`config::secret`): systemd never rewrites them while the unit runs.
         }
     }
     let store = &config.store.path;
