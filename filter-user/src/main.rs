@@ -71,7 +71,7 @@ enum Command {
     /// Inspect the event store, replay dead letters, purge delivered events.
     #[command(after_help = exit::help(exit::QUEUE))]
     Queue {
-        /// Config file whose store.path (and store.retention) to use.
+        /// Config file whose [store] to use (no other section is read).
         #[arg(short, long, default_value = config::DEFAULT_PATH, global = true)]
         config: PathBuf,
         #[command(subcommand)]
@@ -184,8 +184,9 @@ impl From<QueueCommand> for queue::Command {
 /// Where the pins are: `--pin-path`, else the config's `filter.pin_path`.
 #[derive(clap::Args)]
 struct PinArgs {
-    /// Config file whose filter.pin_path to use [default: /etc/hookwall/hookwall.toml]. Named
-    /// here, it must load; the default one, if absent, means the default pin path.
+    /// Config file whose filter.pin_path to use [default: /etc/hookwall/hookwall.toml]; no
+    /// other section is read. Named here, its [filter] must be valid; the default one, if
+    /// absent, means the default pin path.
     #[arg(short, long)]
     config: Option<PathBuf>,
     /// Pin path to use instead of the config's.

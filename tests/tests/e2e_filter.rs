@@ -598,16 +598,19 @@ fn monitor_mode_counts_refused_sources_and_lets_them_through() {
     );
 }
 
-/// `status` and `detach` with a `-c` that does not load (a typo, an invalid file) exit 1 with
-/// the config's errors and touch nothing; they never fall back to another pin path.
+/// `status` and `detach` with a `-c` that does not give a pin path (a typo, an invalid
+/// `[filter]`) exit 1 with the config's errors and touch nothing; they never fall back to another
+/// pin path. Errors in other sections do not concern them.
 #[test]
 fn status_and_detach_with_a_config_that_does_not_load_touch_nothing() {
     let lab = Lab::filter(&[ALLOWED_V4_NET, ALLOWED_V6_NET]);
     let daemon = lab.start();
     let good = std::fs::read_to_string(&lab.config).expect("the lab's config");
-    // The lab's own pin path, and a key no table has: invalid, but it names the pins.
+    // The lab's own pin path, and a key `[filter]` does not have: invalid, but it names the pins.
     let bad = lab.dir.path().join("bad.toml");
-    write_atomic(&bad, &format!("{good}\nno_such_key = 1\n"));
+    let bad_filter = good.replacen("[filter]\n", "[filter]\nno_such_key = 1\n", 1);
+    assert_ne!(bad_filter, good, "the lab's config has a [filter] line");
+    write_atomic(&bad, &bad_filter);
     let missing = lab.dir.path().join("typo.toml");
     for config in [&missing, &bad] {
         let config = config.to_str().expect("UTF-8 path");
@@ -634,11 +637,29 @@ fn status_and_detach_with_a_config_that_does_not_load_touch_nothing() {
     assert!(lab.pins.path().exists(), "the pins were removed");
     assert_eq!(lab.status()["loaded"], true);
 
-    // The good config leads `status` to the lab's pins.
-    let config = lab.config.to_str().expect("UTF-8 path");
-    let out = hookwall_in(&lab.net.srv, &["status", "--json", "-c", config]);
-    assert!(out.status.success(), "status -c: {}", output_text(&out));
-    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(status["pin_path"], lab.pins.as_str(), "{status:#}");
-    assert_eq!(status["daemon_pid"], daemon.pid(), "{status:#}");
+    // The good config leads `status` to the lab's pins, and so does one whose only error is in
+    // a section `status` does not read (the key lands in the last table, not `[filter]`).
+    let elsewhere = lab.dir.path().join("elsewhere.toml");
+    write_atomic(&elsewhere, &format!("{good}\nno_such_key = 1\n"));
+    let check = hookwall_in(
+        &lab.net.srv,
+        &["check", "-c", elsewhere.to_str().expect("UTF-8")],
+    );
+    assert!(
+        !check.status.success() && output_text(&check).contains("no_such_key"),
+        "check refuses the key: {}",
+        output_text(&check)
+    );
+    for config in [&lab.config, &elsewhere] {
+        let config = config.to_str().expect("UTF-8 path");
+        let out = hookwall_in(&lab.net.srv, &["status", "--json", "-c", config]);
+        assert!(
+            out.status.success(),
+            "status -c {config}: {}",
+            output_text(&out)
+        );
+        let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(status["pin_path"], lab.pins.as_str(), "{status:#}");
+        assert_eq!(status["daemon_pid"], daemon.pid(), "{status:#}");
+    }
 }

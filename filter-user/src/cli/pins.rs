@@ -1,5 +1,7 @@
 //! Where `hookwall status` and `hookwall detach` find the pinned filter: `--pin-path`, else the
-//! config's `filter.pin_path`.
+//! config's `filter.pin_path`, read alone (see [`config::load_pin_path`]): the pins are on the
+//! bpf filesystem, reachable from any network namespace, so the configured interfaces need not
+//! be there, and the rest of the file need not be valid.
 //!
 //! `detach` removes what it finds, so a config that cannot be read is never replaced by a guess:
 //! an explicit `-c FILE` that fails to load is an error, and so is a default config that exists
@@ -16,7 +18,8 @@ use crate::{
 /// Why the pin path could not be decided; nothing was touched.
 #[derive(Debug, thiserror::Error)]
 pub enum PinPathError {
-    /// The config named with `-c` (or the default one, present but invalid) did not load.
+    /// The config named with `-c` (or the default one, present but invalid) did not give a pin
+    /// path.
     #[error(
         "{}: {} error(s); the pin path is its filter.pin_path, so nothing was touched (fix the \
          config, or pass --pin-path PATH)",
@@ -58,8 +61,8 @@ pub fn resolve(
         }
         None => default_config,
     };
-    config::load(path)
-        .map(|loaded| Pins::new(loaded.filter.pin_path))
+    config::load_pin_path(path)
+        .map(Pins::new)
         .map_err(|errors| PinPathError::Config {
             path: path.to_path_buf(),
             errors,

@@ -66,25 +66,25 @@ pub struct Output {
 }
 
 /// `hookwall queue`: reads `store.path`, `store.retention` and `store.dedupe_window` from the
-/// config at `config_path`, runs `command` and prints what it came to; the exit status says
+/// config at `config_path` (`[store]` alone, so it runs wherever the store is reachable, whatever
+/// the rest of the file says), runs `command` and prints what it came to; the exit status says
 /// whether all of it was done.
 ///
 /// # Errors
-/// The config is invalid (its errors are printed first), or [`run`] failed.
+/// `[store]` is invalid (its errors are printed first), or [`run`] failed.
 pub fn main(config_path: &Path, command: &Command) -> anyhow::Result<ExitCode> {
-    let loaded = match config::load(config_path) {
-        Ok(loaded) => loaded,
+    let store = match config::load_store(config_path) {
+        Ok(store) => store,
         Err(errors) => {
             eprintln!("{errors}");
             anyhow::bail!(
-                "{}: {} error(s); `hookwall queue` reads store.path from it",
+                "{}: {} error(s); `hookwall queue` reads [store] from it",
                 config_path.display(),
                 errors.0.len()
             );
         }
     };
-    let retention = (loaded.store.retention, loaded.store.dedupe_window);
-    let output = run(&loaded.store.path, retention, command)?;
+    let output = run(&store.path, (store.retention, store.dedupe_window), command)?;
     print!("{}", output.text);
     Ok(if output.ok {
         ExitCode::SUCCESS

@@ -56,6 +56,24 @@ impl Host for LiveHost {
     }
 }
 
+/// The host of a load that reads only sections naming nothing on the machine (see
+/// `config::partial`): asking it anything is a bug in hookwall, not in the config.
+pub(crate) struct NoHost;
+
+impl Host for NoHost {
+    fn interfaces(&self) -> Vec<String> {
+        unreachable!("a partial config load asked for the host's interfaces")
+    }
+
+    fn default_route_interface(&self) -> Option<String> {
+        unreachable!("a partial config load asked for the host's default route")
+    }
+
+    fn user(&self, _: &str) -> Option<(u32, u32)> {
+        unreachable!("a partial config load asked for a user of the host")
+    }
+}
+
 /// Kernel route flags (linux/route.h).
 const RTF_UP: u32 = 0x0001;
 const RTF_REJECT: u32 = 0x0200;

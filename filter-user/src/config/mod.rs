@@ -13,6 +13,9 @@
 //! 3. check and resolve every value into the typed [`Config`], looking up each offending key's
 //!    line in the spans of the parsed document.
 //!
+//! `hookwall queue`, `status` and `detach` take the same steps over their one section only, and
+//! ask the host nothing (see `partial`).
+//!
 //! Secrets are never read at load time (the variable may be set only in the daemon's environment);
 //! [`SecretRef::resolve`] reads them when needed.
 //!
@@ -20,12 +23,13 @@
 //! `[delivery]`, `[[route]]`, `[daemon]`) has one file under `check/` holding its `Raw*` schema, its resolved
 //! type, its defaults and its checks, so that a key is added in one place. What is shared lives
 //! beside it: `diagnostics` (errors, key paths, suggestions, the keys each table accepts), `host`
-//! (interfaces, default routes and users), `secret` (secret references), `permissions` (secret
-//! files others can read) and `url` (URLs as text).
+//! (interfaces, default routes and users), `partial` (loading one section), `secret` (secret
+//! references), `permissions` (secret files others can read) and `url` (URLs as text).
 
 mod check;
 mod diagnostics;
 mod host;
+mod partial;
 mod permissions;
 mod secret;
 mod url;
@@ -38,6 +42,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde::de::DeserializeOwned;
 use toml::de::DeTable;
 
 pub(crate) use check::human;
@@ -63,6 +68,7 @@ pub use check::{
     store::{DEFAULT_RETENTION, StoreConfig},
 };
 pub use diagnostics::{ConfigError, ConfigErrors, accepted_keys, line_of};
+pub use partial::{load_pin_path, load_store, parse_pin_path, parse_store};
 pub use permissions::LooseFile;
 pub use secret::{CREDENTIALS_DIRECTORY, Secret, SecretError, SecretRef};
 pub(crate) use url::without_query;
@@ -102,7 +108,12 @@ pub struct Config {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    parse(path, &read(path)?)
+}
+
+/// The text of the config file at `path`.
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|err| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: None,
@@ -112,8 +123,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                  filter-user/hookwall.dev.toml is an example) or pass another with -c FILE"
             ),
         }])
-    })?;
-    parse(path, &text)
+    })
 }
 
 /// Validates config `text` as if read from `path` (named in errors; relative `allow.files` and
@@ -123,6 +133,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn parse_with(path: &Path, text: &str, host: &dyn Host) -> Result<Config, ConfigErrors> {
+    check_with(
+        path,
+        text,
+        host,
+        |_| true,
+        |checker, raw: RawConfig| checker.resolve(raw),
+    )
+}
+
+/// Parses `text` (read from `path`), deserialises it into `R`, reports the unknown keys `report`
+/// picks and turns `R` into `T` with `resolve`: the steps every load takes, whether of the whole
+/// file or of one section (see `partial`).
+fn check_with<R: DeserializeOwned, T>(
+    path: &Path,
+    text: &str,
+    host: &dyn Host,
+    report: impl Fn(&KeyPath) -> bool,
+    resolve: impl FnOnce(&mut Checker<'_>, R) -> Option<T>,
+) -> Result<T, ConfigErrors> {
     let error_at = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
         file: path.to_path_buf(),
         line: span.map(|span| line_of(text, span.start)),
@@ -135,7 +164,7 @@ fn parse_with(path: &Path, text: &str, host: &dyn Host) -> Result<Config, Config
     })?;
 
     let mut unknown = Vec::new();
-    let raw: Result<RawConfig, _> =
+    let raw: Result<R, _> =
         serde_ignored::deserialize(toml::Deserializer::from(doc.clone()), |ignored| {
             unknown.push(KeyPath(segments(&ignored)));
         });
@@ -148,11 +177,11 @@ fn parse_with(path: &Path, text: &str, host: &dyn Host) -> Result<Config, Config
         host,
         errors: Vec::new(),
     };
-    for key in &unknown {
+    for key in unknown.iter().filter(|key| report(key)) {
         checker.unknown_key(key);
     }
-    let config = match raw {
-        Ok(raw) => checker.resolve(raw),
+    let resolved = match raw {
+        Ok(raw) => resolve(&mut checker, raw),
         Err(err) => {
             // A value of the wrong type: serde stops there, so this is the last thing we learn.
             let key = err
@@ -166,8 +195,8 @@ fn parse_with(path: &Path, text: &str, host: &dyn Host) -> Result<Config, Config
         }
     };
     let mut errors = checker.errors;
-    match config {
-        Some(config) if errors.is_empty() => Ok(config),
+    match resolved {
+        Some(resolved) if errors.is_empty() => Ok(resolved),
         _ => {
             // The config file's own errors first, each file's in line order.
             errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.line.unwrap_or(usize::MAX)));

@@ -131,6 +131,13 @@ impl Checker<'_> {
         })
     }
 
+    /// `filter.pin_path` alone, for `hookwall status` and `hookwall detach`
+    /// (`config::partial`): the rest of `[filter]` asks the host about interfaces, or depends on
+    /// `[server]`.
+    pub(in crate::config) fn filter_pin_path(&mut self, raw: RawFilter) -> Option<PathBuf> {
+        self.pin_path(raw.pin_path)
+    }
+
     fn interfaces(&mut self, raw: Option<Vec<String>>) -> Option<(Vec<String>, bool)> {
         let key = KeyPath::of("filter.interfaces");
         let names = raw.unwrap_or_default();

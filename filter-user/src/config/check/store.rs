@@ -72,7 +72,8 @@ pub(crate) const TABLES: &[Table] = &[Table {
 }];
 
 impl Checker<'_> {
-    pub(super) fn store(&mut self, raw: RawStore) -> Option<StoreConfig> {
+    /// `[store]`, resolved: by the full load and by `hookwall queue`'s (`config::partial`).
+    pub(in crate::config) fn store(&mut self, raw: RawStore) -> Option<StoreConfig> {
         let path = raw
             .path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH));

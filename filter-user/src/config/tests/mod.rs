@@ -7,6 +7,7 @@ mod daemon;
 mod delivery;
 mod errors;
 mod filter;
+mod partial;
 mod routes;
 mod secret;
 mod server;
