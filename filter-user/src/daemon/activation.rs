@@ -34,8 +34,8 @@ pub const ACME: &str = "acme";
 pub enum ActivationError {
     #[error(
         "socket activation: cannot read the sockets the service manager handed over \
-         (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES): {0}; the .socket unit must give every \
-         socket a FileDescriptorName="
+         (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES): {0}; they must be numbers, and name every \
+         socket (FileDescriptorName= in each .socket unit)"
     )]
     Environment(#[source] io::Error),
     #[error(
@@ -316,8 +316,7 @@ mod tests {
 
     #[test]
     fn sockets_that_are_not_listening_tcp_are_refused() {
-        // Bound but never listen(2)ed: what a socket unit with Accept=yes would not give, but a
-        // wrong fd could.
+        // Bound but never listen(2)ed, as a wrong fd could be.
         let bound = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
         bound
             .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
