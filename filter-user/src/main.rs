@@ -228,11 +228,14 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
+            // SAFETY: no other thread exists yet (logging starts none; the runtime comes next),
+            // so removing the LISTEN_* variables races with nothing.
+            let handed = unsafe { daemon::Handed::take_from_env() }?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(daemon::run(&config))?;
+            runtime.block_on(daemon::run(&config, handed))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {

@@ -58,17 +58,25 @@ pub fn hookwall_bin() -> PathBuf {
 #[must_use]
 pub fn hookwall_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(hookwall_bin());
+    cmd.args(args);
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// Keeps the test runner's environment out of `cmd`.
+fn clean_env(cmd: &mut Command) {
     // Whatever runs the tests (a systemd unit, a shell with a log format set) does not leak
     // into the daemon: a test sets these itself.
-    cmd.args(args)
-        .env("NO_COLOR", "1")
+    cmd.env("NO_COLOR", "1")
         .env_remove("HOOKWALL_LOG")
         .env_remove("HOOKWALL_LOG_FORMAT")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
-        .env_remove("CREDENTIALS_DIRECTORY");
-    cmd
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_FDNAMES");
 }
 
 /// Runs `hookwall ARGS` to completion in the test's own namespaces (for `status`, `detach`,
@@ -318,6 +326,81 @@ impl Daemon {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning hookwall run -c {config}: {e}"));
+        drop(entry);
+        Self {
+            child,
+            exited: None,
+            log,
+            netns: ns.path(),
+            metrics,
+        }
+    }
+
+    /// [`Daemon::spawn`] as a service manager starts a socket-activated service: `socket` (a
+    /// listening socket the test holds) becomes the daemon's fd 3, with `LISTEN_FDS=1`,
+    /// `LISTEN_FDNAMES=name` and `LISTEN_PID` its PID. The PID is known only in the child and
+    /// the environment of a forked child cannot be changed safely, so a shell sets it
+    /// (`LISTEN_PID=$$`) and `exec`s hookwall, which keeps the PID.
+    ///
+    /// # Panics
+    /// If it cannot be spawned.
+    #[must_use]
+    pub fn spawn_activated(
+        ns: &NetNs,
+        config: &Path,
+        metrics: SocketAddr,
+        dir: &Path,
+        (socket, name): (std::os::fd::BorrowedFd<'_>, &str),
+    ) -> Self {
+        let mut cmd = Command::new("/bin/sh");
+        clean_env(&mut cmd);
+        let config = config.to_str().expect("UTF-8 config path");
+        let bin = hookwall_bin();
+        cmd.args(["-c", r#"LISTEN_PID=$$ exec "$0" "$@""#])
+            .arg(&bin)
+            .args(["run", "-c", config])
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", name);
+        // The namespace first (its pre_exec hook runs first), then the fd moves to 3, so that
+        // nothing the entry uses can be the fd 3 the move replaces.
+        let entry = NsEntry::new(ns);
+        entry.apply(&mut cmd);
+        let fd = socket.as_raw_fd();
+        // SAFETY: dup2 and fcntl only, on an fd the caller keeps open until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == 3 {
+                    // Already in place: only the close-on-exec flag must go.
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_command(ns, (cmd, entry), metrics, dir)
+    }
+
+    /// Spawns `cmd`, which `entry` puts in `ns`, with its output to a new log file in `dir`.
+    fn spawn_command(
+        ns: &NetNs,
+        (mut cmd, entry): (Command, NsEntry),
+        metrics: SocketAddr,
+        dir: &Path,
+    ) -> Self {
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            LOGS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = out.try_clone().expect("dup of the log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         drop(entry);
         Self {
             child,

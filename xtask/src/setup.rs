@@ -37,8 +37,15 @@ pub const BPF_LINKER_FEATURE: &str = "llvm-22";
 /// Debian packages the tests need at run time: iproute2 gives `ip` (namespaces, veth pairs),
 /// curl an independent HTTP/2 client, nats-server the JetStream broker the delivery tests and
 /// `bench delivery` start and stop, prometheus `promtool` (the rule tests) and the server the
-/// dashboard test runs its queries against.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "nats-server", PROMETHEUS_PACKAGE];
+/// dashboard test runs its queries against, systemd `systemd-analyze verify` (the unit files in
+/// contrib/systemd).
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "curl",
+    "nats-server",
+    PROMETHEUS_PACKAGE,
+    "systemd",
+];
 /// The package of `prometheus` and `promtool`. It is installed without its Recommends (the node
 /// exporter and its collectors: more servers, none of them needed), with no service started
 /// and its service disabled: the tests start their own server (see [`ensure_apt_packages`]).

@@ -6,8 +6,10 @@
 //! kernel then fails, the previous state is applied again, so an invalid or failing config never
 //! leaves the filter half-changed. What a reload applies and what waits for a restart is decided
 //! in `reload`; the services and their stop order are in `services`; what the daemon keeps of
-//! root's privileges once the filter is in force, and the user it becomes, in `privileges`.
+//! root's privileges once the filter is in force, and the user it becomes, in `privileges`; the
+//! listening sockets a service manager hands over (socket activation) in `activation`.
 
+mod activation;
 mod notify;
 mod privileges;
 mod reload;
@@ -21,7 +23,10 @@ use tokio::{
     sync::mpsc,
 };
 
-pub use self::reload::desired;
+pub use self::{
+    activation::{ActivationError, Handed},
+    reload::desired,
+};
 use self::{
     notify::Notifier,
     privileges::PrivilegeDrop,
@@ -41,9 +46,13 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 ///
+/// `handed` are the listening sockets a service manager passed ([`Handed::take_from_env`]);
+/// the listeners they do not cover are bound here.
+///
 /// # Errors
-/// If the config is invalid at start, or the filter cannot be loaded, attached or fed.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// If the config is invalid at start, a handed socket does not fit it, or the filter cannot be
+/// loaded, attached or fed.
+pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP's default action would end a daemon still starting up.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -54,6 +63,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     for loose in config.loose_permissions() {
         tracing::warn!("{loose}");
     }
+    // Checked before anything is bound or touched: a socket unit that disagrees with the config
+    // fails the start with nothing changed.
+    let listeners = handed.listeners(&config)?;
     receiver::install_crypto_provider();
     // Whether the identity kept after bring-up can still read and write what it needs is known
     // before anything is touched.
@@ -61,11 +73,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Bind, open and connect everything that can fail for a reason outside the kernel before
     // touching it, so a busy port, an unreadable store or secret fails the start with nothing
     // attached. Serving starts only once the filter is in force.
-    let metrics_listener = metrics::bind(config.metrics.listen).await?;
+    // A handed socket is already bound (by the manager, as root), so it needs no
+    // CAP_NET_BIND_SERVICE, now or after the privilege drop.
+    let metrics_listener = metrics::bind(config.metrics.listen, listeners.metrics).await?;
     let pins = Pins::new(&config.filter.pin_path);
     let metrics = Metrics::new(&pins);
     // Without routes there is nothing to serve: the listener would answer 404 to everything.
-    let receiver = Receiver::open(&config, &metrics).await?;
+    let receiver = Receiver::open(&config, &metrics, listeners.https).await?;
     let mut filter = Filter::open(pins.clone())?;
     match filter.origin() {
         Origin::Fresh => tracing::info!(pin_path = %pins.root().display(), "loaded a new filter"),

@@ -25,7 +25,12 @@ pub(super) struct Receiver {
 impl Receiver {
     /// The store, the bound HTTPS server, the delivery worker (if `[delivery]`) and the store
     /// reader for the queue gauges; `None` when the config has no routes (nothing to serve).
-    pub(super) async fn open(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Self>> {
+    /// `handed` is the HTTPS socket the service manager holds, if it handed one.
+    pub(super) async fn open(
+        config: &Config,
+        metrics: &Metrics,
+        handed: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Option<Self>> {
         if config.routes.is_empty() {
             tracing::warn!(
                 "no [[route]] in the config: not serving HTTPS (the filter is in force)"
@@ -34,7 +39,7 @@ impl Receiver {
         }
         let store = Store::open(&config.store.path)
             .with_context(|| "opening the event store (store.path)".to_owned())?;
-        let server = Server::bind(config, store.handle(), metrics.clone()).await?;
+        let server = Server::bind(config, store.handle(), metrics.clone(), handed).await?;
         let worker = match &config.delivery {
             Some(delivery_config) => Some(
                 Worker::new(delivery_config, store.handle(), metrics.delivery.clone())

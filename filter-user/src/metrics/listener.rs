@@ -19,14 +19,33 @@ use hyper_util::{
 
 use super::Metrics;
 
-/// Binds the metrics listener on `listen` (`metrics.listen`).
+/// The metrics listener on `listen` (`metrics.listen`): `handed`, a socket the service manager
+/// holds and already checked to listen there, else one bound now.
 ///
 /// # Errors
-/// If the address cannot be bound (in use, not local, no permission).
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the metrics listener on {listen} (metrics.listen)"))
+/// If the address cannot be bound (in use, not local, no permission), or the handed socket
+/// cannot be registered with the runtime.
+pub async fn bind(
+    listen: SocketAddr,
+    handed: Option<std::net::TcpListener>,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match handed {
+        Some(handed) => adopt(handed).context("using the handed metrics socket (metrics.listen)"),
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the metrics listener on {listen} (metrics.listen)")),
+    }
+}
+
+/// A listening socket the service manager handed over, as a tokio listener.
+///
+/// # Errors
+/// If it cannot be made non-blocking or registered with the runtime.
+pub fn adopt(listener: std::net::TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+    // The manager may hand it blocking; tokio needs O_NONBLOCK. It is a flag of the shared
+    // file description, which the manager does not read from.
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// How long a metrics connection may take. A scraper sends its request at once and reads the
@@ -176,7 +195,9 @@ mod tests {
     /// Serves on a free loopback port under `timeouts`; the listener stops when the returned
     /// sender is dropped.
     async fn listener(timeouts: Timeouts) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
+        let listener = bind("127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .expect("bind");
         let addr = listener.local_addr().unwrap();
         let metrics = Metrics::new(&Pins::new("/sys/fs/bpf/hookwall-unit-test-absent"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -35,7 +35,7 @@ use self::{
 };
 pub use self::{
     health::Health,
-    listener::{bind, serve},
+    listener::{adopt, bind, serve},
     routes::Series,
 };
 use crate::filter::Pins;

@@ -18,7 +18,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
-    sync::OwnedSemaphorePermit,
+    sync::{OwnedSemaphorePermit, watch},
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -43,14 +43,16 @@ pub(super) struct Shared {
 }
 
 /// Serves one accepted connection until it ends; `permit` holds its place under
-/// `server.limits.max_connections` (and `max_connections_per_client`) until then.
+/// `server.limits.max_connections` (and `max_connections_per_client`) until then. `stopping`
+/// turns true when the server stops; `watcher` is held until the connection has ended, which
+/// the server's graceful stop waits for.
 pub(super) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     permit: (OwnedSemaphorePermit, Option<ClientPermit>),
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    watcher: Watcher,
+    (watcher, stopping): (Watcher, watch::Receiver<bool>),
 ) {
     let _permit = permit;
     // One deadline for the PROXY header and the handshake together.
@@ -113,15 +115,72 @@ pub(super) async fn serve(
     let io = Tracked::new(tls);
     let header_timeout = shared.app.limits.header_timeout;
     if h2 {
-        io.close_when_idle(activity, header_timeout);
+        io.close_when_idle(Arc::clone(&activity), header_timeout);
     }
     let conn = builder.serve_connection(TokioIo::new(io.clone()), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let ended = serve_until_stopped(conn, &activity, stopping, header_timeout).await;
+    drop(watcher);
+    if let Err(e) = ended {
         if is_header_timeout(&*e) {
             answer_header_timeout(&shared.app, peer, client, io).await;
         } else {
             tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
         }
+    }
+}
+
+/// Runs `conn` to its end. Once `stopping` turns true it is shut down gracefully (an answer in
+/// progress is finished, then the connection closes), but not before its first request has
+/// begun, for at most `first_request_wait`: the client of a connection accepted just before the
+/// stop has sent, or is sending, a request it expects an answer to, and closing the connection
+/// before reading it would fail that request. (A restart on a socket the service manager holds
+/// refuses no connection; this keeps it from failing the ones the old process accepted.)
+async fn serve_until_stopped<C>(
+    conn: C,
+    activity: &Activity,
+    mut stopping: watch::Receiver<bool>,
+    first_request_wait: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulShutdown,
+{
+    tokio::pin!(conn);
+    let time_to_close = async {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        if !activity.begun() {
+            let _ = tokio::time::timeout(first_request_wait, activity.first.notified()).await;
+        }
+    };
+    tokio::pin!(time_to_close);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            () = &mut time_to_close, if !closing => {
+                closing = true;
+                conn.as_mut().shut_down();
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait GracefulShutdown {
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulShutdown for auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::Service<Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -158,6 +217,10 @@ struct TrackedInner<T> {
 struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     last_done: std::sync::Mutex<Instant>,
+    /// A request has begun on the connection.
+    begun: std::sync::atomic::AtomicBool,
+    /// Notified when the first request begins.
+    first: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -165,13 +228,24 @@ impl Activity {
         Arc::new(Self {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             last_done: std::sync::Mutex::new(Instant::now()),
+            begun: std::sync::atomic::AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Whether a request has begun on the connection.
+    fn begun(&self) -> bool {
+        self.begun.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Marks a request as being handled until the guard is dropped.
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if !self.begun.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // A stored permit if nobody waits yet: the stop that looks later still sees it.
+            self.first.notify_one();
+        }
         ActivityGuard(Arc::clone(self))
     }
 

@@ -28,7 +28,8 @@
 //!
 //! The certificate and the routes can be swapped while serving ([`Server::apply`]), without
 //! closing a connection. A graceful stop closes the listener, lets requests in flight finish and
-//! waits for their connections (at most [`SHUTDOWN_GRACE`]).
+//! waits for their connections (at most [`SHUTDOWN_GRACE`]); a connection accepted but not yet
+//! sending has its first request served first (`conn::serve_until_stopped`).
 
 mod audit;
 mod budget;
@@ -170,7 +171,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the TLS config and the routes from `config` and binds `server.listen`.
+    /// Builds the TLS config and the routes from `config` and binds `server.listen`, or serves
+    /// on `handed`, a socket the service manager holds, already checked to listen there.
     ///
     /// # Errors
     /// If a certificate, key or route secret cannot be read, or the address cannot be bound.
@@ -178,6 +180,7 @@ impl Server {
         config: &Config,
         store: StoreHandle,
         metrics: Metrics,
+        handed: Option<std::net::TcpListener>,
     ) -> anyhow::Result<Self> {
         let listen = config.server.listen;
         let self_signed = if config.server.tls == Tls::SelfSigned {
@@ -193,9 +196,13 @@ impl Server {
         let served = tls::tls_config(&config.server.tls, &self_signed)?;
         metrics.health().watch_store(store.health());
         let app = App::new(config, store, metrics)?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding the HTTPS listener on {listen} (server.listen)"))?;
+        let listener = match handed {
+            Some(handed) => crate::metrics::adopt(handed)
+                .context("using the handed HTTPS socket (server.listen)")?,
+            None => TcpListener::bind(listen).await.with_context(|| {
+                format!("binding the HTTPS listener on {listen} (server.listen)")
+            })?,
+        };
         app.metrics.health().https_bound(listen);
         app.metrics
             .health()
@@ -263,6 +270,8 @@ impl Server {
             http1: builder.clone().http1_only(),
             http2: builder.http2_only(),
         });
+        // What a connection's shutdown waits for; see `conn::serve_until_stopped`.
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
         let mut cleanup = tokio::time::interval(LIMITER_CLEANUP_EVERY);
         cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -315,14 +324,17 @@ impl Server {
                 (permit, client_permit),
                 TlsAcceptor::from(self.tls.load_full()),
                 Arc::clone(&shared),
-                graceful.watcher(),
+                (graceful.watcher(), stopping_rx.clone()),
             );
             tokio::spawn(async move {
                 let _open = open;
                 serve.await;
             });
         }
+        // Closing this process's descriptor of the socket: a socket the service manager holds
+        // stays open there, and connections queued on it wait for the next process.
         drop(listener);
+        let _ = stopping.send(true);
         tracing::info!("HTTPS listener closed; finishing requests in flight");
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await

@@ -702,7 +702,7 @@ mod reload {
         let store = Store::open(dir.path().join("events.db")).unwrap();
         let metrics = Metrics::new(&Pins::new(dir.path().join("pins")));
         let both = config(dir.path(), &["/hooks/a", "/hooks/b"]);
-        let server = Server::bind(&both, store.handle(), metrics.clone())
+        let server = Server::bind(&both, store.handle(), metrics.clone(), None)
             .await
             .unwrap();
         let app = router(Arc::clone(&server.app));
