@@ -310,30 +310,13 @@ impl Daemon {
         dir: &Path,
         tune: impl FnOnce(&mut Command),
     ) -> Self {
-        let log = dir.join(format!(
-            "daemon-{}.log",
-            LOGS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let err = out.try_clone().expect("dup of the log file");
         let entry = NsEntry::new(ns);
         let config = config.to_str().expect("UTF-8 config path");
         let mut cmd = hookwall_command(&[]);
         tune(&mut cmd);
         cmd.args(["run", "-c", config]);
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         entry.apply(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning hookwall run -c {config}: {e}"));
-        drop(entry);
-        Self {
-            child,
-            exited: None,
-            log,
-            netns: ns.path(),
-            metrics,
-        }
+        Self::spawn_command(ns, (cmd, entry), metrics, dir)
     }
 
     /// [`Daemon::spawn`] as a service manager starts a socket-activated service: `socket` (a

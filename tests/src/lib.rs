@@ -28,7 +28,11 @@ pub mod netns;
 pub mod prometheus;
 pub mod users;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    process::Child,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use filter_common::{Counter, CounterValue, Settings};
@@ -62,6 +66,34 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Signals our own child, not yet reaped (so its PID is still ours).
+pub fn signal_child(child: &mut Child, sig: libc::c_int) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Stops a server the test started: SIGTERM by PID, a wait of up to `patience`, then SIGKILL
+/// (saying so, naming it `what`) and a wait.
+pub fn stop_child(mut child: Child, what: &str, patience: Duration) {
+    signal_child(&mut child, libc::SIGTERM);
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("{what} still running {patience:?} after SIGTERM; killing it");
+    signal_child(&mut child, libc::SIGKILL);
+    let _ = child.wait();
 }
 
 /// The hookwall XDP program loaded under its own pin path and never attached anywhere.

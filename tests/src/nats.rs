@@ -21,6 +21,7 @@ use anyhow::Context as _;
 use crate::{
     daemon::NsEntry,
     netns::{NetNs, run_in},
+    signal_child, stop_child,
 };
 
 /// How long a starting server may take to accept connections with JetStream on.
@@ -213,20 +214,9 @@ impl NatsServer {
     /// SIGTERM by PID (nats-server flushes its store and exits), then waits; SIGKILL after 10 s.
     /// Does nothing if it is not running.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(&mut child, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(child) = self.child.take() {
+            stop_child(child, "nats-server", STOP_TIMEOUT);
         }
-        eprintln!("nats-server still running {STOP_TIMEOUT:?} after SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -234,7 +224,7 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(None) = child.try_wait() {
-                signal(&mut child, libc::SIGKILL);
+                signal_child(&mut child, libc::SIGKILL);
             }
             let _ = child.wait();
         }
@@ -246,18 +236,6 @@ impl Drop for NatsServer {
             );
         }
     }
-}
-
-/// Signals our own child, not yet reaped (so its PID is still ours).
-fn signal(child: &mut Child, sig: libc::c_int) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-        return;
-    };
-    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-    unsafe { libc::kill(pid, sig) };
 }
 
 /// Connects to `addr` and reads the server's first line (`INFO {...}`).

@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::{
     daemon::{http_get_any, poll_until},
     netns::{NetNs, run_in},
+    stop_child,
 };
 
 /// The scrape job's name, as contrib/prometheus/alerts.yml expects it.
@@ -227,20 +228,9 @@ impl Prometheus {
 
     /// SIGTERM by PID, then waits; SIGKILL after 10 s. Does nothing if it is not running.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(&mut child, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(child) = self.child.take() {
+            stop_child(child, "prometheus", STOP_TIMEOUT);
         }
-        eprintln!("prometheus still running {STOP_TIMEOUT:?} after SIGTERM; killing it");
-        signal(&mut child, libc::SIGKILL);
-        let _ = child.wait();
     }
 }
 
@@ -288,18 +278,6 @@ pub fn url_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// Signals our own child, not yet reaped (so its PID is still ours).
-fn signal(child: &mut Child, sig: libc::c_int) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-        return;
-    };
-    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-    unsafe { libc::kill(pid, sig) };
 }
 
 #[cfg(test)]

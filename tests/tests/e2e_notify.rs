@@ -405,6 +405,19 @@ fn assert_json_log(log: &str) {
     assert!(in_force["ipv4_prefixes"].is_u64(), "{in_force}");
 }
 
+/// The first message is READY=1, sent after the daemon dropped to `daemon.run_as`.
+fn ready_after_the_drop(notify: &mut NotifySocket, daemon: &Daemon, watchdogs: &mut usize) {
+    let ready = notify.next_event(daemon, watchdogs);
+    assert!(ready.has("READY", "1"), "{}", ready.text());
+    assert!(
+        daemon
+            .log()
+            .contains("dropped the privileges only the start needed"),
+        "log:\n{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn after_dropping_to_run_as_the_daemon_still_reaches_the_service_manager() {
     let user = TestUser::create();
@@ -422,15 +435,7 @@ fn after_dropping_to_run_as_the_daemon_still_reaches_the_service_manager() {
         cmd.env("NOTIFY_SOCKET", &notify.path);
     });
     let mut watchdogs = 0;
-    let ready = notify.next_event(&daemon, &mut watchdogs);
-    assert!(ready.has("READY", "1"), "{}", ready.text());
-    assert!(
-        daemon
-            .log()
-            .contains("dropped the privileges only the start needed"),
-        "log:\n{}",
-        daemon.log()
-    );
+    ready_after_the_drop(&mut notify, &daemon, &mut watchdogs);
     let uid_line = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
         .expect("the daemon's status")
         .lines()
@@ -488,15 +493,7 @@ fn credentials_only_root_can_read_serve_the_run_as_user_across_reloads() {
             .env("CREDENTIALS_DIRECTORY", &credentials);
     });
     let mut watchdogs = 0;
-    let ready = notify.next_event(&daemon, &mut watchdogs);
-    assert!(ready.has("READY", "1"), "{}", ready.text());
-    assert!(
-        daemon
-            .log()
-            .contains("dropped the privileges only the start needed"),
-        "log:\n{}",
-        daemon.log()
-    );
+    ready_after_the_drop(&mut notify, &daemon, &mut watchdogs);
     confirmation(&lab, &daemon, TOKEN);
 
     // The reload reads the route's secrets again, as the user, who cannot open the credential:
