@@ -250,7 +250,7 @@ impl WriterHealth {
     /// # Errors
     /// The reason the store is not writable, in one line.
     pub fn check(&self) -> Result<(), String> {
-        if self.0.stopped.load(Ordering::Acquire) {
+        if !self.running() {
             return Err("the writer thread has stopped".to_owned());
         }
         if self.0.failing.load(Ordering::Acquire) {
@@ -264,6 +264,12 @@ impl WriterHealth {
             return Err(format!("the last commit failed: {error}"));
         }
         Ok(())
+    }
+
+    /// Whether the writer thread still runs: false once it has ended, by a panic or a close.
+    #[must_use]
+    pub fn running(&self) -> bool {
+        !self.0.stopped.load(Ordering::Acquire)
     }
 
     fn committed(&self) {
@@ -499,7 +505,7 @@ impl StoreHandle {
     /// after [`StoreHandle::close`].
     #[must_use]
     pub fn writer_running(&self) -> bool {
-        !self.tx.is_closed()
+        self.shared.health.running()
     }
 
     fn closed(&self) -> StoreError {
