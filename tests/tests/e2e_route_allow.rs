@@ -65,7 +65,8 @@ fn a_route_allow_refuses_a_source_the_filter_passes_and_follows_a_reload() {
     lab.spec.cidrs.push(REFUSED_V4_NET.to_owned());
     let gh = lab.write_secret("gh", GH_SECRET);
     let stripe = lab.write_secret("stripe", STRIPE_SECRET);
-    let github_route = |allow: &[&str]| Route::signed(GH, "github", &[gh.clone()]).allow(allow);
+    let github_route =
+        |allow: &[&str]| Route::signed(GH, "github", std::slice::from_ref(&gh)).allow(allow);
     lab.spec.routes = vec![
         // 203.0.113.7 is not on the allowlist: check warns that the filter drops it.
         github_route(&["192.0.2.10", "203.0.113.7"]),

@@ -469,9 +469,11 @@ secrets = [{{ file = "sw" }}]
         assert_eq!(refused, 4, "{text}");
     }
 
-    /// A correctly signed request to each signed route, each with its own event id (`n`):
-    /// (route, headers, body).
-    fn signed_requests(n: u32) -> Vec<(&'static str, Vec<(String, String)>, Vec<u8>)> {
+    /// One request: route, headers, body.
+    type Signed = (&'static str, Vec<(String, String)>, Vec<u8>);
+
+    /// A correctly signed request to each signed route, each with its own event id (`n`).
+    fn signed_requests(n: u32) -> Vec<Signed> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -329,7 +329,7 @@ pub(super) fn route_cases() -> Vec<Case> {
         ),
         case(
             "route allow: an empty list would refuse everything",
-            with(&MPESA_ROUTE[..], &["allow = []"]),
+            with(MPESA_ROUTE, &["allow = []"]),
             vec![at(
                 "route[0].allow",
                 5,
