@@ -244,6 +244,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 for loose in config.loose_permissions() {
                     eprintln!("warning: {loose}");
                 }
+                for gap in config.route_allow_gaps() {
+                    eprintln!("warning: {gap}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

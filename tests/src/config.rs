@@ -4,7 +4,7 @@
 //! - [`ConfigSpec`]: the whole file: filter, allowlist, server (TLS files, the client address source,
 //!   `[server.limits]`), metrics, store, `[delivery]`, the `[[route]]`s and `[daemon]`.
 //! - [`DeliverySpec`]: `[delivery]` with an HTTP sink or `[delivery.nats]`.
-//! - [`Route`]: one `[[route]]`, its secrets read from files.
+//! - [`Route`]: one `[[route]]`, its secrets read from files, and the sources it accepts.
 //! - [`write_atomic`]: replaces a config the way editors do, so a running daemon never reads
 //!   half of it.
 
@@ -260,6 +260,8 @@ pub struct Route {
     pub verify: Verify,
     /// `validation`, if any.
     pub validation: Option<Validation>,
+    /// `allow` (preset names and CIDRs), if any.
+    pub allow: Option<Vec<String>>,
 }
 
 /// How a [`Route`] is verified.
@@ -311,6 +313,7 @@ impl Route {
                 token_file: token_file.to_path_buf(),
             },
             validation: None,
+            allow: None,
         }
     }
 
@@ -323,6 +326,7 @@ impl Route {
                 name: name.to_owned(),
             },
             validation: None,
+            allow: None,
         }
     }
 
@@ -335,6 +339,7 @@ impl Route {
                 token_files: token_files.to_vec(),
             },
             validation: None,
+            allow: None,
         }
     }
 
@@ -348,6 +353,7 @@ impl Route {
                 secret_files: secret_files.to_vec(),
             },
             validation: None,
+            allow: None,
         }
     }
 
@@ -359,6 +365,13 @@ impl Route {
             timeout: timeout.to_owned(),
             on_failure: on_failure.to_owned(),
         });
+        self
+    }
+
+    /// This route accepting only the sources `allow` names (preset names and CIDRs).
+    #[must_use]
+    pub fn allow(mut self, allow: &[&str]) -> Self {
+        self.allow = Some(allow.iter().map(|&a| a.to_owned()).collect());
         self
     }
 
@@ -392,6 +405,9 @@ impl Route {
                 let _ = writeln!(s, "verify = {kind:?}");
                 let _ = writeln!(s, "secrets = [{files}]");
             }
+        }
+        if let Some(allow) = &self.allow {
+            let _ = writeln!(s, "allow = [{}]", quoted(allow));
         }
         if let Some(v) = &self.validation {
             let _ = writeln!(

@@ -116,6 +116,35 @@ impl Allowlist {
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
+
+    /// How much of `net` is allowed: `(all of it, any of it)`. `net` is expected normalised
+    /// (as [`parse_entry`] makes it); an IPv6 prefix never covers IPv4 addresses.
+    pub fn covers(&self, net: IpNet) -> (bool, bool) {
+        match net {
+            IpNet::V4(net) => covers_sorted(&self.v4, &net, Ipv4Net::network, Ipv4Net::broadcast),
+            IpNet::V6(net) => covers_sorted(&self.v6, &net, Ipv6Net::network, Ipv6Net::broadcast),
+        }
+    }
+}
+
+/// [`Allowlist::covers`] over merged prefixes, which are disjoint, sorted and as few as can be:
+/// a prefix wholly inside their union is inside one of them (prefixes that together make up
+/// `net` exactly would have been merged into it).
+fn covers_sorted<N, A: Ord + Copy>(
+    nets: &[N],
+    net: &N,
+    network: impl Fn(&N) -> A,
+    broadcast: impl Fn(&N) -> A,
+) -> (bool, bool) {
+    let (first, last) = (network(net), broadcast(net));
+    let after = nets.partition_point(|n| network(n) <= first);
+    let before = after.checked_sub(1).map(|i| &nets[i]);
+    // Prefixes either nest or are disjoint: the one starting at or before `net` holds all of it
+    // or ends before it.
+    let all = before.is_some_and(|n| broadcast(n) >= last);
+    let any = before.is_some_and(|n| broadcast(n) >= first)
+        || nets.get(after).is_some_and(|n| network(n) <= last);
+    (all, any)
 }
 
 /// Looks `ip` up in merged prefixes, which are disjoint and sorted: only the last prefix that
@@ -467,6 +496,35 @@ mod tests {
         assert!(!low.contains(ip("0.0.0.1")));
         assert!(low.contains(ip("::")));
         assert!(!low.contains(ip("::2")));
+    }
+
+    #[test]
+    fn covers_tells_all_part_and_none() {
+        let list = allowlist(&[
+            "203.0.113.0/25",
+            "203.0.113.128/26",
+            "198.51.100.7",
+            "2001:db8::/48",
+        ]);
+        // Merged into 203.0.113.0/25 + .128/26: the /24 is only partly covered.
+        assert_eq!(list.covers(net("203.0.113.0/24")), (false, true));
+        assert_eq!(list.covers(net("203.0.113.0/25")), (true, true));
+        assert_eq!(list.covers(net("203.0.113.64/26")), (true, true));
+        assert_eq!(list.covers(net("203.0.113.192/26")), (false, false));
+        assert_eq!(list.covers(net("198.51.100.7")), (true, true));
+        assert_eq!(list.covers(net("198.51.100.0/24")), (false, true));
+        assert_eq!(list.covers(net("192.0.2.0/24")), (false, false));
+        assert_eq!(list.covers(net("0.0.0.0/0")), (false, true));
+        assert_eq!(list.covers(net("2001:db8:0:5::/64")), (true, true));
+        assert_eq!(list.covers(net("2001:db8::/32")), (false, true));
+        assert_eq!(list.covers(net("2001:db9::/48")), (false, false));
+        // Adjacent halves merge, so together they cover the whole.
+        let halves = allowlist(&["192.0.2.0/25", "192.0.2.128/25"]);
+        assert_eq!(halves.covers(net("192.0.2.0/24")), (true, true));
+        assert_eq!(
+            Allowlist::default().covers(net("192.0.2.1")),
+            (false, false)
+        );
     }
 
     #[test]

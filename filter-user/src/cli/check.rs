@@ -4,7 +4,10 @@ use std::fmt::{self, Write as _};
 
 use ipnet::IpNet;
 
-use crate::config::{ClientAddress, Config, Mode, SecretRef, Sink, Tls, human, without_query};
+use crate::config::{
+    ClientAddress, Config, Mode, RouteConfig, SecretRef, Sink, Tls, VerifyKind, human,
+    without_query,
+};
 
 impl Config {
     /// What `hookwall check` prints for a valid config: every resolved setting, the effective
@@ -258,6 +261,34 @@ impl Config {
                     route.path
                 ),
             );
+            line(
+                out,
+                format_args!(
+                    "  {:<width$}  {:<17}  {}",
+                    "",
+                    "",
+                    self.route_sources(route)
+                ),
+            );
+        }
+    }
+
+    /// The sources `route` accepts, in words.
+    fn route_sources(&self, route: &RouteConfig) -> String {
+        match (&route.allow, route.verify) {
+            (Some(allow), _) => format!(
+                "allow {} ({} IPv4 and {} IPv6 prefixes after merging)",
+                allow.written.join(", "),
+                allow.list.v4.len(),
+                allow.list.v6.len()
+            ),
+            (None, VerifyKind::Mpesa) => format!(
+                "allow the allowlist, the default for mpesa ({} IPv4 and {} IPv6 prefixes after \
+                 merging)",
+                self.allowlist.v4.len(),
+                self.allowlist.v6.len()
+            ),
+            (None, _) => "allow any source the filter lets through".to_owned(),
         }
     }
 }
@@ -314,6 +345,46 @@ mod tests {
         );
         assert!(
             shown.contains("note              port 22 is protected"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn render_check_shows_the_sources_each_route_accepts() {
+        let mut text = lines(MPESA_ROUTE);
+        text.push_str(&lines(&[
+            "[[route]]",
+            "path = \"/hooks/gh\"",
+            "verify = \"github\"",
+            "secrets = [{ env = \"GH\" }]",
+            "allow = [\"mpesa-extra\", \"203.0.113.0/24\", \"2001:db8::/48\"]",
+            "[[route]]",
+            "path = \"/hooks/sw\"",
+            "verify = \"standard-webhooks\"",
+            "secrets = [{ env = \"SW\" }]",
+        ]));
+        let shown = parse_ok(&text).render_check();
+        let after = |route: &str| {
+            let mut lines = shown
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with(route));
+            lines.nth(1).unwrap_or_default().trim().to_owned()
+        };
+        assert_eq!(
+            after("/mpesa/c2b/confirmation"),
+            "allow the allowlist, the default for mpesa (11 IPv4 and 0 IPv6 prefixes after \
+             merging)",
+            "{shown}"
+        );
+        assert_eq!(
+            after("/hooks/gh"),
+            "allow mpesa-extra, 203.0.113.0/24, 2001:db8::/48 (3 IPv4 and 1 IPv6 prefixes after \
+             merging)",
+            "{shown}"
+        );
+        assert_eq!(
+            after("/hooks/sw"),
+            "allow any source the filter lets through",
             "{shown}"
         );
     }

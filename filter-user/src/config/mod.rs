@@ -21,7 +21,9 @@
 //!
 //! Layout: each section of the file (`[filter]`, `[allow]`, `[server]`, `[store]`, `[metrics]`,
 //! `[delivery]`, `[[route]]`, `[daemon]`) has one file under `check/` holding its `Raw*` schema, its resolved
-//! type, its defaults and its checks, so that a key is added in one place. What is shared lives
+//! type, its defaults and its checks, so that a key is added in one place (`route[].allow` has
+//! its own, `check/route_allow.rs`, with the warning about entries the filter would drop). What
+//! is shared lives
 //! beside it: `diagnostics` (errors, key paths, suggestions, the keys each table accepts), `host`
 //! (interfaces, default routes and users), `partial` (loading one section), `secret` (secret
 //! references), `permissions` (secret files others can read) and `url` (URLs as text).
@@ -56,6 +58,7 @@ pub use check::{
     },
     filter::{AttachMode, DEFAULT_PIN_PATH, FilterConfig, Mode},
     metrics::MetricsConfig,
+    route_allow::{RouteAllow, RouteAllowGap},
     routes::{
         DEFAULT_VALIDATION_TIMEOUT, Encoding, OnFailure, RouteConfig, ValidationConfig, VerifyKind,
     },

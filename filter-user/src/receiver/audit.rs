@@ -33,7 +33,8 @@ pub enum Outcome {
     MethodNotAllowed,
     /// Not the content type the provider sends: 415.
     UnsupportedMediaType,
-    /// An `mpesa` route called from an address not on the allowlist: 403.
+    /// A route called from a source it does not accept (its `allow`, or the allowlist for an
+    /// `mpesa` route without one), or through a trusted proxy that named no client: 403.
     ForbiddenPeer,
     /// Body larger than `server.limits.body_limit_bytes`: 413.
     TooLarge,

@@ -1,4 +1,4 @@
-//! Who is calling: the client address a request is judged by (the `mpesa` allowlist, the rate
+//! Who is calling: the client address a request is judged by (a route's sources, the rate
 //! limit, the audit line's `client`), from the one source `server.client_address` names.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -13,8 +13,8 @@
 //!    (`budget::client_key`); the limits are `[server.limits]` ([`Limits`]), read at start.
 //! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
 //!    `{path}/{token}`;
-//! 4. `mpesa` routes: the client address must be known and on the allowlist (403), also in
-//!    monitor mode;
+//! 4. a route with `allow`, and an `mpesa` route without it: the client address must be known
+//!    and in the route's list, `allow` or else the allowlist (403), also in monitor mode;
 //! 5. method POST (405) and, for providers that send JSON, `Content-Type: application/json`
 //!    (415);
 //! 6. before the body: an `mpesa` route's path token (404 `not_found` when wrong or missing),
@@ -144,6 +144,16 @@ fn register_route_series(metrics: &Metrics, routing: &Routing) {
             metrics.register_zero(Series::Refusal(RefusalLabels {
                 route: route.path.clone(),
                 reason,
+            }));
+        }
+        // A route's own `allow` is new to its operator: an alert on sources it refuses has a
+        // series from the start.
+        if let Some(sources) = &route.sources
+            && sources.reason == routing::REASON_ROUTE_SOURCE
+        {
+            metrics.register_zero(Series::Refusal(RefusalLabels {
+                route: route.path.clone(),
+                reason: sources.reason,
             }));
         }
     }

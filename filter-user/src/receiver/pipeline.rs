@@ -25,7 +25,7 @@ use super::{
     audit::{Answered, Audit, Outcome},
     budget::{ClientPermit, client_key},
     client::{Client, ProxiedClient, client_addr},
-    routing::{Route, Routing},
+    routing::{Route, Routing, Sources},
 };
 use crate::{
     config::VerifyKind,
@@ -182,8 +182,8 @@ async fn process(
         .find(parts.uri.path())
         .ok_or_else(|| Rejection::new(Outcome::NotFound, StatusCode::NOT_FOUND))?;
     audit.route = Some(route.path.clone());
-    if route.verify == VerifyKind::Mpesa {
-        check_source(routing, client)?;
+    if let Some(sources) = &route.sources {
+        check_source(sources, client)?;
     }
     if parts.method != Method::POST {
         return Err(
@@ -275,15 +275,16 @@ async fn drain(body: Body) {
     .await;
 }
 
-/// A route that checks the source (`mpesa`): the client must be known and on the allowlist. A
-/// trusted proxy that named no usable client is refused too, never judged by its own address
-/// (which is on the allowlist when the kernel filter lets the proxy through).
-fn check_source(routing: &Routing, client: Client) -> Result<(), Rejection> {
+/// A route that checks the source (`allow`, or `mpesa` by default): the client must be known
+/// and in the route's list. A trusted proxy that named no usable client is refused too, never
+/// judged by its own address (which is on the allowlist when the kernel filter lets the proxy
+/// through).
+fn check_source(sources: &Sources, client: Client) -> Result<(), Rejection> {
     let refused =
         |reason| Rejection::new(Outcome::ForbiddenPeer, StatusCode::FORBIDDEN).because(reason);
     match client {
         Client::Unknown { why, .. } => Err(refused(why.reason())),
-        Client::Known(ip) if !routing.allowlist.contains(ip) => Err(refused("peer_not_allowed")),
+        Client::Known(ip) if !sources.list.contains(ip) => Err(refused(sources.reason)),
         Client::Known(_) => Ok(()),
     }
 }

@@ -1,6 +1,5 @@
 //! Which route a request is for: the routes of the config in force, each with its verifier
-//! (and validator), plus what the pipeline needs besides (the allowlist, the client address's
-//! source).
+//! (and validator) and the sources it accepts, plus the client address's source.
 
 use std::sync::Arc;
 
@@ -20,13 +19,46 @@ pub(crate) struct Route {
     pub(crate) verifier: Verifier,
     /// C2B validation pass-through (`validation`): ask the application instead of storing.
     pub(crate) validator: Option<Validator>,
+    /// The sources the route accepts; `None`: any the filter lets through.
+    pub(crate) sources: Option<Sources>,
 }
 
-/// What a config says about requests: routes, the allowlist (for `mpesa`), the source of the
-/// client address (`server.client_address`).
+/// The sources a route accepts, and the refusal reason for a client outside them.
+pub(crate) struct Sources {
+    /// Shared by every route that uses the same list (`mpesa` routes without `allow` share
+    /// `[allow]`'s, which may hold 100,000 prefixes).
+    pub(crate) list: Arc<Allowlist>,
+    /// [`REASON_PEER_NOT_ALLOWED`] or [`REASON_ROUTE_SOURCE`].
+    pub(crate) reason: &'static str,
+}
+
+/// The refusal reason of a client not on `[allow]`'s list, on an `mpesa` route without `allow`.
+pub(crate) const REASON_PEER_NOT_ALLOWED: &str = "peer_not_allowed";
+/// The refusal reason of a client outside a route's own `allow`.
+pub(crate) const REASON_ROUTE_SOURCE: &str = "route_source";
+
+impl Sources {
+    /// What `route` accepts: its `allow`; without one, `[allow]`'s list for `mpesa` (Daraja signs
+    /// nothing, so its source is part of what authenticates a callback), any source otherwise.
+    fn of(route: &RouteConfig, allowlist: &Arc<Allowlist>) -> Option<Self> {
+        match (&route.allow, route.verify) {
+            (Some(allow), _) => Some(Self {
+                list: Arc::new(allow.list.clone()),
+                reason: REASON_ROUTE_SOURCE,
+            }),
+            (None, VerifyKind::Mpesa) => Some(Self {
+                list: Arc::clone(allowlist),
+                reason: REASON_PEER_NOT_ALLOWED,
+            }),
+            (None, _) => None,
+        }
+    }
+}
+
+/// What a config says about requests: the routes and the source of the client address
+/// (`server.client_address`).
 pub(crate) struct Routing {
     pub(crate) routes: Vec<Route>,
-    pub(crate) allowlist: Allowlist,
     pub(crate) client_address: ClientAddress,
 }
 
@@ -45,6 +77,7 @@ impl Routing {
         } else {
             None
         };
+        let allowlist = Arc::new(config.allowlist.clone());
         let routes = config
             .routes
             .iter()
@@ -61,12 +94,12 @@ impl Routing {
                     verify: r.verify,
                     verifier: Verifier::from_route(r)?,
                     validator,
+                    sources: Sources::of(r, &allowlist),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             routes,
-            allowlist: config.allowlist.clone(),
             client_address: config.server.client_address.clone(),
         })
     }

@@ -58,6 +58,8 @@ mod router {
     const GH: &str = "/hooks/github";
     const STRIPE: &str = "/hooks/stripe";
     const STRIPE_SECRET: &str = "whsec_receiver_tests";
+    const SW: &str = "/hooks/sw";
+    const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     /// GitHub's published example: this secret signs this body with this signature.
     const GH_SECRET: &str = "It's a Secret to Everybody";
     const GH_BODY: &[u8] = b"Hello, World!";
@@ -72,6 +74,8 @@ mod router {
     const ALLOWED: &str = "192.0.2.10:40000";
     /// Not on it.
     const STRANGER: &str = "198.51.100.20:40000";
+    /// On the config's allowlist too, but not in the `allow` of the route-allow tests.
+    const NEIGHBOUR: &str = "192.0.2.99:40000";
 
     /// A router over a real store in a temporary directory, with an `mpesa` and a `github`
     /// route.
@@ -95,6 +99,23 @@ mod router {
 
         /// As [`Env::with`], with lines added to `[server.limits]`.
         fn with_limits(allow: &[&str], server: &str, limits: &str) -> Self {
+            Self::build(allow, server, limits, &[])
+        }
+
+        /// As [`Env::with`], with `allow = VALUE` on the routes named in `route_allow`
+        /// (path, value).
+        fn with_route_allow(server: &str, route_allow: &[(&str, &str)]) -> Self {
+            Self::build(&[], server, "", route_allow)
+        }
+
+        fn build(allow: &[&str], server: &str, limits: &str, route_allow: &[(&str, &str)]) -> Self {
+            let route_allow = |path: &str| {
+                route_allow
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, value)| format!("allow = {value}"))
+                    .unwrap_or_default()
+            };
             let cidrs: Vec<String> = ["192.0.2.0/24"]
                 .iter()
                 .chain(allow)
@@ -105,6 +126,7 @@ mod router {
             std::fs::write(dir.path().join("token"), TOKEN).unwrap();
             std::fs::write(dir.path().join("github"), GH_SECRET).unwrap();
             std::fs::write(dir.path().join("stripe"), STRIPE_SECRET).unwrap();
+            std::fs::write(dir.path().join("sw"), SW_SECRET).unwrap();
             let store_path = dir.path().join("events.db");
             let text = format!(
                 r#"
@@ -130,18 +152,31 @@ path = "{store}"
 path = "{MPESA}"
 verify = "mpesa"
 token = {{ file = "token" }}
+{mpesa_allow}
 
 [[route]]
 path = "{GH}"
 verify = "github"
 secrets = [{{ file = "github" }}]
+{gh_allow}
 
 [[route]]
 path = "{STRIPE}"
 verify = "stripe"
 secrets = [{{ file = "stripe" }}]
+{stripe_allow}
+
+[[route]]
+path = "{SW}"
+verify = "standard-webhooks"
+secrets = [{{ file = "sw" }}]
+{sw_allow}
 "#,
                 store = store_path.display(),
+                mpesa_allow = route_allow(MPESA),
+                gh_allow = route_allow(GH),
+                stripe_allow = route_allow(STRIPE),
+                sw_allow = route_allow(SW),
             );
             let config = config::parse(&dir.path().join("hookwall.toml"), &text)
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -432,6 +467,217 @@ secrets = [{{ file = "stripe" }}]
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum();
         assert_eq!(refused, 4, "{text}");
+    }
+
+    /// One request: route, headers, body.
+    type Signed = (&'static str, Vec<(String, String)>, Vec<u8>);
+
+    /// A correctly signed request to each signed route, each with its own event id (`n`).
+    fn signed_requests(n: u32) -> Vec<Signed> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let json = ("content-type".to_owned(), "application/json".to_owned());
+        let stripe_body = format!(r#"{{"id":"evt_{n}","type":"charge.succeeded"}}"#).into_bytes();
+        let sw_body = br#"{"type":"invoice.paid"}"#.to_vec();
+        let sw_id = format!("msg_{n}");
+        let signer = crate::verify::Signer::from_secret(&crate::config::Secret::from_bytes(
+            SW_SECRET.as_bytes().to_vec(),
+        ))
+        .unwrap();
+        let sw_signature = signer.sign(&sw_id, i64::try_from(now).unwrap(), &sw_body);
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // GitHub's event id is the body's digest: each request its own body.
+        let gh_body = format!(r#"{{"zen":"request {n}"}}"#).into_bytes();
+        let mut gh = owned(&gh_headers(GH_SIGNATURE));
+        gh[3].1 = {
+            use hmac::{Hmac, KeyInit as _, Mac as _};
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(GH_SECRET.as_bytes()).unwrap();
+            mac.update(&gh_body);
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        };
+        vec![
+            (GH, gh, gh_body),
+            (
+                STRIPE,
+                vec![
+                    json.clone(),
+                    (
+                        "stripe-signature".to_owned(),
+                        stripe_signature(now, &stripe_body),
+                    ),
+                ],
+                stripe_body,
+            ),
+            (
+                SW,
+                vec![
+                    json,
+                    ("webhook-id".to_owned(), sw_id),
+                    ("webhook-timestamp".to_owned(), now.to_string()),
+                    ("webhook-signature".to_owned(), sw_signature),
+                ],
+                sw_body,
+            ),
+        ]
+    }
+
+    /// Sends each of [`signed_requests`]`(n)` from `from` (and `proxied`) and asserts `status`.
+    async fn send_signed(
+        env: &Env,
+        from: &str,
+        extra: &[(&str, &str)],
+        n: u32,
+        status: StatusCode,
+    ) {
+        for (route, headers, body) in signed_requests(n) {
+            let mut headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            headers.extend_from_slice(extra);
+            let r = env.send(from, "POST", route, &headers, &body).await;
+            assert_eq!(r.status(), status, "{route} from {from} {extra:?}");
+        }
+    }
+
+    const SIGNED_ROUTE_ALLOW: [(&str, &str); 3] = [
+        (GH, r#"["192.0.2.10"]"#),
+        (STRIPE, r#"["mpesa", "192.0.2.0/28"]"#),
+        (SW, r#"["2001:db8::/32", "192.0.2.10/32"]"#),
+    ];
+
+    #[tokio::test]
+    async fn a_signed_route_with_allow_refuses_a_valid_callback_from_outside_it() {
+        let env = Env::with_route_allow("", &SIGNED_ROUTE_ALLOW);
+        for (route, _) in SIGNED_ROUTE_ALLOW {
+            // Registered at zero, so an alert has a series before the first refusal.
+            assert!(
+                env.metrics.render().unwrap().contains(&format!(
+                    "hookwall_http_refusals_total{{route=\"{route}\",reason=\"route_source\"}} 0"
+                )),
+                "{route}"
+            );
+        }
+        // On [allow] (so the filter lets it through), but outside each route's own list: the
+        // signature is right and still nothing is stored.
+        send_signed(&env, NEIGHBOUR, &[], 1, StatusCode::FORBIDDEN).await;
+        assert_eq!(env.stored(), 0);
+        for (route, _) in SIGNED_ROUTE_ALLOW {
+            assert_eq!(env.requests(route, "forbidden_peer"), 1, "{route}");
+            assert_eq!(env.refusals(route, "route_source"), 1, "{route}");
+            assert_eq!(env.refusals(route, "peer_not_allowed"), 0, "{route}");
+        }
+        // From inside: accepted and stored.
+        send_signed(&env, ALLOWED, &[], 2, StatusCode::OK).await;
+        // An IPv4-mapped peer (a dual-stack socket's view of an IPv4 client) is judged as IPv4.
+        send_signed(&env, "[::ffff:192.0.2.10]:40000", &[], 3, StatusCode::OK).await;
+        for (route, _) in SIGNED_ROUTE_ALLOW {
+            assert_eq!(env.requests(route, "accepted"), 2, "{route}");
+        }
+        assert_eq!(env.stored(), 6);
+        // An allowed source gets no further than before: a forgery is still a forgery.
+        let forged = "sha256=0000000000000000000000000000000000000000000000000000000000000000";
+        let r = env
+            .send(ALLOWED, "POST", GH, &gh_headers(forged), GH_BODY)
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn a_route_without_allow_accepts_any_source_and_mpesa_keeps_the_allowlist() {
+        let env = Env::new();
+        assert!(
+            !env.metrics
+                .render()
+                .unwrap()
+                .contains("reason=\"route_source\""),
+            "no route has allow, so no route_source series"
+        );
+        // No `allow`: even a source off [allow] (which only monitor mode lets through) passes.
+        send_signed(&env, STRANGER, &[], 1, StatusCode::OK).await;
+        for route in [GH, STRIPE, SW] {
+            assert_eq!(env.requests(route, "accepted"), 1, "{route}");
+            assert_eq!(env.refusals(route, "route_source"), 0, "{route}");
+        }
+        // M-Pesa's default is [allow]'s list, counted as before.
+        let mpesa = format!("{MPESA}/{TOKEN}");
+        let r = env
+            .send(STRANGER, "POST", &mpesa, &[JSON], C2B_CONFIRMATION)
+            .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(env.refusals(MPESA, "peer_not_allowed"), 1);
+        assert_eq!(env.refusals(MPESA, "route_source"), 0);
+        let r = env
+            .send(NEIGHBOUR, "POST", &mpesa, &[JSON], C2B_CONFIRMATION)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_mpesa_route_with_allow_uses_its_own_list_instead_of_the_allowlist() {
+        let env = Env::with_route_allow("", &[(MPESA, r#"["mpesa", "192.0.2.10"]"#)]);
+        let mpesa = format!("{MPESA}/{TOKEN}");
+        let r = env
+            .send(NEIGHBOUR, "POST", &mpesa, &[JSON], C2B_CONFIRMATION)
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "on [allow], not on the route's"
+        );
+        assert_eq!(env.refusals(MPESA, "route_source"), 1);
+        assert_eq!(env.refusals(MPESA, "peer_not_allowed"), 0);
+        let r = env
+            .send(ALLOWED, "POST", &mpesa, &[JSON], C2B_CONFIRMATION)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn behind_a_trusted_proxy_a_route_allow_judges_the_forwarded_client() {
+        // The proxy is on [allow] (the filter judges its packets) but not on any route's list.
+        let env = Env::build(
+            &["203.0.113.1"],
+            r#"client_address = { header = "x-forwarded-for", trusted_proxies = ["203.0.113.0/24"] }"#,
+            "",
+            &SIGNED_ROUTE_ALLOW,
+        );
+        let xff = |client| [("x-forwarded-for", client)];
+        send_signed(&env, PROXY, &xff("192.0.2.10"), 1, StatusCode::OK).await;
+        send_signed(&env, PROXY, &xff("192.0.2.99"), 2, StatusCode::FORBIDDEN).await;
+        // A caller's own entry left of the proxy's is not the client.
+        send_signed(
+            &env,
+            PROXY,
+            &xff("192.0.2.10, 198.51.100.7"),
+            3,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        // No header: the proxy's own address is never judged as the client.
+        send_signed(&env, PROXY, &[], 4, StatusCode::FORBIDDEN).await;
+        for (route, _) in SIGNED_ROUTE_ALLOW {
+            assert_eq!(env.requests(route, "accepted"), 1, "{route}");
+            assert_eq!(env.refusals(route, "route_source"), 2, "{route}");
+            assert_eq!(env.refusals(route, "client_address_missing"), 1, "{route}");
+        }
+        // A peer that is not a trusted proxy is its own client: its header names no one.
+        send_signed(
+            &env,
+            NEIGHBOUR,
+            &xff("192.0.2.10"),
+            5,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        assert_eq!(env.stored(), 3);
     }
 
     /// The proxy of the client-address tests: trusted, and on the allowlist, as a remote proxy

@@ -793,6 +793,7 @@ mod testing {
             encoding: None,
             prefix: None,
             validation: None,
+            allow: None,
         };
         (dir, route)
     }

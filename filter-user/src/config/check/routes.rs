@@ -5,7 +5,8 @@ use std::{collections::HashMap, fmt, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Checker, DurationRule, KeyPath, Table, inline_secret_message, parse_choice, serde_names,
+    Checker, DurationRule, KeyPath, Table, inline_secret_message, parse_choice,
+    route_allow::RouteAllow, serde_names,
 };
 use crate::config::SecretRef;
 
@@ -124,6 +125,9 @@ pub struct RouteConfig {
     /// `mpesa` only: forward C2B validation requests to the application and answer Daraja with
     /// its decision. Default: none (hookwall answers with acceptance itself).
     pub validation: Option<ValidationConfig>,
+    /// The sources this route accepts (`allow`). Default: none, which means the allowlist
+    /// (`[allow]`) for `mpesa` routes and any source the filter lets through for the others.
+    pub allow: Option<RouteAllow>,
 }
 
 /// A route's `validation = { url, timeout, on_failure }`, resolved.
@@ -189,6 +193,7 @@ pub(crate) struct RawRoute {
     encoding: Option<String>,
     prefix: Option<String>,
     validation: Option<RawValidation>,
+    allow: Option<Vec<String>>,
 }
 
 /// Whether the validation routes have their signing key (`delivery.secret`).
@@ -261,6 +266,7 @@ impl Checker<'_> {
         let encoding = self.route_encoding(at, verify, raw.encoding);
         let prefix = self.route_prefix(at, verify, raw.prefix);
         let validation = self.route_validation(at, verify, raw.validation, signing);
+        let allow = self.route_allow(at, raw.allow);
         Some(RouteConfig {
             path: path?,
             verify,
@@ -272,6 +278,7 @@ impl Checker<'_> {
             encoding: encoding?,
             prefix: prefix?,
             validation: validation?,
+            allow: allow?,
         })
     }
 

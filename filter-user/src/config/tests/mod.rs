@@ -217,6 +217,7 @@ fn the_base_example_parses() {
                 encoding: None,
                 prefix: None,
                 validation: None,
+                allow: None,
             },
             RouteConfig {
                 path: "/hooks/stripe".into(),
@@ -229,6 +230,7 @@ fn the_base_example_parses() {
                 encoding: None,
                 prefix: None,
                 validation: None,
+                allow: None,
             },
         ]
     );

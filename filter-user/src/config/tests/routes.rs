@@ -92,3 +92,109 @@ fn a_validation_route_is_read_with_its_default_timeout() {
     // A route without the key has none.
     assert_eq!(parse_ok(&lines(MPESA_ROUTE)).routes[0].validation, None);
 }
+
+#[test]
+fn a_route_allow_mixes_presets_and_cidrs_and_keeps_their_sources() {
+    let mut text = STRIPE_LINES.to_vec();
+    text.push(
+        "allow = [\"mpesa-extra\", \"203.0.113.0/24\", \"::ffff:198.51.100.7\", \"2001:db8::/48\"]",
+    );
+    let config = parse_ok(&lines(&text));
+    let allow = config.routes[0].allow.as_ref().expect("allow is read");
+    assert_eq!(
+        allow.written,
+        [
+            "mpesa-extra",
+            "203.0.113.0/24",
+            "::ffff:198.51.100.7",
+            "2001:db8::/48"
+        ]
+    );
+    let nets: Vec<String> = allow
+        .list
+        .entries
+        .iter()
+        .map(|e| e.net.to_string())
+        .collect();
+    assert_eq!(
+        nets,
+        [
+            "196.201.212.128/32",
+            "196.201.212.132/32",
+            "203.0.113.0/24",
+            "198.51.100.7/32",
+            "2001:db8::/48"
+        ],
+        "a mapped address is read as IPv4"
+    );
+    assert_eq!(allow.list.entries[2].source, Source::Config { line: 5 });
+    assert!(matches!(
+        &allow.list.entries[0].source,
+        Source::Preset { name, .. } if name == "mpesa-extra"
+    ));
+    assert!(allow.list.contains(ip("203.0.113.9")));
+    assert!(
+        !allow.list.contains(ip("196.201.214.200")),
+        "only the presets named"
+    );
+    // Without the key, a route has none (the receiver applies the kind's default).
+    assert_eq!(parse_ok(&lines(MPESA_ROUTE)).routes[0].allow, None);
+    assert_eq!(parse_ok(&lines(STRIPE_LINES)).routes[0].allow, None);
+}
+
+const STRIPE_LINES: &[&str] = &[
+    "[[route]]",
+    "path = \"/hooks/stripe\"",
+    "verify = \"stripe\"",
+    "secrets = [{ env = \"S\" }]",
+];
+
+#[test]
+fn route_allow_entries_the_filter_would_drop_are_warned_about() {
+    // Line 2: [allow] holds mpesa and 203.0.113.0/25 only.
+    let mut text = vec!["[allow]", "cidrs = [\"203.0.113.0/25\"]"];
+    text.extend(STRIPE_LINES);
+    text.push("allow = [\"mpesa\", \"203.0.113.0/24\", \"198.51.100.7\", \"203.0.113.64/26\"]");
+    let config = parse_ok(&lines(&text));
+    let gaps = config.route_allow_gaps();
+    let shown: Vec<String> = gaps.iter().map(ToString::to_string).collect();
+    assert_eq!(gaps.len(), 2, "{shown:#?}");
+    assert_eq!(gaps[0].net.to_string(), "203.0.113.0/24");
+    assert!(gaps[0].partly);
+    assert_eq!(gaps[1].net.to_string(), "198.51.100.7/32");
+    assert!(!gaps[1].partly);
+    assert_eq!(
+        shown[1],
+        "route \"/hooks/stripe\" allows 198.51.100.7/32 (config line 7), which is not on the \
+         allowlist: in enforce mode the filter drops those sources on the protected port before \
+         the route sees them; add it to [allow] (presets, cidrs or files) or remove it from the \
+         route's allow"
+    );
+    assert!(
+        shown[0].contains("is only partly on the allowlist"),
+        "{}",
+        shown[0]
+    );
+
+    // The filter does not judge the client: monitor mode, a port it does not protect, a proxy.
+    for extra in [
+        &["[filter]", "mode = \"monitor\""][..],
+        &["[filter]", "protected_ports = [8443]"],
+        &[
+            "[server]",
+            "client_address = { header = \"x-forwarded-for\", trusted_proxies = [\"203.0.113.1\"] }",
+        ],
+    ] {
+        let mut text = extra.to_vec();
+        text.extend(["[allow]", "cidrs = [\"203.0.113.0/25\"]"]);
+        text.extend(STRIPE_LINES);
+        text.push("allow = [\"198.51.100.7\"]");
+        let config = parse_ok(&lines(&text));
+        assert_eq!(config.route_allow_gaps(), [], "{extra:?}");
+    }
+    // The same route where the filter judges it is warned about.
+    let mut text = vec!["[allow]", "cidrs = [\"203.0.113.0/25\"]"];
+    text.extend(STRIPE_LINES);
+    text.push("allow = [\"198.51.100.7\"]");
+    assert_eq!(parse_ok(&lines(&text)).route_allow_gaps().len(), 1);
+}

@@ -286,6 +286,60 @@ pub(super) fn route_cases() -> Vec<Case> {
             )],
         ));
     }
+    cases.extend([
+        case(
+            "route allow: an unknown preset name suggests one and lists them",
+            with(
+                STRIPE_ROUTE,
+                &[
+                    "allow = [",
+                    "  \"203.0.113.0/24\",",
+                    "  \"mpesa-extr\",",
+                    "]",
+                ],
+            ),
+            vec![at(
+                "route[0].allow[1]",
+                7,
+                &[
+                    "unknown preset \"mpesa-extr\" (did you mean \"mpesa-extra\"?)",
+                    "mpesa, mpesa-extra",
+                    "203.0.113.0/24",
+                ],
+            )],
+        ),
+        case(
+            "route allow: a CIDR with host bits set, as in allow.cidrs",
+            with(STRIPE_ROUTE, &["allow = [\"mpesa\", \"203.0.113.5/24\"]"]),
+            vec![exact(
+                "route[0].allow[1]",
+                5,
+                "203.0.113.5/24 has host bits set: write 203.0.113.0/24 for the network or \
+                 203.0.113.5/32 for the one address",
+            )],
+        ),
+        case(
+            "route allow: a host name is not an address",
+            with(STRIPE_ROUTE, &["allow = [\"hooks.stripe.com\"]"]),
+            vec![at(
+                "route[0].allow[0]",
+                5,
+                &["`hooks.stripe.com` is not an IP address or CIDR prefix"],
+            )],
+        ),
+        case(
+            "route allow: an empty list would refuse everything",
+            with(MPESA_ROUTE, &["allow = []"]),
+            vec![at(
+                "route[0].allow",
+                5,
+                &[
+                    "an empty list would refuse every request on this route",
+                    "or remove `allow`",
+                ],
+            )],
+        ),
+    ]);
     for bad in ["0", "-5", "86400"] {
         cases.push(case(
             format!("tolerance_seconds = {bad}"),
