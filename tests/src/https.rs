@@ -86,6 +86,12 @@ impl TestCa {
         )
     }
 
+    /// The CA's certificate, PEM.
+    #[must_use]
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// A client config that trusts this CA only, offering `alpn` and `versions`.
     ///
     /// # Panics
