@@ -1,18 +1,18 @@
 //! A real ACME CA for the certificate tests: Debian's `pebble`, with `pebble-challtestsrv` as
 //! its DNS server, both in a test namespace.
 //!
-//! [`Pebble::start`] serves the directory on `IP:14000` and the management API (its issuing
+//! [`Pebble::prepare`] writes its config; [`Pebble::start`] serves the directory on `IP:14000` and the management API (its issuing
 //! roots) on `IP:15000`, over HTTPS with a certificate from a [`TestCa`] made here (the
 //! package ships none); it validates HTTP-01 on port [`HTTP01_PORT`] of the address its DNS
 //! server gives for every name (the hookwall under test). Real validation: the environment has
-//! `PEBBLE_VA_NOSLEEP=1` and no `PEBBLE_VA_ALWAYS_VALID`. Both processes are stopped by PID on
+//! `PEBBLE_VA_NOSLEEP=1`, `PEBBLE_AUTHZREUSE=0` and no `PEBBLE_VA_ALWAYS_VALID`. Both processes are stopped by PID on
 //! drop; the temp dir (config, certificates, logs) goes with it.
 
 use std::{
     fs::{self, File},
     io::Read as _,
     net::{IpAddr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -43,22 +43,32 @@ pub struct Pebble {
     pebble: Option<Child>,
     dns: Option<Child>,
     ip: IpAddr,
-    /// The CA of pebble's own HTTPS certificate (`ca.pem` in the temp dir).
-    ca: TestCa,
+    /// What its DNS server answers A and AAAA queries with.
+    targets: (IpAddr, IpAddr),
+    /// A client trusting only the CA of pebble's own HTTPS certificate (`ca.pem` in the temp
+    /// dir).
     client: Arc<ClientConfig>,
     /// Config, certificates, logs.
     dir: tempfile::TempDir,
 }
 
 impl Pebble {
-    /// Starts the DNS server (answering every A query with `target_v4`, every AAAA query with
-    /// `target_v6`) and pebble on `ip` in `ns`, and waits until both accept connections.
+    /// [`Pebble::prepare`], then [`Pebble::start`].
+    #[must_use]
+    pub fn start_in(ns: &NetNs, ip: IpAddr, targets: (IpAddr, IpAddr)) -> Self {
+        let mut pebble = Self::prepare(ip, targets);
+        pebble.start(ns);
+        pebble
+    }
+
+    /// Writes the config and pebble's HTTPS certificate for `ip`; starts nothing (a test can
+    /// give the directory to hookwall while the CA is still down). `targets` are the IPv4 and
+    /// IPv6 addresses its DNS server answers every query with.
     ///
     /// # Panics
-    /// If a process cannot be spawned (install them: `apt-get install pebble`), exits, or is
-    /// not ready in time.
+    /// If the temp dir or a file cannot be made.
     #[must_use]
-    pub fn start(ns: &NetNs, ip: IpAddr, target_v4: IpAddr, target_v6: IpAddr) -> Self {
+    pub fn prepare(ip: IpAddr, targets: (IpAddr, IpAddr)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hw-pebble-")
             .tempdir()
@@ -81,23 +91,34 @@ impl Pebble {
         let config_path = dir.path().join("pebble-config.json");
         fs::write(&config_path, config.to_string()).expect("writing pebble's config");
         let client = ca.http1_client();
-        let mut this = Self {
+        Self {
             pebble: None,
             dns: None,
             ip,
-            ca,
+            targets,
             client,
             dir,
-        };
+        }
+    }
+
+    /// Starts the DNS server and pebble in `ns` and waits until both accept connections.
+    ///
+    /// # Panics
+    /// If a process cannot be spawned (install them: `apt-get install pebble`), exits, or is
+    /// not ready in time.
+    pub fn start(&mut self, ns: &NetNs) {
+        assert!(self.pebble.is_none(), "pebble is running already");
+        let ip = self.ip;
+        let config_path = self.dir.path().join("pebble-config.json");
         let dns = SocketAddr::new(ip, DNS_PORT).to_string();
         let mut challtestsrv = Command::new("pebble-challtestsrv");
         challtestsrv
-            .args(["-defaultIPv4", &target_v4.to_string()])
-            .args(["-defaultIPv6", &target_v6.to_string()])
+            .args(["-defaultIPv4", &self.targets.0.to_string()])
+            .args(["-defaultIPv6", &self.targets.1.to_string()])
             .args(["-dns01", &dns])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &SocketAddr::new(ip, 8055).to_string()]);
-        this.dns = Some(this.spawn(ns, challtestsrv, "challtestsrv.log"));
+        self.dns = Some(self.spawn(ns, challtestsrv, "challtestsrv.log"));
         let mut pebble = Command::new("pebble");
         pebble
             .arg("-config")
@@ -105,12 +126,13 @@ impl Pebble {
             .args(["-dnsserver", &dns])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            // Every order is validated anew, never from an earlier authorization.
+            .env("PEBBLE_AUTHZREUSE", "0")
             .env_remove("PEBBLE_VA_ALWAYS_VALID");
-        this.pebble = Some(this.spawn(ns, pebble, "pebble.log"));
-        this.wait_listening(ns, SocketAddr::new(ip, 8055));
-        this.wait_listening(ns, SocketAddr::new(ip, DIRECTORY_PORT));
-        this.wait_listening(ns, SocketAddr::new(ip, MANAGEMENT_PORT));
-        this
+        self.pebble = Some(self.spawn(ns, pebble, "pebble.log"));
+        self.wait_listening(ns, SocketAddr::new(ip, 8055));
+        self.wait_listening(ns, SocketAddr::new(ip, DIRECTORY_PORT));
+        self.wait_listening(ns, SocketAddr::new(ip, MANAGEMENT_PORT));
     }
 
     fn spawn(&self, ns: &NetNs, mut cmd: Command, log: &str) -> Child {
@@ -127,13 +149,15 @@ impl Pebble {
     fn wait_listening(&mut self, ns: &NetNs, addr: SocketAddr) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            for child in [&mut self.pebble, &mut self.dns].into_iter().flatten() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "a pebble process exited ({status}) while starting:\n{}",
-                        self.logs()
-                    );
-                }
+            let exited = [&mut self.pebble, &mut self.dns]
+                .into_iter()
+                .flatten()
+                .find_map(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "a pebble process exited ({status}) while starting:\n{}",
+                    self.logs()
+                );
             }
             let connected =
                 ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(300)));
@@ -189,6 +213,15 @@ impl Pebble {
             .count()
     }
 
+    /// How many authorizations pebble has validated by a completed challenge (HTTP-01 here).
+    #[must_use]
+    pub fn validated(&self) -> usize {
+        self.log("pebble.log")
+            .lines()
+            .filter(|l| l.contains("set VALID by completed challenge"))
+            .count()
+    }
+
     fn log(&self, name: &str) -> String {
         let path = self.dir.path().join(name);
         let mut text = String::new();
@@ -206,18 +239,6 @@ impl Pebble {
             self.log("pebble.log"),
             self.log("challtestsrv.log")
         )
-    }
-
-    /// The temp dir (config, certificates, logs).
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The CA of pebble's HTTPS certificate.
-    #[must_use]
-    pub fn https_ca(&self) -> &TestCa {
-        &self.ca
     }
 }
 
