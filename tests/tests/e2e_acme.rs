@@ -8,7 +8,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -21,6 +21,7 @@ use hookwall_tests::{
     lab::Lab,
     netns::{ALLOWED_V4, PROTECTED_PORT, SRV_V4, SRV_V6},
     pebble::{HTTP01_PORT, Pebble},
+    users::TestUser,
 };
 use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
 
@@ -32,8 +33,9 @@ const FAILED: &[(&str, &str)] = &[("result", "failed")];
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// An HTTPS lab with one GitHub route whose certificate comes from pebble (in the client
-/// namespace, not started yet), cached in `DIR/acme`. Pebble is dropped before the lab.
-fn lab() -> (Lab, Pebble) {
+/// namespace, not started yet), cached in `DIR/acme`, the daemon running as `run_as` if given
+/// (which then owns the lab's directory). Pebble is dropped before the lab.
+fn lab_as(run_as: Option<&TestUser>) -> (Lab, Pebble) {
     let mut lab = Lab::https("hw-acme-");
     let pebble = Pebble::prepare(
         IpAddr::V4(ALLOWED_V4),
@@ -41,15 +43,27 @@ fn lab() -> (Lab, Pebble) {
     );
     let secret = lab.write_secret("gh", "It's a Secret to Everybody");
     lab.spec.routes = vec![Route::signed(GH, "github", &[secret])];
+    // Beside the config, where the daemon's user can read it after the drop.
+    let directory_ca = lab.dir.path().join("pebble-ca.pem");
+    std::fs::copy(pebble.directory_ca(), &directory_ca).expect("copying pebble's CA");
+    if let Some(user) = run_as {
+        lab.spec.run_as = Some(user.name.clone());
+        user.own(lab.dir.path());
+        user.own_secrets(lab.dir.path(), &["gh"]);
+    }
     lab.spec.acme = Some(format!(
         "domains = [\"{DOMAIN}\"]\ncontact = \"mailto:ops@example.com\"\ndirectory = \
          \"{}\"\ndirectory_ca = \"{}\"\ncache = \"{}\"\nhttp_listen = \"[::]:{HTTP01_PORT}\"",
         pebble.directory(),
-        pebble.directory_ca().display(),
+        directory_ca.display(),
         lab.dir.path().join("acme").display(),
     ));
     lab.write_config();
     (lab, pebble)
+}
+
+fn lab() -> (Lab, Pebble) {
+    lab_as(None)
 }
 
 /// A client that trusts only pebble's issuing root.
@@ -276,6 +290,33 @@ fn without_a_certificate_handshakes_are_refused_until_the_ca_issues_one() {
     served_serial(&lab, &client).expect("the certificate issued after the failure verifies");
     assert_eq!(daemon.get("/readyz").0, 200);
     daemon.term();
+}
+
+#[test]
+fn with_run_as_the_cache_belongs_to_that_user_who_orders_and_stores_the_certificate() {
+    let user = TestUser::create();
+    let (lab, mut pebble) = lab_as(Some(&user));
+    pebble.start(&lab.net.cli);
+    let daemon = lab.start();
+    // The order runs after the drop to the user: the account and the certificate are written
+    // as that user, into the cache the start made and handed over.
+    wait_issued(&daemon, &pebble, 1.0);
+    let cache = lab.dir.path().join("acme");
+    for path in [
+        cache.clone(),
+        cache.join("account.json"),
+        cache.join("certificate.pem"),
+    ] {
+        let meta = std::fs::metadata(&path).expect("cache entry");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (user.uid, user.gid),
+            "{} belongs to the daemon's user",
+            path.display()
+        );
+    }
+    let client = client(pebble.issuing_root(&lab.net.cli, IpAddr::V4(ALLOWED_V4)));
+    served_serial(&lab, &client).expect("the certificate verifies");
 }
 
 #[test]
