@@ -120,14 +120,22 @@ impl Cache {
             Ok(pem) => pem,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the cached certificate; ordering a new one");
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot read the cached certificate; ordering a new one"
+                );
                 return None;
             }
         };
         match parse(&pem) {
             Ok(cached) => Some(cached),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "the cached certificate is unusable; ordering a new one");
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %format!("{e:#}"),
+                    "the cached certificate is unusable; ordering a new one"
+                );
                 None
             }
         }

@@ -179,7 +179,12 @@ impl Renewer {
                     wait
                 }
                 Plan::Order(why) => {
-                    tracing::info!(why, domains = ?self.config.domains, directory = %self.config.directory, "ordering a certificate");
+                    tracing::info!(
+                        why,
+                        domains = ?self.config.domains,
+                        directory = %self.config.directory,
+                        "ordering a certificate"
+                    );
                     let started = std::time::Instant::now();
                     let ordered = tokio::select! {
                         ordered = self.order() => ordered,
@@ -249,7 +254,10 @@ impl Renewer {
                     self.served = Some(cached.serial);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the cached certificate cannot be served");
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "the cached certificate cannot be served"
+                    );
                     return Plan::Order("the cached certificate cannot be served");
                 }
             }

@@ -5,8 +5,9 @@
 //! another process and ignored), `LISTEN_FDS` (their count) and `LISTEN_FDNAMES` (a name each,
 //! the `.socket` unit's `FileDescriptorName=`). The names are `https` (the HTTPS listener,
 //! `server.listen`), `metrics` (`metrics.listen`) and `acme` (the plain-HTTP listener for ACME
-//! HTTP-01 challenges, `server.acme.http_listen`, only with `server.tls = "acme"`). Reading them (the `sd-notify` crate) marks them
-//! close-on-exec and removes the three variables, so no child inherits them.
+//! HTTP-01 challenges, `server.acme.http_listen`, only with `server.tls = "acme"`). Reading
+//! them (the `sd-notify` crate) marks them close-on-exec and removes the three variables, so
+//! no child inherits them.
 //!
 //! A handed socket must be a listening TCP socket on exactly the address the config names:
 //! the filter protects the configured port, so a socket unit and a config that disagree would

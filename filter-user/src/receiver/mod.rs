@@ -29,9 +29,10 @@
 //! The certificate and the routes can be swapped while serving ([`Server::apply`]; an ACME
 //! certificate through [`Server::set_certificate`]), without closing a connection: each
 //! connection keeps the config its handshake used. With `server.tls = "acme"` and no
-//! certificate yet, every TLS handshake is refused. A graceful stop closes the listener, lets requests in flight finish and
-//! waits for their connections (at most [`SHUTDOWN_GRACE`]); a connection accepted but not yet
-//! sending has its first request served first (`conn::serve_until_stopped`).
+//! certificate yet, every TLS handshake is refused. A graceful stop closes the listener, lets
+//! requests in flight finish and waits for their connections (at most [`SHUTDOWN_GRACE`]); a
+//! connection accepted but not yet sending has its first request served first
+//! (`conn::serve_until_stopped`).
 
 mod audit;
 mod budget;

@@ -62,9 +62,7 @@ pub(crate) fn tls_config(tls: &Tls, self_signed: &SelfSigned) -> anyhow::Result<
             "reading the expiry of the first certificate in {} (server.tls_cert)",
             cert.display()
         ),
-        Tls::SelfSigned | Tls::Acme(_) => {
-            "reading the expiry of the self-signed certificate".to_owned()
-        }
+        _ => "reading the expiry of the self-signed certificate".to_owned(),
     })?;
     served(certs, key, not_after).map(Some)
 }
