@@ -33,7 +33,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use self::{cache::Cache, challenge::Challenges};
+use self::{
+    cache::{Cache, Cached},
+    challenge::Challenges,
+};
 use crate::{
     config::AcmeConfig,
     metrics::{Metrics, OrderLabels},
@@ -236,13 +239,11 @@ impl Renewer {
         let Some(cached) = self.cache.certificate() else {
             return Plan::Order("no certificate in the cache");
         };
-        if cached.names != self.domains {
-            return Plan::Order("the cached certificate is for other domains");
-        }
         let now = unix_now();
-        if cached.not_after <= now {
-            return Plan::Order("the cached certificate has expired");
+        if let Err(why) = usable(&cached, &self.domains, now) {
+            return Plan::Order(why);
         }
+        let renew_at = renew_at(&cached);
         if self.served.as_deref() != Some(cached.serial.as_str()) {
             match self.server.set_certificate(cached.chain, cached.key) {
                 Ok(not_after) => {
@@ -262,8 +263,6 @@ impl Renewer {
                 }
             }
         }
-        // Renewed when a third of its lifetime is left.
-        let renew_at = cached.not_after - (cached.not_after - cached.not_before) / 3;
         if now >= renew_at {
             return Plan::Order("a third of the certificate's lifetime is left");
         }
@@ -372,6 +371,23 @@ impl Renewer {
     }
 }
 
+/// Whether `cached` may be served at `now` for `domains`; else why a new one is ordered.
+fn usable(cached: &Cached, domains: &BTreeSet<String>, now: i64) -> Result<(), &'static str> {
+    if cached.names != *domains {
+        return Err("the cached certificate is for other domains");
+    }
+    if cached.not_after <= now {
+        return Err("the cached certificate has expired");
+    }
+    Ok(())
+}
+
+/// When `cached` is renewed (Unix seconds): once a third of its lifetime is left, as
+/// Let's Encrypt advises (30 days before the end of its 90).
+fn renew_at(cached: &Cached) -> i64 {
+    cached.not_after - (cached.not_after - cached.not_before) / 3
+}
+
 /// The delay before retry number `failures` (1 for the first): [`BACKOFF_INITIAL`] doubled
 /// per earlier failure, at most [`BACKOFF_MAX`].
 fn backoff(failures: u32) -> Duration {
@@ -390,6 +406,44 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY: i64 = 24 * 3600;
+
+    /// A certificate for `names`, valid from 2026-01-01 for 90 days, as the cache reads it.
+    fn cached(names: &[&str]) -> Cached {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|&n| n.to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 4, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        cache::parse(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes()).expect("parse")
+    }
+
+    #[test]
+    fn a_certificate_is_renewed_once_a_third_of_its_lifetime_is_left() {
+        let cert = cached(&["hooks.example.com", "pay.example.com"]);
+        let start = cert.not_before;
+        assert_eq!(cert.not_after - start, 90 * DAY);
+        assert_eq!(renew_at(&cert), start + 60 * DAY);
+        let domains: BTreeSet<String> = ["pay.example.com", "hooks.example.com"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(usable(&cert, &domains, start + 10 * DAY), Ok(()));
+        // In its last third it is still served while the new one is ordered.
+        assert_eq!(usable(&cert, &domains, start + 61 * DAY), Ok(()));
+        assert_eq!(
+            usable(&cert, &domains, start + 90 * DAY),
+            Err("the cached certificate has expired")
+        );
+        let fewer: BTreeSet<String> = std::iter::once("hooks.example.com".to_owned()).collect();
+        assert_eq!(
+            usable(&cert, &fewer, start + 10 * DAY),
+            Err("the cached certificate is for other domains")
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_ten_seconds_and_stops_at_an_hour() {
