@@ -143,7 +143,10 @@ pub(crate) fn start(
         orders: metrics.acme_orders.clone(),
         served: None,
     };
-    if let Plan::Order(why) = renewer.plan() {
+    // A cached certificate in its last third is served while the new one is ordered.
+    if let Plan::Order(why) = renewer.plan()
+        && renewer.served.is_none()
+    {
         tracing::warn!(
             why,
             domains = ?renewer.config.domains,
