@@ -19,6 +19,8 @@
 //!   what hookwall itself sends (Standard Webhooks).
 //! - `store`: the durable event store (SQLite, WAL, group commit): stored before answered.
 //! - `delivery`: the worker that takes stored events to the application (HTTP) or NATS.
+//! - `acme`: the HTTPS certificate from an ACME CA (`server.tls = "acme"`): the HTTP-01
+//!   listener, the cache of the account and certificate, ordering and renewal.
 //! - `watch`: asks for a reload when the config, allowlist or certificate files are edited.
 //! - `daemon`: `hookwall run`: the start order, reloads (what applies, what waits for a
 //!   restart), the stop order; `daemon::privileges`: what it keeps of root's privileges once
@@ -30,6 +32,7 @@
 //!
 //! The public surface is what the binary and the `hookwall-tests` crate use; the `bench`
 //! feature adds the hooks that crate's kernel tests and benchmarks need.
+pub(crate) mod acme;
 pub(crate) mod allowlist;
 pub mod build_info;
 pub mod cli;

@@ -39,6 +39,9 @@ pub struct ConfigSpec {
     pub server_listen: String,
     /// `server.tls_cert` and `server.tls_key`; without them, `tls = "self-signed"`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The keys of `[server.acme]`, as TOML lines; set, the config says `tls = "acme"` (and
+    /// [`ConfigSpec::tls`] is not written).
+    pub acme: Option<String>,
     /// `server.client_address`, as TOML (e.g. `{ proxy_protocol = true, trusted_proxies =
     /// ["192.0.2.10"] }`); unset: the default, the socket peer.
     pub client_address: Option<String>,
@@ -69,6 +72,7 @@ impl ConfigSpec {
             metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
             server_listen: format!("0.0.0.0:{PROTECTED_PORT}"),
             tls: None,
+            acme: None,
             client_address: None,
             limits: Vec::new(),
             store_path: dir.join("events.db"),
@@ -103,6 +107,9 @@ impl ConfigSpec {
         let _ = writeln!(s, "[server]");
         let _ = writeln!(s, "listen = {:?}", self.server_listen);
         match &self.tls {
+            _ if self.acme.is_some() => {
+                let _ = writeln!(s, "tls = \"acme\"");
+            }
             Some((cert, key)) => {
                 let _ = writeln!(s, "tls_cert = {:?}", path_text(cert));
                 let _ = writeln!(s, "tls_key = {:?}", path_text(key));
@@ -120,6 +127,11 @@ impl ConfigSpec {
             for (key, value) in &self.limits {
                 let _ = writeln!(s, "{key} = {value}");
             }
+        }
+        if let Some(acme) = &self.acme {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[server.acme]");
+            let _ = writeln!(s, "{}", acme.trim_end());
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "[metrics]");

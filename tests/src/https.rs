@@ -86,6 +86,12 @@ impl TestCa {
         )
     }
 
+    /// The CA's certificate, PEM.
+    #[must_use]
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// A client config that trusts this CA only, offering `alpn` and `versions`.
     ///
     /// # Panics
@@ -231,6 +237,43 @@ pub fn connect_tls(
     config: &Arc<ClientConfig>,
 ) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
     tls(src, dst, config)
+}
+
+/// A TLS connection from `src` to `dst` for the DNS name `name` (sent as SNI, and what the
+/// certificate must be valid for), handshake done; held open by the caller.
+///
+/// # Errors
+/// If the connection or the handshake fails (e.g. no certificate, or one not valid for
+/// `name`).
+pub fn connect_tls_named(
+    src: IpAddr,
+    dst: SocketAddr,
+    config: &Arc<ClientConfig>,
+    name: &str,
+) -> io::Result<StreamOwned<ClientConnection, std::net::TcpStream>> {
+    let tcp = connect_from(src, dst, Duration::from_secs(2), Duration::from_secs(15))?;
+    let name = ServerName::try_from(name.to_owned()).map_err(io::Error::other)?;
+    let conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// One `GET path` on an open connection, kept open (HTTP/1.1 keep-alive): the answer, read by
+/// its Content-Length.
+///
+/// # Errors
+/// If the write or the read fails, or the answer is not HTTP.
+pub fn get_keep_alive(
+    stream: &mut (impl Read + io::Write),
+    host: &str,
+    path: &str,
+) -> io::Result<Reply> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    stream.flush()?;
+    read_answer(stream)
 }
 
 /// A TLS handshake from `src` to `dst`: the negotiated ALPN protocol and TLS version.

@@ -14,6 +14,7 @@
 //! - [`users`]: a system user made for one test, for `daemon.run_as`.
 //! - [`monitoring`]: the dashboard, rule files and rule tests in `contrib/`, as the tests read
 //!   them.
+//! - [`pebble`]: a real ACME CA (`pebble`, with `pebble-challtestsrv` for DNS) in a namespace.
 //! - [`prometheus`]: a real Prometheus server in a namespace, queried over its HTTP API.
 pub mod app;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod model;
 pub mod monitoring;
 pub mod nats;
 pub mod netns;
+pub mod pebble;
 pub mod prometheus;
 pub mod users;
 

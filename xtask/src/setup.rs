@@ -38,13 +38,15 @@ pub const BPF_LINKER_FEATURE: &str = "llvm-22";
 /// curl an independent HTTP/2 client, nats-server the JetStream broker the delivery tests and
 /// `bench delivery` start and stop, prometheus `promtool` (the rule tests) and the server the
 /// dashboard test runs its queries against, systemd `systemd-analyze verify` (the unit files in
-/// contrib/systemd).
+/// contrib/systemd), pebble the ACME CA (and `pebble-challtestsrv`, its DNS server) the
+/// certificate tests order from (it installs no service).
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
     "nats-server",
     PROMETHEUS_PACKAGE,
     "systemd",
+    "pebble",
 ];
 /// The package of `prometheus` and `promtool`. It is installed without its Recommends (the node
 /// exporter and its collectors: more servers, none of them needed), with no service started

@@ -90,6 +90,22 @@ impl Config {
                 );
             }
             Tls::SelfSigned => row(out, "tls", "self-signed (for a first run only)"),
+            Tls::Acme(acme) => {
+                row(
+                    out,
+                    "tls",
+                    format_args!("acme: {} from {}", acme.domains.join(", "), acme.directory),
+                );
+                row(
+                    out,
+                    "acme http-01",
+                    format_args!(
+                        "{} (not protected by the filter); cache {}",
+                        acme.http_listen,
+                        acme.cache.display()
+                    ),
+                );
+            }
         }
         let list = |nets: &[IpNet]| {
             nets.iter()

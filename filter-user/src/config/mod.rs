@@ -49,6 +49,7 @@ use toml::de::DeTable;
 
 pub(crate) use check::human;
 pub use check::{
+    acme::{AcmeConfig, DEFAULT_ACME_CACHE, DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_HTTP_LISTEN},
     allow::AllowConfig,
     daemon::{DaemonConfig, RunAs},
     delivery::{

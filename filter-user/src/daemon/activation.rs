@@ -4,9 +4,10 @@
 //! The manager passes them as fds 3, 4, ... with `LISTEN_PID` (ours, else they are meant for
 //! another process and ignored), `LISTEN_FDS` (their count) and `LISTEN_FDNAMES` (a name each,
 //! the `.socket` unit's `FileDescriptorName=`). The names are `https` (the HTTPS listener,
-//! `server.listen`) and `metrics` (`metrics.listen`); `acme` is reserved for a plain-HTTP ACME
-//! listener this version does not have. Reading them (the `sd-notify` crate) marks them
-//! close-on-exec and removes the three variables, so no child inherits them.
+//! `server.listen`), `metrics` (`metrics.listen`) and `acme` (the plain-HTTP listener for ACME
+//! HTTP-01 challenges, `server.acme.http_listen`, only with `server.tls = "acme"`). Reading
+//! them (the `sd-notify` crate) marks them close-on-exec and removes the three variables, so
+//! no child inherits them.
 //!
 //! A handed socket must be a listening TCP socket on exactly the address the config names:
 //! the filter protects the configured port, so a socket unit and a config that disagree would
@@ -20,13 +21,13 @@ use std::{
 
 use socket2::{Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, Tls};
 
 /// The name of the HTTPS listener's socket (`FileDescriptorName=https`).
 pub const HTTPS: &str = "https";
 /// The name of the metrics listener's socket (`FileDescriptorName=metrics`).
 pub const METRICS: &str = "metrics";
-/// Reserved for a plain-HTTP ACME listener.
+/// The name of the ACME HTTP-01 listener's socket (`FileDescriptorName=acme`).
 pub const ACME: &str = "acme";
 
 /// Why the handed sockets cannot be used; each says what to change.
@@ -49,12 +50,14 @@ pub enum ActivationError {
     },
     #[error(
         "socket activation: fd {fd} has the unknown name \"{name}\"; set FileDescriptorName=https \
-         (HTTPS, server.listen) or FileDescriptorName=metrics (metrics.listen) in its .socket unit"
+         (HTTPS, server.listen), FileDescriptorName=metrics (metrics.listen) or \
+         FileDescriptorName=acme (server.acme.http_listen) in its .socket unit"
     )]
     UnknownName { fd: RawFd, name: String },
     #[error(
-        "socket activation: fd {fd} is named \"acme\", but no ACME listener is configured (this \
-         version has none); remove that socket from the service's Sockets="
+        "socket activation: fd {fd} is named \"acme\", but no ACME listener is configured \
+         (server.tls is not \"acme\", or the config has no [[route]]); remove that socket from \
+         the service's Sockets=, or set server.tls = \"acme\" with a [server.acme] table"
     )]
     AcmeNotConfigured { fd: RawFd },
     #[error(
@@ -96,6 +99,8 @@ pub struct Listeners {
     pub https: Option<TcpListener>,
     /// For the metrics listener (`metrics.listen`).
     pub metrics: Option<TcpListener>,
+    /// For the ACME HTTP-01 listener (`server.acme.http_listen`).
+    pub acme: Option<TcpListener>,
 }
 
 impl Handed {
@@ -128,15 +133,20 @@ impl Handed {
     /// See [`ActivationError`].
     pub fn listeners(self, config: &Config) -> Result<Listeners, ActivationError> {
         let https = (!config.routes.is_empty()).then_some(config.server.listen);
-        self.sort(https, config.metrics.listen)
+        let acme = match &config.server.tls {
+            Tls::Acme(acme) if https.is_some() => Some(acme.http_listen),
+            _ => None,
+        };
+        self.sort(https, config.metrics.listen, acme)
     }
 
-    /// [`Handed::listeners`] for an HTTPS listener on `https` (`None`: not served) and a metrics
-    /// listener on `metrics`.
+    /// [`Handed::listeners`] for an HTTPS listener on `https` (`None`: not served), a metrics
+    /// listener on `metrics` and an ACME HTTP-01 listener on `acme` (`None`: not configured).
     fn sort(
         self,
         https: Option<SocketAddr>,
         metrics: SocketAddr,
+        acme: Option<SocketAddr>,
     ) -> Result<Listeners, ActivationError> {
         let mut listeners = Listeners::default();
         for (fd, name) in self.0 {
@@ -149,10 +159,19 @@ impl Handed {
                     (&mut listeners.https, configured, "server.listen")
                 }
                 METRICS => (&mut listeners.metrics, metrics, "metrics.listen"),
-                ACME => return Err(ActivationError::AcmeNotConfigured { fd: raw }),
+                ACME => {
+                    let Some(configured) = acme else {
+                        return Err(ActivationError::AcmeNotConfigured { fd: raw });
+                    };
+                    (&mut listeners.acme, configured, "server.acme.http_listen")
+                }
                 _ => return Err(ActivationError::UnknownName { fd: raw, name }),
             };
-            let name: &'static str = if name == HTTPS { HTTPS } else { METRICS };
+            let name: &'static str = match name.as_str() {
+                HTTPS => HTTPS,
+                METRICS => METRICS,
+                _ => ACME,
+            };
             if let Some(first) = slot {
                 return Err(ActivationError::Duplicate {
                     name: name.to_owned(),
@@ -235,7 +254,7 @@ mod tests {
         let (https_fd, https) = listener();
         let (metrics_fd, metrics) = listener();
         let listeners = handed(vec![(metrics_fd, METRICS), (https_fd, HTTPS)])
-            .sort(Some(https), metrics)
+            .sort(Some(https), metrics, None)
             .expect("valid sockets");
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         assert_eq!(local(&listeners.https), Some(https));
@@ -245,7 +264,7 @@ mod tests {
     #[test]
     fn no_sockets_leaves_both_listeners_to_bind() {
         let listeners = Handed::default()
-            .sort(Some(other()), other())
+            .sort(Some(other()), other(), None)
             .expect("nothing handed");
         assert!(listeners.https.is_none() && listeners.metrics.is_none());
     }
@@ -254,7 +273,7 @@ mod tests {
     fn a_socket_on_another_address_names_both_and_the_fix() {
         let (fd, handed_at) = listener();
         let err = handed(vec![(fd, HTTPS)])
-            .sort(Some(other()), other())
+            .sort(Some(other()), other(), None)
             .expect_err("address differs")
             .to_string();
         assert!(err.contains(&handed_at.to_string()), "{err}");
@@ -263,7 +282,7 @@ mod tests {
 
         let (fd, handed_at) = listener();
         let err = handed(vec![(fd, METRICS)])
-            .sort(None, other())
+            .sort(None, other(), None)
             .expect_err("address differs")
             .to_string();
         assert!(err.contains(&handed_at.to_string()), "{err}");
@@ -274,7 +293,7 @@ mod tests {
     fn an_unknown_name_is_refused_with_the_known_ones() {
         let (fd, at) = listener();
         let err = handed(vec![(fd, "web")])
-            .sort(Some(at), other())
+            .sort(Some(at), other(), None)
             .expect_err("unknown name");
         assert!(matches!(&err, ActivationError::UnknownName { name, .. } if name == "web"));
         let err = err.to_string();
@@ -288,17 +307,39 @@ mod tests {
     fn an_acme_socket_is_refused_as_not_configured() {
         let (fd, at) = listener();
         let err = handed(vec![(fd, ACME)])
-            .sort(Some(at), other())
+            .sort(Some(at), other(), None)
             .expect_err("acme");
         assert!(matches!(err, ActivationError::AcmeNotConfigured { .. }));
         assert!(err.to_string().contains("no ACME listener is configured"));
     }
 
     #[test]
+    fn an_acme_socket_is_used_for_the_configured_http01_listener() {
+        let (fd, at) = listener();
+        let listeners = handed(vec![(fd, ACME)])
+            .sort(Some(other()), other(), Some(at))
+            .expect("acme configured");
+        let local = listeners.acme.as_ref().and_then(|l| l.local_addr().ok());
+        assert_eq!(local, Some(at));
+        assert!(listeners.https.is_none() && listeners.metrics.is_none());
+
+        let (fd, handed_at) = listener();
+        let err = handed(vec![(fd, ACME)])
+            .sort(Some(other()), other(), Some(other()))
+            .expect_err("address differs")
+            .to_string();
+        assert!(err.contains(&handed_at.to_string()), "{err}");
+        assert!(
+            err.contains("server.acme.http_listen is 127.0.0.1:9"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn an_https_socket_without_routes_is_refused() {
         let (fd, _) = listener();
         let err = handed(vec![(fd, HTTPS)])
-            .sort(None, other())
+            .sort(None, other(), None)
             .expect_err("no routes");
         assert!(matches!(err, ActivationError::NoHttpsListener { .. }));
         assert!(err.to_string().contains("no [[route]]"), "{err}");
@@ -309,7 +350,7 @@ mod tests {
         let (first, at) = listener();
         let (second, _) = listener();
         let err = handed(vec![(first, HTTPS), (second, HTTPS)])
-            .sort(Some(at), other())
+            .sort(Some(at), other(), None)
             .expect_err("duplicate");
         assert!(matches!(err, ActivationError::Duplicate { .. }), "{err}");
     }
@@ -335,7 +376,7 @@ mod tests {
         ];
         for (fd, why) in cases {
             let err = handed(vec![(fd, HTTPS)])
-                .sort(Some(at), other())
+                .sort(Some(at), other(), None)
                 .expect_err(why);
             assert!(
                 matches!(&err, ActivationError::NotListeningTcp { why: w, .. } if w.contains(why)),

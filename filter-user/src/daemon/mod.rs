@@ -83,6 +83,15 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     let metrics = Metrics::new(&pins);
     // Without routes there is nothing to serve: the listener would answer 404 to everything.
     let receiver = Receiver::open(&config, &metrics, listeners.https).await?;
+    // The HTTP-01 listener is bound (port 80) and the cache handed to the daemon's user now,
+    // while hookwall is still root.
+    let acme = match &config.server.tls {
+        config::Tls::Acme(acme) if receiver.is_some() => {
+            let owner = config.daemon.run_as.as_ref().map(|u| (u.uid, u.gid));
+            Some(crate::acme::Prepared::new(acme, owner, listeners.acme).await?)
+        }
+        _ => None,
+    };
     let mut filter = Filter::open(pins.clone())?;
     match filter.origin() {
         Origin::Fresh => tracing::info!(pin_path = %pins.root().display(), "loaded a new filter"),
@@ -131,7 +140,7 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     let retention = (config.store.retention, config.store.dedupe_window);
     drop(config);
     trim_heap();
-    let mut services = Services::start(receiver, retention, metrics_listener, &metrics);
+    let mut services = Services::start(receiver, retention, metrics_listener, &metrics, acme);
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
     let mut watcher = FileWatcher::new(reload_tx)?;
@@ -199,6 +208,7 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
         };
         notifier.reloaded(&status);
         watcher.watch(&in_force.applied.watched);
+        services.acme_recheck();
     };
     notifier.stopping("stopping; the filter stays in force");
     services.stop().await;

@@ -1,8 +1,9 @@
 //! What is in force, and the one place that decides what a reload applies: the allowlist,
 //! settings, interfaces and watched files at once (all or nothing); the certificate and routes
 //! right after (the receiver is told to apply them); `filter.pin_path` never (the reload is
-//! refused); `metrics.listen`, `[delivery]`, `server.listen`, `server.limits` and
-//! `daemon.run_as` at the next restart (a warning says so).
+//! refused); `metrics.listen`, `[delivery]`, `server.listen`, `server.limits`, a switch to or
+//! from `server.tls = "acme"`, `[server.acme]` and `daemon.run_as` at the next restart (a
+//! warning says so). With ACME, a reload makes the renewal read its cache again.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +16,7 @@ use filter_common::Settings;
 
 use super::trim_heap;
 use crate::{
-    config::{self, AttachMode, Config, DeliveryConfig, Limits, Mode, RunAs, Tls},
+    config::{self, AcmeConfig, AttachMode, Config, DeliveryConfig, Limits, Mode, RunAs, Tls},
     filter::{ApplyReport, Desired, Filter, LinkMode},
     metrics::Metrics,
     receiver::Server,
@@ -39,6 +40,8 @@ struct Started {
     delivery: Option<DeliveryConfig>,
     /// `server.listen` and `server.limits` when the receiver serves (the config has routes).
     receiver: Option<(SocketAddr, Limits)>,
+    /// `[server.acme]` when the receiver serves with `server.tls = "acme"`.
+    acme: Option<AcmeConfig>,
     /// `daemon.run_as`: the identity was taken once, after bring-up.
     run_as: Option<RunAs>,
 }
@@ -80,6 +83,7 @@ impl InForce {
                 metrics_listen: config.metrics.listen,
                 delivery: config.delivery.clone(),
                 receiver: serving.then_some((config.server.listen, config.server.limits)),
+                acme: acme_of(config).filter(|_| serving).cloned(),
                 run_as: config.daemon.run_as.clone(),
             },
             applied: Applied::from_config(config),
@@ -123,6 +127,12 @@ impl InForce {
             if config.server.limits != limits {
                 receiver.push("server.limits changed; they take effect when hookwall restarts");
             }
+            if acme_of(config) != self.started.acme.as_ref() {
+                receiver.push(
+                    "server.tls = \"acme\" or [server.acme] changed; the certificate's source \
+                     changes when hookwall restarts",
+                );
+            }
         }
         WaitingForRestart { daemon, receiver }
     }
@@ -158,6 +168,13 @@ pub(super) fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
         files.insert(absolute(key));
     }
     files
+}
+
+fn acme_of(config: &Config) -> Option<&AcmeConfig> {
+    match &config.server.tls {
+        Tls::Acme(acme) => Some(acme),
+        _ => None,
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {

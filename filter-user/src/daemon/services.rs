@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    acme,
     config::Config,
     delivery::{self, Worker},
     metrics::{self, Metrics},
@@ -70,17 +71,22 @@ pub(super) struct Services {
     server: Option<Arc<Server>>,
     /// The delivery worker, the queue gauges and the retention purge.
     upkeep: Vec<JoinHandle<()>>,
+    /// The ACME HTTP-01 listener and renewal (`server.tls = "acme"`).
+    acme: Option<acme::Running>,
     store: Option<Store>,
 }
 
 impl Services {
     /// Starts the upkeep tasks beside the store (`retention` is `store.retention` and
-    /// `store.dedupe_window`), the HTTPS server and the metrics listener.
+    /// `store.dedupe_window`), the HTTPS server, the metrics listener and, with `acme`, the
+    /// HTTP-01 listener and the certificate's renewal (a valid cached certificate is served
+    /// before this returns).
     pub(super) fn start(
         receiver: Option<Receiver>,
         retention: (Duration, Duration),
         metrics_listener: TcpListener,
         metrics: &Metrics,
+        acme: Option<acme::Prepared>,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let until_stopped = || {
@@ -90,7 +96,11 @@ impl Services {
             }
         };
         let (mut upkeep, mut server_task, mut server, mut store) = (Vec::new(), None, None, None);
+        let mut acme_running = None;
         if let Some(receiver) = receiver {
+            acme_running = acme.map(|prepared| {
+                acme::start(prepared, Arc::clone(&receiver.server), metrics, &stop_rx)
+            });
             upkeep = start_upkeep(
                 &receiver.store,
                 receiver.worker,
@@ -116,7 +126,16 @@ impl Services {
             server_task,
             server,
             upkeep,
+            acme: acme_running,
             store,
+        }
+    }
+
+    /// Has the ACME renewal read its cache again (after a reload): a removed certificate is
+    /// ordered anew.
+    pub(super) fn acme_recheck(&self) {
+        if let Some(acme) = &self.acme {
+            acme.recheck();
         }
     }
 
@@ -174,6 +193,9 @@ impl Services {
         let _ = self.stop.send(true);
         if let Some(task) = self.server_task {
             let _ = task.await;
+        }
+        if let Some(acme) = self.acme {
+            acme.join().await;
         }
         for task in self.upkeep {
             let _ = task.await;

@@ -8,7 +8,9 @@
 //! - **store** (when routes are configured): the store's writer thread runs and the last batch
 //!   it wrote committed ([`WriterHealth::check`]);
 //! - **https** (when routes are configured): the HTTPS listener is bound and its accept loop
-//!   runs (it stops at shutdown, before anything else).
+//!   runs (it stops at shutdown, before anything else);
+//! - **certificate** (with `server.tls = "acme"`): a certificate is served; until the first one
+//!   is issued (or read from the cache) every handshake is refused.
 
 use std::{
     net::SocketAddr,
@@ -42,6 +44,8 @@ pub struct Health {
     https: OnceLock<Https>,
     /// The served certificate's notAfter, in Unix seconds; [`NO_CERTIFICATE`] when none.
     not_after: AtomicI64,
+    /// Readiness waits for a certificate (ACME: none until the first is issued).
+    certificate_expected: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -71,6 +75,7 @@ impl Health {
             store: OnceLock::new(),
             https: OnceLock::new(),
             not_after: AtomicI64::new(NO_CERTIFICATE),
+            certificate_expected: AtomicBool::new(false),
         }
     }
 
@@ -119,6 +124,11 @@ impl Health {
         self.not_after.store(unix_seconds, Ordering::Relaxed);
     }
 
+    /// Makes readiness depend on a certificate being served (one comes later, from ACME).
+    pub fn expect_certificate(&self) {
+        self.certificate_expected.store(true, Ordering::Relaxed);
+    }
+
     /// The notAfter of the certificate being served, if any.
     pub(super) fn certificate_not_after(&self) -> Option<i64> {
         let at = self.not_after.load(Ordering::Relaxed);
@@ -151,6 +161,15 @@ impl Health {
                 "https: the listener on {} is not serving",
                 https.listen
             ));
+        }
+        if self.certificate_expected.load(Ordering::Relaxed)
+            && self.certificate_not_after().is_none()
+        {
+            lines.push(
+                "certificate: none yet (server.tls = \"acme\": the first is being ordered; TLS \
+                 handshakes are refused until it is issued)"
+                    .to_owned(),
+            );
         }
         lines
     }

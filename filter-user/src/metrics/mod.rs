@@ -101,6 +101,13 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// Labels of `hookwall_acme_orders_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrderLabels {
+    /// `issued` or `failed`.
+    pub result: &'static str,
+}
+
 /// Labels of `hookwall_delivery_queue_events`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -276,6 +283,9 @@ pub struct Metrics {
     pub store_size: Gauge<i64, AtomicI64>,
     /// The delivery worker's and the queue's metrics.
     pub delivery: DeliveryMetrics,
+    /// `hookwall_acme_orders_total{result}`: certificate orders by result (`server.tls =
+    /// "acme"`; the series exist only then).
+    pub acme_orders: Family<OrderLabels, PromCounter>,
     /// What `/readyz` and the scrape-time metrics read.
     health: Arc<Health>,
     /// Which per-route series exist.
@@ -365,6 +375,12 @@ impl Metrics {
             Unit::Bytes,
             store_size.clone(),
         );
+        let acme_orders = Family::<OrderLabels, PromCounter>::default();
+        registry.register(
+            "acme_orders",
+            "ACME certificate orders, by result (issued, failed)",
+            acme_orders.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "build_info",
@@ -396,6 +412,7 @@ impl Metrics {
             http_requests_in_flight,
             store_size,
             delivery,
+            acme_orders,
             health,
             routes: Arc::new(RouteIndex::default()),
         }

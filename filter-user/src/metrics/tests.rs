@@ -28,6 +28,9 @@ fn populated() -> Metrics {
         })
         .inc();
     m.set_prefixes(1, 1);
+    m.acme_orders
+        .get_or_create(&OrderLabels { result: "issued" })
+        .inc();
     m
 }
 

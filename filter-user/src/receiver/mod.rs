@@ -26,10 +26,13 @@
 //!    (`duplicate`); both get the provider's success answer; a store error gets 503, never a
 //!    false success. A route with `validation` asks the application instead and stores nothing.
 //!
-//! The certificate and the routes can be swapped while serving ([`Server::apply`]), without
-//! closing a connection. A graceful stop closes the listener, lets requests in flight finish and
-//! waits for their connections (at most [`SHUTDOWN_GRACE`]); a connection accepted but not yet
-//! sending has its first request served first (`conn::serve_until_stopped`).
+//! The certificate and the routes can be swapped while serving ([`Server::apply`]; an ACME
+//! certificate through [`Server::set_certificate`]), without closing a connection: each
+//! connection keeps the config its handshake used. With `server.tls = "acme"` and no
+//! certificate yet, every TLS handshake is refused. A graceful stop closes the listener, lets
+//! requests in flight finish and waits for their connections (at most [`SHUTDOWN_GRACE`]); a
+//! connection accepted but not yet sending has its first request served first
+//! (`conn::serve_until_stopped`).
 
 mod audit;
 mod budget;
@@ -177,6 +180,9 @@ pub struct Server {
     listen: SocketAddr,
     tls: ArcSwap<rustls::ServerConfig>,
     self_signed: SelfSigned,
+    /// Started with `server.tls = "acme"`: the certificate comes from the ACME task only, so a
+    /// reload leaves it alone.
+    acme: bool,
     app: Arc<App>,
 }
 
@@ -204,6 +210,7 @@ impl Server {
             (Vec::new(), Vec::new())
         };
         let served = tls::tls_config(&config.server.tls, &self_signed)?;
+        let acme = matches!(config.server.tls, Tls::Acme(_));
         metrics.health().watch_store(store.health());
         let app = App::new(config, store, metrics)?;
         let listener = match handed {
@@ -214,14 +221,24 @@ impl Server {
             })?,
         };
         app.metrics.health().https_bound(listen);
-        app.metrics
-            .health()
-            .set_certificate_not_after(served.not_after);
+        let tls = match served {
+            Some(served) => {
+                app.metrics
+                    .health()
+                    .set_certificate_not_after(served.not_after);
+                served.config
+            }
+            None => {
+                app.metrics.health().expect_certificate();
+                tls::no_certificate_yet()?
+            }
+        };
         Ok(Self {
             listener: std::sync::Mutex::new(Some(listener)),
             listen,
-            tls: ArcSwap::new(served.config),
+            tls: ArcSwap::new(tls),
             self_signed,
+            acme,
             app: Arc::new(app),
         })
     }
@@ -234,20 +251,53 @@ impl Server {
     /// # Errors
     /// If the certificate, key or a route secret cannot be read.
     pub fn apply(&self, config: &Config) -> anyhow::Result<()> {
-        let served = if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
+        let served = if self.acme || matches!(config.server.tls, Tls::Acme(_)) {
+            // The ACME task owns the certificate; a switch to or from ACME waits for a restart.
+            None
+        } else if config.server.tls == Tls::SelfSigned && self.self_signed.0.is_empty() {
             // Switching to self-signed while running: make one now.
             tls::tls_config(&config.server.tls, &tls::make_self_signed(self.listen)?)?
         } else {
             tls::tls_config(&config.server.tls, &self.self_signed)?
         };
         let routing = Routing::from_config(config)?;
-        self.tls.store(served.config);
         let metrics = &self.app.metrics;
-        metrics.health().set_certificate_not_after(served.not_after);
+        let certificate = served.is_some();
+        if let Some(served) = served {
+            self.tls.store(served.config);
+            metrics.health().set_certificate_not_after(served.not_after);
+        }
         register_route_series(metrics, &routing);
         self.app.routing.store(Arc::new(routing));
-        tracing::info!("HTTPS certificate and routes reloaded");
+        if certificate {
+            tracing::info!("HTTPS certificate and routes reloaded");
+        } else {
+            tracing::info!("HTTPS routes reloaded; the ACME task keeps the certificate");
+        }
         Ok(())
+    }
+
+    /// Serves `certs` (the leaf first) with `key` to new connections from now on; connections
+    /// open now keep the certificate their handshake used. Returns the leaf's notAfter (Unix
+    /// seconds).
+    ///
+    /// # Errors
+    /// If the leaf cannot be parsed or the key does not match it; the certificate in force
+    /// stays.
+    pub fn set_certificate(
+        &self,
+        certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> anyhow::Result<i64> {
+        let leaf = certs.first().context("the chain holds no certificate")?;
+        let not_after = tls::not_after(leaf)?;
+        let served = tls::served(certs, key, not_after)?;
+        self.tls.store(served.config);
+        self.app
+            .metrics
+            .health()
+            .set_certificate_not_after(served.not_after);
+        Ok(served.not_after)
     }
 
     /// Accepts connections until `shutdown` completes, then stops accepting, lets requests in

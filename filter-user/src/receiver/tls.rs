@@ -1,5 +1,6 @@
 //! TLS for the receiver: the rustls config (TLS 1.3 and 1.2, ALPN h2 then http/1.1), a
-//! self-signed certificate for a first run, and the process-wide crypto provider.
+//! self-signed certificate for a first run, the config that refuses every handshake while an
+//! ACME certificate is awaited, and the process-wide crypto provider.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -27,8 +28,10 @@ pub(crate) struct Served {
 
 /// Builds the rustls config for `tls`: TLS 1.3 and 1.2, ALPN h2 then http/1.1. For
 /// [`Tls::SelfSigned`], `self_signed` is the certificate made at start (kept across reloads).
-pub(crate) fn tls_config(tls: &Tls, self_signed: &SelfSigned) -> anyhow::Result<Served> {
+/// `None` for [`Tls::Acme`]: the certificate comes from the ACME task, not the config.
+pub(crate) fn tls_config(tls: &Tls, self_signed: &SelfSigned) -> anyhow::Result<Option<Served>> {
     let (certs, key) = match tls {
+        Tls::Acme(_) => return Ok(None),
         Tls::Files { cert, key } => {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(Iterator::collect::<Result<Vec<_>, _>>)
@@ -59,8 +62,17 @@ pub(crate) fn tls_config(tls: &Tls, self_signed: &SelfSigned) -> anyhow::Result<
             "reading the expiry of the first certificate in {} (server.tls_cert)",
             cert.display()
         ),
-        Tls::SelfSigned => "reading the expiry of the self-signed certificate".to_owned(),
+        _ => "reading the expiry of the self-signed certificate".to_owned(),
     })?;
+    served(certs, key, not_after).map(Some)
+}
+
+/// The config serving `certs` (the leaf first) with `key`; `not_after` is the leaf's.
+pub(crate) fn served(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    not_after: i64,
+) -> anyhow::Result<Served> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -75,8 +87,33 @@ pub(crate) fn tls_config(tls: &Tls, self_signed: &SelfSigned) -> anyhow::Result<
     })
 }
 
+/// A config with no certificate: every handshake fails (the client gets a TLS alert), so no
+/// client is ever served a certificate it was not meant to see while the first ACME
+/// certificate is awaited.
+pub(crate) fn no_certificate_yet() -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificateYet));
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct NoCertificateYet;
+
+impl rustls::server::ResolvesServerCert for NoCertificateYet {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+}
+
 /// The notAfter of `cert` (the leaf: the first of the chain), in Unix seconds.
-fn not_after(cert: &CertificateDer<'_>) -> anyhow::Result<i64> {
+pub(crate) fn not_after(cert: &CertificateDer<'_>) -> anyhow::Result<i64> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| anyhow::anyhow!("not a parsable X.509 certificate: {e}"))?;
     Ok(parsed.validity().not_after.timestamp())

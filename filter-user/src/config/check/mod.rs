@@ -2,6 +2,7 @@
 //! section shares (durations, integers, choices, addresses, URLs, secret references), and one
 //! file per section with its schema, defaults and checks.
 
+pub(crate) mod acme;
 pub(crate) mod allow;
 pub(crate) mod daemon;
 pub(crate) mod delivery;
@@ -78,6 +79,7 @@ pub(crate) const SCHEMA: &[&[Table]] = &[
     filter::TABLES,
     allow::TABLES,
     server::TABLES,
+    acme::TABLES,
     store::TABLES,
     metrics::TABLES,
     routes::TABLES,
@@ -195,6 +197,9 @@ impl Checker<'_> {
         let routes = self.routes(raw.route, signing);
         let daemon = self.daemon(raw.daemon);
         self.retention_outlasts_tolerance(store.as_ref(), &routes);
+        if let (Some(server), Some(filter)) = (&server, &filter) {
+            self.acme_port_unprotected(server, filter, metrics.as_ref());
+        }
         if !self.errors.is_empty() {
             return None;
         }

@@ -9,8 +9,8 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Checker, KeyPath, Table, parse_choice, serde_names, type_name};
-use crate::allowlist;
+use super::{Checker, KeyPath, Table, acme::RawAcme, parse_choice, serde_names, type_name};
+use crate::{allowlist, config::AcmeConfig};
 
 /// `server.listen` default: the public HTTPS port on every IPv4 address.
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 443);
@@ -68,6 +68,9 @@ pub enum Tls {
     },
     /// `server.tls = "self-signed"`: a certificate generated at start, for a first run only.
     SelfSigned,
+    /// `server.tls = "acme"`: ordered from an ACME CA as `[server.acme]` says, kept in its cache
+    /// and renewed by the daemon.
+    Acme(AcmeConfig),
 }
 
 /// `[server]`, resolved.
@@ -208,6 +211,7 @@ pub(crate) struct RawServer {
     tls: Option<String>,
     client_address: Option<toml::Value>,
     limits: RawLimits,
+    acme: Option<RawAcme>,
 }
 
 /// The keys of the table form of `server.client_address`. Read by hand from the TOML value (the
@@ -262,6 +266,7 @@ struct RawLimits {
 #[serde(rename_all = "kebab-case")]
 enum TlsKind {
     SelfSigned,
+    Acme,
 }
 
 /// The tables of this section in the schema.
@@ -292,7 +297,7 @@ pub(crate) const TABLES: &[Table] = &[
 impl Checker<'_> {
     pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
         let listen = self.socket_addr(&KeyPath::of("server.listen"), raw.listen, DEFAULT_LISTEN);
-        let tls = self.tls(raw.tls, raw.tls_cert, raw.tls_key);
+        let tls = self.tls(raw.tls, (raw.tls_cert, raw.tls_key), raw.acme);
         let client_address = self.client_address(raw.client_address);
         let limits = self.limits(raw.limits);
         Some(ServerConfig {
@@ -607,9 +612,22 @@ impl Checker<'_> {
     fn tls(
         &mut self,
         kind: Option<String>,
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
+        (cert, key): (Option<PathBuf>, Option<PathBuf>),
+        acme: Option<RawAcme>,
     ) -> Option<Tls> {
+        let tls_key = KeyPath::of("server.tls");
+        let kind = match kind {
+            None => None,
+            Some(kind) => Some(self.choice(&tls_key, Some(kind), TlsKind::SelfSigned)?),
+        };
+        if kind != Some(TlsKind::Acme) && acme.is_some() {
+            self.error(
+                &KeyPath::of("server.acme"),
+                "[server.acme] is only read with tls = \"acme\": add tls = \"acme\" to [server] \
+                 to order the certificate from the CA, or remove [server.acme]",
+            );
+            return None;
+        }
         let Some(kind) = kind else {
             let cert = cert.unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_CERT));
             let key = key.unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_KEY));
@@ -618,16 +636,34 @@ impl Checker<'_> {
                 key: self.beside_config(&key),
             });
         };
-        // Only one value exists; parsing still rejects (and suggests for) anything else.
-        self.choice(&KeyPath::of("server.tls"), Some(kind), TlsKind::SelfSigned)?;
         if cert.is_some() || key.is_some() {
+            let name = match kind {
+                TlsKind::SelfSigned => "self-signed",
+                TlsKind::Acme => "acme",
+            };
             self.error(
-                &KeyPath::of("server.tls"),
-                "tls = \"self-signed\" and tls_cert/tls_key both say where the certificate comes \
-                 from: keep the files and remove tls, or remove tls_cert and tls_key",
+                &tls_key,
+                format!(
+                    "tls = \"{name}\" and tls_cert/tls_key both say where the certificate comes \
+                     from: keep the files and remove tls, or remove tls_cert and tls_key"
+                ),
             );
             return None;
         }
-        Some(Tls::SelfSigned)
+        match kind {
+            TlsKind::SelfSigned => Some(Tls::SelfSigned),
+            TlsKind::Acme => {
+                let Some(acme) = acme else {
+                    self.error(
+                        &tls_key,
+                        "tls = \"acme\" needs a [server.acme] table naming the certificate's \
+                         domains, e.g. [server.acme] domains = [\"hooks.example.com\"] \
+                         contact = \"mailto:ops@example.com\"",
+                    );
+                    return None;
+                };
+                self.acme(acme).map(Tls::Acme)
+            }
+        }
     }
 }

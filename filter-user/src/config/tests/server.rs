@@ -140,3 +140,52 @@ fn metrics_may_share_the_port_or_the_address_but_not_both() {
         parse_ok(&text);
     }
 }
+
+#[test]
+fn an_acme_certificate_is_configured_with_its_defaults() {
+    let config = parse_ok(&lines(&[
+        "[server]",
+        "tls = \"acme\"",
+        "[server.acme]",
+        "domains = [\"Hooks.Example.com\", \"pay.example.com.\"]",
+    ]));
+    assert_eq!(
+        config.server.tls,
+        Tls::Acme(AcmeConfig {
+            domains: vec!["hooks.example.com".into(), "pay.example.com".into()],
+            contact: None,
+            directory: DEFAULT_ACME_DIRECTORY.into(),
+            directory_ca: None,
+            cache: DEFAULT_ACME_CACHE.into(),
+            http_listen: DEFAULT_ACME_HTTP_LISTEN,
+        })
+    );
+    let config = parse_ok(&lines(&[
+        "[server]",
+        "tls = \"acme\"",
+        "[server.acme]",
+        "domains = [\"hooks.example.com\"]",
+        "contact = \"mailto:ops@example.com\"",
+        "directory = \"https://acme.example.com/dir\"",
+        "directory_ca = \"test-ca.pem\"",
+        "cache = \"acme\"",
+        "http_listen = \"[::]:8080\"",
+    ]));
+    let Tls::Acme(acme) = &config.server.tls else {
+        panic!("not ACME: {:?}", config.server.tls)
+    };
+    assert_eq!(acme.contact.as_deref(), Some("mailto:ops@example.com"));
+    assert_eq!(acme.directory, "https://acme.example.com/dir");
+    assert_eq!(
+        acme.directory_ca.as_deref(),
+        Some(Path::new("/etc/hookwall/test-ca.pem"))
+    );
+    assert_eq!(acme.cache, Path::new("/etc/hookwall/acme"));
+    assert_eq!(acme.http_listen, "[::]:8080".parse().unwrap());
+    let check = config.render_check();
+    assert!(
+        check.contains("acme: hooks.example.com from https://acme.example.com/dir")
+            && check.contains("[::]:8080 (not protected by the filter)"),
+        "{check}"
+    );
+}

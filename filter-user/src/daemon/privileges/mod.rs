@@ -32,7 +32,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 use self::threads::{Creds, Ids};
 use super::reload::watched_files;
 use crate::{
-    config::{Config, RunAs, SecretRef},
+    config::{Config, RunAs, SecretRef, Tls},
     filter::Pins,
 };
 
@@ -325,6 +325,16 @@ fn needs(config: &Config) -> BTreeMap<PathBuf, Need> {
             // Credentials are not here: the start reads them, as root, and they are kept
             // (`config::secret`): systemd never rewrites them while the unit runs.
         }
+    }
+    if let Tls::Acme(acme) = &config.server.tls
+        && let Some(ca) = &acme.directory_ca
+    {
+        Need::add(
+            &mut needs,
+            ca.clone(),
+            read,
+            "server.acme.directory_ca, read at each ACME order".to_owned(),
+        );
     }
     let store = &config.store.path;
     let dir = match store.parent() {

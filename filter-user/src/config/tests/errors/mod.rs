@@ -7,9 +7,11 @@ use std::path::Path;
 use super::{FILE, HTTP_DELIVERY, MPESA_ROUTE, host, http_delivery, lines};
 use crate::config::{ConfigError, ConfigErrors, parse_with};
 
+mod acme;
 mod delivery;
 mod routes;
 
+use acme::acme_cases;
 use delivery::{delivery_cases, validation_cases};
 use routes::route_cases;
 
@@ -736,6 +738,7 @@ fn cases() -> Vec<Case> {
         filter_cases(),
         allow_cases(),
         server_cases(),
+        acme_cases(),
         store_and_duration_cases(),
         delivery_cases(),
         validation_cases(),
