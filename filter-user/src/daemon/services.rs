@@ -23,6 +23,11 @@ pub(super) struct Receiver {
 }
 
 impl Receiver {
+    /// The HTTPS server, bound and not yet serving.
+    pub(super) fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// The store, the bound HTTPS server, the delivery worker (if `[delivery]`) and the store
     /// reader for the queue gauges; `None` when the config has no routes (nothing to serve).
     /// `handed` is the HTTPS socket the service manager holds, if it handed one.
@@ -75,12 +80,15 @@ pub(super) struct Services {
 
 impl Services {
     /// Starts the upkeep tasks beside the store (`retention` is `store.retention` and
-    /// `store.dedupe_window`), the HTTPS server and the metrics listener.
+    /// `store.dedupe_window`), the HTTPS server and the metrics listener. The delivery worker
+    /// starts once `may_deliver` completes: after an in-place upgrade, when the previous process
+    /// has exited, so that one process at a time delivers.
     pub(super) fn start(
         receiver: Option<Receiver>,
         retention: (Duration, Duration),
         metrics_listener: TcpListener,
         metrics: &Metrics,
+        may_deliver: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let until_stopped = || {
@@ -98,6 +106,7 @@ impl Services {
                 retention,
                 metrics,
                 &stop_rx,
+                may_deliver,
             );
             let serving = Arc::clone(&receiver.server);
             let shutdown = until_stopped();
@@ -200,6 +209,7 @@ fn start_upkeep(
     (retention, dedupe_window): (Duration, Duration),
     metrics: &Metrics,
     stop: &watch::Receiver<bool>,
+    may_deliver: impl Future<Output = ()> + Send + 'static,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(delivery::watch_queue(
@@ -216,8 +226,16 @@ fn start_upkeep(
     )));
     match worker {
         Some(worker) => {
-            tracing::info!(sink = worker.sink_label(), "delivering stored events");
-            tasks.push(tokio::spawn(worker.run(stop.clone())));
+            let mut stopped = stop.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = may_deliver => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                tracing::info!(sink = worker.sink_label(), "delivering stored events");
+                worker.run(stop).await;
+            }));
         }
         None => tracing::warn!(
             "no [delivery] in the config: events are stored only (`hookwall queue list` shows them)"

@@ -240,6 +240,21 @@ impl Server {
         Ok(())
     }
 
+    /// A duplicate of the listening socket, for a successor process to serve on; `None` once
+    /// serving has begun (call it before [`Server::serve`]).
+    ///
+    /// # Errors
+    /// If the fd cannot be duplicated.
+    pub fn try_clone_listener(&self) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd as _;
+        self.listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|listener| listener.as_fd().try_clone_to_owned())
+            .transpose()
+    }
+
     /// Accepts connections until `shutdown` completes, then stops accepting, lets requests in
     /// flight finish (at most [`SHUTDOWN_GRACE`]) and returns.
     ///
