@@ -427,3 +427,101 @@ fn replace_with_script(bin: &Path, script: &str) {
     fs::set_permissions(&next, fs::Permissions::from_mode(0o755)).expect("chmod");
     fs::rename(&next, bin).expect("renaming the script into place");
 }
+
+#[test]
+fn a_reload_applies_new_limits_and_delivery_settings_without_a_restart() {
+    // Only the SIGHUPs below reload (the daemon watches a symlink's directory, not the file).
+    let mut lab = finish(
+        Lab::delivery("hw-upgrade-", APP_PORT, DELIVERY_SECRET, |_| {}).with_symlinked_config(),
+    );
+    lab.app().up();
+    // Every delivery of this event is answered 503: retried, up to delivery.max_attempts (25).
+    lab.app().set_status_for("RELOADED01", 503);
+    let mut daemon = lab.start();
+    let pid = daemon.pid();
+    let post = |id: &str| {
+        let src = std::net::IpAddr::V4(hookwall_tests::netns::ALLOWED_V4);
+        lab.post(
+            src,
+            &load_path(),
+            &[("Content-Type", "application/json")],
+            &load::confirmation(id),
+        )
+    };
+    assert_eq!(post("RELOADED00").status, 200);
+    assert_eq!(post("RELOADED01").status, 200);
+    poll_until(
+        Duration::from_secs(10),
+        || lab.row("RELOADED01").attempts >= 2,
+        || format!("the 503 event is retried: {:?}", lab.row("RELOADED01")),
+    );
+    let retried = lab.row("RELOADED01");
+    assert_eq!(retried.state.as_str(), "pending", "{retried:?}");
+
+    // A body limit below the confirmation's size, and a single attempt per event.
+    lab.spec.limits.push(("body_limit_bytes".to_owned(), 64));
+    lab.spec
+        .delivery
+        .as_mut()
+        .expect("a delivery lab")
+        .max_attempts = 1;
+    lab.write_config();
+    let reloads = daemon.reloads("success");
+    daemon.hup();
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "success")],
+        Duration::from_secs(10),
+        |v| v > reloads,
+    );
+
+    let refused = {
+        let src = std::net::IpAddr::V4(hookwall_tests::netns::ALLOWED_V4);
+        lab.post(
+            src,
+            &load_path(),
+            &[("Content-Type", "application/json")],
+            &load::confirmation("RELOADED02"),
+        )
+    };
+    assert_eq!(
+        refused.status,
+        413,
+        "the new body limit applies: {}",
+        refused.text()
+    );
+    // The next failed attempt is the last one now: dead well before the 25 attempts of before.
+    poll_until(
+        Duration::from_secs(10),
+        || lab.row("RELOADED01").state.as_str() == "dead",
+        || {
+            format!(
+                "the event goes dead under max_attempts = 1: {:?}",
+                lab.row("RELOADED01")
+            )
+        },
+    );
+    assert!(
+        lab.row("RELOADED01").attempts < 25,
+        "{:?}",
+        lab.row("RELOADED01")
+    );
+    assert_eq!(lab.row("RELOADED00").state.as_str(), "delivered");
+    assert_eq!(daemon.pid(), pid);
+    assert!(
+        daemon.try_wait().is_none(),
+        "no restart; log:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("server.limits reloaded") && log.contains("[delivery] reloaded"),
+        "log:\n{log}"
+    );
+    assert!(
+        !log.contains("takes effect when hookwall restarts"),
+        "log:\n{log}"
+    );
+    let status = daemon.term();
+    assert!(status.success(), "{status}");
+}

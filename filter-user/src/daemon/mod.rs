@@ -45,6 +45,9 @@ use crate::{
     watch::FileWatcher,
 };
 
+/// An upgrade under way: the successor started, not yet ready.
+type Upgrading<'a> = Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + 'a>>;
+
 /// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
@@ -184,8 +187,7 @@ pub async fn run(
         ticks
     });
 
-    let mut upgrading: Option<Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + '_>>> =
-        None;
+    let mut upgrading: Option<Upgrading<'_>> = None;
     let mut successor = None;
     let outcome: anyhow::Result<()> = loop {
         let trigger = tokio::select! {
@@ -260,21 +262,55 @@ pub async fn run(
             services.server(),
             trigger,
         );
+        let reloaded = match reloaded {
+            Reloaded::Yes {
+                receiver_kept,
+                delivery: Some(delivery),
+            } => {
+                let delivery_kept = match services
+                    .replace_delivery(delivery.as_ref().as_ref(), &metrics)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!("[delivery] reloaded");
+                        in_force.set_delivery(*delivery);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!("{e:#}; the previous [delivery] stays in force");
+                        true
+                    }
+                };
+                (
+                    Reloaded::Yes {
+                        receiver_kept,
+                        delivery: None,
+                    },
+                    delivery_kept,
+                )
+            }
+            other => (other, false),
+        };
         let in_force_now = in_force.status(filter.prefix_counts());
         let status = match reloaded {
-            Reloaded::Yes {
-                receiver_kept: false,
-            } => format!("reloaded; {in_force_now}"),
-            Reloaded::Yes {
-                receiver_kept: true,
-            } => format!(
-                "reloaded, except the HTTPS certificate and routes, which were refused (the \
-                 previous ones stay in force); {in_force_now}"
-            ),
-            Reloaded::Refused(why) => {
+            (Reloaded::Yes { receiver_kept, .. }, delivery_kept)
+                if receiver_kept || delivery_kept =>
+            {
+                let kept = match (receiver_kept, delivery_kept) {
+                    (true, true) => "the HTTPS certificate and routes, and [delivery]",
+                    (true, false) => "the HTTPS certificate and routes",
+                    _ => "[delivery]",
+                };
+                format!(
+                    "reloaded, except {kept}, which were refused (the previous ones stay in \
+                     force); {in_force_now}"
+                )
+            }
+            (Reloaded::Yes { .. }, _) => format!("reloaded; {in_force_now}"),
+            (Reloaded::Refused(why), _) => {
                 format!("reload refused: {why}; the previous config stays in force; {in_force_now}")
             }
-            Reloaded::Detached => break Ok(()),
+            (Reloaded::Detached, _) => break Ok(()),
         };
         notifier.reloaded(&status);
         watcher.watch(&in_force.applied.watched);

@@ -144,10 +144,7 @@ impl Upgrader {
         let helper = unsafe { AsyncFd::register(helper) }
             .map_err(|e| UpgradeError::Helper(io::Error::from(e)))?;
         // A report of an earlier successor that ended late is of no interest now.
-        while let Some(Ok(Some(_))) = tokio::time::timeout(Duration::ZERO, recv(&helper))
-            .await
-            .ok()
-        {}
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::ZERO, recv(&helper)).await {}
         let (ours, theirs) = UnixStream::pair().map_err(UpgradeError::Helper)?;
         let names: Vec<&str> = self.listeners.iter().map(|(name, _)| *name).collect();
         let mut fds: Vec<RawFd> = self
