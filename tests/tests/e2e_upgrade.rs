@@ -525,3 +525,73 @@ fn a_reload_applies_new_limits_and_delivery_settings_without_a_restart() {
     let status = daemon.term();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn under_a_service_manager_the_successor_becomes_the_main_process() {
+    let lab = finish(Lab::https("hw-upgrade-"));
+    // The test plays systemd's notify socket.
+    let path = lab.dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).expect("binding the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let mut old = lab.spawn_with(|cmd| {
+        cmd.env("NOTIFY_SOCKET", &path);
+    });
+    old.wait_ready(Duration::from_secs(15));
+    let mut messages: Vec<String> = Vec::new();
+    receive_until(&notify, &mut messages, "the first daemon's READY=1", |m| {
+        m.iter().any(|m| m.contains("READY=1"))
+    });
+    assert!(
+        messages[0].contains(&format!("MAINPID={}", old.pid())),
+        "{messages:?}"
+    );
+    messages.clear();
+
+    old.signal(libc::SIGUSR2);
+    let status = old
+        .wait_exit(HANDOVER)
+        .unwrap_or_else(|| panic!("the old daemon hands over; log:\n{}", old.log()));
+    assert!(status.success(), "{status}; log:\n{}", old.log());
+    let (pid, _) = recorded(&lab);
+    let new = Successor::new(pid.expect("the successor records its PID"));
+    let main_pid = format!("MAINPID={}\n", new.pid);
+    receive_until(
+        &notify,
+        &mut messages,
+        "the successor's READY=1 and the old process's MAINPID=",
+        |m| {
+            m.iter()
+                .any(|m| m.contains("READY=1") && m.contains(&main_pid))
+                && m.iter()
+                    .any(|m| m.contains(&main_pid) && m.contains("upgraded: PID"))
+        },
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("STOPPING=1")),
+        "the service is not stopping, it changed its main process: {messages:?}"
+    );
+    // The successor goes on notifying the manager: its stop is announced there.
+    new.term();
+    receive_until(&notify, &mut messages, "the successor's STOPPING=1", |m| {
+        m.iter().any(|m| m.contains("STOPPING=1"))
+    });
+}
+
+/// Receives notifications into `messages` until `done` holds of them (at most 10 s).
+fn receive_until(
+    notify: &std::os::unix::net::UnixDatagram,
+    messages: &mut Vec<String>,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !done(messages) {
+        assert!(Instant::now() < deadline, "{what}: {messages:?}");
+        if let Ok(n) = notify.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
