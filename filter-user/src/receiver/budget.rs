@@ -179,6 +179,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_budgets_whose_limits_did_not_change() {
+        let limits = Limits::default();
+        let first = Budgets::new(limits);
+        let held = Arc::clone(&first.in_flight)
+            .try_acquire_owned()
+            .expect("a place");
+
+        let mut more = limits;
+        more.max_in_flight += 1;
+        let next = first.next(more);
+        assert!(!Arc::ptr_eq(&first.in_flight, &next.in_flight));
+        assert_eq!(next.in_flight.available_permits(), more.max_in_flight);
+        assert!(Arc::ptr_eq(&first.limiter, &next.limiter));
+        assert!(Arc::ptr_eq(&first.connections, &next.connections));
+        assert!(Arc::ptr_eq(
+            &first.in_flight_per_client,
+            &next.in_flight_per_client
+        ));
+        // The place taken before the reload is given back to the budget it came from.
+        drop(held);
+        assert_eq!(first.in_flight.available_permits(), limits.max_in_flight);
+
+        let mut keyed = limits;
+        keyed.ipv6_prefix = 56;
+        let next = first.next(keyed);
+        assert!(!Arc::ptr_eq(&first.limiter, &next.limiter));
+        assert!(!Arc::ptr_eq(
+            &first.connections_per_client,
+            &next.connections_per_client
+        ));
+        assert!(Arc::ptr_eq(&first.in_flight, &next.in_flight));
+    }
+
+    #[test]
     fn ipv6_is_keyed_by_its_prefix_and_ipv4_by_its_address() {
         assert_eq!(
             client_key(ip("2001:db8:1:2:aaaa::1"), 64),
