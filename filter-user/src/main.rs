@@ -65,6 +65,19 @@ enum Command {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Upgrade the running daemon in place: it starts the binary now at its path, hands it its
+    /// listening sockets and exits once that one serves (SIGUSR2 does the same).
+    #[command(after_help = exit::help(exit::UPGRADE))]
+    Upgrade {
+        /// The daemon's PID, instead of the one the pinned filter records.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long to wait for the hand-over, e.g. "60s".
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
     /// Print the built-in provider address lists with their sources.
     #[command(after_help = exit::help(exit::PRINTS))]
     Presets,
@@ -231,11 +244,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             // SAFETY: no other thread exists yet (logging starts none; the runtime comes next),
             // so removing the LISTEN_* variables races with nothing.
             let handed = unsafe { daemon::Handed::take_from_env() }?;
+            // SAFETY: as above.
+            let handover = unsafe { daemon::Handover::take_from_env() }
+                .context("reading the hand-over socket of an in-place upgrade")?;
+            // SAFETY: still one thread, and root's privileges: the helper that starts a
+            // successor on SIGUSR2 is forked now (daemon/upgrade).
+            let upgrader = unsafe { daemon::Upgrader::start_helper() };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(daemon::run(&config, handed))?;
+            runtime.block_on(daemon::run(&config, handed, handover, upgrader))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {
@@ -269,6 +288,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { pins } => {
             cli::detach::main(&pins.pins()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Upgrade { pid, timeout, pins } => {
+            let pins = pins.pins()?;
+            let new = cli::upgrade::main(&pins, pid, timeout)?;
+            println!("upgraded: PID {new} serves now");
             Ok(ExitCode::SUCCESS)
         }
         Command::Presets => {

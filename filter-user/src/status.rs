@@ -126,6 +126,7 @@ pub fn read(pins: &Pins) -> Result<Status, StatusError> {
 }
 
 /// Whether `pid` is a live process named hookwall (a recycled PID of another program is not).
-fn process_is_hookwall(pid: u32) -> bool {
+#[must_use]
+pub fn process_is_hookwall(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "hookwall")
 }

@@ -319,6 +319,27 @@ impl Daemon {
         Self::spawn_command(ns, (cmd, entry), metrics, dir)
     }
 
+    /// [`Daemon::spawn`] running the binary at `bin` instead of [`hookwall_bin`] (a copy the
+    /// test may replace, as a package upgrade does).
+    ///
+    /// # Panics
+    /// If it cannot be spawned.
+    #[must_use]
+    pub fn spawn_binary(
+        ns: &NetNs,
+        bin: &Path,
+        config: &Path,
+        metrics: SocketAddr,
+        dir: &Path,
+    ) -> Self {
+        let entry = NsEntry::new(ns);
+        let mut cmd = Command::new(bin);
+        clean_env(&mut cmd);
+        cmd.args(["run", "-c", config.to_str().expect("UTF-8 config path")]);
+        entry.apply(&mut cmd);
+        Self::spawn_command(ns, (cmd, entry), metrics, dir)
+    }
+
     /// [`Daemon::spawn`] as a service manager starts a socket-activated service: `socket` (a
     /// listening socket the test holds) becomes the daemon's fd 3, with `LISTEN_FDS=1`,
     /// `LISTEN_FDNAMES=name` and `LISTEN_PID` its PID. The PID is known only in the child and

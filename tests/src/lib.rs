@@ -11,6 +11,7 @@
 //! - [`app`]: the application hookwall delivers to (checks signatures, records receipts).
 //! - [`nats`]: a real `nats-server` with JetStream in a namespace, and a reader of its streams.
 //! - [`lab`]: one end-to-end test's world (namespaces, pins, config, certificate, application).
+//! - [`load`]: a continuous client posting distinct confirmations, for restarts and upgrades.
 //! - [`users`]: a system user made for one test, for `daemon.run_as`.
 //! - [`monitoring`]: the dashboard, rule files and rule tests in `contrib/`, as the tests read
 //!   them.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod frames;
 pub mod https;
 pub mod lab;
+pub mod load;
 pub mod model;
 pub mod monitoring;
 pub mod nats;

@@ -19,7 +19,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -28,6 +27,7 @@ use hookwall_tests::{
     daemon::Daemon,
     https::request,
     lab::Lab,
+    load::{self, Tally, confirmation},
     netns::{ALLOWED_V4, PROTECTED_PORT, srv_addr},
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -35,12 +35,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 const MPESA: &str = "/mpesa/c2b/confirmation";
 const TOKEN: &str = "tok3n-Rs7tPq2Lm9Xw4Kd1Vb6Nz0Hf5Jc8";
 const JSON: (&str, &str) = ("Content-Type", "application/json");
-const C2B_CONFIRMATION: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/fixtures/daraja/c2b_confirmation.json"
-));
-/// The fixture's TransID, replaced by a distinct one per request.
-const FIXTURE_TRANS_ID: &str = "RKTQDM7W6S";
 /// How long the load runs before, between and after the restarts.
 const STEADY: Duration = Duration::from_millis(300);
 /// Pause between two requests of the load.
@@ -103,70 +97,6 @@ fn spawn_activated(lab: &Lab, socket: &OwnedFd, name: &str) -> Daemon {
     )
 }
 
-/// What the load saw.
-#[derive(Debug, Default)]
-struct Tally {
-    attempted: usize,
-    /// The TransIDs answered 200.
-    acknowledged: Vec<String>,
-    /// Connections refused (nothing listening).
-    refused: usize,
-    /// Every other failure: an error after connecting, or a status other than 200.
-    failed: Vec<String>,
-}
-
-impl Tally {
-    fn figures(&self, path: &str) -> String {
-        format!(
-            "{path}: attempted {}, acknowledged {}, refused {}, failed {}",
-            self.attempted,
-            self.acknowledged.len(),
-            self.refused,
-            self.failed.len()
-        )
-    }
-}
-
-/// A confirmation with its own TransID.
-fn confirmation(trans_id: &str) -> Vec<u8> {
-    assert!(C2B_CONFIRMATION.contains(FIXTURE_TRANS_ID));
-    C2B_CONFIRMATION
-        .replace(FIXTURE_TRANS_ID, trans_id)
-        .into_bytes()
-}
-
-/// Posts confirmations one after another, each on a new TLS connection, until `stop`.
-fn start_load(lab: &Lab, tag: &'static str, stop: &Arc<AtomicBool>) -> JoinHandle<Tally> {
-    let src = IpAddr::V4(ALLOWED_V4);
-    let dst = srv_addr(src, PROTECTED_PORT);
-    let client = Arc::clone(lab.client());
-    let stop = Arc::clone(stop);
-    let path = format!("{MPESA}/{TOKEN}");
-    lab.net.cli.spawn(move || {
-        let mut tally = Tally::default();
-        while !stop.load(Ordering::Relaxed) {
-            tally.attempted += 1;
-            let id = format!("{tag}{:07}", tally.attempted);
-            match request(
-                src,
-                dst,
-                &client,
-                "POST",
-                &path,
-                &[JSON],
-                &confirmation(&id),
-            ) {
-                Ok(reply) if reply.status == 200 => tally.acknowledged.push(id),
-                Ok(reply) => tally.failed.push(format!("{id}: status {}", reply.status)),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => tally.refused += 1,
-                Err(e) => tally.failed.push(format!("{id}: {e}")),
-            }
-            std::thread::sleep(PACE);
-        }
-        tally
-    })
-}
-
 /// Runs the load while `daemon` is stopped with SIGTERM and `start` starts the next one, twice.
 /// Between the exit and the next start a probe connects; returns the load's tally and whether
 /// each probe got its 200 (`Ok`) or why not.
@@ -177,7 +107,7 @@ fn restart_twice_under_load(
     start: impl Fn() -> Daemon,
 ) -> (Tally, Vec<io::Result<u16>>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(lab, tag, &stop);
+    let load = load::start(lab, format!("{MPESA}/{TOKEN}"), tag, PACE, &stop);
     std::thread::sleep(STEADY);
     let mut probes = Vec::new();
     for round in 0..2 {

@@ -82,6 +82,17 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// A duplicate of the HTTP-01 listening socket, for a successor process to serve on.
+    ///
+    /// # Errors
+    /// If the fd cannot be duplicated.
+    pub(crate) fn try_clone_listener(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        self.listener.as_fd().try_clone_to_owned()
+    }
+}
+
 /// The running ACME tasks: the HTTP-01 listener and the renewal loop.
 pub(crate) struct Running {
     recheck: Arc<Notify>,

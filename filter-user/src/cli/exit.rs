@@ -83,6 +83,21 @@ pub const DETACH: &[Code] = &[
     USAGE,
 ];
 
+/// `hookwall upgrade`.
+pub const UPGRADE: &[Code] = &[
+    (
+        0,
+        "the daemon handed over to its successor: the old process has exited and the new one \
+         serves",
+    ),
+    (
+        1,
+        "no running daemon was found, it could not be signalled, or the hand-over did not \
+         complete in time (the old daemon keeps serving; its log says why)",
+    ),
+    USAGE,
+];
+
 /// `hookwall presets`, `completions` and `manpages`: they print or write only.
 pub const PRINTS: &[Code] = &[
     (0, "printed or written"),
@@ -111,6 +126,7 @@ pub fn of(path: &[&str]) -> &'static [Code] {
         Some("status") => STATUS,
         Some("detach") => DETACH,
         Some("queue") => QUEUE,
+        Some("upgrade") => UPGRADE,
         Some(_) => PRINTS,
     }
 }

@@ -10,3 +10,4 @@ pub mod pins;
 pub mod presets;
 pub mod queue;
 pub mod status;
+pub mod upgrade;

@@ -1,5 +1,6 @@
 //! Socket activation (`sd_listen_fds(3)`): listening sockets the service manager holds across
-//! restarts and hands to each new `hookwall run`, so a restart never closes the port.
+//! restarts and hands to each new `hookwall run`, so a restart never closes the port. An
+//! in-place upgrade (`upgrade`) hands the running daemon's sockets to its successor the same way.
 //!
 //! The manager passes them as fds 3, 4, ... with `LISTEN_PID` (ours, else they are meant for
 //! another process and ignored), `LISTEN_FDS` (their count) and `LISTEN_FDNAMES` (a name each,
@@ -193,7 +194,13 @@ impl Handed {
                     configured: wanted,
                 });
             }
-            tracing::info!(name, listen = %handed, fd = raw, "using the socket the service manager holds");
+            tracing::info!(
+                name,
+                listen = %handed,
+                fd = raw,
+                "using the socket handed over (by the service manager, or the previous process \
+                 of an in-place upgrade)"
+            );
             *slot = Some(listener);
         }
         Ok(listeners)

@@ -7,15 +7,17 @@
 //! leaves the filter half-changed. What a reload applies and what waits for a restart is decided
 //! in `reload`; the services and their stop order are in `services`; what the daemon keeps of
 //! root's privileges once the filter is in force, and the user it becomes, in `privileges`; the
-//! listening sockets a service manager hands over (socket activation) in `activation`.
+//! listening sockets a service manager hands over (socket activation) in `activation`; the
+//! in-place upgrade (SIGUSR2) in `upgrade`.
 
 mod activation;
 mod notify;
 mod privileges;
 mod reload;
 mod services;
+mod upgrade;
 
-use std::{path::Path, time::Duration};
+use std::{os::fd::AsFd as _, path::Path, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -26,12 +28,14 @@ use tokio::{
 pub use self::{
     activation::{ActivationError, Handed},
     reload::desired,
+    upgrade::{Handover, READY_TIMEOUT, UpgradeError, Upgrader},
 };
 use self::{
     notify::Notifier,
     privileges::PrivilegeDrop,
     reload::{InForce, Reloaded},
     services::{Receiver, Services},
+    upgrade::Successor,
 };
 use crate::{
     config,
@@ -41,20 +45,32 @@ use crate::{
     watch::FileWatcher,
 };
 
+/// An upgrade under way: the successor started, not yet ready.
+type Upgrading<'a> = Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + 'a>>;
+
 /// Quiet time after a file event before reloading, so an editor's burst of writes is one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT, or until a successor started on SIGUSR2 serves.
 ///
-/// `handed` are the listening sockets a service manager passed ([`Handed::take_from_env`]);
-/// the listeners they do not cover are bound here.
+/// `handed` are the listening sockets a service manager (or a predecessor) passed
+/// ([`Handed::take_from_env`]); the listeners they do not cover are bound here. `handover` is
+/// the predecessor's hand-over socket when this start is an in-place upgrade; `upgrader` starts
+/// this process's successor on SIGUSR2.
 ///
 /// # Errors
 /// If the config is invalid at start, a handed socket does not fit it, or the filter cannot be
 /// loaded, attached or fed.
-pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
-    // Handlers first: a SIGHUP's default action would end a daemon still starting up.
+pub async fn run(
+    config_path: &Path,
+    handed: Handed,
+    handover: Handover,
+    mut upgrader: Upgrader,
+) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP's (or SIGUSR2's) default action would end a daemon still starting
+    // up.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Connected before anything else, while the daemon can still reach any socket path.
@@ -137,10 +153,45 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     // least of all the HTTPS server.
     privileges.apply(&pins)?;
 
+    // What a successor is handed, by name; each is this process's own duplicate, so the
+    // sockets stay open for it whatever the services do with theirs.
+    if let Some(receiver) = &receiver
+        && let Some(https) = receiver
+            .server()
+            .try_clone_listener()
+            .context("duplicating the HTTPS listener for upgrades")?
+    {
+        upgrader.hand_over(activation::HTTPS, https);
+    }
+    upgrader.hand_over(
+        activation::METRICS,
+        metrics_listener
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the metrics listener for upgrades")?,
+    );
+    if let Some(acme) = &acme {
+        upgrader.hand_over(
+            activation::ACME,
+            acme.try_clone_listener()
+                .context("duplicating the ACME HTTP-01 listener for upgrades")?,
+        );
+    }
+
     let retention = (config.store.retention, config.store.dedupe_window);
     drop(config);
     trim_heap();
-    let mut services = Services::start(receiver, retention, metrics_listener, &metrics, acme);
+    let may_deliver = handover
+        .predecessor_gone()
+        .context("watching the previous process's hand-over socket")?;
+    let mut services = Services::start(
+        receiver,
+        retention,
+        metrics_listener,
+        &metrics,
+        acme,
+        may_deliver,
+    );
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
     let mut watcher = FileWatcher::new(reload_tx)?;
@@ -149,15 +200,61 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     // The listeners were bound before the filter was attached and their tasks now accept: a
     // client the manager lets in after this is served.
     notifier.ready(&in_force.status(filter.prefix_counts()));
+    if handover.is_upgrade() {
+        handover.ready();
+        tracing::info!(
+            "took over from the previous process; the delivery worker starts once it has exited"
+        );
+    }
     let mut watchdog = notifier.watchdog_period().map(|period| {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks
     });
 
+    let mut upgrading: Option<Upgrading<'_>> = None;
+    let mut successor = None;
     let outcome: anyhow::Result<()> = loop {
         let trigger = tokio::select! {
             _ = hup.recv() => "SIGHUP",
+            _ = usr2.recv() => {
+                if upgrading.is_some() {
+                    tracing::warn!("SIGUSR2: an upgrade is already under way");
+                } else {
+                    tracing::info!(
+                        ready_timeout = ?READY_TIMEOUT,
+                        "SIGUSR2: upgrading in place: starting the successor"
+                    );
+                    upgrading = Some(Box::pin(upgrader.upgrade()));
+                }
+                continue;
+            }
+            Some(upgraded) = async { match upgrading.as_mut() {
+                Some(upgrade) => Some(upgrade.await),
+                None => std::future::pending().await,
+            } } => {
+                upgrading = None;
+                match upgraded {
+                    Ok(ready) => {
+                        metrics.record_upgrade(true);
+                        tracing::info!(
+                            pid = ready.pid,
+                            "upgrade: the successor is ready; stopping this process"
+                        );
+                        successor = Some(ready);
+                        break Ok(());
+                    }
+                    Err(e) => {
+                        metrics.record_upgrade(false);
+                        tracing::error!("upgrade failed: {e}; this process keeps serving");
+                        // The successor may have recorded itself as the daemon before it failed.
+                        if let Err(e) = filter.set_daemon_pid(std::process::id()) {
+                            tracing::warn!("recording this PID in the pinned META map again: {e}");
+                        }
+                        continue;
+                    }
+                }
+            }
             Some(t) = reload_rx.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while reload_rx.try_recv().is_ok() {}
@@ -190,26 +287,74 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
             services.server(),
             trigger,
         );
+        let reloaded = match reloaded {
+            Reloaded::Yes {
+                receiver_kept,
+                delivery: Some(delivery),
+            } => {
+                let delivery_kept = match services
+                    .replace_delivery(delivery.as_ref().as_ref(), &metrics)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!("[delivery] reloaded");
+                        in_force.set_delivery(*delivery);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!("{e:#}; the previous [delivery] stays in force");
+                        true
+                    }
+                };
+                (
+                    Reloaded::Yes {
+                        receiver_kept,
+                        delivery: None,
+                    },
+                    delivery_kept,
+                )
+            }
+            other => (other, false),
+        };
         let in_force_now = in_force.status(filter.prefix_counts());
         let status = match reloaded {
-            Reloaded::Yes {
-                receiver_kept: false,
-            } => format!("reloaded; {in_force_now}"),
-            Reloaded::Yes {
-                receiver_kept: true,
-            } => format!(
-                "reloaded, except the HTTPS certificate and routes, which were refused (the \
-                 previous ones stay in force); {in_force_now}"
-            ),
-            Reloaded::Refused(why) => {
+            (Reloaded::Yes { receiver_kept, .. }, delivery_kept)
+                if receiver_kept || delivery_kept =>
+            {
+                let kept = match (receiver_kept, delivery_kept) {
+                    (true, true) => "the HTTPS certificate and routes, and [delivery]",
+                    (true, false) => "the HTTPS certificate and routes",
+                    _ => "[delivery]",
+                };
+                format!(
+                    "reloaded, except {kept}, which were refused (the previous ones stay in \
+                     force); {in_force_now}"
+                )
+            }
+            (Reloaded::Yes { .. }, _) => format!("reloaded; {in_force_now}"),
+            (Reloaded::Refused(why), _) => {
                 format!("reload refused: {why}; the previous config stays in force; {in_force_now}")
             }
-            Reloaded::Detached => break Ok(()),
+            (Reloaded::Detached, _) => break Ok(()),
         };
         notifier.reloaded(&status);
         watcher.watch(&in_force.applied.watched);
         services.acme_recheck();
     };
+    // An upgrade abandoned by this stop ends its successor (see `upgrade`).
+    drop(upgrading);
+    if let Some(successor) = successor {
+        notifier.handed_over(successor.pid);
+        services.stop().await;
+        tracing::info!(
+            pid = successor.pid,
+            "stopped; PID {} serves now and delivers from here on",
+            successor.pid
+        );
+        // Closing the hand-over socket, last, is what starts the successor's delivery worker.
+        drop(successor);
+        return outcome;
+    }
     notifier.stopping("stopping; the filter stays in force");
     services.stop().await;
     tracing::info!("stopped; the filter stays in force (`hookwall detach` removes it)");

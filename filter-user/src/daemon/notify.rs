@@ -5,7 +5,8 @@
 //!   and the listeners are bound and serving;
 //! - `RELOADING=1` with `MONOTONIC_USEC=` before a reload, then `READY=1` with a `STATUS=`
 //!   saying how it went (also when it was refused);
-//! - `STOPPING=1` when the stop begins;
+//! - `STOPPING=1` when the stop begins, or `MAINPID=` of the successor when it stops after an
+//!   in-place upgrade (`upgrade`);
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC`, from the daemon's main loop (see
 //!   [`Notifier::watchdog_period`]).
 //!
@@ -110,6 +111,15 @@ impl Notifier {
     /// The stop begins.
     pub(super) fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+    }
+
+    /// An upgrade succeeded: `pid` is the service's main process from now on. Sent while this
+    /// process is still the main one, so that a manager accepting only the main process's
+    /// notifications (`NotifyAccess=main`) takes it; the successor's own `READY=1` and
+    /// `MAINPID=` follow or precede it and say the same.
+    pub(super) fn handed_over(&self, pid: u32) {
+        let status = format!("upgraded: PID {pid} serves now");
+        self.send(&[NotifyState::MainPid(pid), NotifyState::Status(&status)]);
     }
 
     /// The daemon's main loop is alive.

@@ -1,9 +1,11 @@
 //! What is in force, and the one place that decides what a reload applies: the allowlist,
 //! settings, interfaces and watched files at once (all or nothing); the certificate and routes
 //! right after (the receiver is told to apply them); `filter.pin_path` never (the reload is
-//! refused); `metrics.listen`, `[delivery]`, `server.listen`, `server.limits`, a switch to or
+//! refused); `server.limits` and `[delivery]` right after too (the receiver swaps its budgets,
+//! the daemon replaces its delivery worker); `metrics.listen`, `server.listen`, a switch to or
 //! from `server.tls = "acme"`, `[server.acme]` and `daemon.run_as` at the next restart (a
-//! warning says so). With ACME, a reload makes the renewal read its cache again.
+//! warning says so): they are a bound socket, a certificate source set up at start and an
+//! identity given up at start. With ACME, a reload makes the renewal read its cache again.
 
 use std::{
     collections::BTreeSet,
@@ -36,9 +38,10 @@ pub(super) struct InForce {
 /// The parts of the config read once, at start.
 struct Started {
     metrics_listen: SocketAddr,
-    /// `[delivery]` as started.
+    /// `[delivery]` in force: as started, or as the last reload that changed it applied it.
     delivery: Option<DeliveryConfig>,
-    /// `server.listen` and `server.limits` when the receiver serves (the config has routes).
+    /// `server.listen` and the `server.limits` in force when the receiver serves (the config
+    /// has routes).
     receiver: Option<(SocketAddr, Limits)>,
     /// `[server.acme]` when the receiver serves with `server.tls = "acme"`.
     acme: Option<AcmeConfig>,
@@ -90,6 +93,11 @@ impl InForce {
         }
     }
 
+    /// Records that the delivery worker now runs with `delivery`.
+    pub(super) fn set_delivery(&mut self, delivery: Option<DeliveryConfig>) {
+        self.started.delivery = delivery;
+    }
+
     /// What is in force, in a line: the service manager's `STATUS=`. `(v4, v6)` are the prefix
     /// counts in the maps.
     pub(super) fn status(&self, (v4, v6): (usize, usize)) -> String {
@@ -113,19 +121,13 @@ impl InForce {
         if config.metrics.listen != self.started.metrics_listen {
             daemon.push("metrics.listen changed; it takes effect when hookwall restarts");
         }
-        if config.delivery != self.started.delivery {
-            daemon.push("[delivery] changed; it takes effect when hookwall restarts");
-        }
         if config.daemon.run_as != self.started.run_as {
             daemon.push("daemon.run_as changed; it takes effect when hookwall restarts");
         }
         let mut receiver = Vec::new();
-        if let Some((listen, limits)) = self.started.receiver {
+        if let Some((listen, _)) = self.started.receiver {
             if config.server.listen != listen {
                 receiver.push("server.listen changed; it takes effect when hookwall restarts");
-            }
-            if config.server.limits != limits {
-                receiver.push("server.limits changed; they take effect when hookwall restarts");
             }
             if acme_of(config) != self.started.acme.as_ref() {
                 receiver.push(
@@ -201,8 +203,12 @@ pub(super) fn bring_up(
 /// What a reload came to.
 pub(super) enum Reloaded {
     /// The filter part is applied; `receiver_kept` when the certificate or routes were not, and
-    /// the previous ones stay in force.
-    Yes { receiver_kept: bool },
+    /// the previous ones stay in force; `delivery` is the new `[delivery]` when it changed (the
+    /// caller replaces the worker, then [`InForce::set_delivery`]).
+    Yes {
+        receiver_kept: bool,
+        delivery: Option<Box<Option<DeliveryConfig>>>,
+    },
     /// Nothing changed, for this reason.
     Refused(&'static str),
     /// The pinned program is gone: the daemon stops.
@@ -247,6 +253,8 @@ pub(super) fn reload(
         tracing::warn!("{change}");
     }
     let next = Applied::from_config(&config);
+    let delivery =
+        (config.delivery != in_force.started.delivery).then(|| Box::new(config.delivery.clone()));
     // The certificate and routes are read now, while the config is at hand; they are swapped in
     // only if the filter part succeeds below.
     let server_reload = server.map(|server| (server, config.clone()));
@@ -282,6 +290,12 @@ pub(super) fn reload(
                 for change in &waiting.receiver {
                     tracing::warn!("{change}");
                 }
+                if let Some((listen, limits)) = in_force.started.receiver
+                    && config.server.limits != limits
+                {
+                    server.apply_limits(config.server.limits);
+                    in_force.started.receiver = Some((listen, config.server.limits));
+                }
                 if let Err(e) = server.apply(&config) {
                     tracing::error!(
                         "reloading the HTTPS certificate or routes failed: {e:#}; the previous \
@@ -291,7 +305,10 @@ pub(super) fn reload(
                 }
             }
             trim_heap();
-            Reloaded::Yes { receiver_kept }
+            Reloaded::Yes {
+                receiver_kept,
+                delivery,
+            }
         }
         Err(e) => {
             tracing::error!("applying the new config failed: {e:#}; restoring the previous one");
@@ -317,22 +334,25 @@ mod tests {
     use crate::config::tests::parse_ok;
 
     #[test]
-    fn a_changed_per_client_limit_waits_for_a_restart() {
+    fn limits_and_delivery_are_reloaded_and_the_listeners_wait_for_a_restart() {
         let config = parse_ok("");
         let in_force = InForce::from_config(&config, true);
         assert!(in_force.waiting_for_restart(&config).receiver.is_empty());
-        let changes: [fn(&mut crate::config::Limits); 3] = [
-            |l| l.max_in_flight_per_client = 1,
-            |l| l.max_connections_per_client = 1,
-            |l| l.ipv6_prefix = 56,
-        ];
-        for change in changes {
-            let mut changed = config.clone();
-            change(&mut changed.server.limits);
-            assert_eq!(
-                in_force.waiting_for_restart(&changed).receiver,
-                ["server.limits changed; they take effect when hookwall restarts"]
-            );
-        }
+        let mut changed = config.clone();
+        changed.server.limits.max_in_flight_per_client = 1;
+        changed.server.limits.ipv6_prefix = 56;
+        let waiting = in_force.waiting_for_restart(&changed);
+        assert!(waiting.receiver.is_empty() && waiting.daemon.is_empty());
+        changed.server.listen = "127.0.0.1:9443".parse().expect("address");
+        changed.metrics.listen = "127.0.0.1:9185".parse().expect("address");
+        let waiting = in_force.waiting_for_restart(&changed);
+        assert_eq!(
+            waiting.receiver,
+            ["server.listen changed; it takes effect when hookwall restarts"]
+        );
+        assert_eq!(
+            waiting.daemon,
+            ["metrics.listen changed; it takes effect when hookwall restarts"]
+        );
     }
 }

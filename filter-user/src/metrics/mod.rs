@@ -40,7 +40,7 @@ pub use self::{
 };
 use crate::filter::Pins;
 
-/// Labels of `hookwall_config_reloads_total`.
+/// Labels of `hookwall_config_reloads_total` and `hookwall_upgrades_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `success` or `failure`.
@@ -256,6 +256,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     /// `hookwall_config_reloads_total{result}`.
     pub reloads: Family<ReloadLabels, PromCounter>,
+    /// `hookwall_upgrades_total{result}`.
+    pub upgrades: Family<ReloadLabels, PromCounter>,
     /// `hookwall_allowlist_prefixes{family}`.
     pub prefixes: Family<FamilyLabels, Gauge<i64, AtomicI64>>,
     /// `hookwall_config_last_reload_success_timestamp_seconds`.
@@ -299,6 +301,12 @@ impl Metrics {
     pub fn new(pins: &Pins) -> Self {
         let mut registry = Registry::with_prefix("hookwall");
         let reloads = Family::<ReloadLabels, PromCounter>::default();
+        let upgrades = Family::<ReloadLabels, PromCounter>::default();
+        registry.register(
+            "upgrades",
+            "In-place upgrades (SIGUSR2) tried by this process, by result",
+            upgrades.clone(),
+        );
         let prefixes = Family::<FamilyLabels, Gauge<i64, AtomicI64>>::default();
         let last_reload_success = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -366,6 +374,7 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
+            let _ = upgrades.get_or_create(&ReloadLabels { result });
         }
         let delivery = DeliveryMetrics::register(&mut registry);
         let store_size = Gauge::<i64, AtomicI64>::default();
@@ -402,6 +411,7 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             reloads,
+            upgrades,
             prefixes,
             last_reload_success,
             http_requests,
@@ -534,6 +544,12 @@ impl Metrics {
         if success {
             self.mark_loaded();
         }
+    }
+
+    /// Counts one in-place upgrade that succeeded or failed.
+    pub fn record_upgrade(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.upgrades.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The Prometheus text exposition of every metric (OpenMetrics text format).

@@ -40,6 +40,8 @@ pub(super) struct Shared {
     /// timeout applies from the first byte after the handshake.
     pub(super) http1: auto::Builder<TokioExecutor>,
     pub(super) http2: auto::Builder<TokioExecutor>,
+    /// `server.limits.header_timeout` when the connection was admitted.
+    pub(super) header_timeout: Duration,
 }
 
 /// Serves one accepted connection until it ends; `permit` holds its place under
@@ -113,7 +115,7 @@ pub(super) async fn serve(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let builder = if h2 { &shared.http2 } else { &shared.http1 };
     let io = Tracked::new(tls);
-    let header_timeout = shared.app.limits.header_timeout;
+    let header_timeout = shared.header_timeout;
     if h2 {
         io.close_when_idle(Arc::clone(&activity), header_timeout);
     }
@@ -122,7 +124,7 @@ pub(super) async fn serve(
     drop(watcher);
     if let Err(e) = ended {
         if is_header_timeout(&*e) {
-            answer_header_timeout(&shared.app, peer, client, io).await;
+            answer_header_timeout(&shared, peer, client, io).await;
         } else {
             tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
         }
@@ -430,7 +432,7 @@ fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 /// After a header timeout: 408 (outcome `timeout`, reason `header_timeout`, route `none`) if
 /// part of a request arrived, then close.
 async fn answer_header_timeout<T: AsyncWrite + Unpin>(
-    app: &App,
+    shared: &Shared,
     peer: SocketAddr,
     client: IpAddr,
     io: Tracked<T>,
@@ -452,7 +454,7 @@ async fn answer_header_timeout<T: AsyncWrite + Unpin>(
         tracing::debug!(%peer, "could not write 408 after the header timeout");
     }
     Audit::default().record(
-        &app.metrics,
+        &shared.app.metrics,
         &Answered {
             time,
             peer,
@@ -460,7 +462,7 @@ async fn answer_header_timeout<T: AsyncWrite + Unpin>(
             outcome: Outcome::Timeout,
             reason: "header_timeout",
             status: 408,
-            latency: app.limits.header_timeout,
+            latency: shared.header_timeout,
         },
     );
 }

@@ -10,7 +10,8 @@
 //!    closed before TLS). A trusted proxy that names no usable client leaves it unknown;
 //! 2. per-client rate limit (429 with `Retry-After`) and the caps on requests in flight, for
 //!    everyone and per client (503); a client is an IPv4 address or an IPv6 prefix
-//!    (`budget::client_key`); the limits are `[server.limits]` ([`Limits`]), read at start.
+//!    (`budget::client_key`); the limits are `[server.limits]` ([`Limits`]), which a reload
+//!    replaces ([`Server::apply_limits`]);
 //! 3. the route by path (404, the same answer for every unknown path); `mpesa` routes take
 //!    `{path}/{token}`;
 //! 4. a route with `allow`, and an `mpesa` route without it: the client address must be known
@@ -51,7 +52,6 @@ mod tests;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    num::NonZeroU32,
     sync::Arc,
     time::Duration,
 };
@@ -59,16 +59,16 @@ use std::{
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use axum::Router;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::DefaultKeyedRateLimiter;
 use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use self::{audit::Outcome, tls::install_crypto_provider};
-use self::{routing::Routing, tls::SelfSigned};
+use self::{budget::Budgets, routing::Routing, tls::SelfSigned};
 use crate::{
     config::{Config, Limits, Tls},
     metrics::{HttpLabels, Metrics, RefusalLabels, Series},
@@ -91,12 +91,8 @@ pub struct App {
     routing: ArcSwap<Routing>,
     store: StoreHandle,
     metrics: Metrics,
-    /// Keyed by [`budget::client_key`].
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    in_flight: Semaphore,
-    in_flight_per_client: Arc<budget::PerClient>,
-    /// The limits in force (read at start).
-    limits: Limits,
+    /// The limits in force and the budgets they size.
+    budgets: ArcSwap<Budgets>,
 }
 
 impl App {
@@ -108,18 +104,11 @@ impl App {
     pub fn new(config: &Config, store: StoreHandle, metrics: Metrics) -> anyhow::Result<Self> {
         let routing = Routing::from_config(config)?;
         register_route_series(&metrics, &routing);
-        let limits = config.server.limits;
-        let quota =
-            Quota::per_second(NonZeroU32::new(limits.rate_per_second).unwrap_or(NonZeroU32::MIN))
-                .allow_burst(NonZeroU32::new(limits.rate_burst).unwrap_or(NonZeroU32::MIN));
         Ok(Self {
             routing: ArcSwap::from_pointee(routing),
             store,
             metrics,
-            limiter: RateLimiter::keyed(quota),
-            in_flight: Semaphore::new(limits.max_in_flight),
-            in_flight_per_client: budget::PerClient::new(limits.max_in_flight_per_client),
-            limits,
+            budgets: ArcSwap::from_pointee(Budgets::new(config.server.limits)),
         })
     }
 }
@@ -300,6 +289,29 @@ impl Server {
         Ok(served.not_after)
     }
 
+    /// A duplicate of the listening socket, for a successor process to serve on; `None` once
+    /// serving has begun (call it before [`Server::serve`]).
+    ///
+    /// # Errors
+    /// If the fd cannot be duplicated.
+    pub fn try_clone_listener(&self) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd as _;
+        self.listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|listener| listener.as_fd().try_clone_to_owned())
+            .transpose()
+    }
+
+    /// Puts `limits` in force for the connections and requests admitted from now on (see
+    /// `budget::Budgets::next`).
+    pub fn apply_limits(&self, limits: Limits) {
+        let next = self.app.budgets.load().next(limits);
+        self.app.budgets.store(Arc::new(next));
+        tracing::info!("server.limits reloaded");
+    }
+
     /// Accepts connections until `shutdown` completes, then stops accepting, lets requests in
     /// flight finish (at most [`SHUTDOWN_GRACE`]) and returns.
     ///
@@ -316,20 +328,8 @@ impl Server {
         // Ready until the accept loop ends, whichever way it ends.
         let _serving = self.app.metrics.health().https_serving();
         let graceful = GracefulShutdown::new();
-        let limits = self.app.limits;
-        let connections = Arc::new(Semaphore::new(limits.max_connections));
-        let connections_per_client = budget::PerClient::new(limits.max_connections_per_client);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
-        let shared = Arc::new(conn::Shared {
-            app: Arc::clone(&self.app),
-            router: router(Arc::clone(&self.app)),
-            http1: builder.clone().http1_only(),
-            http2: builder.http2_only(),
-        });
+        let mut budgets = self.app.budgets.load_full();
+        let mut shared = self.shared(&budgets);
         // What a connection's shutdown waits for; see `conn::serve_until_stopped`.
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
@@ -339,7 +339,7 @@ impl Server {
             let (tcp, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 _ = cleanup.tick() => {
-                    forget_idle_clients(&self.app.limiter);
+                    forget_idle_clients(&self.app.budgets.load().limiter);
                     continue;
                 }
                 accepted = listener.accept() => match accepted {
@@ -352,7 +352,13 @@ impl Server {
                     }
                 },
             };
-            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            // Limits a reload changed apply from the next connection on.
+            let now = self.app.budgets.load_full();
+            if !Arc::ptr_eq(&now, &budgets) {
+                budgets = now;
+                shared = self.shared(&budgets);
+            }
+            let Ok(permit) = Arc::clone(&budgets.connections).try_acquire_owned() else {
                 tracing::debug!(%peer, "connection cap reached; closing a new connection");
                 drop(tcp);
                 continue;
@@ -365,8 +371,8 @@ impl Server {
             ) {
                 None
             } else {
-                let key = budget::client_key(peer.ip(), limits.ipv6_prefix);
-                let Some(held) = connections_per_client.try_acquire(key) else {
+                let key = budget::client_key(peer.ip(), budgets.limits.ipv6_prefix);
+                let Some(held) = budgets.connections_per_client.try_acquire(key) else {
                     tracing::debug!(
                         %peer,
                         "per-client connection cap reached; closing a new connection"
@@ -403,6 +409,24 @@ impl Server {
             tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
         }
         Ok(())
+    }
+}
+
+impl Server {
+    /// What the connections admitted under `budgets` are served with.
+    fn shared(&self, budgets: &Budgets) -> Arc<conn::Shared> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(budgets.limits.header_timeout);
+        Arc::new(conn::Shared {
+            app: Arc::clone(&self.app),
+            router: router(Arc::clone(&self.app)),
+            http1: builder.clone().http1_only(),
+            http2: builder.http2_only(),
+            header_timeout: budgets.limits.header_timeout,
+        })
     }
 }
 

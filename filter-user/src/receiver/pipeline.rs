@@ -18,17 +18,17 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 use governor::clock::Clock as _;
-use tokio::sync::SemaphorePermit;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     App, Peer,
     audit::{Answered, Audit, Outcome},
-    budget::{ClientPermit, client_key},
+    budget::{Budgets, ClientPermit, client_key},
     client::{Client, ProxiedClient, client_addr},
     routing::{Route, Routing, Sources},
 };
 use crate::{
-    config::VerifyKind,
+    config::{Limits, VerifyKind},
     metrics::{RouteLabels, ValidationLabels},
     store::{HashedBody, Inserted, NewEvent, unix_ms},
     verify::{self, Refusal},
@@ -175,9 +175,11 @@ async fn process(
     body: &mut Option<Body>,
     audit: &mut Audit,
 ) -> Result<Accepted, Rejection> {
-    let key = client_key(client.addr(), app.limits.ipv6_prefix);
-    rate_limit(app, key)?;
-    let _in_flight = in_flight(app, key)?;
+    // The limits in force when the request arrived, for all of it.
+    let budgets = app.budgets.load_full();
+    let key = client_key(client.addr(), budgets.limits.ipv6_prefix);
+    rate_limit(&budgets, key)?;
+    let _in_flight = in_flight(&budgets, key)?;
     let (route, token) = routing
         .find(parts.uri.path())
         .ok_or_else(|| Rejection::new(Outcome::NotFound, StatusCode::NOT_FOUND))?;
@@ -199,9 +201,9 @@ async fn process(
     }
     // Before the body: a caller without the path token or a signature header costs no read.
     route.verifier.precheck_token(token)?;
-    declared_length(app, &parts.headers)?;
+    declared_length(&budgets.limits, &parts.headers)?;
     route.verifier.precheck_headers(&parts.headers)?;
-    let body = read_body(app, body.take().unwrap_or_default()).await?;
+    let body = read_body(&budgets.limits, body.take().unwrap_or_default()).await?;
     // Without a copy when the collected body owns its buffer (one chunk, not shared).
     let body = HashedBody::new(Vec::from(body));
     audit.body_sha256 = Some(body.sha256_hex().to_owned());
@@ -291,8 +293,8 @@ fn check_source(sources: &Sources, client: Client) -> Result<(), Rejection> {
 
 /// The client's rate (`client` is its [`client_key`]): 429 with the seconds until its next
 /// request would pass.
-fn rate_limit(app: &App, client: IpAddr) -> Result<(), Rejection> {
-    app.limiter.check_key(&client).map_err(|not_until| {
+fn rate_limit(budgets: &Budgets, client: IpAddr) -> Result<(), Rejection> {
+    budgets.limiter.check_key(&client).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         Rejection::new(Outcome::RateLimited, StatusCode::TOO_MANY_REQUESTS)
@@ -303,7 +305,10 @@ fn rate_limit(app: &App, client: IpAddr) -> Result<(), Rejection> {
 /// A place among `server.limits.max_in_flight_per_client` for the client keyed `client`, then
 /// among `max_in_flight`, both held until the request is answered. The client's own cap comes
 /// first, so that a client over it never takes a place from the others.
-fn in_flight(app: &App, client: IpAddr) -> Result<(ClientPermit, SemaphorePermit<'_>), Rejection> {
+fn in_flight(
+    budgets: &Budgets,
+    client: IpAddr,
+) -> Result<(ClientPermit, OwnedSemaphorePermit), Rejection> {
     // Deliberately not queued: a provider retries a 503, and a queue would only hold its
     // connection open longer.
     let overloaded = |reason| {
@@ -311,24 +316,23 @@ fn in_flight(app: &App, client: IpAddr) -> Result<(ClientPermit, SemaphorePermit
             .because(reason)
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     };
-    let own = app
+    let own = budgets
         .in_flight_per_client
         .try_acquire(client)
         .ok_or_else(|| overloaded("max_in_flight_per_client"))?;
-    let all = app
-        .in_flight
-        .try_acquire()
+    let all = Arc::clone(&budgets.in_flight)
+        .try_acquire_owned()
         .map_err(|_| overloaded("max_in_flight"))?;
     Ok((own, all))
 }
 
 /// A body declared longer than the limit is refused before any of it is read.
-fn declared_length(app: &App, headers: &HeaderMap) -> Result<(), Rejection> {
+fn declared_length(limits: &Limits, headers: &HeaderMap) -> Result<(), Rejection> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > app.limits.body_limit_bytes as u64) {
+    if declared.is_some_and(|n| n > limits.body_limit_bytes as u64) {
         return Err(
             Rejection::new(Outcome::TooLarge, StatusCode::PAYLOAD_TOO_LARGE)
                 .because("content_length"),
@@ -338,9 +342,9 @@ fn declared_length(app: &App, headers: &HeaderMap) -> Result<(), Rejection> {
 }
 
 /// The body, read up to the limit within the body timeout.
-async fn read_body(app: &App, body: Body) -> Result<Bytes, Rejection> {
-    let limit = app.limits.body_limit_bytes;
-    match tokio::time::timeout(app.limits.body_timeout, axum::body::to_bytes(body, limit)).await {
+async fn read_body(limits: &Limits, body: Body) -> Result<Bytes, Rejection> {
+    let limit = limits.body_limit_bytes;
+    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(
             Rejection::new(Outcome::Timeout, StatusCode::REQUEST_TIMEOUT).because("body_timeout"),
         ),
