@@ -101,6 +101,20 @@ pub const QUEUE: &[Code] = &[
     USAGE,
 ];
 
+/// `hookwall allow accept`.
+pub const ALLOW: &[Code] = &[
+    (
+        0,
+        "a refused shrink was accepted; the running daemon was told, or it was not running",
+    ),
+    (
+        1,
+        "no fetched list was refused for shrinking (nothing to accept), or the config or the \
+         cache directory cannot be read or written",
+    ),
+    USAGE,
+];
+
 /// The codes of the command named by its path below `hookwall` (`[]`, `["queue", "list"]`).
 #[must_use]
 pub fn of(path: &[&str]) -> &'static [Code] {
@@ -111,6 +125,7 @@ pub fn of(path: &[&str]) -> &'static [Code] {
         Some("status") => STATUS,
         Some("detach") => DETACH,
         Some("queue") => QUEUE,
+        Some("allow") => ALLOW,
         Some(_) => PRINTS,
     }
 }

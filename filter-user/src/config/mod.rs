@@ -47,7 +47,7 @@ use toml::de::DeTable;
 
 pub(crate) use check::human;
 pub use check::{
-    allow::AllowConfig,
+    allow::{AllowConfig, DEFAULT_CACHE_SUBDIR, DEFAULT_MAX_SHRINK, SourceConfig},
     daemon::{DaemonConfig, RunAs},
     delivery::{
         DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_CONCURRENCY,

@@ -14,6 +14,7 @@ mod notify;
 mod privileges;
 mod reload;
 mod services;
+mod sources;
 
 use std::{path::Path, time::Duration};
 
@@ -32,6 +33,7 @@ use self::{
     privileges::PrivilegeDrop,
     reload::{InForce, Reloaded},
     services::{Receiver, Services},
+    sources::Refresher,
 };
 use crate::{
     config,
@@ -59,7 +61,7 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Connected before anything else, while the daemon can still reach any socket path.
     let notifier = Notifier::from_env();
-    let config = config::load(config_path)?;
+    let mut config = config::load(config_path)?;
     for loose in config.loose_permissions() {
         tracing::warn!("{loose}");
     }
@@ -78,6 +80,18 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     let metrics_listener = metrics::bind(config.metrics.listen, listeners.metrics).await?;
     let pins = Pins::new(&config.filter.pin_path);
     let metrics = Metrics::new(&pins);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
+    // The published lists (allow.sources, refreshed presets) from their cached copies or a
+    // fetch, before anything reads the allowlist.
+    let mut refresher = Refresher::load_at_start(&config, &metrics, reload_tx.clone()).await?;
+    refresher.lists().merge_into(&mut config);
+    if config.filter.mode == config::Mode::Enforce && config.allowlist.is_empty() {
+        anyhow::bail!(
+            "the allowlist is empty: no list of allow.sources could be fetched or read from \
+             its cached copy, and nothing else is allowed; in enforce mode that would drop \
+             every packet to the protected ports (see the errors above)"
+        );
+    }
     // Without routes there is nothing to serve: the listener would answer 404 to everything.
     let receiver = Receiver::open(&config, &metrics, listeners.https).await?;
     let mut filter = Filter::open(pins.clone())?;
@@ -126,11 +140,11 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     privileges.apply(&pins)?;
 
     let retention = (config.store.retention, config.store.dedupe_window);
+    refresher.start(&config);
     drop(config);
     trim_heap();
     let mut services = Services::start(receiver, retention, metrics_listener, &metrics);
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
     let mut watcher = FileWatcher::new(reload_tx)?;
     watcher.watch(&in_force.applied.watched);
 
@@ -176,6 +190,7 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
             &mut in_force,
             &metrics,
             services.server(),
+            &mut refresher,
             trigger,
         );
         let in_force_now = in_force.status(filter.prefix_counts());

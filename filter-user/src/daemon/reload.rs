@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use filter_common::Settings;
 
-use super::trim_heap;
+use super::{sources::Refresher, trim_heap};
 use crate::{
     config::{self, AttachMode, Config, DeliveryConfig, Limits, Mode, RunAs, Tls},
     filter::{ApplyReport, Desired, Filter, LinkMode},
@@ -199,6 +199,7 @@ pub(super) fn reload(
     in_force: &mut InForce,
     metrics: &Metrics,
     server: Option<&Server>,
+    refresher: &mut Refresher,
     trigger: &str,
 ) -> Reloaded {
     tracing::info!(trigger, "reloading");
@@ -206,7 +207,7 @@ pub(super) fn reload(
         tracing::warn!("the pinned filter was removed (`hookwall detach`); stopping");
         return Reloaded::Detached;
     }
-    let config = match config::load(&in_force.config_path) {
+    let mut config = match config::load(&in_force.config_path) {
         Ok(config) => config,
         Err(errors) => {
             for e in &errors.0 {
@@ -225,6 +226,10 @@ pub(super) fn reload(
         metrics.record_reload(false);
         return Reloaded::Refused("filter.pin_path changed, which takes a restart");
     }
+    refresher.lists().merge_into(&mut config);
+    // The refresh tasks follow the config now: one list added by this reload is fetched (and
+    // applied by the next reload); one removed stops being fetched.
+    refresher.start(&config);
     let waiting = in_force.waiting_for_restart(&config);
     for change in &waiting.daemon {
         tracing::warn!("{change}");

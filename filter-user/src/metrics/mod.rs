@@ -15,6 +15,7 @@ mod collect;
 mod health;
 mod listener;
 mod routes;
+mod sources;
 
 use std::sync::{
     Arc,
@@ -37,6 +38,7 @@ pub use self::{
     health::Health,
     listener::{adopt, bind, serve},
     routes::Series,
+    sources::SourceMetrics,
 };
 use crate::filter::Pins;
 
@@ -276,6 +278,8 @@ pub struct Metrics {
     pub store_size: Gauge<i64, AtomicI64>,
     /// The delivery worker's and the queue's metrics.
     pub delivery: DeliveryMetrics,
+    /// The fetched address lists' metrics.
+    pub sources: SourceMetrics,
     /// What `/readyz` and the scrape-time metrics read.
     health: Arc<Health>,
     /// Which per-route series exist.
@@ -358,6 +362,7 @@ impl Metrics {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
         let delivery = DeliveryMetrics::register(&mut registry);
+        let sources = SourceMetrics::register(&mut registry);
         let store_size = Gauge::<i64, AtomicI64>::default();
         registry.register_with_unit(
             "store_size",
@@ -396,6 +401,7 @@ impl Metrics {
             http_requests_in_flight,
             store_size,
             delivery,
+            sources,
             health,
             routes: Arc::new(RouteIndex::default()),
         }
