@@ -265,6 +265,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 for loose in config.loose_permissions() {
                     eprintln!("warning: {loose}");
                 }
+                for warning in config.provider_warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn prefixes_wider_than_the_bounds_are_refused_and_the_bounds_pass() {
-        for wide in ["10.0.0.0/7", "0.0.0.0/1", "128.0.0.0/4", "2000::/3", "2001::/15"] {
+        for wide in ["10.0.0.0/7", "0.0.0.0/1", "128.0.0.0/4", "2000::/3", "2000::/15"] {
             let err = parse(Format::Lines, wide).unwrap_err();
             assert!(matches!(err, Refusal::TooBroad { .. }), "{wide}: {err:?}");
             assert!(err.to_string().starts_with(wide), "{err}");

@@ -65,6 +65,9 @@ pub async fn run(config_path: &Path, handed: Handed) -> anyhow::Result<()> {
     for loose in config.loose_permissions() {
         tracing::warn!("{loose}");
     }
+    for warning in config.provider_warnings() {
+        tracing::warn!("{warning}");
+    }
     // Checked before anything is bound or touched: a socket unit that disagrees with the config
     // fails the start with nothing changed.
     let listeners = handed.listeners(&config)?;
