@@ -48,7 +48,7 @@ pub const RUN: &[Code] = &[
 pub const CHECK: &[Code] = &[
     (
         0,
-        "the config is valid (warnings about loose file permissions do not change this)",
+        "the config is valid (warnings about loose file permissions or a missing provider preset do not change this)",
     ),
     (
         1,
