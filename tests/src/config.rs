@@ -33,6 +33,8 @@ pub struct ConfigSpec {
     /// `allow.cidrs` (`allow.presets` is always `[]`: the real provider addresses are never
     /// used with sockets).
     pub cidrs: Vec<String>,
+    /// Further `[allow]` lines, as TOML (e.g. `sources = [...]`, `max_shrink = 0.5`).
+    pub allow_extra: Vec<String>,
     /// `metrics.listen`.
     pub metrics_listen: SocketAddr,
     /// `server.listen`.
@@ -66,6 +68,7 @@ impl ConfigSpec {
             protected_ports: vec![PROTECTED_PORT],
             pin_path: pin_path.to_path_buf(),
             cidrs: cidrs.iter().map(|&c| c.to_owned()).collect(),
+            allow_extra: Vec::new(),
             metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
             server_listen: format!("0.0.0.0:{PROTECTED_PORT}"),
             tls: None,
@@ -99,6 +102,9 @@ impl ConfigSpec {
         let _ = writeln!(s, "presets = []");
         let _ = writeln!(s, "cidrs = [{}]", quoted(&self.cidrs));
         let _ = writeln!(s, "files = []");
+        for line in &self.allow_extra {
+            let _ = writeln!(s, "{line}");
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "[server]");
         let _ = writeln!(s, "listen = {:?}", self.server_listen);

@@ -15,6 +15,8 @@
 //! - [`monitoring`]: the dashboard, rule files and rule tests in `contrib/`, as the tests read
 //!   them.
 //! - [`prometheus`]: a real Prometheus server in a namespace, queried over its HTTP API.
+//! - [`publisher`]: a provider's address-list publisher (plain HTTP) in a namespace, serving
+//!   documents the test changes, for `allow.sources`.
 pub mod app;
 pub mod config;
 pub mod daemon;
@@ -26,6 +28,7 @@ pub mod monitoring;
 pub mod nats;
 pub mod netns;
 pub mod prometheus;
+pub mod publisher;
 pub mod users;
 
 use std::{
