@@ -198,8 +198,9 @@ fn bad_and_shrunken_lists_keep_the_old_one_until_accepted_and_a_restart_uses_the
     let text = output_text(&accepted);
     assert!(accepted.status.success(), "{text}");
     assert!(
-        text.contains(&format!("accepted: {source} may shrink from 4 to 2 prefixes"))
-            && text.contains(&format!("told the daemon (PID {})", daemon.pid())),
+        text.contains(&format!(
+            "accepted: {source} may shrink from 4 to 2 prefixes"
+        )) && text.contains(&format!("told the daemon (PID {})", daemon.pid())),
         "{text}"
     );
     wait_for(&lab, &daemon, &REFUSED, false, "the shrink was accepted");

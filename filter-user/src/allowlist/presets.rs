@@ -64,10 +64,10 @@ pub struct PresetEntry {
 const DARAJA: &str = "Safaricom Daraja documentation, published callback IP whitelist";
 const MPESAKIT: &str = "listed by the Python library mpesakit, not in Safaricom's published list";
 const GITHUB_META: &str = "GitHub meta API, `hooks` (docs.github.com, About GitHub's IP addresses)";
-const GITHUB_2026: &str =
-    "GitHub meta API, `hooks`; added 2026-10-29 (GitHub changelog, Webhook IP ranges added to the \
+const GITHUB_2026: &str = "GitHub meta API, `hooks`; added 2026-10-29 (GitHub changelog, Webhook IP ranges added to the \
      Meta API)";
-const STRIPE: &str = "Stripe docs, Domains and IP addresses, webhook notifications (docs.stripe.com/ips)";
+const STRIPE: &str =
+    "Stripe docs, Domains and IP addresses, webhook notifications (docs.stripe.com/ips)";
 
 /// Safaricom's published M-Pesa callback addresses.
 #[rustfmt::skip]

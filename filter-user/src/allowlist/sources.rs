@@ -105,7 +105,9 @@ pub fn parse(format: Format, text: &str) -> Result<Vec<IpNet>, Refusal> {
             }
             let mut all = Vec::new();
             for (name, value) in members {
-                all.extend(string_list(value).map_err(|why| malformed(format!("`{name}`: {why}")))?);
+                all.extend(
+                    string_list(value).map_err(|why| malformed(format!("`{name}`: {why}")))?,
+                );
             }
             all
         }
@@ -179,7 +181,10 @@ pub fn check_shrink(old: usize, new: usize, max_shrink: f64) -> Result<(), Refus
 pub fn cache_key(preset: Option<&str>, url: &str) -> String {
     match preset {
         Some(name) => format!("preset-{name}"),
-        None => format!("source-{}", &hex::encode(Sha256::digest(url.as_bytes()))[..16]),
+        None => format!(
+            "source-{}",
+            &hex::encode(Sha256::digest(url.as_bytes()))[..16]
+        ),
     }
 }
 
@@ -223,7 +228,10 @@ pub fn write_cache(
     fetched_at: SystemTime,
 ) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let secs = fetched_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let secs = fetched_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let mut text = format!("# hookwall: the last good copy of {label}\n{FETCHED_AT}{secs}\n");
     for net in nets {
         text.push_str(&net.to_string());
@@ -358,8 +366,14 @@ mod tests {
 
     #[test]
     fn empty_lists_are_refused_in_every_format() {
-        assert_eq!(parse(Format::GithubMeta, r#"{"hooks": []}"#), Err(Refusal::Empty));
-        assert_eq!(parse(Format::StripeJson, r#"{"WEBHOOKS": []}"#), Err(Refusal::Empty));
+        assert_eq!(
+            parse(Format::GithubMeta, r#"{"hooks": []}"#),
+            Err(Refusal::Empty)
+        );
+        assert_eq!(
+            parse(Format::StripeJson, r#"{"WEBHOOKS": []}"#),
+            Err(Refusal::Empty)
+        );
         assert_eq!(parse(Format::Lines, "# nothing\n\n"), Err(Refusal::Empty));
         assert_eq!(parse(Format::Lines, ""), Err(Refusal::Empty));
     }
@@ -367,7 +381,10 @@ mod tests {
     #[test]
     fn a_whole_family_is_refused() {
         for (format, doc) in [
-            (Format::GithubMeta, r#"{"hooks": ["192.30.252.0/22", "0.0.0.0/0"]}"#),
+            (
+                Format::GithubMeta,
+                r#"{"hooks": ["192.30.252.0/22", "0.0.0.0/0"]}"#,
+            ),
             (Format::StripeJson, r#"{"WEBHOOKS": ["::/0"]}"#),
             (Format::Lines, "203.0.113.0/24\n0.0.0.0/0\n"),
         ] {
@@ -379,7 +396,13 @@ mod tests {
 
     #[test]
     fn prefixes_wider_than_the_bounds_are_refused_and_the_bounds_pass() {
-        for wide in ["10.0.0.0/7", "0.0.0.0/1", "128.0.0.0/4", "2000::/3", "2000::/15"] {
+        for wide in [
+            "10.0.0.0/7",
+            "0.0.0.0/1",
+            "128.0.0.0/4",
+            "2000::/3",
+            "2000::/15",
+        ] {
             let err = parse(Format::Lines, wide).unwrap_err();
             assert!(matches!(err, Refusal::TooBroad { .. }), "{wide}: {err:?}");
             assert!(err.to_string().starts_with(wide), "{err}");
@@ -396,10 +419,16 @@ mod tests {
             (Format::GithubMeta, r#"{"web": ["192.30.252.0/22"]}"#),
             (Format::GithubMeta, r#"{"hooks": "192.30.252.0/22"}"#),
             (Format::GithubMeta, r#"{"hooks": ["192.30.252.0/22", 7]}"#),
-            (Format::GithubMeta, r#"{"hooks": ["192.30.252.0/22", "example.com"]}"#),
+            (
+                Format::GithubMeta,
+                r#"{"hooks": ["192.30.252.0/22", "example.com"]}"#,
+            ),
             (Format::StripeJson, r#"["3.18.12.63"]"#),
             (Format::StripeJson, "{}"),
-            (Format::StripeJson, r#"{"WEBHOOKS": ["3.18.12.63"], "X": "y"}"#),
+            (
+                Format::StripeJson,
+                r#"{"WEBHOOKS": ["3.18.12.63"], "X": "y"}"#,
+            ),
             (Format::StripeJson, r#"{"WEBHOOKS": ["3.18.12.999"]}"#),
             (Format::Lines, "203.0.113.0/24\n<html>\n"),
             (Format::Lines, "203.0.113.5/24\n"),
@@ -417,9 +446,15 @@ mod tests {
     #[test]
     fn a_shrink_beyond_the_share_is_refused() {
         assert_eq!(check_shrink(10, 5, 0.5), Ok(()));
-        assert_eq!(check_shrink(10, 4, 0.5), Err(Refusal::Shrunk { old: 10, new: 4 }));
+        assert_eq!(
+            check_shrink(10, 4, 0.5),
+            Err(Refusal::Shrunk { old: 10, new: 4 })
+        );
         assert_eq!(check_shrink(10, 12, 0.0), Ok(()));
-        assert_eq!(check_shrink(10, 9, 0.0), Err(Refusal::Shrunk { old: 10, new: 9 }));
+        assert_eq!(
+            check_shrink(10, 9, 0.0),
+            Err(Refusal::Shrunk { old: 10, new: 9 })
+        );
         assert_eq!(check_shrink(10, 1, 1.0), Ok(()));
         assert_eq!(check_shrink(0, 1, 0.5), Ok(()));
         assert_eq!(
@@ -441,11 +476,20 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         write_cache(&cache, &key, "https://example.com/list?…", &nets, at).unwrap();
         let back = read_cache(&cache, &key).unwrap().unwrap();
-        assert_eq!(back, Cached { nets, fetched_at: at });
+        assert_eq!(
+            back,
+            Cached {
+                nets,
+                fetched_at: at
+            }
+        );
         let mode = fs::metadata(cache.join(format!("{key}.list")))
             .unwrap()
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
 
         fs::write(cache.join(format!("{key}.list")), "203.0.113.0/24\n").unwrap();
         assert!(read_cache(&cache, &key).unwrap_err().contains("fetched-at"));

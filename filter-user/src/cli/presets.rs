@@ -61,7 +61,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("  published at https://stripe.com/files/ips/ips_webhooks.json (stripe-json)"),
+            text.contains(
+                "  published at https://stripe.com/files/ips/ips_webhooks.json (stripe-json)"
+            ),
             "{text}"
         );
         for preset in PRESETS {

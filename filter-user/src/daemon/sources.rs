@@ -392,8 +392,7 @@ async fn fetch_once(ctx: &Ctx, spec: &Spec) -> bool {
                 source = %spec.label,
                 "fetched list refused: {refusal}; the list in force stays"
             );
-            if let Err(e) = lists::mark_refused(&spec.cache_dir, &spec.key, &spec.label, old, new)
-            {
+            if let Err(e) = lists::mark_refused(&spec.cache_dir, &spec.key, &spec.label, old, new) {
                 tracing::warn!(source = %spec.label, "noting the refused shrink: {e}");
             }
             count(refusal.result_label());

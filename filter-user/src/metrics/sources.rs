@@ -109,7 +109,9 @@ impl SourceMetrics {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SystemTime>> {
-        self.fetched_at.lock().unwrap_or_else(PoisonError::into_inner)
+        self.fetched_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -122,7 +124,10 @@ struct AgeCollector {
 impl Collector for AgeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ages: Vec<(String, f64)> = {
-            let fetched = self.fetched_at.lock().unwrap_or_else(PoisonError::into_inner);
+            let fetched = self
+                .fetched_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let now = SystemTime::now();
             fetched
                 .iter()

@@ -84,7 +84,10 @@ secrets = [{ env = "STRIPE" }]
         let w = &warnings[0];
         assert!(w.contains("route \"/stripe\" (verify = \"stripe\")"), "{w}");
         assert!(w.contains("no stripe-webhooks preset"), "{w}");
-        assert!(w.contains("Add \"stripe-webhooks\" to allow.presets"), "{w}");
+        assert!(
+            w.contains("Add \"stripe-webhooks\" to allow.presets"),
+            "{w}"
+        );
         assert!(w.contains("allow.warn_missing_provider = false"), "{w}");
     }
 
@@ -134,8 +137,16 @@ token = { env = "TOKEN" }
         );
         let warnings = config.provider_warnings();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("route \"/gh\", \"/gh2\""), "{}", warnings[0]);
-        assert!(warnings[0].contains("no github-hooks preset"), "{}", warnings[0]);
+        assert!(
+            warnings[0].contains("route \"/gh\", \"/gh2\""),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[0].contains("no github-hooks preset"),
+            "{}",
+            warnings[0]
+        );
         assert!(warnings[1].contains("no mpesa preset"), "{}", warnings[1]);
     }
 }
