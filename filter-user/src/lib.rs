@@ -22,11 +22,11 @@
 //! - `delivery`: the worker that takes stored events to the application (HTTP) or NATS.
 //! - `watch`: asks for a reload when the config, allowlist or certificate files are edited.
 //! - `daemon`: `hookwall run`: the start order, reloads (what applies, what waits for a
-//!   restart), the stop order; `daemon::sources`: the tasks that keep published lists current; `daemon::privileges`: what it keeps of root's privileges once
-//!   the filter is in force, on every thread, and the user it becomes (`daemon.run_as`).
+//!   restart), the stop order; `daemon::sources`: the tasks that keep published lists
+//!   current; `daemon::privileges`: what it keeps of root's privileges once the filter is in
+//!   force, on every thread, and the user it becomes (`daemon.run_as`).
 //! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `allow`,
-//!   `detach`;
-//!   `cli::pins`, where `status` and `detach` find the pins.
+//!   `detach`; `cli::pins`, where `status` and `detach` find the pins.
 //! - `logging`: the log's format on standard error (`text` or `json`) and its filter.
 //! - `time`: RFC 3339 timestamps, as the audit log and the command line print them.
 //!
