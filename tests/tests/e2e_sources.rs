@@ -16,6 +16,7 @@ use hookwall_tests::{
     lab::Lab,
     netns::{ALLOWED, ClientLoop, EchoServer, PROTECTED_PORT, REFUSED},
     publisher::Publisher,
+    users::TestUser,
 };
 
 const GITHUB_META: &str = include_str!("../fixtures/sources/github-meta.json");
@@ -91,9 +92,12 @@ fn a_refresh_adds_and_removes_prefixes_without_a_gap() {
     publisher.serve("/meta", GITHUB_META_ADDED);
     wait_for(&lab, &daemon, &REFUSED, true, "the publisher added them");
     clients.wait_for_more(2, Duration::from_secs(5));
-    assert_eq!(
-        daemon.metric("hookwall_allowlist_prefixes", &[("family", "ipv4")]),
-        2.0
+    // The gauge follows the kernel maps once the reload has written them all.
+    daemon.wait_metric(
+        "hookwall_allowlist_prefixes",
+        &[("family", "ipv4")],
+        PROPAGATION,
+        |v| v == 2.0,
     );
 
     // Back to the first list: half of it removed, which allow.max_shrink (0.5) lets through.
@@ -252,4 +256,46 @@ fn bad_and_shrunken_lists_keep_the_old_one_until_accepted_and_a_restart_uses_the
         &std::fs::metadata(list).expect("cached list").permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "{}", list.display());
+}
+
+#[test]
+fn after_dropping_to_run_as_the_daemon_keeps_writing_the_cache_the_start_made() {
+    let user = TestUser::create();
+    let (mut lab, publisher) = lab_with_source("github-meta", "/meta", &[]);
+    publisher.serve("/meta", GITHUB_META);
+    lab.spec.run_as = Some(user.name.clone());
+    lab.write_config();
+    user.own(lab.dir.path());
+    let _server = EchoServer::start(&lab.net.srv, PROTECTED_PORT);
+    // No cached copy yet: the start fetches the list and keeps it, as root.
+    let daemon = lab.start();
+    lab.net.assert_all_connect(&ALLOWED, PROTECTED_PORT);
+
+    // A refresh after the drop writes the copy as the daemon's user.
+    publisher.serve("/meta", GITHUB_META_ADDED);
+    wait_for(&lab, &daemon, &REFUSED, true, "the publisher added them");
+    let cache = lab.dir.path().join("allow-sources");
+    let list = std::fs::read_dir(&cache)
+        .unwrap_or_else(|e| panic!("{}: {e}", cache.display()))
+        .map(|e| e.expect("directory entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "list"))
+        .expect("a cached list");
+    poll_until(
+        PROPAGATION,
+        || std::fs::read_to_string(&list).is_ok_and(|t| t.contains("198.51.100.0/24")),
+        || {
+            format!(
+                "{} never got the new list; log:\n{}",
+                list.display(),
+                daemon.log()
+            )
+        },
+    );
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&list).expect("list"));
+    assert_eq!(owner, user.uid, "{}", list.display());
+    let log = daemon.log();
+    assert!(
+        !log.contains("keeping the copy of the list failed"),
+        "log:\n{log}"
+    );
 }
