@@ -227,6 +227,17 @@ pub(super) fn reload(
         return Reloaded::Refused("filter.pin_path changed, which takes a restart");
     }
     refresher.lists().merge_into(&mut config);
+    if config.filter.mode == Mode::Enforce && config.allowlist.is_empty() {
+        // Only a config whose allowlist is nothing but sources not fetched yet comes here.
+        tracing::error!(
+            "the allowlist would be empty: no list of allow.sources is in force yet, and \
+             nothing else is allowed; in enforce mode that would drop every packet to the \
+             protected ports (the previous config stays in force)"
+        );
+        refresher.start(&config);
+        metrics.record_reload(false);
+        return Reloaded::Refused("the allowlist would be empty (no source fetched yet)");
+    }
     // The refresh tasks follow the config now: one list added by this reload is fetched (and
     // applied by the next reload); one removed stops being fetched.
     refresher.start(&config);
