@@ -7,7 +7,8 @@
 //!   validation with `file:line` errors and "did you mean", secret references, host probes,
 //!   the warning about secret files others can read.
 //! - `allowlist`: presets, CIDRs and files turned into normalised, merged prefix sets;
-//!   `allowlist::presets` holds the built-in provider lists with the source of each entry.
+//!   `allowlist::presets` holds the built-in provider lists with the source of each entry;
+//!   `allowlist::sources` reads, checks and caches published lists (`allow.sources`).
 //! - `filter`: the XDP program's life: load, pin, attach, re-adopt, apply without a gap,
 //!   detach; `filter::pinned` is the one read-only view of the pinned maps.
 //! - `status`: what `hookwall status` reports, read through `filter::pinned`.
@@ -23,10 +24,11 @@
 //!   listener, the cache of the account and certificate, ordering and renewal.
 //! - `watch`: asks for a reload when the config, allowlist or certificate files are edited.
 //! - `daemon`: `hookwall run`: the start order, reloads (what applies, what waits for a
-//!   restart), the stop order; `daemon::privileges`: what it keeps of root's privileges once
-//!   the filter is in force, on every thread, and the user it becomes (`daemon.run_as`).
-//! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `detach`;
-//!   `cli::pins`, where `status` and `detach` find the pins.
+//!   restart), the stop order; `daemon::sources`: the tasks that keep published lists
+//!   current; `daemon::privileges`: what it keeps of root's privileges once the filter is in
+//!   force, on every thread, and the user it becomes (`daemon.run_as`).
+//! - `cli`: what the other commands print: `check`, `status`, `queue`, `presets`, `allow`,
+//!   `detach`; `cli::pins`, where `status` and `detach` find the pins.
 //! - `logging`: the log's format on standard error (`text` or `json`) and its filter.
 //! - `time`: RFC 3339 timestamps, as the audit log and the command line print them.
 //!

@@ -81,6 +81,12 @@ enum Command {
     /// Print the built-in provider address lists with their sources.
     #[command(after_help = exit::help(exit::PRINTS))]
     Presets,
+    /// Published address lists (allow.sources, refreshed presets).
+    #[command(after_help = exit::help(exit::ALLOW))]
+    Allow {
+        #[command(subcommand)]
+        command: AllowCommand,
+    },
     /// Inspect the event store, replay dead letters, purge delivered events.
     #[command(after_help = exit::help(exit::QUEUE))]
     Queue {
@@ -108,6 +114,21 @@ enum Command {
 }
 
 /// `hookwall queue ...`.
+#[derive(Subcommand)]
+enum AllowCommand {
+    /// Let a fetched list that was refused for shrinking too much through, once, and tell the
+    /// running daemon to fetch it now.
+    #[command(after_help = exit::help(exit::ALLOW))]
+    Accept {
+        /// Config file whose allow.cache_dir (or store directory) and pin path to use.
+        #[arg(short, long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only this list: a preset's name or a source's URL without its query, as the log
+        /// and the metrics name it. Default: every refused list.
+        source: Option<String>,
+    },
+}
+
 #[derive(Subcommand)]
 enum QueueCommand {
     /// List events, newest first.
@@ -266,6 +287,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 for gap in config.route_allow_gaps() {
                     eprintln!("warning: {gap}");
                 }
+                for warning in config.provider_warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {
@@ -299,6 +323,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Presets => {
             cli::presets::main();
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Allow {
+            command: AllowCommand::Accept { config, source },
+        } => {
+            let accepted = cli::allow::accept(&config, source.as_deref())?;
+            print!("{}", accepted.text);
+            Ok(if accepted.any {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Queue { config, command } => queue::main(&config, &queue::Command::from(command)),
         Command::Completions { shell } => {

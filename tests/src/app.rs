@@ -345,7 +345,10 @@ impl Drop for TestApp {
 
 /// Binds `addr` from a thread that entered the network namespace at `netns` (the socket belongs
 /// to that namespace from then on, whatever thread uses it).
-fn listen(netns: &std::path::Path, addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+pub(crate) fn listen(
+    netns: &std::path::Path,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, String> {
     let file = File::open(netns).map_err(|e| format!("opening {}: {e}", netns.display()))?;
     // SAFETY: setns on a valid namespace fd only changes this (dedicated) thread's namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };

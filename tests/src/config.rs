@@ -31,8 +31,10 @@ pub struct ConfigSpec {
     /// `filter.pin_path`.
     pub pin_path: PathBuf,
     /// `allow.cidrs` (`allow.presets` is always `[]`: the real provider addresses are never
-    /// used with sockets).
+    /// used with sockets; so `allow.warn_missing_provider` is always `false`).
     pub cidrs: Vec<String>,
+    /// Further `[allow]` lines, as TOML (e.g. `sources = [...]`, `max_shrink = 0.5`).
+    pub allow_extra: Vec<String>,
     /// `metrics.listen`.
     pub metrics_listen: SocketAddr,
     /// `server.listen`.
@@ -69,6 +71,7 @@ impl ConfigSpec {
             protected_ports: vec![PROTECTED_PORT],
             pin_path: pin_path.to_path_buf(),
             cidrs: cidrs.iter().map(|&c| c.to_owned()).collect(),
+            allow_extra: Vec::new(),
             metrics_listen: "127.0.0.1:9184".parse().expect("socket address"),
             server_listen: format!("0.0.0.0:{PROTECTED_PORT}"),
             tls: None,
@@ -103,6 +106,12 @@ impl ConfigSpec {
         let _ = writeln!(s, "presets = []");
         let _ = writeln!(s, "cidrs = [{}]", quoted(&self.cidrs));
         let _ = writeln!(s, "files = []");
+        // The routes' providers are never allowed by their presets here (see `cidrs`): the
+        // warning about it would be noise in every test's output.
+        let _ = writeln!(s, "warn_missing_provider = false");
+        for line in &self.allow_extra {
+            let _ = writeln!(s, "{line}");
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "[server]");
         let _ = writeln!(s, "listen = {:?}", self.server_listen);

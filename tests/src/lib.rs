@@ -17,6 +17,8 @@
 //!   them.
 //! - [`pebble`]: a real ACME CA (`pebble`, with `pebble-challtestsrv` for DNS) in a namespace.
 //! - [`prometheus`]: a real Prometheus server in a namespace, queried over its HTTP API.
+//! - [`publisher`]: a provider's address-list publisher (plain HTTP) in a namespace, serving
+//!   documents the test changes, for `allow.sources`.
 pub mod app;
 pub mod config;
 pub mod daemon;
@@ -30,6 +32,7 @@ pub mod nats;
 pub mod netns;
 pub mod pebble;
 pub mod prometheus;
+pub mod publisher;
 pub mod users;
 
 use std::{

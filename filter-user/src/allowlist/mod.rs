@@ -15,6 +15,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 pub mod presets;
+pub mod sources;
 
 /// Where an allowlist entry came from, so `hookwall check` can justify every prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,12 @@ pub enum Source {
         /// 1-based line of the entry in that file.
         line: usize,
     },
+    /// A list fetched from its publisher (`allow.sources`, or a preset refreshed under
+    /// `allow.presets_refresh`).
+    Fetched {
+        /// The preset's name or the source's URL (without its query), shared by all its entries.
+        from: Arc<str>,
+    },
 }
 
 impl fmt::Display for Source {
@@ -47,6 +54,7 @@ impl fmt::Display for Source {
             Source::Preset { name, citation } => write!(f, "preset {name} ({citation})"),
             Source::Config { line } => write!(f, "config line {line}"),
             Source::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Source::Fetched { from } => write!(f, "fetched: {from}"),
         }
     }
 }

@@ -75,6 +75,40 @@ impl Config {
         for (net, entry) in nets.iter().zip(&list.entries) {
             line(out, format_args!("  {net:<width$}  {}", entry.source));
         }
+        let allow = &self.allow;
+        if let Some(every) = allow.presets_refresh {
+            row(
+                out,
+                "presets refresh",
+                format_args!(
+                    "every {} from their publishers (the snapshots above until then)",
+                    human(every)
+                ),
+            );
+        }
+        for source in &allow.sources {
+            row(
+                out,
+                "source",
+                format_args!(
+                    "{} ({}, every {}; fetched by the daemon, not by check)",
+                    without_query(&source.url),
+                    source.format.as_str(),
+                    human(source.refresh)
+                ),
+            );
+        }
+        if allow.presets_refresh.is_some() || !allow.sources.is_empty() {
+            row(
+                out,
+                "fetched lists",
+                format_args!(
+                    "may shrink by {} at most (max_shrink); last good copies in {}",
+                    allow.max_shrink(),
+                    allow.cache_dir(&self.store.path).display()
+                ),
+            );
+        }
     }
 
     fn render_services(&self, out: &mut String) {

@@ -48,7 +48,7 @@ pub const RUN: &[Code] = &[
 pub const CHECK: &[Code] = &[
     (
         0,
-        "the config is valid (warnings about loose file permissions do not change this)",
+        "the config is valid (warnings about loose file permissions or a missing provider preset do not change this)",
     ),
     (
         1,
@@ -116,6 +116,20 @@ pub const QUEUE: &[Code] = &[
     USAGE,
 ];
 
+/// `hookwall allow accept`.
+pub const ALLOW: &[Code] = &[
+    (
+        0,
+        "a refused shrink was accepted; the running daemon was told, or it was not running",
+    ),
+    (
+        1,
+        "no fetched list was refused for shrinking (nothing to accept), or the config or the \
+         cache directory cannot be read or written",
+    ),
+    USAGE,
+];
+
 /// The codes of the command named by its path below `hookwall` (`[]`, `["queue", "list"]`).
 #[must_use]
 pub fn of(path: &[&str]) -> &'static [Code] {
@@ -127,6 +141,7 @@ pub fn of(path: &[&str]) -> &'static [Code] {
         Some("detach") => DETACH,
         Some("queue") => QUEUE,
         Some("upgrade") => UPGRADE,
+        Some("allow") => ALLOW,
         Some(_) => PRINTS,
     }
 }

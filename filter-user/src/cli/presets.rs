@@ -19,6 +19,21 @@ pub fn render() -> String {
         }
         // Writing to a String cannot fail.
         let _ = writeln!(out, "{}: {}", preset.name, preset.description);
+        match preset.published {
+            Some(published) => {
+                let _ = writeln!(
+                    out,
+                    "  published at {} ({}); built-in snapshot of {} (allow.presets_refresh \
+                     fetches the current list)",
+                    published.url,
+                    published.format.as_str(),
+                    preset.snapshot
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  built-in list of {}", preset.snapshot);
+            }
+        }
         let width = preset
             .entries
             .iter()
@@ -41,6 +56,16 @@ mod tests {
         let text = render();
         assert!(text.starts_with("mpesa: Safaricom M-Pesa"), "{text}");
         assert!(text.contains("\nmpesa-extra: opt-in"), "{text}");
+        assert!(
+            text.contains("  published at https://api.github.com/meta (github-meta); built-in snapshot of 2026-10-29"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  published at https://stripe.com/files/ips/ips_webhooks.json (stripe-json)"
+            ),
+            "{text}"
+        );
         for preset in PRESETS {
             for entry in preset.entries {
                 let line = text

@@ -50,7 +50,7 @@ use toml::de::DeTable;
 pub(crate) use check::human;
 pub use check::{
     acme::{AcmeConfig, DEFAULT_ACME_CACHE, DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_HTTP_LISTEN},
-    allow::AllowConfig,
+    allow::{AllowConfig, DEFAULT_CACHE_SUBDIR, DEFAULT_MAX_SHRINK, SourceConfig},
     daemon::{DaemonConfig, RunAs},
     delivery::{
         DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_CONCURRENCY,

@@ -15,6 +15,7 @@ mod notify;
 mod privileges;
 mod reload;
 mod services;
+mod sources;
 mod upgrade;
 
 use std::{os::fd::AsFd as _, path::Path, pin::Pin, time::Duration};
@@ -35,6 +36,7 @@ use self::{
     privileges::PrivilegeDrop,
     reload::{InForce, Reloaded},
     services::{Receiver, Services},
+    sources::Refresher,
     upgrade::Successor,
 };
 use crate::{
@@ -75,12 +77,15 @@ pub async fn run(
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Connected before anything else, while the daemon can still reach any socket path.
     let notifier = Notifier::from_env();
-    let config = config::load(config_path)?;
+    let mut config = config::load(config_path)?;
     for loose in config.loose_permissions() {
         tracing::warn!("{loose}");
     }
     for gap in config.route_allow_gaps() {
         tracing::warn!("{gap}");
+    }
+    for warning in config.provider_warnings() {
+        tracing::warn!("{warning}");
     }
     // Checked before anything is bound or touched: a socket unit that disagrees with the config
     // fails the start with nothing changed.
@@ -97,6 +102,18 @@ pub async fn run(
     let metrics_listener = metrics::bind(config.metrics.listen, listeners.metrics).await?;
     let pins = Pins::new(&config.filter.pin_path);
     let metrics = Metrics::new(&pins);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
+    // The published lists (allow.sources, refreshed presets) from their cached copies or a
+    // fetch, before anything reads the allowlist.
+    let mut refresher = Refresher::load_at_start(&config, &metrics, reload_tx.clone()).await?;
+    refresher.lists().merge_into(&mut config);
+    if config.filter.mode == config::Mode::Enforce && config.allowlist.is_empty() {
+        anyhow::bail!(
+            "the allowlist is empty: no list of allow.sources could be fetched or read from \
+             its cached copy, and nothing else is allowed; in enforce mode that would drop \
+             every packet to the protected ports (see the errors above)"
+        );
+    }
     // Without routes there is nothing to serve: the listener would answer 404 to everything.
     let receiver = Receiver::open(&config, &metrics, listeners.https).await?;
     // The HTTP-01 listener is bound (port 80) and the cache handed to the daemon's user now,
@@ -179,6 +196,7 @@ pub async fn run(
     }
 
     let retention = (config.store.retention, config.store.dedupe_window);
+    refresher.start(&config);
     drop(config);
     trim_heap();
     let may_deliver = handover
@@ -193,7 +211,6 @@ pub async fn run(
         may_deliver,
     );
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(64);
     let mut watcher = FileWatcher::new(reload_tx)?;
     watcher.watch(&in_force.applied.watched);
 
@@ -285,6 +302,7 @@ pub async fn run(
             &mut in_force,
             &metrics,
             services.server(),
+            &mut refresher,
             trigger,
         );
         let reloaded = match reloaded {

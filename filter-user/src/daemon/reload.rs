@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context as _;
 use filter_common::Settings;
 
-use super::trim_heap;
+use super::{sources::Refresher, trim_heap};
 use crate::{
     config::{self, AcmeConfig, AttachMode, Config, DeliveryConfig, Limits, Mode, RunAs, Tls},
     filter::{ApplyReport, Desired, Filter, LinkMode},
@@ -222,6 +222,7 @@ pub(super) fn reload(
     in_force: &mut InForce,
     metrics: &Metrics,
     server: Option<&Server>,
+    refresher: &mut Refresher,
     trigger: &str,
 ) -> Reloaded {
     tracing::info!(trigger, "reloading");
@@ -229,7 +230,7 @@ pub(super) fn reload(
         tracing::warn!("the pinned filter was removed (`hookwall detach`); stopping");
         return Reloaded::Detached;
     }
-    let config = match config::load(&in_force.config_path) {
+    let mut config = match config::load(&in_force.config_path) {
         Ok(config) => config,
         Err(errors) => {
             for e in &errors.0 {
@@ -248,6 +249,21 @@ pub(super) fn reload(
         metrics.record_reload(false);
         return Reloaded::Refused("filter.pin_path changed, which takes a restart");
     }
+    refresher.lists().merge_into(&mut config);
+    if config.filter.mode == Mode::Enforce && config.allowlist.is_empty() {
+        // Only a config whose allowlist is nothing but sources not fetched yet comes here.
+        tracing::error!(
+            "the allowlist would be empty: no list of allow.sources is in force yet, and \
+             nothing else is allowed; in enforce mode that would drop every packet to the \
+             protected ports (the previous config stays in force)"
+        );
+        refresher.start(&config);
+        metrics.record_reload(false);
+        return Reloaded::Refused("the allowlist would be empty (no source fetched yet)");
+    }
+    // The refresh tasks follow the config now: one list added by this reload is fetched (and
+    // applied by the next reload); one removed stops being fetched.
+    refresher.start(&config);
     let waiting = in_force.waiting_for_restart(&config);
     for change in &waiting.daemon {
         tracing::warn!("{change}");

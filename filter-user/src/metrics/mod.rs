@@ -15,6 +15,7 @@ mod collect;
 mod health;
 mod listener;
 mod routes;
+mod sources;
 
 use std::sync::{
     Arc,
@@ -37,6 +38,7 @@ pub use self::{
     health::Health,
     listener::{adopt, bind, serve},
     routes::Series,
+    sources::SourceMetrics,
 };
 use crate::filter::Pins;
 
@@ -288,6 +290,8 @@ pub struct Metrics {
     /// `hookwall_acme_orders_total{result}`: certificate orders by result (`server.tls =
     /// "acme"`; the series exist only then).
     pub acme_orders: Family<OrderLabels, PromCounter>,
+    /// The fetched address lists' metrics.
+    pub sources: SourceMetrics,
     /// What `/readyz` and the scrape-time metrics read.
     health: Arc<Health>,
     /// Which per-route series exist.
@@ -377,6 +381,7 @@ impl Metrics {
             let _ = upgrades.get_or_create(&ReloadLabels { result });
         }
         let delivery = DeliveryMetrics::register(&mut registry);
+        let sources = SourceMetrics::register(&mut registry);
         let store_size = Gauge::<i64, AtomicI64>::default();
         registry.register_with_unit(
             "store_size",
@@ -423,6 +428,7 @@ impl Metrics {
             store_size,
             delivery,
             acme_orders,
+            sources,
             health,
             routes: Arc::new(RouteIndex::default()),
         }

@@ -31,7 +31,53 @@ fn populated() -> Metrics {
     m.acme_orders
         .get_or_create(&OrderLabels { result: "issued" })
         .inc();
+    m.sources.register_source("github-hooks");
+    m.sources.count_fetch("github-hooks", "ok");
+    m.sources
+        .set_fetched_at("github-hooks", std::time::SystemTime::now());
     m
+}
+
+#[test]
+fn fetched_lists_are_counted_by_result_and_their_age_read_at_scrape_time() {
+    let m = metrics();
+    let source = "http://192.0.2.7/list.txt";
+    m.sources.register_source(source);
+    m.sources.register_source("stripe-webhooks");
+    m.sources.count_fetch(source, "shrink_refused");
+    m.sources.count_fetch(source, "shrink_refused");
+    let ten_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    m.sources.set_fetched_at(source, ten_minutes_ago);
+    m.sources.set_fetched_at("stripe-webhooks", ten_minutes_ago);
+    let text = m.render().unwrap();
+    let fetches = |result: &str| {
+        lines_with(
+            &text,
+            &format!(
+                "hookwall_allow_source_fetches_total{{source=\"{source}\",result=\"{result}\"}} "
+            ),
+        )
+    };
+    assert_eq!(fetches("shrink_refused").len(), 1, "{text}");
+    assert!(fetches("shrink_refused")[0].ends_with(" 2"), "{text}");
+    for result in ["ok", "fetch_failed", "invalid"] {
+        assert!(fetches(result)[0].ends_with(" 0"), "{result}: {text}");
+    }
+    let age = lines_with(
+        &text,
+        &format!("hookwall_allow_source_age_seconds{{source=\"{source}\"}} "),
+    );
+    let seconds: f64 = age[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((600.0..700.0).contains(&seconds), "{age:?}");
+
+    // A source removed from the config loses its series.
+    m.sources.retain(&["stripe-webhooks".to_owned()]);
+    let text = m.render().unwrap();
+    assert!(!text.contains(source), "{text}");
+    assert!(
+        text.contains("hookwall_allow_source_age_seconds{source=\"stripe-webhooks\"}"),
+        "{text}"
+    );
 }
 
 /// The lines of `text` that start with `prefix`.

@@ -8,6 +8,7 @@ pub(crate) mod daemon;
 pub(crate) mod delivery;
 pub(crate) mod filter;
 pub(crate) mod metrics;
+pub(crate) mod providers;
 pub(crate) mod route_allow;
 pub(crate) mod routes;
 pub(crate) mod server;

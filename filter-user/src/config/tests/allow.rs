@@ -111,3 +111,111 @@ fn many_long_ipv6_prefixes_load_whatever_the_slash_32s_they_touch() {
     let config = parse_with(&config_path, &text, &host()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.allowlist.v6.len(), 4096);
 }
+
+#[test]
+fn sources_and_refresh_settings_resolve_with_their_defaults() {
+    let config = parse_ok("");
+    assert!(config.allow.sources.is_empty());
+    assert_eq!(config.allow.presets_refresh, None);
+    assert_eq!(config.allow.max_shrink_permille, 500);
+    assert!(config.allow.warn_missing_provider);
+    assert_eq!(
+        config
+            .allow
+            .cache_dir(Path::new("/var/lib/hookwall/events.db")),
+        Path::new("/var/lib/hookwall/allow-sources")
+    );
+
+    let config = parse_ok(&lines(&[
+        "[allow]",
+        "presets = [\"github-hooks\"]",
+        "presets_refresh = true",
+        "presets_refresh_interval = \"2h\"",
+        "max_shrink = 0.2",
+        "cache_dir = \"cache\"",
+        "warn_missing_provider = false",
+        "sources = [",
+        "  { url = \"https://api.github.com/meta\", format = \"github-meta\" },",
+        "  { url = \"http://192.0.2.7/list.txt\", format = \"lines\", refresh = \"1s\" },",
+        "]",
+    ]));
+    let allow = &config.allow;
+    assert_eq!(allow.presets_refresh, Some(Duration::from_secs(7200)));
+    assert_eq!(allow.max_shrink_permille, 200);
+    assert!((allow.max_shrink() - 0.2).abs() < 1e-9);
+    assert!(!allow.warn_missing_provider);
+    assert_eq!(
+        allow.cache_dir(Path::new("/x/events.db")),
+        Path::new(FILE).parent().unwrap().join("cache")
+    );
+    let sources: Vec<(&str, &str, u64)> = allow
+        .sources
+        .iter()
+        .map(|s| (s.url.as_str(), s.format.as_str(), s.refresh.as_secs()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("https://api.github.com/meta", "github-meta", 6 * 3600),
+            ("http://192.0.2.7/list.txt", "lines", 1),
+        ]
+    );
+    // The snapshot is what check shows: sources are fetched by the daemon only.
+    assert_eq!(config.allowlist.entries.len(), 9);
+}
+
+#[test]
+fn a_source_alone_is_an_allowlist_in_enforce_mode() {
+    let config = parse_ok(&lines(&[
+        "[allow]",
+        "presets = []",
+        "sources = [{ url = \"https://stripe.com/files/ips/ips_webhooks.json\", format = \"stripe-json\" }]",
+    ]));
+    assert!(config.allowlist.is_empty());
+    assert_eq!(config.allow.sources.len(), 1);
+}
+
+#[test]
+fn bad_sources_and_settings_are_errors_with_their_line() {
+    let errors = parse_err_with(
+        &lines(&[
+            "[allow]",
+            "max_shrink = 1.5",
+            "presets_refresh = true",
+            "presets_refresh_interval = \"500ms\"",
+            "sources = [",
+            "  { format = \"lines\" },",
+            "  { url = \"ftp://192.0.2.7/list\", format = \"lines\" },",
+            "  { url = \"https://192.0.2.7/a\", format = \"csv\" },",
+            "  { url = \"https://192.0.2.7/b\" },",
+            "  { url = \"https://192.0.2.7/b\", format = \"lines\", refresh = \"8d\" },",
+            "  { url = \"https://user:pw@192.0.2.7/c\", format = \"lines\" },",
+            "  { url = \"https://192.0.2.7/d\", format = \"lines\", every = \"1h\" },",
+            "]",
+        ]),
+        &host(),
+    );
+    let find = |key: &str| {
+        errors
+            .iter()
+            .find(|e| e.key.as_deref() == Some(key))
+            .unwrap_or_else(|| panic!("no error for {key}: {errors:#?}"))
+    };
+    let e = find("allow.max_shrink");
+    assert_eq!(e.line, Some(2));
+    assert_contains(e, "from 0 (none) to 1");
+    assert_contains(find("allow.presets_refresh_interval"), "use 1s to 7days");
+    assert_contains(find("allow.sources[0]"), "a source needs a url");
+    assert_contains(find("allow.sources[1].url"), "only http and https");
+    let e = find("allow.sources[2].format");
+    assert_eq!(e.line, Some(8));
+    assert_contains(e, "github-meta");
+    assert_contains(find("allow.sources[3]"), "a source needs a format");
+    let e = find("allow.sources[4].url");
+    assert_contains(e, "listed twice");
+    assert_contains(find("allow.sources[4].refresh"), "use 1s to 7days");
+    let e = find("allow.sources[5].url");
+    assert_contains(e, "credentials");
+    assert!(!e.message.contains("pw@"), "{}", e.message);
+    assert_contains(find("allow.sources[6].every"), "unknown key");
+}

@@ -54,6 +54,9 @@ pub(super) struct PrivilegeDrop {
     /// The store's directories and files that did not exist at the check: made by this start,
     /// as root, they are handed to the new identity.
     store_made: Vec<PathBuf>,
+    /// Where the fetched address lists are kept (`allow.cache_dir`): what this start wrote
+    /// there, as root, is handed to the new identity, which keeps writing there.
+    cache_dir: Option<PathBuf>,
 }
 
 impl PrivilegeDrop {
@@ -133,6 +136,8 @@ impl PrivilegeDrop {
             keep,
             run_as,
             store_made,
+            cache_dir: (config.allow.presets_refresh.is_some() || !config.allow.sources.is_empty())
+                .then(|| config.allow.cache_dir(&config.store.path)),
         })
     }
 
@@ -146,7 +151,17 @@ impl PrivilegeDrop {
             .ids
             .as_ref()
             .map_or((0, 0), |ids| (ids.uid, ids.gid));
-        for path in pin_tree(pins).iter().chain(&self.store_made) {
+        let cached: Vec<PathBuf> = match &self.cache_dir {
+            Some(dir) if self.run_as.is_some() && dir.is_dir() => std::iter::once(dir.clone())
+                .chain(
+                    std::fs::read_dir(dir)
+                        .with_context(|| format!("reading {}", dir.display()))?
+                        .filter_map(|entry| entry.ok().map(|e| e.path())),
+                )
+                .collect(),
+            _ => Vec::new(),
+        };
+        for path in pin_tree(pins).iter().chain(&self.store_made).chain(&cached) {
             if path.exists() {
                 chown(path, Some(uid), Some(gid)).with_context(|| {
                     format!(

@@ -238,7 +238,7 @@ fn allow_cases() -> Vec<Case> {
                 "allow",
                 3,
                 "an empty allowlist in enforce mode would drop every packet to the protected \
-                 ports: add presets, cidrs or files, or set filter.mode = \"monitor\"",
+                 ports: add presets, cidrs, files or sources, or set filter.mode = \"monitor\"",
             )],
         ),
         case(
