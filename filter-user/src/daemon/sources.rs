@@ -122,35 +122,59 @@ impl Lists {
 
     /// Puts the lists in force for `config` into its allowlist: a refreshed preset's fetched
     /// list replaces its snapshot, a source's list is added. The receiver (for `mpesa` routes)
-    /// and the kernel maps both read the result.
+    /// and the kernel maps both read the result. A route whose `allow` names a refreshed preset
+    /// gets the fetched list in place of the snapshot too: the receiver would otherwise refuse a
+    /// provider's new address that the kernel already lets through.
     pub(super) fn merge_into(&self, config: &mut Config) {
         let specs = specs(config);
         if specs.is_empty() {
             return;
         }
         let lists = self.lock();
-        let mut replaced: Vec<&str> = Vec::new();
+        // Each refreshed preset's fetched entries, by name, for the routes that name it.
+        let mut replaced: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
         let mut fetched = Vec::new();
         for spec in &specs {
             let Some(list) = lists.get(&spec.key) else {
                 continue;
             };
-            if let Some(name) = spec.preset {
-                replaced.push(name);
-            }
             let from: Arc<str> = Arc::from(spec.label.as_str());
-            fetched.extend(list.nets.iter().map(|&net| Entry {
-                net,
-                source: Source::Fetched { from: from.clone() },
-            }));
+            let entries: Vec<Entry> = list
+                .nets
+                .iter()
+                .map(|&net| Entry {
+                    net,
+                    source: Source::Fetched { from: from.clone() },
+                })
+                .collect();
+            if let Some(name) = spec.preset {
+                replaced.insert(name, entries.clone());
+            }
+            fetched.extend(entries);
         }
         drop(lists);
-        let mut entries = std::mem::take(&mut config.allowlist.entries);
-        entries.retain(|entry| {
-            !matches!(&entry.source, Source::Preset { name, .. } if replaced.contains(&name.as_str()))
-        });
-        entries.extend(fetched);
-        config.allowlist = Allowlist::from_entries(entries);
+        let replace = |list: &mut Allowlist, added: Vec<Entry>| {
+            let mut entries = std::mem::take(&mut list.entries);
+            entries.retain(|entry| {
+                !matches!(&entry.source, Source::Preset { name, .. } if replaced.contains_key(name.as_str()))
+            });
+            entries.extend(added);
+            *list = Allowlist::from_entries(entries);
+        };
+        for route in &mut config.routes {
+            let Some(allow) = route.allow.as_mut() else {
+                continue;
+            };
+            let named: Vec<Entry> = replaced
+                .iter()
+                .filter(|(name, _)| allow.written.iter().any(|w| w == *name))
+                .flat_map(|(_, entries)| entries.iter().cloned())
+                .collect();
+            if !named.is_empty() {
+                replace(&mut allow.list, named);
+            }
+        }
+        replace(&mut config.allowlist, fetched);
     }
 }
 
@@ -489,6 +513,59 @@ fn date(text: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{lines, parse_ok};
+
+    /// A route naming a refreshed preset checks the fetched list, as the kernel does; one naming
+    /// a preset that is not refreshed keeps its snapshot.
+    #[test]
+    fn a_route_allow_naming_a_refreshed_preset_takes_the_fetched_list() {
+        let mut config = parse_ok(&lines(&[
+            "[allow]",
+            "presets = [\"github-hooks\", \"mpesa\"]",
+            "presets_refresh = true",
+            "[[route]]",
+            "path = \"/hooks/github\"",
+            "verify = \"github\"",
+            "secrets = [{ env = \"GITHUB\" }]",
+            "allow = [\"github-hooks\", \"203.0.113.0/24\"]",
+            "[[route]]",
+            "path = \"/mpesa\"",
+            "verify = \"mpesa\"",
+            "token = { env = \"TOKEN\" }",
+            "allow = [\"mpesa\"]",
+        ]));
+        let spec = specs(&config)
+            .into_iter()
+            .find(|spec| spec.preset == Some("github-hooks"))
+            .expect("github-hooks is refreshed");
+        let published: IpNet = "198.51.100.0/24".parse().unwrap();
+        let lists = Lists::default();
+        lists.lock().insert(
+            spec.key,
+            InForce {
+                nets: vec![published],
+                fetched_at: SystemTime::now(),
+            },
+        );
+        let snapshot: std::net::IpAddr = "192.30.252.1".parse().unwrap();
+        let new: std::net::IpAddr = "198.51.100.9".parse().unwrap();
+        let list = |config: &Config, index: usize| config.routes[index].allow.clone().unwrap().list;
+        assert!(list(&config, 0).contains(snapshot));
+        assert!(!list(&config, 0).contains(new));
+
+        lists.merge_into(&mut config);
+        let github = list(&config, 0);
+        assert!(github.contains(new), "the fetched list is checked");
+        assert!(!github.contains(snapshot), "the snapshot is replaced");
+        assert!(
+            github.contains("203.0.113.7".parse().unwrap()),
+            "CIDRs stay"
+        );
+        assert!(config.allowlist.contains(new));
+        let mpesa = list(&config, 1);
+        assert!(mpesa.contains("196.201.214.200".parse().unwrap()));
+        assert!(!mpesa.contains(new));
+    }
 
     #[test]
     fn snapshot_dates_are_midnight_utc() {
