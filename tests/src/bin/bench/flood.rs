@@ -390,9 +390,12 @@ impl Lab {
         srv.ip(&["-6", "route", "add", "default", "via", &GEN_V6.to_string()]);
         sysctl(&gen_ns, "net.ipv4.ip_forward", "0")?;
         sysctl(&gen_ns, "net.ipv6.conf.all.forwarding", "0")?;
-        // A dummy interface holds the daemon's XDP program when something else filters.
-        srv.ip(&["link", "add", "hwfdummy", "type", "dummy"]);
-        srv.ip(&["link", "set", "hwfdummy", "up"]);
+        // A spare veth inside the server namespace holds the daemon's XDP program when
+        // something else filters (a dummy interface needs a module not every kernel has).
+        srv.ip(&[
+            "link", "add", "hwfidle", "type", "veth", "peer", "name", "hwfidlep",
+        ]);
+        srv.ip(&["link", "set", "hwfidle", "up"]);
         let link: serde_json::Value =
             serde_json::from_str(&srv.ip(&["-j", "link", "show", "dev", &veth.a]))
                 .context("parsing `ip -j link`")?;
@@ -439,7 +442,7 @@ impl Lab {
         let (iface, attach) = match filter {
             Filter::HookwallNative => (self.veth.a.as_str(), "native"),
             Filter::HookwallGeneric => (self.veth.a.as_str(), "generic"),
-            _ => ("hwfdummy", "generic"),
+            _ => ("hwfidle", "generic"),
         };
         let dir = self.dir.path().join(format!("d-{}", filter.name()));
         std::fs::create_dir_all(&dir).context("making the daemon's directory")?;
@@ -556,7 +559,12 @@ impl Lab {
                 let t = Instant::now();
                 match request(IpAddr::V4(GEN_V4), dst, &config, "GET", "/", &[], b"") {
                     Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1e3),
-                    Err(_) => failures += 1,
+                    Err(e) => {
+                        if failures == 0 {
+                            eprintln!("  client: first failure: {e}");
+                        }
+                        failures += 1;
+                    }
                 }
                 if let Some(rest) = CLIENT_PACE.checked_sub(t.elapsed()) {
                     std::thread::sleep(rest);
@@ -757,11 +765,20 @@ struct Trafgen {
 
 impl Trafgen {
     fn start(ns: &NetNs, dev: &str, conf: &Path) -> anyhow::Result<Self> {
-        // -A/-Q: leave the host's socket memory limits and IRQ affinities alone.
+        // --no-sock-mem, --notouch-irq: leave the host's socket memory limits and IRQ affinities alone.
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "taskset", "-c"])
             .arg(SENDER_CPU.to_string())
-            .args(["trafgen", "--cpus", "1", "-A", "-Q", "-o", dev, "-i"])
+            .args([
+                "trafgen",
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+                "--notouch-irq",
+                "-o",
+                dev,
+                "-i",
+            ])
             .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
