@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use hookwall_tests::{
-    config::ConfigSpec,
+    config::{ConfigSpec, Route},
     daemon::{Daemon, PinsGuard, parse_samples},
     https::{TestCa, request},
     netns::{NetNs, VethPair},
@@ -454,6 +454,12 @@ impl Lab {
         spec.protected_ports = vec![PORT];
         spec.server_listen = format!("0.0.0.0:{PORT}");
         spec.tls = Some((cert, key));
+        // Without a route the daemon opens no HTTPS listener; the client asks for another path
+        // (404 before any body is read), which still takes a connection, TLS and a request.
+        let secret = dir.join("sw");
+        std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .context("writing the route's secret")?;
+        spec.routes = vec![Route::signed("/hooks/sw", "standard-webhooks", &[secret])];
         let config = dir.join("hookwall.toml");
         std::fs::write(&config, spec.render()).context("writing the config")?;
         setup.daemon = Some(Daemon::start(&self.srv, &config, spec.metrics_listen, &dir));
