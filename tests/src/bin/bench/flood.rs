@@ -462,7 +462,11 @@ impl Lab {
         spec.routes = vec![Route::signed("/hooks/sw", "standard-webhooks", &[secret])];
         let config = dir.join("hookwall.toml");
         std::fs::write(&config, spec.render()).context("writing the config")?;
-        setup.daemon = Some(Daemon::start(&self.srv, &config, spec.metrics_listen, &dir));
+        // 200,000 prefixes written inline take the daemon longer than the tests' 15 s to load
+        // on a busy two-core machine.
+        let mut daemon = Daemon::spawn(&self.srv, &config, spec.metrics_listen, &dir);
+        daemon.wait_ready(Duration::from_secs(180));
+        setup.daemon = Some(daemon);
         match filter {
             Filter::Floor => {
                 let mut floor = Bare::floor()?;
