@@ -13,6 +13,8 @@ pub enum BenchKind {
     Http,
     /// Delivery of accepted callbacks.
     Delivery,
+    /// A SYN flood over a veth: hookwall against nftables and iptables with ipset.
+    Flood,
 }
 
 impl BenchKind {
@@ -22,6 +24,7 @@ impl BenchKind {
             Self::Filter => "filter",
             Self::Http => "http",
             Self::Delivery => "delivery",
+            Self::Flood => "flood",
         }
     }
 }

@@ -54,6 +54,9 @@ pub const TEST_PACKAGES: &[&str] = &[
 pub const PROMETHEUS_PACKAGE: &str = "prometheus";
 /// The server [`PROMETHEUS_PACKAGE`] installs; setup checks that none was started.
 const PROMETHEUS_SERVER: &str = "/usr/bin/prometheus";
+/// Debian packages `cargo xtask bench flood` runs: netsniff-ng gives `trafgen` (the SYN
+/// generator), and nftables, ipset and iptables the firewalls hookwall is compared with.
+pub const BENCH_PACKAGES: &[&str] = &["netsniff-ng", "nftables", "ipset", "iptables"];
 /// Debian packages `cargo xtask dist` and the package test need: dpkg-dev gives cargo-deb
 /// `dpkg-shlibdeps` (the package's library dependencies); adduser runs in the package's
 /// postinst; systemd gives `systemd-analyze` (the unit is verified, its exposure scored, also
@@ -88,6 +91,7 @@ pub fn setup() -> Result<()> {
 fn apt_packages() -> Vec<&'static str> {
     std::iter::once(LLVM_PACKAGE)
         .chain(TEST_PACKAGES.iter().copied())
+        .chain(BENCH_PACKAGES.iter().copied())
         .chain(PACKAGE_TOOLS.iter().copied())
         .collect()
 }

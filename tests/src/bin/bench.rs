@@ -1,4 +1,4 @@
-//! `cargo xtask bench <filter|http|delivery>`: prints figures and ratios against baselines
+//! `cargo xtask bench <filter|http|delivery|flood>`: prints figures and ratios against baselines
 //! measured in the same run. Method and results: docs/benchmarks.md.
 /// The daemon's allocator (filter-user's main.rs): the reload figures time `Filter::apply` in
 /// this process, and the cost of its large transient buffers depends on the allocator.
@@ -31,6 +31,8 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 #[path = "bench/delivery.rs"]
 mod delivery;
+#[path = "bench/flood.rs"]
+mod flood;
 #[path = "bench/http.rs"]
 mod http;
 
@@ -54,7 +56,8 @@ fn main() -> anyhow::Result<()> {
         "filter" => bench_filter(std::env::args().nth(2).as_deref().unwrap_or_default()),
         "http" => http::bench_http(std::env::args().nth(2).as_deref() == Some("latency")),
         "delivery" => delivery::bench_delivery(),
-        other => bail!("unknown benchmark {other:?}: use filter, http or delivery"),
+        "flood" => flood::bench_flood(&std::env::args().skip(2).collect::<Vec<_>>()),
+        other => bail!("unknown benchmark {other:?}: use filter, http, delivery or flood"),
     }
 }
 
