@@ -61,6 +61,36 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Where each line of a text starts, so that finding the line of an offset is a binary search:
+/// a config can hold a hundred thousand allowlist entries, each of which records its line.
+#[derive(Debug, Clone)]
+pub(crate) struct LineIndex {
+    /// The offset of every `\n`, in order.
+    newlines: Vec<usize>,
+    len: usize,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> Self {
+        let newlines = text
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'\n')
+            .map(|(offset, _)| offset)
+            .collect();
+        Self {
+            newlines,
+            len: text.len(),
+        }
+    }
+
+    /// The 1-based line of `byte_offset`, as [`line_of`] counts it.
+    pub(crate) fn line_of(&self, byte_offset: usize) -> usize {
+        let end = byte_offset.min(self.len);
+        self.newlines.partition_point(|&newline| newline < end) + 1
+    }
+}
+
 /// The 1-based line of `byte_offset` in `text` (offsets past the end count as the last line).
 pub fn line_of(text: &str, byte_offset: usize) -> usize {
     let end = byte_offset.min(text.len());

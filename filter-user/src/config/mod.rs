@@ -79,7 +79,7 @@ pub(crate) use url::without_query;
 
 use crate::allowlist::Allowlist;
 use check::{Checker, RawConfig};
-use diagnostics::{KeyPath, key_at, segments};
+use diagnostics::{KeyPath, LineIndex, key_at, segments};
 use host::{Host, LiveHost};
 
 /// Where `hookwall run` and `hookwall check` look without `-c`.
@@ -177,6 +177,7 @@ fn check_with<R: DeserializeOwned, T>(
         file: path,
         dir: path.parent().unwrap_or(Path::new("")),
         text,
+        lines: LineIndex::new(text),
         doc: doc.get_ref(),
         host,
         errors: Vec::new(),

@@ -27,7 +27,7 @@ use toml::de::DeTable;
 use super::{
     Config,
     diagnostics::{
-        ConfigError, KeyPath, Table, closest, known_keys, line_of, locate, parse_choice,
+        ConfigError, KeyPath, LineIndex, Table, closest, known_keys, locate, parse_choice,
         sections_with, serde_names,
     },
     host::Host,
@@ -98,6 +98,8 @@ pub(super) struct Checker<'a> {
     /// The config file's directory, for relative paths of files it names.
     pub(super) dir: &'a Path,
     pub(super) text: &'a str,
+    /// The lines of `text`, for the line of each error and entry.
+    pub(super) lines: LineIndex,
     pub(super) doc: &'a DeTable<'a>,
     pub(super) host: &'a dyn Host,
     pub(super) errors: Vec<ConfigError>,
@@ -105,7 +107,7 @@ pub(super) struct Checker<'a> {
 
 impl Checker<'_> {
     fn line_of_span(&self, span: Option<Range<usize>>) -> Option<usize> {
-        span.map(|span| line_of(self.text, span.start))
+        span.map(|span| self.lines.line_of(span.start))
     }
 
     /// The line of the value at `key` (or of its nearest enclosing item).

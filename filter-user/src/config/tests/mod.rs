@@ -342,6 +342,20 @@ fn line_of_counts_from_one() {
 }
 
 #[test]
+fn the_line_index_counts_as_line_of_does() {
+    for text in ["a\nbc\n\nd", "", "\n", "x", "a\n\n\nb\n"] {
+        let index = super::diagnostics::LineIndex::new(text);
+        for offset in 0..text.len() + 3 {
+            assert_eq!(
+                index.line_of(offset),
+                line_of(text, offset),
+                "{text:?} at {offset}"
+            );
+        }
+    }
+}
+
+#[test]
 fn load_reads_the_file_or_says_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.toml");

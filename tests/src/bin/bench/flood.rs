@@ -233,7 +233,7 @@ pub(crate) fn bench_flood(args: &[String]) -> anyhow::Result<()> {
         "bench flood pins the generator and the server to two different CPUs: it needs two"
     );
     let lab = Lab::new()?;
-    let mut rng = StdRng::seed_from_u64(0x666c_6f6f_64);
+    let mut rng = StdRng::seed_from_u64(0x0066_6c6f_6f64);
     let mut results: BTreeMap<Key, Vec<Sample>> = BTreeMap::new();
     println!(
         "hookwall flood benchmark: trafgen SYNs to port {PORT} over a veth, {} round(s) of {} s \
