@@ -18,11 +18,6 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
 
 /// The path prefix RFC 8555 section 8.3 fixes.
 pub(crate) const PREFIX: &str = "/.well-known/acme-challenge/";
@@ -111,37 +106,11 @@ pub(crate) async fn serve(
     if let Ok(listen) = listener.local_addr() {
         tracing::info!(%listen, "answering ACME HTTP-01 challenges");
     }
-    let app = router(challenges);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting an HTTP-01 connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Err(_) => tracing::debug!(%peer, "HTTP-01 connection closed at its time limit"),
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP-01 connection ended"),
-                Ok(Ok(())) => {}
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    let timeouts = crate::metrics::Timeouts {
+        header: HEADER_TIMEOUT,
+        connection: CONNECTION_TIMEOUT,
+    };
+    crate::metrics::serve_router(listener, router(challenges), shutdown, timeouts, "acme").await;
 }
 
 #[cfg(test)]

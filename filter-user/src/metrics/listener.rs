@@ -104,6 +104,21 @@ pub async fn serve_with(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(metrics);
+    serve_router(listener, app, shutdown, timeouts, "metrics").await;
+    Ok(())
+}
+
+/// Serves `app` over plain HTTP/1.1 on `listener` until `shutdown` completes, under `timeouts`,
+/// then lets open connections finish for at most [`SHUTDOWN_GRACE`]. `name` says in the log
+/// which listener a connection belongs to. The metrics listener and the ACME HTTP-01 listener
+/// both serve this way.
+pub(crate) async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    timeouts: Timeouts,
+    name: &'static str,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(timeouts.header);
@@ -116,7 +131,7 @@ pub async fn serve_with(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    tracing::warn!(listener = name, error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -126,8 +141,12 @@ pub async fn serve_with(
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             match tokio::time::timeout(timeouts.connection, conn).await {
-                Err(_) => tracing::debug!(%peer, "metrics connection closed at its time limit"),
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics connection ended"),
+                Err(_) => {
+                    tracing::debug!(listener = name, %peer, "connection closed at its time limit")
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection ended")
+                }
                 Ok(Ok(())) => {}
             }
         });
@@ -137,9 +156,11 @@ pub async fn serve_with(
         .await
         .is_err()
     {
-        tracing::debug!("metrics connections still open at shutdown; closing them");
+        tracing::debug!(
+            listener = name,
+            "connections still open at shutdown; closing them"
+        );
     }
-    Ok(())
 }
 
 async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {

@@ -30,6 +30,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+pub(crate) use self::listener::{Timeouts, serve_router};
 use self::{
     collect::{StateCollector, XdpCollector},
     routes::RouteIndex,
