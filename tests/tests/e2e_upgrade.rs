@@ -420,6 +420,126 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn a_reload_asked_for_during_an_upgrade_waits_for_the_upgrade_to_end() {
+    // Only the SIGHUPs below reload (the daemon watches a symlink's directory, not the file).
+    let mut lab = finish(Lab::https("hw-upgrade-").with_symlinked_config());
+    let bin_dir = lab.dir.path().join("bin");
+    fs::create_dir(&bin_dir).expect("bin directory");
+    let bin = bin_dir.join("hookwall");
+    let real = bin_dir.join("hookwall.real");
+    fs::copy(hookwall_bin(), &bin).expect("copying the binary");
+    fs::copy(hookwall_bin(), &real).expect("copying the binary");
+    let mut daemon = Daemon::spawn_binary(
+        &lab.net.srv,
+        &bin,
+        &lab.config,
+        lab.spec.metrics_listen,
+        lab.dir.path(),
+    );
+    daemon.wait_ready(Duration::from_secs(15));
+    let src = std::net::IpAddr::V4(hookwall_tests::netns::ALLOWED_V4);
+    let post = |lab: &Lab, id: &str| {
+        lab.post(
+            src,
+            &load_path(),
+            &[("Content-Type", "application/json")],
+            &load::confirmation(id),
+        )
+        .status
+    };
+    // The successors take 3 s to start: time enough to ask for a reload while one starts.
+    let upgrade_then_hup = |daemon: &mut Daemon, nth: usize| {
+        daemon.signal(libc::SIGUSR2);
+        poll_until(
+            Duration::from_secs(10),
+            || daemon.log().matches("SIGUSR2: upgrading in place").count() == nth,
+            || format!("upgrade {nth} under way; log:\n{}", daemon.log()),
+        );
+        daemon.hup();
+        poll_until(
+            Duration::from_secs(10),
+            || daemon.log().matches("reload deferred").count() == nth,
+            || format!("the reload waits for upgrade {nth}; log:\n{}", daemon.log()),
+        );
+    };
+
+    // 1. The upgrade fails: the old process applies the reload once it knows.
+    replace_with_script(&bin, "#!/bin/sh\nsleep 3\nexit 1\n");
+    lab.spec.limits.push(("body_limit_bytes".to_owned(), 64));
+    lab.write_config();
+    let reloads = daemon.reloads("success");
+    upgrade_then_hup(&mut daemon, 1);
+    assert_eq!(
+        daemon.reloads("success"),
+        reloads,
+        "nothing reloaded while the successor starts; log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        post(&lab, "DEFERRED00"),
+        200,
+        "the old limits are in force meanwhile"
+    );
+    daemon.wait_metric(
+        "hookwall_upgrades_total",
+        &[("result", "failure")],
+        HANDOVER,
+        |v| v >= 1.0,
+    );
+    daemon.wait_metric(
+        "hookwall_config_reloads_total",
+        &[("result", "success")],
+        Duration::from_secs(10),
+        |v| v > reloads,
+    );
+    assert_eq!(
+        post(&lab, "DEFERRED01"),
+        413,
+        "the reloaded body limit applies"
+    );
+
+    // 2. The upgrade succeeds: the old process passes the reload on to its successor.
+    replace_with_script(
+        &bin,
+        &format!("#!/bin/sh\nsleep 3\nexec {} \"$@\"\n", real.display()),
+    );
+    lab.spec.limits.pop();
+    lab.write_config();
+    upgrade_then_hup(&mut daemon, 2);
+    let status = daemon
+        .wait_exit(HANDOVER)
+        .unwrap_or_else(|| panic!("the old daemon hands over; log:\n{}", daemon.log()));
+    assert!(status.success(), "{status}; log:\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("passed the reload asked for during the upgrade on to the successor"),
+        "log:\n{log}"
+    );
+    let (pid, links) = recorded(&lab);
+    let successor = Successor::new(pid.expect("the successor records its PID"));
+    assert_ne!(successor.pid, daemon.pid());
+    assert_attached(&links, "after the upgrade");
+    poll_until(
+        Duration::from_secs(10),
+        || {
+            hookwall_tests::daemon::find_metric(
+                &hookwall_tests::daemon::metrics(&lab.net.srv, lab.spec.metrics_listen),
+                "hookwall_config_reloads_total",
+                &[("result", "success")],
+            )
+            .is_some_and(|v| v >= 1.0)
+        },
+        || format!("the successor reloads once; log:\n{}", daemon.log()),
+    );
+    assert_eq!(
+        post(&lab, "DEFERRED02"),
+        200,
+        "the body limit is gone again"
+    );
+    successor.term();
+}
+
 /// Replaces `bin` by a script, by rename, as a package manager replaces a binary.
 fn replace_with_script(bin: &Path, script: &str) {
     let next = bin.with_extension("new");

@@ -55,13 +55,62 @@ pub fn main(pins: &Pins, pid: Option<u32>, timeout: Duration) -> anyhow::Result<
             .with_context(|| format!("sending SIGUSR2 to PID {old}"));
     }
     eprintln!("asked PID {old} to upgrade in place (SIGUSR2); waiting for the hand-over");
+    wait_for_successor(
+        old,
+        timeout,
+        POLL,
+        &mut System {
+            recorded: || recorded().ok().flatten(),
+        },
+    )
+}
+
+/// What the wait for a hand-over looks at: processes, and the PID the pinned filter records.
+trait Observe {
+    fn alive(&mut self, pid: u32) -> bool;
+    fn is_hookwall(&mut self, pid: u32) -> bool;
+    fn recorded(&mut self) -> Option<u32>;
+}
+
+/// This host's processes and pinned filter.
+struct System<R> {
+    recorded: R,
+}
+
+impl<R: FnMut() -> Option<u32>> Observe for System<R> {
+    fn alive(&mut self, pid: u32) -> bool {
+        alive(pid)
+    }
+
+    fn is_hookwall(&mut self, pid: u32) -> bool {
+        process_is_hookwall(pid)
+    }
+
+    fn recorded(&mut self) -> Option<u32> {
+        (self.recorded)()
+    }
+}
+
+/// Waits until `old` has exited and a successor is recorded and runs; returns its PID.
+fn wait_for_successor(
+    old: u32,
+    timeout: Duration,
+    poll: Duration,
+    observe: &mut impl Observe,
+) -> anyhow::Result<u32> {
     let deadline = Instant::now() + timeout;
     loop {
-        thread::sleep(POLL);
-        let now = recorded().ok().flatten();
+        thread::sleep(poll);
+        // The old process's end is looked at before the record: the successor records its PID
+        // before it is ready, and the old process exits only after that, so a record read after
+        // the old process is seen gone already names the successor. Read the other way round, a
+        // poll delayed between the two looks could pair a record from before the hand-over with
+        // the old process already gone.
+        let old_gone = !observe.alive(old);
+        let now = observe.recorded();
         match now {
-            Some(new) if new != old && process_is_hookwall(new) && !alive(old) => return Ok(new),
-            _ if !alive(old) && now.is_none_or(|new| new == old || !alive(new)) => bail!(
+            Some(new) if new != old && old_gone && observe.is_hookwall(new) => return Ok(new),
+            _ if old_gone && now.is_none_or(|new| new == old || !observe.alive(new)) => bail!(
                 "PID {old} exited, but no successor serves (the filter records {}); start \
                  hookwall again",
                 now.map_or_else(|| "no daemon".to_owned(), |pid| format!("PID {pid}"))
@@ -90,7 +139,99 @@ fn alive(pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::alive;
+    use std::time::Duration;
+
+    use super::{Observe, alive, wait_for_successor};
+
+    const OLD: u32 = 100;
+    const NEW: u32 = 200;
+
+    /// A hand-over that completes (the successor records its PID, then the old process exits)
+    /// right after the `complete_after`-th look, as when the polling process is preempted there.
+    struct HandOver {
+        looks: usize,
+        complete_after: Option<usize>,
+        successor: Option<u32>,
+    }
+
+    impl HandOver {
+        fn look(&mut self) -> bool {
+            self.looks += 1;
+            self.complete_after.is_some_and(|n| self.looks > n)
+        }
+    }
+
+    impl Observe for HandOver {
+        fn alive(&mut self, pid: u32) -> bool {
+            let done = self.look();
+            match pid {
+                OLD => !done,
+                pid => done && Some(pid) == self.successor,
+            }
+        }
+
+        fn is_hookwall(&mut self, pid: u32) -> bool {
+            self.alive(pid)
+        }
+
+        fn recorded(&mut self) -> Option<u32> {
+            if self.look() {
+                self.successor.or(Some(OLD))
+            } else {
+                Some(OLD)
+            }
+        }
+    }
+
+    fn wait(world: &mut HandOver) -> anyhow::Result<u32> {
+        wait_for_successor(OLD, Duration::from_secs(5), Duration::ZERO, world)
+    }
+
+    #[test]
+    fn a_hand_over_between_two_looks_of_one_poll_is_a_success() {
+        for complete_after in 0..6 {
+            let mut world = HandOver {
+                looks: 0,
+                complete_after: Some(complete_after),
+                successor: Some(NEW),
+            };
+            assert_eq!(
+                wait(&mut world).expect("the hand-over succeeded"),
+                NEW,
+                "hand-over after look {complete_after}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_old_process_that_exits_with_no_successor_is_a_failure() {
+        let mut world = HandOver {
+            looks: 0,
+            complete_after: Some(2),
+            successor: None,
+        };
+        let err = wait(&mut world).expect_err("no successor").to_string();
+        assert!(
+            err.contains("PID 100 exited, but no successor serves (the filter records PID 100)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_old_process_that_keeps_serving_is_a_failure_after_the_timeout() {
+        let mut world = HandOver {
+            looks: 0,
+            complete_after: None,
+            successor: Some(NEW),
+        };
+        let err = wait_for_successor(OLD, Duration::from_millis(20), Duration::ZERO, &mut world)
+            .expect_err("no hand-over")
+            .to_string();
+        assert!(
+            err.contains("no hand-over within 20ms: PID 100 still serves"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn this_process_is_alive_and_a_reaped_child_is_not() {

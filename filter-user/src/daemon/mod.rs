@@ -231,6 +231,7 @@ pub async fn run(
 
     let mut upgrading: Option<Upgrading<'_>> = None;
     let mut successor = None;
+    let mut deferred: Option<&'static str> = None;
     let outcome: anyhow::Result<()> = loop {
         let trigger = tokio::select! {
             _ = hup.recv() => "SIGHUP",
@@ -268,7 +269,10 @@ pub async fn run(
                         if let Err(e) = filter.set_daemon_pid(std::process::id()) {
                             tracing::warn!("recording this PID in the pinned META map again: {e}");
                         }
-                        continue;
+                        match deferred.take() {
+                            Some(trigger) => trigger,
+                            None => continue,
+                        }
                     }
                 }
             }
@@ -296,6 +300,18 @@ pub async fn run(
                 continue;
             }
         };
+        // While a successor starts, it re-adopts the filter and writes the same maps and META
+        // record: a reload here would race its writes (and could put this PID back in META after
+        // the successor recorded its own). The successor reads the config itself; a reload asked
+        // for meanwhile is applied here if the upgrade fails, else passed on to the successor.
+        if upgrading.is_some() {
+            tracing::info!(
+                trigger,
+                "reload deferred until the upgrade under way succeeds or fails"
+            );
+            deferred = Some(trigger);
+            continue;
+        }
         notifier.reloading();
         let reloaded = reload::reload(
             &mut filter,
@@ -363,6 +379,9 @@ pub async fn run(
     drop(upgrading);
     if let Some(successor) = successor {
         notifier.handed_over(successor.pid);
+        if let Some(trigger) = deferred {
+            forward_reload(trigger, successor.pid);
+        }
         services.stop().await;
         tracing::info!(
             pid = successor.pid,
@@ -377,6 +396,30 @@ pub async fn run(
     services.stop().await;
     tracing::info!("stopped; the filter stays in force (`hookwall detach` removes it)");
     outcome
+}
+
+/// Passes a reload asked for during an upgrade on to the successor: it may have read the config
+/// before the change that asked for it.
+fn forward_reload(trigger: &str, successor: u32) {
+    let sent = libc::pid_t::try_from(successor).is_ok_and(|pid| {
+        // SAFETY: kill(2) with a checked PID and a signal number.
+        unsafe { libc::kill(pid, libc::SIGHUP) == 0 }
+    });
+    if sent {
+        tracing::info!(
+            trigger,
+            pid = successor,
+            "passed the reload asked for during the upgrade on to the successor (SIGHUP)"
+        );
+    } else {
+        tracing::warn!(
+            trigger,
+            pid = successor,
+            "could not pass the reload asked for during the upgrade on to the successor ({}); \
+             send it SIGHUP",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Hands the heap freed after parsing a config back to the kernel. A 100,000-line allowlist
