@@ -540,6 +540,65 @@ fn a_reload_asked_for_during_an_upgrade_waits_for_the_upgrade_to_end() {
     successor.term();
 }
 
+#[test]
+fn a_successor_not_ready_in_30_s_is_ended_and_the_old_process_keeps_serving() {
+    let lab = finish(Lab::https("hw-upgrade-"));
+    let bin_dir = lab.dir.path().join("bin");
+    fs::create_dir(&bin_dir).expect("bin directory");
+    let bin = bin_dir.join("hookwall");
+    fs::copy(hookwall_bin(), &bin).expect("copying the binary");
+    let mut daemon = Daemon::spawn_binary(
+        &lab.net.srv,
+        &bin,
+        &lab.config,
+        lab.spec.metrics_listen,
+        lab.dir.path(),
+    );
+    daemon.wait_ready(Duration::from_secs(15));
+    // A successor that starts and never says it is ready.
+    replace_with_script(&bin, "#!/bin/sh\nexec sleep 600\n");
+    let started = Instant::now();
+    daemon.signal(libc::SIGUSR2);
+    daemon.wait_metric(
+        "hookwall_upgrades_total",
+        &[("result", "failure")],
+        HANDOVER,
+        |v| v >= 1.0,
+    );
+    let waited = started.elapsed();
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("was not ready within 30s; it was ended"))
+        .unwrap_or_else(|| panic!("the log says why; log:\n{log}"));
+    println!("not ready: failure counted {waited:?} after SIGUSR2: {line}");
+    assert!(waited >= Duration::from_secs(30), "it had 30 s: {waited:?}");
+    let pid: u32 = line
+        .split("(PID ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the successor's PID in: {line}"));
+    assert!(!alive(pid), "the successor {pid} was ended");
+    assert!(
+        daemon.try_wait().is_none(),
+        "the old daemon keeps running; log:\n{log}"
+    );
+    let (recorded_pid, links) = recorded(&lab);
+    assert_eq!(recorded_pid, Some(daemon.pid()));
+    assert_attached(&links, "after the failed upgrade");
+    let src = std::net::IpAddr::V4(hookwall_tests::netns::ALLOWED_V4);
+    let reply = lab.post(
+        src,
+        &load_path(),
+        &[("Content-Type", "application/json")],
+        &load::confirmation("NOTREADY00"),
+    );
+    assert_eq!(reply.status, 200, "the old daemon serves: {}", reply.text());
+    let status = daemon.term();
+    assert!(status.success(), "{status}");
+}
+
 /// Replaces `bin` by a script, by rename, as a package manager replaces a binary.
 fn replace_with_script(bin: &Path, script: &str) {
     let next = bin.with_extension("new");
