@@ -1,5 +1,5 @@
-//! The application hookwall delivers to, for the delivery tests: a real HTTP/1.1 server (axum on
-//! its own thread, current-thread tokio runtime) listening on loopback inside a test network
+//! The application hookwall delivers to, for the delivery tests: a real HTTP/1.1 server (an
+//! [`NsServer`]: axum on its own thread) listening on loopback inside a test network
 //! namespace (where the daemon runs).
 //!
 //! - Every request's Standard Webhooks signature is checked with the `standardwebhooks` crate
@@ -14,15 +14,13 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::{Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    thread::JoinHandle,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use crate::{netns::NetNs, ns_server::NsServer};
 use axum::{
     Router,
     body::Bytes,
@@ -30,9 +28,6 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse as _, Response},
 };
-use socket2::{Domain, Protocol, Socket, Type};
-
-use crate::netns::NetNs;
 
 /// The path validation requests are sent to ([`TestApp::validation_url`]).
 pub const VALIDATION_PATH: &str = "/validate";
@@ -105,29 +100,13 @@ impl Shared {
     }
 }
 
-struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The test application; see the module documentation.
 pub struct TestApp {
     shared: Arc<Shared>,
     netns: PathBuf,
     addr: SocketAddr,
     /// The server thread while it is up (behind a lock so tests can stop it through `&self`).
-    running: Mutex<Option<Running>>,
+    running: Mutex<Option<NsServer>>,
 }
 
 impl TestApp {
@@ -178,63 +157,15 @@ impl TestApp {
     pub fn up(&self) {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(running.is_none(), "the test application is already up");
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (netns, addr, shared) = (self.netns.clone(), self.addr, Arc::clone(&self.shared));
-        let thread = std::thread::Builder::new()
-            .name("test-app".into())
-            .spawn(move || {
-                let listener = match listen(&netns, addr) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("tokio runtime: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("tokio listener: {e}")));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    let router = Router::new().fallback(handle).with_state(shared);
-                    tokio::select! {
-                        served = axum::serve(listener, router) => {
-                            if let Err(e) = served {
-                                eprintln!("test application on {addr}: {e}");
-                            }
-                        }
-                        _ = stop_rx => {}
-                    }
-                });
-                // Dropping the runtime drops every connection task: their sockets close at once.
-                drop(runtime);
-            })
-            .expect("spawning the test application thread");
-        let ready = ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err("the thread ended without reporting".into()));
-        if let Err(e) = ready {
-            let _ = thread.join();
-            panic!("starting the test application on {}: {e}", self.addr);
-        }
-        *running = Some(Running {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        });
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&self.shared));
+        *running = Some(NsServer::start(
+            "test application",
+            &self.netns,
+            self.addr,
+            router,
+        ));
     }
 
     /// Stops listening and closes every connection; returns once the port is free.
@@ -341,38 +272,6 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.down();
     }
-}
-
-/// Binds `addr` from a thread that entered the network namespace at `netns` (the socket belongs
-/// to that namespace from then on, whatever thread uses it).
-pub(crate) fn listen(
-    netns: &std::path::Path,
-    addr: SocketAddr,
-) -> Result<std::net::TcpListener, String> {
-    let file = File::open(netns).map_err(|e| format!("opening {}: {e}", netns.display()))?;
-    // SAFETY: setns on a valid namespace fd only changes this (dedicated) thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(format!(
-            "setns into {}: {}",
-            netns.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| format!("socket: {e}"))?;
-    // Up again right after down: connections in TIME_WAIT must not hold the port.
-    socket
-        .set_reuse_address(true)
-        .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| format!("bind {addr}: {e}"))?;
-    socket.listen(1024).map_err(|e| format!("listen: {e}"))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| format!("nonblocking: {e}"))?;
-    Ok(socket.into())
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -30,6 +30,7 @@ pub mod model;
 pub mod monitoring;
 pub mod nats;
 pub mod netns;
+pub mod ns_server;
 pub mod pebble;
 pub mod prometheus;
 pub mod publisher;

@@ -52,6 +52,26 @@ impl Tally {
             self.failed.len()
         )
     }
+
+    /// Asserts that the load ran (more than 10 requests acknowledged), that no connection was
+    /// refused and that no request failed. `what` names the run in the message; `context` (a
+    /// daemon's log, or nothing) follows it.
+    ///
+    /// # Panics
+    /// If any of the three does not hold.
+    pub fn assert_all_answered(&self, what: &str, context: &str) {
+        let figures = self.figures(what);
+        assert!(
+            self.acknowledged.len() > 10,
+            "the load ran: {figures}\n{context}"
+        );
+        assert_eq!(self.refused, 0, "{figures}\n{context}");
+        assert!(
+            self.failed.is_empty(),
+            "{figures}; failures: {:?}\n{context}",
+            self.failed
+        );
+    }
 }
 
 /// A confirmation with its own TransID.

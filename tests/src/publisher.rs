@@ -1,5 +1,5 @@
 //! [`Publisher`]: a provider's address-list publisher for the `allow.sources` tests: a plain HTTP
-//! server (axum on its own thread) on loopback inside a test network namespace (where the daemon
+//! server (an [`NsServer`]) on loopback inside a test network namespace (where the daemon
 //! runs), serving documents the test sets and changes while it runs. The documents' shapes are
 //! the fixtures under `tests/fixtures/sources/`, written from the publishers' documented
 //! formats.
@@ -7,8 +7,7 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    thread::JoinHandle,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use axum::{
@@ -18,7 +17,7 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 
-use crate::{app::listen, netns::NetNs};
+use crate::{netns::NetNs, ns_server::NsServer};
 
 /// A document: the status and body served for a path.
 type Documents = Arc<Mutex<HashMap<String, (u16, String)>>>;
@@ -27,8 +26,7 @@ type Documents = Arc<Mutex<HashMap<String, (u16, String)>>>;
 pub struct Publisher {
     documents: Documents,
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: NsServer,
 }
 
 impl Publisher {
@@ -40,63 +38,14 @@ impl Publisher {
     pub fn start(ns: &NetNs, port: u16) -> Self {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let documents = Documents::default();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (netns, shared) = (ns.path(), Arc::clone(&documents));
-        let thread = std::thread::Builder::new()
-            .name("test-publisher".into())
-            .spawn(move || {
-                let listener = match listen(&netns, addr) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("tokio runtime: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("tokio listener: {e}")));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    let router = Router::new().fallback(handle).with_state(shared);
-                    tokio::select! {
-                        served = axum::serve(listener, router) => {
-                            if let Err(e) = served {
-                                eprintln!("test publisher on {addr}: {e}");
-                            }
-                        }
-                        _ = stop_rx => {}
-                    }
-                });
-                drop(runtime);
-            })
-            .expect("spawning the test publisher thread");
-        if let Err(e) = ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err("the thread ended without reporting".into()))
-        {
-            let _ = thread.join();
-            panic!("starting the test publisher on {addr}: {e}");
-        }
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&documents));
+        let server = NsServer::start("test publisher", &ns.path(), addr, router);
         Self {
             documents,
             addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -117,17 +66,6 @@ impl Publisher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(path.to_owned(), (status, body.to_owned()));
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

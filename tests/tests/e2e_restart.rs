@@ -147,18 +147,7 @@ fn restarts_on_a_held_socket_refuse_and_fail_nothing_and_store_every_event_once(
         restart_twice_under_load(&lab, "HELD", first, || start_activated(&lab, &socket));
     println!("{}", tally.figures("held socket (socket activation)"));
 
-    assert!(
-        tally.acknowledged.len() > 10,
-        "the load ran: {}",
-        tally.figures("held")
-    );
-    assert_eq!(tally.refused, 0, "{}", tally.figures("held"));
-    assert!(
-        tally.failed.is_empty(),
-        "{}; failures: {:?}",
-        tally.figures("held"),
-        tally.failed
-    );
+    tally.assert_all_answered("held", "");
     for (round, probe) in probes.iter().enumerate() {
         assert!(
             matches!(probe, Ok(200)),
