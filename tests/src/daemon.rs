@@ -16,7 +16,10 @@ use std::{
     fs::{self, File},
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -884,6 +887,99 @@ impl Drop for PinsGuard {
             eprintln!("removing {}: {e}", self.path.display());
         }
     }
+}
+
+/// A process the test did not spawn (a successor, reparented when its predecessor exited),
+/// held by a pidfd so that it is signalled, and killed on drop, without a PID reuse race.
+pub struct Successor {
+    /// Its PID.
+    pub pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl Successor {
+    /// Holds `pid`.
+    ///
+    /// # Panics
+    /// If `pid` does not run.
+    #[must_use]
+    pub fn new(pid: u32) -> Self {
+        let raw = libc::pid_t::try_from(pid).expect("PID fits pid_t");
+        // SAFETY: pidfd_open with a PID and no flags; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = i32::try_from(fd).expect("fd fits i32");
+        // SAFETY: the kernel just returned this fd to us.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self { pid, pidfd }
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: pidfd_send_signal on our pidfd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+
+    /// Whether it runs.
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        alive(self.pid)
+    }
+
+    /// SIGTERM, then waits until it has exited.
+    ///
+    /// # Panics
+    /// If it has not exited within 20 s.
+    pub fn term(&self) {
+        self.signal(libc::SIGTERM);
+        poll_until(
+            Duration::from_secs(20),
+            || !self.alive(),
+            || format!("the successor {} exits on SIGTERM", self.pid),
+        );
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.signal(libc::SIGKILL);
+            let _ = poll_until_quiet(Duration::from_secs(5), || !self.alive());
+        }
+    }
+}
+
+fn poll_until_quiet(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Whether `pid` runs (a zombie does not).
+#[must_use]
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 #[cfg(test)]

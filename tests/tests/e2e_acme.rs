@@ -3,6 +3,8 @@
 //! daemon's addresses). Pebble runs in the client namespace on 192.0.2.10, the daemon in the
 //! server namespace on 192.0.2.1 and 2001:db8:1::1, its filter protecting 8443 only.
 //!
+//! The first test also upgrades the daemon in place: the HTTP-01 listener is handed over.
+//!
 //! Run as root: `cargo build -p hookwall --bins && cargo test -p hookwall-tests --test
 //! e2e_acme`.
 
@@ -16,7 +18,7 @@ use std::{
 
 use hookwall_tests::{
     config::Route,
-    daemon::{Daemon, hookwall_in, http_get_any, metric_value, output_text},
+    daemon::{Daemon, Successor, hookwall_in, http_get_any, metric_value, output_text, poll_until},
     https::{connect_tls_named, get_keep_alive},
     lab::Lab,
     netns::{ALLOWED_V4, PROTECTED_PORT, SRV_V4, SRV_V6},
@@ -240,7 +242,56 @@ fn a_certificate_is_issued_served_kept_across_a_restart_and_renewed_when_forced(
     let after = get_keep_alive(&mut held, DOMAIN, "/nowhere")
         .expect("the connection opened before the renewal still answers");
     assert_eq!(after.status, 404);
-    daemon.term();
+
+    // An in-place upgrade hands the HTTP-01 listener over with the others (the successor could
+    // not bind its port while the old process holds it): the successor serves the cached
+    // certificate, and a renewal it orders is validated through that listener.
+    daemon.signal(libc::SIGUSR2);
+    let status = daemon
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the old daemon hands over; log:\n{}", daemon.log()));
+    assert!(status.success(), "{status}; log:\n{}", daemon.log());
+    let pid = lab.status()["daemon_pid"]
+        .as_u64()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .expect("the successor records its PID");
+    let successor = Successor::new(pid);
+    assert_eq!(
+        served_serial(&lab, &client).as_deref(),
+        Ok(renewed.as_str()),
+        "the successor serves the cached certificate; log:\n{}",
+        daemon.log()
+    );
+    std::fs::remove_file(cache.join("certificate.pem")).expect("removing the cached certificate");
+    successor.signal(libc::SIGHUP);
+    poll_until(
+        ISSUE_TIMEOUT,
+        || pebble.issued() == 3,
+        || {
+            format!(
+                "the successor orders; log:\n{}\n{}",
+                daemon.log(),
+                pebble.logs()
+            )
+        },
+    );
+    assert_eq!(
+        pebble.validated(),
+        3,
+        "validated through the handed-over HTTP-01 listener: {}",
+        pebble.logs()
+    );
+    poll_until(
+        Duration::from_secs(10),
+        || served_serial(&lab, &client).is_ok_and(|serial| serial != renewed),
+        || {
+            format!(
+                "the successor serves its new certificate; log:\n{}",
+                daemon.log()
+            )
+        },
+    );
+    successor.term();
 }
 
 #[test]

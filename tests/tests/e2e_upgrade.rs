@@ -12,10 +12,7 @@
 use std::{
     collections::HashMap,
     fs,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::fs::PermissionsExt as _,
-    },
+    os::unix::fs::PermissionsExt as _,
     path::Path,
     sync::{
         Arc,
@@ -26,7 +23,7 @@ use std::{
 
 use hookwall_tests::{
     config::Route,
-    daemon::{Daemon, hookwall, hookwall_bin, output_text, poll_until},
+    daemon::{Daemon, Successor, alive, hookwall, hookwall_bin, output_text, poll_until},
     lab::Lab,
     load::{self, Tally},
 };
@@ -57,86 +54,6 @@ fn finish(mut lab: Lab) -> Lab {
 
 fn load_path() -> String {
     format!("{MPESA}/{TOKEN}")
-}
-
-/// A process the test did not spawn (a successor, reparented when its predecessor exited),
-/// held by a pidfd so that it is signalled, and killed on drop, without a PID reuse race.
-struct Successor {
-    pid: u32,
-    pidfd: OwnedFd,
-}
-
-impl Successor {
-    fn new(pid: u32) -> Self {
-        let raw = libc::pid_t::try_from(pid).expect("PID fits pid_t");
-        // SAFETY: pidfd_open with a PID and no flags; the result is checked.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-        assert!(
-            fd >= 0,
-            "pidfd_open({pid}): {}",
-            std::io::Error::last_os_error()
-        );
-        let fd = i32::try_from(fd).expect("fd fits i32");
-        // SAFETY: the kernel just returned this fd to us.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Self { pid, pidfd }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: pidfd_send_signal on our pidfd, no siginfo, no flags.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
-    }
-
-    fn alive(&self) -> bool {
-        alive(self.pid)
-    }
-
-    /// SIGTERM, then waits until it has exited.
-    fn term(&self) {
-        self.signal(libc::SIGTERM);
-        poll_until(
-            Duration::from_secs(20),
-            || !self.alive(),
-            || format!("the successor {} exits on SIGTERM", self.pid),
-        );
-    }
-}
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal(libc::SIGKILL);
-            let _ = poll_until_quiet(Duration::from_secs(5), || !self.alive());
-        }
-    }
-}
-
-fn poll_until_quiet(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
 }
 
 /// The daemon PID the pinned filter records, and the links, from `hookwall status --json`.
