@@ -155,12 +155,12 @@ impl Worker {
             if *stop.borrow() {
                 break;
             }
-            if state.wants_page() {
-                if let Err(e) = self.read_page(&mut state).await {
-                    tracing::error!("delivery: reading due events failed: {e:#}; retrying");
-                    state.exhausted = true;
-                    state.next_due = None;
-                }
+            if state.wants_page()
+                && let Err(e) = self.read_page(&mut state).await
+            {
+                tracing::error!("delivery: reading due events failed: {e:#}; retrying");
+                state.exhausted = true;
+                state.next_due = None;
             }
             while state.in_flight.len() < self.concurrency {
                 let Some(event) = state.ready.pop_front() else {

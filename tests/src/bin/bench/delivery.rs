@@ -62,7 +62,7 @@ const RATE_CONNS: usize = 16;
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(10);
 /// hookwall's `delivery.concurrency` default; the baselines use as many in flight.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 32;
 const APP_PORT: u16 = 8000;
 const APP_PATH: &str = "/hookwall";
 const SUBJECT: &str = "hookwall.bench";
