@@ -214,6 +214,13 @@ pub fn bench_delivery() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes back what earlier phases left dirty, so a latency phase does not share the disk with
+/// it: the receiver answers after an fsync.
+fn settle_disk() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// A runtime whose threads are inside `ns` (tasks spawned on it open sockets there).
 fn ns_runtime(ns: &NetNs) -> anyhow::Result<Runtime> {
     let path = ns.path();
@@ -539,6 +546,14 @@ impl Lab<'_> {
             crate::http::closed_loop(&target, &client).await
         })?;
         drop(daemon);
+        // Hundreds of MB of events and log lines: removed, and written back now rather than
+        // during a latency phase, where the kernel's writeback would delay the receiver's fsync.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = store.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+        settle_disk();
         ensure!(
             stats.ok > 0,
             "no callback was accepted ({})",
@@ -615,6 +630,7 @@ impl Lab<'_> {
     /// `RATE` signed callbacks per second to hookwall; latency from each scheduled send time to
     /// the application's receipt (HTTP) or the stream's stored time (NATS).
     fn paced(&self, sink: Sink) -> anyhow::Result<Latency> {
+        settle_disk();
         self.receipts.take();
         let client = Arc::clone(self.client);
         // The wall clock at a known instant, to compare with JetStream's timestamps.
