@@ -481,7 +481,7 @@ mod tests {
         for needle in [
             "sink              POST http://127.0.0.1:8000/hookwall",
             "signing secret    from env HOOKWALL_DELIVERY_SECRET",
-            "attempts          10s per attempt, 8 in flight; dead letter after 10 attempts or 3days",
+            "attempts          10s per attempt, 32 in flight; dead letter after 10 attempts or 3days",
             "backoff           1s doubling up to 1h, with jitter (half to all of it)",
             "mpesa              token from env HOOKWALL_MPESA_TOKEN; validation by \
              http://127.0.0.1:8000/v within 2s, else reject",

@@ -10,8 +10,9 @@
 //!   a lost one; the application (or JetStream's duplicate window) drops the second copy.
 //! - **The worker** ([`Worker::run`]) wakes when the store commits new events, when the next
 //!   retry is due, and at least every [`IDLE_POLL`] (so `queue retry` from another process is
-//!   seen); it keeps at most `delivery.concurrency` attempts in flight and never runs two attempts
-//!   of the same event at once. Each result is recorded through the store's group commit.
+//!   seen); it reads due events in pages, keeps at most `delivery.concurrency` attempts in flight
+//!   and never runs two attempts of the same event at once. A slot is free when the sink
+//!   answers; the results gathered meanwhile are committed together, in one update.
 //! - **Sinks.** `delivery.url`: an HTTP POST of the stored body, signed by hookwall with Standard
 //!   Webhooks headers so the application can trust the last hop. `[delivery.nats]`: a JetStream
 //!   publish, acknowledged by the server once stored. Several hookwall hosts can feed one stream;
@@ -22,37 +23,42 @@
 //!   `max_attempts` or `max_age`.
 //!
 //! # Layout
-//! - this file: the [`Worker`], the [`Sink`] it sends through, and the queue upkeep (gauges,
-//!   retention purge);
+//! - this file: the [`Sink`] events are sent through, and the queue upkeep (gauges, retention
+//!   purge);
+//! - `worker`: the [`Worker`]: pages of due events, attempts in flight, batched results;
 //! - `policy`: what one attempt came to, and what follows it (retry when, or dead);
 //! - `http`: the POST to `delivery.url`;
-//! - `nats`: the JetStream publish.
+//! - `nats`: the JetStream publish;
+//! - `tests_worker`: the worker's tests, with a scripted sink.
 
 mod http;
 mod nats;
 mod policy;
+#[cfg(test)]
+mod tests_worker;
+mod worker;
 
 use std::{
-    collections::{HashMap, HashSet},
     path::Path,
     sync::{Arc, atomic::AtomicI64},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::{sync::watch, task::JoinSet};
+use tokio::sync::watch;
 
 use self::policy::duration_ms;
 pub use self::{
     http::{HttpSink, http_client},
     nats::NatsSink,
     policy::{Attempt, Next, Policy},
+    worker::Worker,
 };
 use crate::{
     config::{DeliveryConfig, Sink as SinkConfig},
-    metrics::{DeliveryLabels, DeliveryMetrics, SinkLabels},
-    store::{Reader, StoreHandle, StoredEvent, Update, unix_ms},
+    metrics::DeliveryMetrics,
+    store::{Reader, StoreHandle, StoredEvent, unix_ms},
 };
 
 /// Longest sleep of an idle worker: bounds how long an event re-queued by `hookwall queue retry`
@@ -75,6 +81,9 @@ pub enum Sink {
     Http(HttpSink),
     /// Publish to NATS JetStream (boxed: the JetStream context is large, and one sink exists).
     Nats(Box<NatsSink>),
+    /// A scripted sink for the worker's tests.
+    #[cfg(test)]
+    Fake(Arc<tests_worker::FakeSink>),
 }
 
 impl Sink {
@@ -107,6 +116,8 @@ impl Sink {
         match self {
             Sink::Http(_) => "http",
             Sink::Nats(_) => "nats",
+            #[cfg(test)]
+            Sink::Fake(_) => "fake",
         }
     }
 
@@ -115,245 +126,9 @@ impl Sink {
         match self {
             Sink::Http(http) => http.send(event, attempt).await,
             Sink::Nats(nats) => nats.send(event).await,
+            #[cfg(test)]
+            Sink::Fake(fake) => fake.send(event).await,
         }
-    }
-}
-
-/// Takes due events from the store to the sink until stopped.
-pub struct Worker {
-    sink: Arc<Sink>,
-    policy: Policy,
-    concurrency: usize,
-    store: StoreHandle,
-    reader: Arc<Reader>,
-    metrics: DeliveryMetrics,
-}
-
-impl Worker {
-    /// A worker for `config`, reading the store at `store.path()` through its own connection.
-    ///
-    /// # Errors
-    /// The sink cannot be built or the store cannot be opened for reading.
-    pub async fn new(
-        config: &DeliveryConfig,
-        store: StoreHandle,
-        metrics: DeliveryMetrics,
-    ) -> anyhow::Result<Self> {
-        let sink = Sink::from_config(config).await?;
-        let reader = Reader::open(store.path()).with_context(|| {
-            format!(
-                "opening the event store {} for the delivery worker",
-                store.path().display()
-            )
-        })?;
-        let label = sink.label();
-        for result in ["delivered", "retry", "dead"] {
-            let _ = metrics.deliveries.get_or_create(&DeliveryLabels {
-                sink: label,
-                result,
-            });
-        }
-        Ok(Self {
-            sink: Arc::new(sink),
-            policy: Policy::from_config(config),
-            concurrency: config.concurrency.max(1),
-            store,
-            reader: Arc::new(reader),
-            metrics,
-        })
-    }
-
-    /// The sink's metrics label (`http` or `nats`).
-    #[must_use]
-    pub fn sink_label(&self) -> &'static str {
-        self.sink.label()
-    }
-
-    /// Delivers until `stop` turns true, then lets attempts in flight finish (at most
-    /// [`STOP_GRACE`]).
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut inserted = self.store.inserted();
-        // Events being attempted, by the task attempting them (a panicked task reports only its
-        // task id).
-        let mut in_flight: HashMap<tokio::task::Id, i64> = HashMap::new();
-        let mut attempts: JoinSet<()> = JoinSet::new();
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            let wake = match self.fill(&mut in_flight, &mut attempts).await {
-                Ok(wake) => wake,
-                Err(e) => {
-                    tracing::error!("delivery: reading due events failed: {e:#}; retrying");
-                    IDLE_POLL
-                }
-            };
-            tokio::select! {
-                Some(done) = attempts.join_next_with_id() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(e) => {
-                            tracing::error!("delivery: an attempt failed to complete: {e}");
-                            e.id()
-                        }
-                    };
-                    in_flight.remove(&task);
-                }
-                _ = inserted.changed() => {}
-                () = tokio::time::sleep(wake) => {}
-                _ = stop.changed() => {}
-            }
-        }
-        let grace = tokio::time::timeout(STOP_GRACE, async {
-            while attempts.join_next().await.is_some() {}
-        })
-        .await;
-        if grace.is_err() {
-            tracing::warn!(
-                in_flight = attempts.len(),
-                "delivery: stopping with attempts in flight; they stay pending and are sent \
-                 again (same id) after the restart"
-            );
-            attempts.abort_all();
-        }
-    }
-
-    /// Starts attempts for due events while there is room; returns how long to sleep before
-    /// looking again if nothing else wakes the worker.
-    async fn fill(
-        &self,
-        in_flight: &mut HashMap<tokio::task::Id, i64>,
-        attempts: &mut JoinSet<()>,
-    ) -> anyhow::Result<Duration> {
-        let now = unix_ms(SystemTime::now());
-        let room = self.concurrency.saturating_sub(in_flight.len());
-        // Events in flight are still pending in the store: ask for enough to skip them. Both
-        // reads go in one trip to the blocking pool.
-        let limit = if room > 0 { room + in_flight.len() } else { 0 };
-        let reader = Arc::clone(&self.reader);
-        let (due, next) = tokio::task::spawn_blocking(move || {
-            let due = if limit > 0 {
-                reader.due(now, limit)?
-            } else {
-                Vec::new()
-            };
-            Ok::<_, crate::store::StoreError>((due, reader.next_due_after(now)?))
-        })
-        .await
-        .context("the store read task")??;
-        let busy: HashSet<i64> = in_flight.values().copied().collect();
-        for event in due.into_iter().filter(|e| !busy.contains(&e.id)).take(room) {
-            let id = event.id;
-            let task = attempts.spawn(attempt(
-                Arc::clone(&self.sink),
-                self.policy,
-                self.store.clone(),
-                self.metrics.clone(),
-                event,
-            ));
-            in_flight.insert(task.id(), id);
-        }
-        Ok(next.map_or(IDLE_POLL, |at| {
-            Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_POLL)
-        }))
-    }
-}
-
-/// One attempt of one event, and the record of its result.
-async fn attempt(
-    sink: Arc<Sink>,
-    policy: Policy,
-    store: StoreHandle,
-    metrics: DeliveryMetrics,
-    event: StoredEvent,
-) {
-    let number = event.attempts.saturating_add(1);
-    let label = sink.label();
-    let started = Instant::now();
-    let result = sink.send(&event, number).await;
-    metrics
-        .attempt_duration
-        .get_or_create(&SinkLabels { sink: label })
-        .observe(started.elapsed().as_secs_f64());
-    let now = unix_ms(SystemTime::now());
-    let (update, result_label) = match result {
-        Attempt::Delivered => {
-            let age = Duration::from_millis(u64::try_from(now - event.received_at_ms).unwrap_or(0));
-            metrics
-                .latency
-                .get_or_create(&SinkLabels { sink: label })
-                .observe(age.as_secs_f64());
-            tracing::debug!(id = event.id, event_id = %event.event_id, attempt = number, "delivered");
-            (
-                Update::Delivered {
-                    id: event.id,
-                    attempts: number,
-                    at_ms: now,
-                },
-                "delivered",
-            )
-        }
-        Attempt::Rejected { error } => {
-            tracing::warn!(id = event.id, event_id = %event.event_id, attempt = number, %error,
-                "the application refused an event; it is a dead letter now (`hookwall queue retry` replays it)");
-            (
-                Update::Dead {
-                    id: event.id,
-                    attempts: number,
-                    error: format!("{error}; not retried (a 4xx other than 408/429 is final)"),
-                },
-                "dead",
-            )
-        }
-        Attempt::Failed { error, retry_after } => match policy.after_failure(
-            number,
-            event.received_at_ms,
-            now,
-            retry_after,
-            fastrand::f64(),
-        ) {
-            Next::RetryAt(at) => {
-                tracing::info!(id = event.id, event_id = %event.event_id, attempt = number, %error,
-                    retry_in_ms = at - now, "delivery failed; will retry");
-                (
-                    Update::Retry {
-                        id: event.id,
-                        attempts: number,
-                        next_at_ms: at,
-                        error,
-                    },
-                    "retry",
-                )
-            }
-            Next::Dead(why) => {
-                tracing::warn!(id = event.id, event_id = %event.event_id, attempt = number, %error,
-                    "{why}; the event is a dead letter now (`hookwall queue retry` replays it)");
-                (
-                    Update::Dead {
-                        id: event.id,
-                        attempts: number,
-                        error: format!("{error}; {why}"),
-                    },
-                    "dead",
-                )
-            }
-        },
-    };
-    metrics
-        .deliveries
-        .get_or_create(&DeliveryLabels {
-            sink: label,
-            result: result_label,
-        })
-        .inc();
-    if let Err(e) = store.update(vec![update]).await {
-        // The row stays as it was (pending, due): it is attempted again, with the same id. The
-        // pause keeps a failing disk from turning that into a busy loop.
-        tracing::error!(
-            id = event.id,
-            "delivery: recording the result failed: {e}; the event stays pending"
-        );
-        tokio::time::sleep(IDLE_POLL).await;
     }
 }
 
@@ -458,7 +233,10 @@ pub async fn purge_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::store::Update;
 
     #[tokio::test]
     async fn the_retention_purge_removes_old_delivered_events_only() {

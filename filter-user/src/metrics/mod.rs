@@ -174,6 +174,12 @@ pub struct DeliveryMetrics {
 }
 
 impl DeliveryMetrics {
+    /// Metrics in a registry of their own, for tests of the delivery worker.
+    #[cfg(test)]
+    pub(crate) fn unregistered() -> Self {
+        Self::register(&mut Registry::default())
+    }
+
     fn register(registry: &mut Registry) -> Self {
         let this = Self {
             queue_events: Family::default(),

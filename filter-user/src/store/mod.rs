@@ -323,7 +323,8 @@ impl Store {
         Self::open_with(path.as_ref(), BUSY_TIMEOUT)
     }
 
-    fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
+    /// As [`Store::open`], waiting at most `busy_timeout` for another connection's lock.
+    pub(crate) fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
         let file = create_file(path)?;
         let conn = open_writer(path, busy_timeout)?;
         let reader = Reader::open_with(path, busy_timeout)?;

@@ -24,6 +24,19 @@ fn due_sql() -> String {
     )
 }
 
+/// Pending events due by `?1` that come after the position (`?2` due time, `?3` id) in the
+/// `events_due` order, oldest due first, at most `?4`: the delivery worker reads a backlog in
+/// pages, without reading again the rows it already holds.
+fn due_after_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_due
+        WHERE state = 'pending' AND next_attempt_at <= ?1
+            AND (next_attempt_at, id) > (?2, ?3)
+        ORDER BY next_attempt_at, id
+        LIMIT ?4"
+    )
+}
+
 /// The earliest due time after a given instant: events already due may be in flight, and the
 /// delivery worker sleeps until the next one that is not.
 const NEXT_DUE_AFTER_SQL: &str = "SELECT next_attempt_at FROM events INDEXED BY events_due
@@ -191,6 +204,31 @@ impl Reader {
             .prepare_cached(&due_sql())
             .and_then(|mut stmt| {
                 stmt.query_map(params![now_ms, limit], RawEvent::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sqlite_err("reading the due events from", &self.path))?;
+        raws.into_iter().map(|raw| raw.decode(&self.path)).collect()
+    }
+
+    /// Pending events with `next_attempt_at <= now_ms` that come after `after` (a due time and
+    /// a row id, e.g. the last event of the previous page; `None`: from the start) in the order
+    /// of [`Reader::due`], at most `limit`.
+    ///
+    /// # Errors
+    /// The read failed or a row is malformed.
+    pub fn due_after(
+        &self,
+        now_ms: i64,
+        after: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after_ms, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let raws = self
+            .conn()
+            .prepare_cached(&due_after_sql())
+            .and_then(|mut stmt| {
+                stmt.query_map(params![now_ms, after_ms, after_id, limit], RawEvent::read)?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(sqlite_err("reading the due events from", &self.path))?;
@@ -534,6 +572,45 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn due_after_pages_through_the_due_events_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(db_path(&dir)).expect("open");
+        let handle = store.handle();
+        let reader = store.reader();
+        // Received (and due) at 1000 .. 5000; then c is rescheduled to 1000, beside a.
+        let ids = insert_at(&handle, &["a", "b", "c", "d", "e"]).await;
+        handle
+            .update(vec![Update::Retry {
+                id: ids[2],
+                attempts: 1,
+                next_at_ms: 1_000,
+                error: "timeout".to_owned(),
+            }])
+            .await
+            .expect("update");
+        let page = |after, limit| -> Vec<i64> {
+            reader
+                .due_after(4_000, after, limit)
+                .expect("due after")
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        let order = [ids[0], ids[2], ids[1], ids[3]];
+        assert_eq!(page(None, 10), order, "e is not due by 4000");
+        assert_eq!(page(None, 2), order[..2]);
+        // Ties on the due time are broken by id: after (1000, a) comes (1000, c).
+        assert_eq!(page(Some((1_000, ids[0])), 2), order[1..3]);
+        assert_eq!(page(Some((1_000, ids[2])), 10), order[2..]);
+        assert_eq!(page(Some((4_000, ids[3])), 10), Vec::<i64>::new());
+        assert_eq!(
+            reader.due_after(4_000, None, 10).expect("due after"),
+            reader.due(4_000, 10).expect("due"),
+            "from the start it is `due`"
+        );
+    }
+
     #[test]
     fn queue_queries_use_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -541,7 +618,11 @@ mod tests {
         drop(Store::open(&path).expect("open"));
         let reader = Reader::open(&path).expect("reader");
         let plan = |sql: &str| -> Vec<String> {
-            let sql = sql.replace("?2", "10").replace("?1", "0");
+            let sql = sql
+                .replace("?4", "10")
+                .replace("?3", "0")
+                .replace("?2", "10")
+                .replace("?1", "0");
             reader
                 .conn()
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -553,6 +634,7 @@ mod tests {
         };
         for (sql, index) in [
             (due_sql().as_str(), "events_due"),
+            (due_after_sql().as_str(), "events_due"),
             (NEXT_DUE_AFTER_SQL, "events_due"),
             (OLDEST_PENDING_SQL, "events_state"),
             (COUNTS_SQL, "events_state"),

@@ -17,8 +17,10 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3 * DAY);
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 /// `delivery.backoff_max` default: the longest wait between two attempts.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10 * MINUTE);
-/// `delivery.concurrency` default: deliveries in flight at once.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+/// `delivery.concurrency` default: deliveries in flight at once. 32 lets a JetStream sink
+/// pipeline publishes (each attempt waits for its ack) and costs an HTTP application 32
+/// keep-alive connections at most.
+pub const DEFAULT_CONCURRENCY: usize = 32;
 /// `delivery.nats.subject` default.
 pub const DEFAULT_NATS_SUBJECT: &str = "hookwall.events";
 /// `delivery.nats.stream` default.

@@ -17,7 +17,7 @@ fn an_http_delivery_gets_the_documented_defaults() {
             max_age: Duration::from_secs(3 * 24 * 3600),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(600),
-            concurrency: 8,
+            concurrency: 32,
         })
     );
 }

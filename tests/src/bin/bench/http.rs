@@ -39,10 +39,10 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 /// Keep-alive connections in the throughput phase, each from its own loopback address (hookwall
 /// limits each client address to 200 req/s on average, and the floor reaches about 220 req/s per
 /// address with 256 connections: 512 addresses keep every target well under that limit).
-const CONNS: usize = 512;
+pub(crate) const CONNS: usize = 512;
 /// Throughput phase: warm-up, then measured time; [`ROUNDS`] rounds per target, interleaved.
-const WARMUP: Duration = Duration::from_secs(2);
-const MEASURE: Duration = Duration::from_secs(10);
+pub(crate) const WARMUP: Duration = Duration::from_secs(2);
+pub(crate) const MEASURE: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 2;
 /// Latency phase: requests per second (open loop), over this many connections, for this long
 /// after one second of warm-up.
@@ -71,9 +71,9 @@ pub(crate) struct Target {
 
 /// What one phase against one target measured.
 #[derive(Default)]
-struct Stats {
+pub(crate) struct Stats {
     /// Answers with the expected status, in the measured window.
-    ok: u64,
+    pub(crate) ok: u64,
     /// Other statuses, by code.
     other: BTreeMap<u16, u64>,
     /// Connection or protocol errors.
@@ -107,7 +107,7 @@ impl Stats {
         self.latencies_us.extend(other.latencies_us);
     }
 
-    fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         self.ok as f64 / self.window.as_secs_f64()
     }
 
@@ -132,7 +132,7 @@ impl Stats {
         ))
     }
 
-    fn anomalies(&self) -> String {
+    pub(crate) fn anomalies(&self) -> String {
         let mut parts = Vec::new();
         if !self.other.is_empty() {
             parts.push(format!("unexpected statuses {:?}", self.other));
@@ -531,7 +531,7 @@ async fn one_request(t: &Target, client: &Arc<ClientConfig>, src: IpAddr) -> any
 }
 
 /// [`CONNS`] connections, each sending its next request as soon as the previous is answered.
-async fn closed_loop(t: &Target, client: &Arc<ClientConfig>) -> Stats {
+pub(crate) async fn closed_loop(t: &Target, client: &Arc<ClientConfig>) -> Stats {
     let start = Instant::now() + Duration::from_millis(200);
     let (from, until) = (start + WARMUP, start + WARMUP + MEASURE);
     let tasks: Vec<_> = (0..CONNS)

@@ -38,7 +38,7 @@ pub(super) fn delivery_cases() -> Vec<Case> {
                 at(
                     "delivery.concurrency",
                     9,
-                    &["257 is out of range: use 1 to 256 (default 8)"],
+                    &["257 is out of range: use 1 to 256 (default 32)"],
                 ),
             ],
         ),
