@@ -13,6 +13,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
@@ -29,7 +30,6 @@ use hookwall_tests::{
     daemon::{Daemon, PinsGuard, parse_samples},
     https::{TestCa, request},
     netns::{NetNs, VethPair},
-    signal_child,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
@@ -111,6 +111,7 @@ impl Sources {
     }
 }
 
+#[derive(Debug, PartialEq)]
 struct Options {
     rounds: usize,
     seconds: f64,
@@ -119,28 +120,88 @@ struct Options {
     rps: Vec<bool>,
 }
 
-fn parse_options(args: &[String]) -> anyhow::Result<Options> {
-    let mut o = Options {
-        rounds: 3,
-        seconds: 2.0,
-        prefixes: vec![12, 100_000],
-        only: Filter::ALL.to_vec(),
-        rps: vec![false, true],
-    };
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rounds: 3,
+            seconds: 1.0,
+            prefixes: vec![12, 100_000],
+            only: Filter::ALL.to_vec(),
+            rps: vec![false, true],
+        }
+    }
+}
+
+const USAGE: &str = "\
+usage: bench flood [OPTIONS]   (cargo xtask bench flood -- [OPTIONS])
+
+A SYN flood from trafgen over a veth between two network namespaces the bench makes, against
+each configuration in turn, round by round. Needs root, two CPUs, trafgen, nft, ipset and
+iptables-legacy (`cargo xtask setup`). Method and figures: docs/benchmarks.md.
+
+options:
+  --rounds N               rounds; each round installs every configuration once (default 3)
+  --seconds S              length of one flood, per source pattern and RPS mode (default 1)
+  --prefixes N[,N]         allowlist sizes per family (default 12,100000)
+  --only CONFIG[,CONFIG]   configurations to run; none and nft-netdev are always added, as
+                           the ratios' baselines (default: all)
+                           CONFIG: xdp-drop, none, hookwall-native, hookwall-generic,
+                           nft-netdev, nft-inet, iptables-ipset
+  --rps off|on|off,on      receive packet steering on the server's veth (default off,on)
+  -h, --help               print this help
+";
+
+/// The options, or `None` when the help was asked for (and printed by the caller).
+fn parse_options(args: &[String]) -> anyhow::Result<Option<Options>> {
+    const VALID: &str = "--rounds, --seconds, --prefixes, --only, --rps, --help";
+    let mut o = Options::default();
     let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .with_context(|| format!("{flag} needs a value (see docs/benchmarks.md)"))?;
-        match flag.as_str() {
-            "--rounds" => o.rounds = value.parse().context("--rounds: a whole number")?,
-            "--seconds" => o.seconds = value.parse().context("--seconds: a number")?,
+    while let Some(arg) = it.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(None);
+        }
+        // `--flag value` and `--flag=value` both work.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value)),
+            None => (arg.as_str(), None),
+        };
+        ensure!(
+            matches!(
+                flag,
+                "--rounds" | "--seconds" | "--prefixes" | "--only" | "--rps"
+            ),
+            "unknown option {arg:?}; valid options: {VALID} (see --help)"
+        );
+        let value = match inline {
+            Some(value) => value,
+            None => it
+                .next()
+                .with_context(|| format!("{flag} needs a value (see --help)"))?,
+        };
+        match flag {
+            "--rounds" => {
+                o.rounds = value.parse().ok().filter(|&n| n > 0).with_context(|| {
+                    format!("--rounds {value:?}: a whole number of rounds, at least 1")
+                })?;
+            }
+            "--seconds" => {
+                o.seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .with_context(|| format!("--seconds {value:?}: a positive number, e.g. 2"))?;
+            }
             "--prefixes" => {
                 o.prefixes = value
                     .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-                    .context("--prefixes: whole numbers separated by commas, e.g. 12,100000")?;
+                    .map(|v| v.parse().ok().filter(|&n: &usize| n > 0))
+                    .collect::<Option<_>>()
+                    .with_context(|| {
+                        format!(
+                            "--prefixes {value:?}: positive whole numbers separated by commas, \
+                             e.g. 12,100000"
+                        )
+                    })?;
             }
             "--only" => {
                 o.only = value
@@ -158,34 +219,62 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
                     })
                     .collect::<anyhow::Result<_>>()?;
                 // The ratios need their baselines.
-                for base in [Filter::None, Filter::NftNetdev] {
-                    if !o.only.contains(&base) {
-                        o.only.push(base);
-                    }
-                }
+                o.only.extend([Filter::None, Filter::NftNetdev]);
                 o.only.sort();
+                o.only.dedup();
             }
-            "--rps" => {
+            _ => {
                 o.rps = value
                     .split(',')
                     .map(|v| match v {
                         "off" => Ok(false),
                         "on" => Ok(true),
-                        other => bail!("--rps: {other:?} is not off or on"),
+                        other => bail!("--rps: {other:?} is not off or on (e.g. --rps off,on)"),
                     })
                     .collect::<anyhow::Result<_>>()?;
+                o.rps.dedup();
             }
-            other => bail!(
-                "unknown option {other:?}: use --rounds N, --seconds S, --prefixes 12,100000, \
-                 --only CONFIG[,CONFIG], --rps off,on"
-            ),
         }
     }
+    Ok(Some(o))
+}
+
+/// Set by SIGINT and SIGTERM: the bench stops at the next check and its guards remove the
+/// namespaces, the daemon and trafgen, as on any error.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // An atomic store is async-signal-safe; everything else happens in the main thread.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic. A spawned program gets the default
+        // disposition back at exec.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
     ensure!(
-        o.rounds > 0 && o.seconds > 0.0,
-        "--rounds and --seconds must be positive"
+        !INTERRUPTED.load(Ordering::SeqCst),
+        "interrupted: removed the namespaces and stopped the processes the bench started"
     );
-    Ok(o)
+    Ok(())
+}
+
+/// Sleeps `d` in short steps, returning early with an error on SIGINT or SIGTERM.
+fn sleep_interruptible(d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        check_interrupted()?;
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }
 
 /// What one flood against one configuration measured.
@@ -210,7 +299,19 @@ type Key = (usize, bool, Sources, Filter);
 
 /// `bench flood ARGS`.
 pub(crate) fn bench_flood(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse_options(args)?;
+    let Some(opts) = parse_options(args)? else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    catch_signals();
+    let result = run(&opts);
+    // A signal also reaches the children in the terminal's process group, whose errors then
+    // say less than this.
+    check_interrupted()?;
+    result
+}
+
+fn run(opts: &Options) -> anyhow::Result<()> {
     for tool in [
         "trafgen",
         "nft",
@@ -237,7 +338,7 @@ pub(crate) fn bench_flood(args: &[String]) -> anyhow::Result<()> {
     let mut results: BTreeMap<Key, Vec<Sample>> = BTreeMap::new();
     println!(
         "hookwall flood benchmark: trafgen SYNs to port {PORT} over a veth, {} round(s) of {} s \
-         per configuration and source pattern; sender on CPU {SENDER_CPU}, server CPU \
+         per configuration, source pattern and RPS mode; sender on CPU {SENDER_CPU}, server CPU \
          {SERVER_CPU}",
         opts.rounds, opts.seconds
     );
@@ -247,22 +348,33 @@ pub(crate) fn bench_flood(args: &[String]) -> anyhow::Result<()> {
             .into_iter()
             .map(|s| {
                 let path = lab.dir.path().join(format!("{s:?}-{n}.trafgen"));
-                std::fs::write(&path, trafgen_config(s, &allow, &lab.srv_mac, &mut rng))
-                    .map(|()| (s, path))
+                let conf = trafgen_config(s, &allow, &lab.srv_mac, &mut rng)?;
+                std::fs::write(&path, conf)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok((s, path))
             })
-            .collect::<Result<_, _>>()
-            .context("writing the trafgen configs")?;
-        for &rps in &opts.rps {
-            lab.set_rps(rps)?;
-            for round in 0..opts.rounds {
-                // A different configuration goes first each round.
-                let mut order = opts.only.clone();
-                let first = round % order.len();
-                order.rotate_left(first);
-                for &filter in &order {
-                    let setup = lab
-                        .install(filter, &allow)
-                        .with_context(|| format!("setting up {}", filter.name()))?;
+            .collect::<anyhow::Result<_>>()?;
+        for round in 0..opts.rounds {
+            // A different configuration goes first each round.
+            let mut order = opts.only.clone();
+            let first = round % order.len();
+            order.rotate_left(first);
+            for &filter in &order {
+                check_interrupted()?;
+                let t = Instant::now();
+                let setup = lab
+                    .install(filter, &allow)
+                    .with_context(|| format!("setting up {}", filter.name()))?;
+                eprintln!(
+                    "  {n} prefixes, round {}: {} installed in {:.1} s",
+                    round + 1,
+                    filter.name(),
+                    t.elapsed().as_secs_f64()
+                );
+                // Both RPS modes on one installation: loading 100,000 prefixes takes longer
+                // than the floods.
+                for &rps in &opts.rps {
+                    lab.set_rps(rps)?;
                     for (sources, conf) in &confs {
                         let sample = lab.flood(conf, &setup, opts.seconds)?;
                         results
@@ -270,18 +382,17 @@ pub(crate) fn bench_flood(args: &[String]) -> anyhow::Result<()> {
                             .or_default()
                             .push(sample);
                     }
-                    drop(setup);
                 }
-                eprintln!(
-                    "  {n} prefixes, RPS {}: round {} of {} done",
-                    on_off(rps),
-                    round + 1,
-                    opts.rounds
-                );
+                drop(setup);
             }
+            eprintln!(
+                "  {n} prefixes: round {} of {} done",
+                round + 1,
+                opts.rounds
+            );
         }
     }
-    print!("{}", report(&results, &opts));
+    print!("{}", report(&results, opts));
     Ok(())
 }
 
@@ -296,7 +407,8 @@ struct Allowlist {
     raw: Vec<IpNet>,
     merged_v4: Vec<Ipv4Net>,
     merged_v6: Vec<Ipv6Net>,
-    /// Allowed IPv4 prefixes longer than /18, whose /18 blocks the block pattern floods.
+    /// Allowed IPv4 prefixes longer than /18 whose /18 is not allowed whole: the block
+    /// pattern floods their /18s.
     long_v4: Vec<Ipv4Net>,
 }
 
@@ -305,9 +417,17 @@ impl Allowlist {
         let mut v4 = random_v4(rng, n);
         v4.push(Ipv4Net::new(GEN_V4, 32).expect("/32"));
         let v6 = random_v6(rng, n);
+        let merged_v4 = Ipv4Net::aggregate(&v4);
         let long_v4 = v4
             .iter()
             .filter(|p| p.prefix_len() > 18 && p.addr() != GEN_V4)
+            .filter(|p| {
+                let block = Ipv4Net::new(p.network(), 18).expect("/18").trunc();
+                // Sorted and disjoint: only the last merged prefix starting at or before the
+                // block can hold it.
+                let i = merged_v4.partition_point(|m| m.network() <= block.network());
+                !(i > 0 && merged_v4[i - 1].contains(&block))
+            })
             .copied()
             .collect();
         Self {
@@ -317,7 +437,7 @@ impl Allowlist {
                 .map(IpNet::V4)
                 .chain(v6.iter().copied().map(IpNet::V6))
                 .collect(),
-            merged_v4: Ipv4Net::aggregate(&v4),
+            merged_v4,
             merged_v6: Ipv6Net::aggregate(&v6),
             long_v4,
         }
@@ -326,10 +446,20 @@ impl Allowlist {
 
 /// A trafgen config: [`TEMPLATES`] SYN templates (trafgen sends them in turn), each with random
 /// source bits drawn by trafgen per packet (`drnd()`), a random source port and sequence number.
-fn trafgen_config(sources: Sources, allow: &Allowlist, srv_mac: &str, rng: &mut StdRng) -> String {
+fn trafgen_config(
+    sources: Sources,
+    allow: &Allowlist,
+    srv_mac: &str,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    ensure!(
+        sources != Sources::V4Blocks || !allow.long_v4.is_empty(),
+        "the allowlist has no IPv4 prefix longer than /18 to flood around; use more prefixes \
+         (--prefixes)"
+    );
     let mut s = String::from("# generated by `cargo xtask bench flood`\n");
     let tcp = format!("tcp(sp=drnd(), dp={PORT}, seq=drnd(), syn, win=64240)");
-    for i in 0..TEMPLATES {
+    for _ in 0..TEMPLATES {
         let ip = match sources {
             Sources::V4Any => format!("ipv4(sa=drnd(), da={SRV_V4}, ttl=64, id=drnd())"),
             Sources::V4Blocks => {
@@ -343,19 +473,17 @@ fn trafgen_config(sources: Sources, allow: &Allowlist, srv_mac: &str, rng: &mut 
                 )
             }
             Sources::V6 => {
+                // `sa=drnd()` would draw all 128 bits: only the last 4 bytes are random.
                 let high = (rng.random::<u128>() >> 3) | (1u128 << 125);
                 format!(
-                    "ipv6(sa={}, sa=drnd(), da={SRV_V6}, hl=64)",
+                    "ipv6(sa={}, sa[12:4]=drnd(), da={SRV_V6}, hl=64)",
                     Ipv6Addr::from(high & !0xffff_ffff)
                 )
             }
         };
         let _ = writeln!(s, "{{ eth(da={srv_mac}), {ip}, {tcp} }}");
-        if i == 0 && allow.long_v4.is_empty() && sources == Sources::V4Blocks {
-            break;
-        }
     }
-    s
+    Ok(s)
 }
 
 /// The namespaces, the veth, the certificate and the legitimate client's TLS config.
@@ -522,21 +650,16 @@ impl Lab {
     /// One flood of `seconds` from the trafgen config `conf`, with the legitimate client
     /// running alongside.
     fn flood(&self, conf: &Path, setup: &Setup, seconds: f64) -> anyhow::Result<Sample> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let client = self.start_client(Arc::clone(&stop));
+        let client = Client::start(&self.gen_ns, Arc::clone(&self.client));
         let mut trafgen = Trafgen::start(&self.gen_ns, &self.veth.b, conf)?;
         // Let the generator reach its rate before the window opens.
-        std::thread::sleep(Duration::from_millis(300));
+        sleep_interruptible(Duration::from_millis(300))?;
         let before = self.snapshot(setup)?;
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(seconds));
+        sleep_interruptible(Duration::from_secs_f64(seconds))?;
         let after = self.snapshot(setup)?;
-        let window = t0.elapsed().as_secs_f64();
+        let window = after.at.duration_since(before.at).as_secs_f64();
         trafgen.stop()?;
-        stop.store(true, Ordering::Relaxed);
-        let (latencies_ms, failures) = client
-            .join()
-            .map_err(|_| anyhow::anyhow!("the client thread panicked"))?;
+        let (latencies_ms, failures) = client.finish()?;
         let sent = after.sent.saturating_sub(before.sent) as f64;
         ensure!(
             sent > 0.0,
@@ -559,13 +682,38 @@ impl Lab {
         })
     }
 
-    /// The legitimate client: connect + TLS + one request from the allowed address, paced.
-    fn start_client(&self, stop: Arc<AtomicBool>) -> JoinHandle<(Vec<f64>, usize)> {
-        let config = Arc::clone(&self.client);
-        self.gen_ns.spawn(move || {
+    /// The counters, the link's read last: the window runs from one link read to the next.
+    fn snapshot(&self, setup: &Setup) -> anyhow::Result<Snapshot> {
+        let dropped = setup.drops()?;
+        let cpu = cpu_times()?;
+        let at = Instant::now();
+        let gen_stats = link_stats(&self.gen_ns, &self.veth.b)?;
+        let srv_stats = link_stats(&self.srv, &self.veth.a)?;
+        Ok(Snapshot {
+            at,
+            sent: gen_stats["tx"]["packets"].as_u64().unwrap_or(0),
+            rx: srv_stats["rx"]["packets"].as_u64().unwrap_or(0),
+            dropped,
+            cpu,
+        })
+    }
+}
+
+/// The legitimate client: connect + TLS + one request from the allowed address, paced; stopped
+/// (and joined) by [`Client::finish`] or on drop, so an early error does not leave it running.
+struct Client {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Vec<f64>, usize)>>,
+}
+
+impl Client {
+    fn start(ns: &NetNs, config: Arc<ClientConfig>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = ns.spawn(move || {
             let dst = SocketAddr::from((SRV_V4, PORT));
             let (mut lat, mut failures) = (Vec::new(), 0);
-            while !stop.load(Ordering::Relaxed) {
+            while !flag.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 match request(IpAddr::V4(GEN_V4), dst, &config, "GET", "/", &[], b"") {
                     Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1e3),
@@ -581,22 +729,35 @@ impl Lab {
                 }
             }
             (lat, failures)
-        })
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    fn snapshot(&self, setup: &Setup) -> anyhow::Result<Snapshot> {
-        let gen_stats = link_stats(&self.gen_ns, &self.veth.b)?;
-        let srv_stats = link_stats(&self.srv, &self.veth.a)?;
-        Ok(Snapshot {
-            sent: gen_stats["tx"]["packets"].as_u64().unwrap_or(0),
-            rx: srv_stats["rx"]["packets"].as_u64().unwrap_or(0),
-            dropped: setup.drops()?,
-            cpu: cpu_times()?,
-        })
+    /// Stops the client; its latencies (ms) and failures.
+    fn finish(mut self) -> anyhow::Result<(Vec<f64>, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .context("client joined twice")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 struct Snapshot {
+    at: Instant,
     sent: u64,
     rx: u64,
     dropped: Option<u64>,
@@ -632,7 +793,16 @@ impl Setup {
             Filter::NftNetdev | Filter::NftInet => {
                 let text = ns_output(
                     &self.srv_name,
-                    &["nft", "list", "table", nft_family(self.filter), "hwflood"],
+                    // The chain only: listing the table prints every set element, which
+                    // takes seconds at 100,000 prefixes.
+                    &[
+                        "nft",
+                        "list",
+                        "chain",
+                        nft_family(self.filter),
+                        "hwflood",
+                        "flood",
+                    ],
                 )?;
                 Some(sum_after(&text, "counter packets "))
             }
@@ -773,23 +943,41 @@ struct Trafgen {
     child: Option<Child>,
 }
 
+/// trafgen's arguments. `--no-sock-mem`, `--notouch-irq`: leave the host's socket memory limits
+/// and IRQ affinities alone. `-t 0`: one blocking `sendto` per packet instead of the TX ring.
+/// Packets waiting for the receive side (in veth's ring or a CPU's backlog, when softirq work
+/// is deferred or steered to the other CPU) stay charged to trafgen's socket; when its send
+/// buffer (`net.core.wmem_default`, which a non-initial namespace cannot raise) fills, the
+/// ring's non-blocking flush fails with EAGAIN and trafgen exits ("Flushing TX_RING failed").
+/// A blocking `sendto` waits for room instead.
+fn trafgen_args(dev: &str, conf: &Path) -> Vec<String> {
+    [
+        "trafgen",
+        "--cpus",
+        "1",
+        "--no-sock-mem",
+        "--notouch-irq",
+        "-t",
+        "0",
+        "-o",
+        dev,
+        "-i",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([conf.to_string_lossy().into_owned()])
+    .collect()
+}
+
 impl Trafgen {
     fn start(ns: &NetNs, dev: &str, conf: &Path) -> anyhow::Result<Self> {
-        // --no-sock-mem, --notouch-irq: leave the host's socket memory limits and IRQ affinities alone.
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "taskset", "-c"])
             .arg(SENDER_CPU.to_string())
-            .args([
-                "trafgen",
-                "--cpus",
-                "1",
-                "--no-sock-mem",
-                "--notouch-irq",
-                "-o",
-                dev,
-                "-i",
-            ])
-            .arg(conf)
+            .args(trafgen_args(dev, conf))
+            // Its own process group, to stop its worker with it (see `stop`); a terminal's
+            // ctrl-c then reaches the bench only, which stops it.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -797,30 +985,78 @@ impl Trafgen {
         Ok(Self { child: Some(child) })
     }
 
+    /// Stops trafgen and its worker. trafgen forks one worker per CPU, and a worker spinning
+    /// on a full receive backlog does not look at SIGINT, so the whole process group (made at
+    /// spawn) gets SIGINT, then SIGKILL. The parent is reaped last: until then its PID, the
+    /// group's ID, cannot name anyone else's processes.
     fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return Ok(());
         };
-        if let Ok(Some(status)) = child.try_wait() {
-            let out = child
-                .wait_with_output()
-                .context("reading trafgen's output")?;
+        let pgid = child.id();
+        let early = process_state(pgid) == Some('Z');
+        if !early {
+            signal_group(pgid, libc::SIGINT);
+            wait_group_gone(pgid, Duration::from_secs(2));
+        }
+        signal_group(pgid, libc::SIGKILL);
+        let gone = wait_group_gone(pgid, Duration::from_secs(5));
+        let out = child
+            .wait_with_output()
+            .context("reading trafgen's output")?;
+        ensure!(gone, "trafgen's process group {pgid} outlived SIGKILL");
+        if early {
             bail!(
-                "trafgen exited early ({status}): {}",
+                "trafgen exited early ({}): {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        signal_child(&mut child, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        signal_child(&mut child, libc::SIGKILL);
-        let _ = child.wait();
         Ok(())
+    }
+}
+
+fn signal_group(pgid: u32, sig: libc::c_int) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    // SAFETY: kill(2) on the process group of a child we spawned and have not reaped.
+    unsafe { libc::kill(-pgid, sig) };
+}
+
+/// The state letter of `/proc/PID/stat` (after the command name, which may hold spaces).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Waits until every process of group `pgid` has exited (zombies count as gone); false if some
+/// still run after `patience`.
+fn wait_group_gone(pgid: u32, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        let alive = std::fs::read_dir("/proc").is_ok_and(|dir| {
+            dir.flatten().any(|e| {
+                let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                    return false;
+                };
+                let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                    return false;
+                };
+                // state ppid pgrp ...
+                let mut f = rest.split_whitespace();
+                let state = f.next();
+                let pgrp = f.nth(1);
+                state != Some("Z") && pgrp == Some(pgid.to_string().as_str())
+            })
+        });
+        if !alive {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -871,6 +1107,18 @@ fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     }
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+/// min / median / max over rounds of `pick(sample) / pick(base)`, each sample paired with the
+/// baseline of its own round.
+fn round_ratios(samples: &[Sample], base: &[Sample], pick: fn(&Sample) -> f64) -> (f64, f64, f64) {
+    spread(
+        samples
+            .iter()
+            .zip(base)
+            .map(|(a, b)| pick(a) / pick(b))
+            .collect(),
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -928,13 +1176,7 @@ fn report(results: &BTreeMap<Key, Vec<Sample>>, opts: &Options) -> String {
                         let Some(base) = base else {
                             return "-".to_owned();
                         };
-                        let (lo, mid, hi) = spread(
-                            samples
-                                .iter()
-                                .zip(base)
-                                .map(|(a, b)| pick(a) / pick(b))
-                                .collect(),
-                        );
+                        let (lo, mid, hi) = round_ratios(samples, base, pick);
                         format!("{lo:.2}/{mid:.2}/{hi:.2}")
                     };
                     let mut lat: Vec<f64> = samples
@@ -961,11 +1203,16 @@ fn report(results: &BTreeMap<Key, Vec<Sample>>, opts: &Options) -> String {
                         med(|x| x.srv_cpu_ms_per_m),
                         ratio(base(Filter::NftNetdev), |x| x.softirq_ms_per_m),
                         ratio(base(Filter::None), |x| x.softirq_ms_per_m),
-                        format!(
-                            "{:.1}/{:.1} {failures}",
-                            percentile(&lat, 0.5),
-                            percentile(&lat, 0.99)
-                        ),
+                        if filter == Filter::Floor {
+                            // The floor drops the client's packets too.
+                            "-".to_owned()
+                        } else {
+                            format!(
+                                "{:.1}/{:.1} {failures}",
+                                percentile(&lat, 0.5),
+                                percentile(&lat, 0.99)
+                            )
+                        },
                     );
                 }
             }
@@ -973,3 +1220,7 @@ fn report(results: &BTreeMap<Key, Vec<Sample>>, opts: &Options) -> String {
     }
     s
 }
+
+#[cfg(test)]
+#[path = "flood_tests.rs"]
+mod tests;
