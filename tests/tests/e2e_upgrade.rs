@@ -220,19 +220,7 @@ fn upgrades_under_load_refuse_and_fail_nothing_and_store_every_event_once() {
 #[test]
 fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
     let lab = finish(Lab::https("hw-upgrade-"));
-    // A copy of the binary the test can replace, as a package upgrade replaces /usr/bin/hookwall.
-    let bin_dir = lab.dir.path().join("bin");
-    fs::create_dir(&bin_dir).expect("bin directory");
-    let bin = bin_dir.join("hookwall");
-    fs::copy(hookwall_bin(), &bin).expect("copying the binary");
-    let mut daemon = Daemon::spawn_binary(
-        &lab.net.srv,
-        &bin,
-        &lab.config,
-        lab.spec.metrics_listen,
-        lab.dir.path(),
-    );
-    daemon.wait_ready(Duration::from_secs(15));
+    let (mut daemon, bin) = spawn_from_copy(&lab);
     let failures =
         |daemon: &Daemon| daemon.metric("hookwall_upgrades_total", &[("result", "failure")]);
     assert_eq!(failures(&daemon), 0.0);
@@ -271,8 +259,8 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
 
     // 2. The real binary again, but a config that no longer loads: the successor refuses to
     //    start, with the config's error in the shared log.
-    fs::copy(hookwall_bin(), bin_dir.join("hookwall.new")).expect("copying the binary");
-    fs::rename(bin_dir.join("hookwall.new"), &bin).expect("renaming the binary into place");
+    fs::copy(hookwall_bin(), bin.with_extension("new")).expect("copying the binary");
+    fs::rename(bin.with_extension("new"), &bin).expect("renaming the binary into place");
     let good = fs::read_to_string(&lab.config).expect("reading the config");
     fs::write(&lab.config, format!("{good}\n[unknown_section]\nkey = 1\n")).expect("config");
     daemon.signal(libc::SIGUSR2);
@@ -318,20 +306,9 @@ fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
 fn a_reload_asked_for_during_an_upgrade_waits_for_the_upgrade_to_end() {
     // Only the SIGHUPs below reload (the daemon watches a symlink's directory, not the file).
     let mut lab = finish(Lab::https("hw-upgrade-").with_symlinked_config());
-    let bin_dir = lab.dir.path().join("bin");
-    fs::create_dir(&bin_dir).expect("bin directory");
-    let bin = bin_dir.join("hookwall");
-    let real = bin_dir.join("hookwall.real");
-    fs::copy(hookwall_bin(), &bin).expect("copying the binary");
+    let (mut daemon, bin) = spawn_from_copy(&lab);
+    let real = bin.with_extension("real");
     fs::copy(hookwall_bin(), &real).expect("copying the binary");
-    let mut daemon = Daemon::spawn_binary(
-        &lab.net.srv,
-        &bin,
-        &lab.config,
-        lab.spec.metrics_listen,
-        lab.dir.path(),
-    );
-    daemon.wait_ready(Duration::from_secs(15));
     let src = std::net::IpAddr::V4(hookwall_tests::netns::ALLOWED_V4);
     let post = |lab: &Lab, id: &str| {
         lab.post(
@@ -437,18 +414,7 @@ fn a_reload_asked_for_during_an_upgrade_waits_for_the_upgrade_to_end() {
 #[test]
 fn a_successor_not_ready_in_30_s_is_ended_and_the_old_process_keeps_serving() {
     let lab = finish(Lab::https("hw-upgrade-"));
-    let bin_dir = lab.dir.path().join("bin");
-    fs::create_dir(&bin_dir).expect("bin directory");
-    let bin = bin_dir.join("hookwall");
-    fs::copy(hookwall_bin(), &bin).expect("copying the binary");
-    let mut daemon = Daemon::spawn_binary(
-        &lab.net.srv,
-        &bin,
-        &lab.config,
-        lab.spec.metrics_listen,
-        lab.dir.path(),
-    );
-    daemon.wait_ready(Duration::from_secs(15));
+    let (mut daemon, bin) = spawn_from_copy(&lab);
     // A successor that starts and never says it is ready.
     replace_with_script(&bin, "#!/bin/sh\nexec sleep 600\n");
     let started = Instant::now();
@@ -491,6 +457,24 @@ fn a_successor_not_ready_in_30_s_is_ended_and_the_old_process_keeps_serving() {
     assert_eq!(reply.status, 200, "the old daemon serves: {}", reply.text());
     let status = daemon.term();
     assert!(status.success(), "{status}");
+}
+
+/// Starts the daemon from a copy of the binary at `DIR/bin/hookwall`, which the test can replace
+/// as a package upgrade replaces /usr/bin/hookwall; returns it ready, and the copy's path.
+fn spawn_from_copy(lab: &Lab) -> (Daemon, std::path::PathBuf) {
+    let bin_dir = lab.dir.path().join("bin");
+    fs::create_dir(&bin_dir).expect("bin directory");
+    let bin = bin_dir.join("hookwall");
+    fs::copy(hookwall_bin(), &bin).expect("copying the binary");
+    let mut daemon = Daemon::spawn_binary(
+        &lab.net.srv,
+        &bin,
+        &lab.config,
+        lab.spec.metrics_listen,
+        lab.dir.path(),
+    );
+    daemon.wait_ready(Duration::from_secs(15));
+    (daemon, bin)
 }
 
 /// Replaces `bin` by a script, by rename, as a package manager replaces a binary.
