@@ -1,7 +1,7 @@
 //! The worker against a scripted sink and a real store: every event delivered once, never two
 //! attempts of one event at once (also while its result waits for the commit), results committed
-//! in batches, a failed commit leaving its events pending, and a stop that records what the sink
-//! acknowledged and nothing else.
+//! in batches, no more answers waiting for a commit than there are slots, a failed commit leaving
+//! its events pending, and a stop that records what the sink acknowledged and nothing else.
 //!
 //! The store's write lock, taken from a second connection, holds a commit back for as long as a
 //! test needs; the tests wait for the worker's progress counters, never for a time.
@@ -225,11 +225,11 @@ async fn a_backlog_is_delivered_once_each_through_few_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_event_waiting_for_its_commit_is_not_sent_again() {
-    const N: usize = 40;
+    const N: usize = 6;
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, ids) = store_with(dir.path(), N, Duration::from_secs(600)).await;
     let sink = FakeSink::new(|_| Script::Deliver);
-    let worker = worker(&store, &sink, 4);
+    let worker = worker(&store, &sink, 8);
     let progress_of = worker.progress();
     let before = store.commits();
     let mut lock = WriteLock::take(&store);
@@ -261,9 +261,47 @@ async fn an_answered_event_waiting_for_its_commit_is_not_sent_again() {
             .iter()
             .all(|s| *s == (EventState::Delivered, 1))
     );
-    // One commit was waiting for the lock; everything answered meanwhile went in the next.
+    // One transaction was waiting for the lock; every update queued meanwhile went in the next.
     assert!(store.commits() - before <= 2, "results were not batched");
     assert_eq!(progress(&progress_of).2, 0);
+}
+
+/// A slot is free only once its result is committed, so a crash sends again at most as many
+/// events as there are slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_waiting_for_their_commit_keep_their_slots() {
+    const N: usize = 40;
+    const SLOTS: usize = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, ids) = store_with(dir.path(), N, Duration::from_secs(600)).await;
+    let sink = FakeSink::new(|_| Script::Deliver);
+    let worker = worker(&store, &sink, SLOTS);
+    let progress_of = worker.progress();
+    let mut lock = WriteLock::take(&store);
+    running(worker, || async {
+        until(|| progress(&progress_of).1 >= SLOTS as u64).await;
+        // Nothing can free a slot while the commit waits for the lock: a worker that freed its
+        // slots at the sink's answer would send the whole backlog within this pause.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            sink.sends().len(),
+            SLOTS,
+            "sent beyond the slots while their results waited for the commit"
+        );
+        assert_eq!(progress(&progress_of).1, SLOTS as u64);
+        lock.release();
+        let reader = Reader::open(store.reader().path()).expect("reader");
+        until(|| reader.counts().expect("counts").delivered == N as u64).await;
+    })
+    .await;
+    let sends = sink.sends();
+    assert_eq!(sends.len(), N);
+    assert!(sends.values().all(|&n| n == 1), "an event was sent twice");
+    assert!(
+        states(&store, &ids)
+            .iter()
+            .all(|s| *s == (EventState::Delivered, 1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

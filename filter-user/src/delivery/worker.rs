@@ -3,10 +3,13 @@
 //!
 //! Every event the worker holds (read and waiting for a slot, in flight, or answered with its
 //! result not yet committed) is in one in-memory set, so a page read while a result waits for
-//! its commit never starts a second attempt of that event. A slot is free as soon as the sink
-//! answers; the answers gather while the previous batch commits, and go to the store together as
-//! one update (one transaction). A result is only ever written after the sink answered, so a
-//! crash before the commit leaves the event `pending`: it is sent again, with the same id.
+//! its commit never starts a second attempt of that event. The answers the worker finds on one
+//! wake go to the store as one update request at once, without waiting for earlier ones; the
+//! store's writer group-commits the requests queued while it writes, so one transaction carries
+//! up to the slots' worth of results. A result is only ever written after the sink answered, so
+//! a crash before the commit leaves the event `pending`: it is sent again, with the same id. A
+//! slot stays taken until its result is committed, so a crash of the daemon repeats at most
+//! `delivery.concurrency` events.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -18,10 +21,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    sync::watch,
-    task::{JoinHandle, JoinSet},
-};
+use tokio::{sync::watch, task::JoinSet};
 
 use super::{Attempt, IDLE_POLL, Next, Policy, STOP_GRACE, Sink};
 use crate::{
@@ -32,11 +32,6 @@ use crate::{
 
 /// Most events one page read takes from the store.
 const PAGE: usize = 256;
-
-/// Most events the worker holds beyond its slots (read and waiting, or answered and waiting for
-/// their commit): when the store commits slower than the sink answers, the worker stops reading
-/// rather than hold more.
-const MAX_HELD: usize = 8192;
 
 /// Takes due events from the store to the sink until stopped.
 pub struct Worker {
@@ -69,9 +64,9 @@ struct Answered {
     update: Update,
 }
 
-/// A commit of answered results: their event ids, and what the store said.
+/// What the store said to one update request of answered results.
 struct Committed {
-    ids: Vec<i64>,
+    /// Some result was a retry, which moved a due time.
     retries: bool,
     result: Result<u64, StoreError>,
 }
@@ -162,7 +157,7 @@ impl Worker {
                 state.exhausted = true;
                 state.next_due = None;
             }
-            while state.in_flight.len() < self.concurrency {
+            while state.slots_taken() < self.concurrency {
                 let Some(event) = state.ready.pop_front() else {
                     break;
                 };
@@ -175,25 +170,23 @@ impl Worker {
                 ));
                 state.in_flight.insert(task.id(), id);
             }
-            if state.commit.is_none() && !state.answered.is_empty() {
-                state.commit = Some(tokio::spawn(commit(
-                    self.store.clone(),
-                    std::mem::take(&mut state.answered),
-                )));
+            if !state.answered.is_empty() {
+                let answered = std::mem::take(&mut state.answered);
+                let ids: Vec<i64> = answered.iter().map(|a| a.id).collect();
+                state.committing_count += ids.len();
+                let task = state.commits.spawn(commit(self.store.clone(), answered));
+                state.committing.insert(task.id(), ids);
             }
             let wake = state.wake();
             tokio::select! {
                 Some(done) = state.attempts.join_next_with_id() => {
                     state.attempt_done(done, &self.progress);
-                    // Everything else that has answered joins the same commit.
+                    // Everything else that has answered joins the same update request.
                     while let Some(done) = state.attempts.try_join_next_with_id() {
                         state.attempt_done(done, &self.progress);
                     }
                 }
-                done = async { state.commit.as_mut().expect("guarded").await },
-                    if state.commit.is_some() =>
-                {
-                    state.commit = None;
+                Some(done) = state.commits.join_next_with_id() => {
                     state.committed(done, &self.progress);
                 }
                 _ = inserted.changed() => state.exhausted = false,
@@ -265,8 +258,8 @@ impl Worker {
             );
             state.attempts.abort_all();
         }
-        if let Some(running) = state.commit.take() {
-            state.committed(running.await, &self.progress);
+        while let Some(done) = state.commits.join_next_with_id().await {
+            state.committed(done, &self.progress);
         }
         if state.answered.is_empty() {
             return;
@@ -292,10 +285,14 @@ struct State {
     /// Attempts in flight, by task (a panicked task reports only its task id).
     in_flight: HashMap<tokio::task::Id, i64>,
     attempts: JoinSet<Answered>,
-    /// Answered, waiting for the next commit.
+    /// Answered, waiting to be sent to the store.
     answered: Vec<Answered>,
-    /// The commit running, at most one: answers arriving meanwhile wait for the next.
-    commit: Option<JoinHandle<Committed>>,
+    /// Update requests sent to the store and not answered yet.
+    commits: JoinSet<Committed>,
+    /// The events of each update request in `commits`, by task.
+    committing: HashMap<tokio::task::Id, Vec<i64>>,
+    /// The events in `committing`, all requests together.
+    committing_count: usize,
     /// The last event read (due time, id); the next page starts after it.
     position: Option<(i64, i64)>,
     /// When reading last started from the beginning.
@@ -315,7 +312,9 @@ impl State {
             in_flight: HashMap::new(),
             attempts: JoinSet::new(),
             answered: Vec::new(),
-            commit: None,
+            commits: JoinSet::new(),
+            committing: HashMap::new(),
+            committing_count: 0,
             position: None,
             since_start: Instant::now(),
             exhausted: false,
@@ -324,12 +323,16 @@ impl State {
         }
     }
 
-    /// Whether to read a page now: more is due, few are waiting for a slot, and the worker does
-    /// not hold too much already.
+    /// Whether to read a page now: more is due and few are waiting for a slot. What the worker
+    /// holds is bounded by that and by the slots: fewer than twice the slots plus a page.
     fn wants_page(&self) -> bool {
-        !self.exhausted
-            && self.ready.len() < self.concurrency
-            && self.held.len() < self.concurrency + MAX_HELD
+        !self.exhausted && self.ready.len() < self.concurrency
+    }
+
+    /// Slots in use: an attempt in flight, or an answer not committed yet. Freeing a slot only at
+    /// the commit is what bounds the events a crash sends again to the slots.
+    fn slots_taken(&self) -> usize {
+        self.in_flight.len() + self.answered.len() + self.committing_count
     }
 
     /// How long to wait when nothing else happens: until the next due time once everything due
@@ -367,41 +370,48 @@ impl State {
         }
     }
 
-    fn committed(&mut self, done: Result<Committed, tokio::task::JoinError>, progress: &Progress) {
-        let done = match done {
-            Ok(done) => done,
+    fn committed(
+        &mut self,
+        done: Result<(tokio::task::Id, Committed), tokio::task::JoinError>,
+        progress: &Progress,
+    ) {
+        let (task, done) = match done {
+            Ok((task, done)) => (task, Some(done)),
             Err(e) => {
-                // The ids are lost with the task: start over from the store, which still has
-                // every uncommitted event pending.
-                tracing::error!("delivery: a commit of results failed to complete: {e}");
-                self.held = self.in_flight.values().copied().collect();
-                self.held.extend(self.ready.iter().map(|e| e.id));
-                self.held.extend(self.answered.iter().map(|a| a.id));
-                self.exhausted = false;
-                self.position = None;
-                return;
+                tracing::error!("delivery: an update of results failed to complete: {e}");
+                (e.id(), None)
             }
         };
-        let count = done.ids.len() as u64;
+        let ids = self.committing.remove(&task).unwrap_or_default();
+        self.committing_count -= ids.len();
+        let count = ids.len() as u64;
         progress.uncommitted.fetch_sub(count, Ordering::Relaxed);
-        for id in &done.ids {
+        for id in &ids {
             self.held.remove(id);
         }
-        if done.result.is_err() {
-            progress.failed.fetch_add(count, Ordering::Relaxed);
-            // Still pending and due, and behind the position.
-            self.exhausted = false;
-            self.position = None;
-        } else if done.retries {
-            // A retry moved a due time: read on, which finds the next due time again.
-            self.exhausted = false;
+        match done {
+            Some(Committed {
+                result: Ok(_),
+                retries,
+            }) => {
+                if retries {
+                    // A retry moved a due time: read on, which finds the next due time again.
+                    self.exhausted = false;
+                }
+            }
+            _ => {
+                progress.failed.fetch_add(count, Ordering::Relaxed);
+                // Still pending and due, and behind the position.
+                self.exhausted = false;
+                self.position = None;
+            }
         }
     }
 }
 
 /// Commits the results of `answered` in one update.
 async fn commit(store: StoreHandle, answered: Vec<Answered>) -> Committed {
-    let ids: Vec<i64> = answered.iter().map(|a| a.id).collect();
+    let count = answered.len();
     let retries = answered
         .iter()
         .any(|a| matches!(a.update, Update::Retry { .. }));
@@ -412,16 +422,12 @@ async fn commit(store: StoreHandle, answered: Vec<Answered>) -> Committed {
         // The rows stay as they were (pending, due): they are attempted again, with the same
         // ids. The pause keeps a failing disk from turning that into a busy loop.
         tracing::error!(
-            events = ids.len(),
+            events = count,
             "delivery: recording results failed: {e}; the events stay pending"
         );
         tokio::time::sleep(IDLE_POLL).await;
     }
-    Committed {
-        ids,
-        retries,
-        result,
-    }
+    Committed { retries, result }
 }
 
 /// One attempt of one event; returns the state change its answer calls for.
