@@ -4,7 +4,9 @@
 //! its events pending, and a stop that records what the sink acknowledged and nothing else.
 //!
 //! The store's write lock, taken from a second connection, holds a commit back for as long as a
-//! test needs; the tests wait for the worker's progress counters, never for a time.
+//! test needs; the tests wait for the worker's progress counters, never for a time. One pause
+//! shows that nothing happens while a commit waits: it cannot fail a correct worker, however slow
+//! the machine.
 
 use std::{
     collections::{HashMap, HashSet},
