@@ -535,13 +535,7 @@ impl Lab<'_> {
         let (config, metrics) = self.config("intake", &store, "")?;
         let daemon = Daemon::start(self.ns, &config, metrics, self.dir);
         let client = Arc::clone(self.client);
-        let target = Target {
-            label: "hookwall",
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, HOOKWALL_PORT)),
-            path: ROUTE,
-            expect: 200,
-            pids: Vec::new(),
-        };
+        let target = hookwall_target();
         let stats = in_ns(self.rt, async move {
             crate::http::closed_loop(&target, &client).await
         })?;
@@ -724,6 +718,17 @@ impl Lab<'_> {
     }
 }
 
+/// The daemon's HTTPS route, as the intake and the open loop send to it.
+fn hookwall_target() -> Target {
+    Target {
+        label: "hookwall",
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, HOOKWALL_PORT)),
+        path: ROUTE,
+        expect: 200,
+        pids: Vec::new(),
+    }
+}
+
 /// `RATE` requests per second over `RATE_CONNS` connections for `WARMUP + MEASURE`; event
 /// numbers from `base`. Returns each measured event's number and scheduled send time (answered
 /// 200 only), and the provider-side latencies in ms.
@@ -731,13 +736,7 @@ async fn open_loop(
     client: &Arc<ClientConfig>,
     base: u64,
 ) -> anyhow::Result<(Vec<(u64, Instant)>, Vec<f64>)> {
-    let target = Target {
-        label: "hookwall",
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, HOOKWALL_PORT)),
-        path: ROUTE,
-        expect: 200,
-        pids: Vec::new(),
-    };
+    let target = hookwall_target();
     let start = Instant::now() + Duration::from_millis(300);
     let total = WARMUP + MEASURE;
     let interval = Duration::from_secs(1) / RATE;
