@@ -54,7 +54,8 @@ pub(super) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
     // In WAL mode, NORMAL syncs the WAL only at checkpoints: a commit survives a crash of the
     // daemon but can be lost to an OS crash or power cut, after the provider was told "accepted".
     // FULL fsyncs the WAL at every commit, so a returned commit is durable; group commit is what
-    // keeps that one fsync per batch rather than per request.
+    // keeps that one fsync per batch rather than per request. The writer relaxes it for batches
+    // without new events (see `Writer::commit`).
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sqlite_err("setting synchronous=FULL on", path))?;
     // Checkpoints run on their own thread ([`Checkpointer`]); left to SQLite, the commit that
@@ -349,6 +350,7 @@ impl StoreHandle {
             commits: Arc::clone(&commits),
             inserted: Arc::clone(&inserted),
             health: health.clone(),
+            synced: true,
         };
         let thread = thread::Builder::new()
             .name("hookwall-store".to_owned())
@@ -523,6 +525,8 @@ struct Writer {
     commits: Arc<AtomicU64>,
     inserted: Arc<watch::Sender<u64>>,
     health: WriterHealth,
+    /// The connection is at `synchronous = FULL` (else NORMAL).
+    synced: bool,
 }
 
 impl Writer {
@@ -592,6 +596,13 @@ impl Writer {
     /// back when dropped) and fails the batch: after some errors (I/O, disk full) SQLite has
     /// already rolled back, so carrying on would report rows that are not there.
     fn commit(&mut self, batch: &Batch) -> Result<Done, StoreError> {
+        // A new event must survive an OS crash or power cut before its provider hears
+        // "accepted": a batch with inserts fsyncs the WAL. Delivery results and purges need not:
+        // a result lost that way leaves its event pending, sent again with the same id (at
+        // least once), and a lost purge is done again. Their commits skip the fsync, which is
+        // most of what a commit of a few results costs; the next batch with inserts, or the
+        // next checkpoint, syncs them with it.
+        self.set_synced(!batch.inserts.is_empty())?;
         let path = &self.path;
         // IMMEDIATE takes the write lock up front, so a lock held by another process shows up
         // here (after the busy timeout) rather than half-way through the batch.
@@ -625,6 +636,18 @@ impl Writer {
             updated,
             purged,
         })
+    }
+
+    /// Sets `synchronous` to FULL (`synced`) or NORMAL, unless it is already.
+    fn set_synced(&mut self, synced: bool) -> Result<(), StoreError> {
+        if synced != self.synced {
+            let level = if synced { "FULL" } else { "NORMAL" };
+            self.conn
+                .pragma_update(None, "synchronous", level)
+                .map_err(sqlite_err("setting the sync level of", &self.path))?;
+            self.synced = synced;
+        }
+        Ok(())
     }
 }
 
@@ -751,6 +774,78 @@ mod tests {
         assert_eq!(new.len(), 1, "{results:?}");
         assert!(results.iter().all(|r| r.id() == new[0].id()), "{results:?}");
         assert_eq!(store.count().expect("count"), 1);
+    }
+
+    /// A batch applied by a writer driven on the test's thread, so the test can read its
+    /// connection's sync level between batches. Returns the level: 2 is FULL, 1 NORMAL.
+    fn write_and_read_sync_level(writer: &mut Writer, batch: &mut Batch) -> i64 {
+        writer.write(batch);
+        writer
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("synchronous")
+    }
+
+    #[test]
+    fn only_a_batch_with_new_events_waits_for_an_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let file = super::super::file::create_file(&path).expect("create");
+        let conn = open_writer(&path, Duration::from_secs(2)).expect("writer");
+        let mut writer = Writer {
+            conn,
+            path,
+            file,
+            commits: Arc::default(),
+            inserted: Arc::new(watch::Sender::new(0)),
+            health: WriterHealth::default(),
+            synced: true,
+        };
+        let insert = |id: &str| PendingInsert {
+            row: Row::encode(event("/r", id)).expect("encode"),
+            reply: oneshot::channel().0,
+        };
+        let delivered = |id: i64| PendingUpdate {
+            updates: vec![Update::Delivered {
+                id,
+                attempts: 1,
+                at_ms: 1,
+            }],
+            reply: oneshot::channel().0,
+        };
+        let mut batch = Batch::default();
+
+        batch.inserts.push(insert("e1"));
+        batch.inserts.push(insert("e2"));
+        assert_eq!(write_and_read_sync_level(&mut writer, &mut batch), 2);
+        // Results alone: no fsync of their own.
+        batch.updates.push(delivered(1));
+        assert_eq!(write_and_read_sync_level(&mut writer, &mut batch), 1);
+        // A new event beside results: the batch is synced again.
+        batch.inserts.push(insert("e3"));
+        batch.updates.push(delivered(2));
+        assert_eq!(write_and_read_sync_level(&mut writer, &mut batch), 2);
+        batch.purges.push(PendingPurge {
+            what: Purge::Delivered,
+            before_ms: i64::MAX,
+            limit: 10,
+            reply: oneshot::channel().0,
+        });
+        assert_eq!(write_and_read_sync_level(&mut writer, &mut batch), 1);
+        assert_eq!(writer.commits.load(Ordering::Relaxed), 4);
+        let states: Vec<(i64, String)> = writer
+            .conn
+            .prepare("SELECT id, state FROM events ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            states,
+            [(3, "pending".to_owned())],
+            "every batch was applied: e1 and e2 delivered and purged, e3 pending"
+        );
     }
 
     /// A purge command for the batching tests (its reply is never read).
